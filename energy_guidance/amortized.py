@@ -1,0 +1,219 @@
+"""Amortized mode: a small network E_Θ(x_t, λ, cond) regressed on closed-form targets.
+
+Training pairs are built as in AEPO: draw x0 (and its condition) from data, a training
+timestep t and noise ε, form x_t = α_t·x0 + σ_t·ε, and evaluate the closed form (1) with
+the expansion point x̄ = x0 (the clean sample; ``expansion="posterior_mean"`` uses x̂0):
+
+    target = β·E(x̄) + β·∇E(x̄)ᵀ(x̂0 - x̄) - ½·β²·∇E(x̄)ᵀ Σ̂ ∇E(x̄).
+
+With x̄ = x0 the target is noisy given x_t, but its regression E[target | x_t] is the same
+closed form; in exchange E(x0) and ∇E(x0) are computed once per data point, not per step.
+The network takes the log-SNR λ = log(α²/σ²) instead of t, so it serves any scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import trange
+
+from .callables import Energy, call_model, energy_and_grad
+from .closed_form import analytic_intermediate_energy
+from .posterior import VarianceTable, variance_quadratic
+from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0
+
+
+class IntermediateEnergyNet(nn.Module):
+    """E_Θ(x_t, λ, cond) -> (B,): an MLP over [x_t flattened, Fourier features of λ, cond].
+
+    ``beta`` records the β of the targets it was trained on. Outputs are de-normalized with
+    the target mean and scale measured before training, so the raw MLP works at unit scale.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int = 0,
+        *,
+        hidden: int = 256,
+        depth: int = 3,
+        num_frequencies: int = 8,
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "dim": dim,
+            "cond_dim": cond_dim,
+            "hidden": hidden,
+            "depth": depth,
+            "num_frequencies": num_frequencies,
+            "beta": beta,
+        }
+        self.beta = beta
+        self.register_buffer("frequencies", 2.0 ** torch.arange(num_frequencies) / 16)
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_scale", torch.ones(()))
+        width = dim + cond_dim + 1 + 2 * num_frequencies
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x_t: Tensor, lam: Tensor, cond: Tensor | None = None) -> Tensor:
+        lam = lam.to(x_t).expand(x_t.shape[0])[:, None]
+        phase = lam * self.frequencies
+        parts = [x_t.flatten(1), lam / 10, phase.sin(), phase.cos()]
+        if self.config["cond_dim"]:
+            if cond is None:
+                raise ValueError("this network is conditional: pass cond")
+            parts.append(cond.flatten(1).to(x_t))
+        out = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+        return self.target_mean + self.target_scale * out
+
+    def save(self, path: str) -> None:
+        """One safetensors file: weights, with the constructor config as JSON metadata."""
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        save_file(state, path, metadata={"config": json.dumps(self.config)})
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu") -> IntermediateEnergyNet:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            config = json.loads(f.metadata()["config"])
+        net = cls(**config)
+        net.load_state_dict(load_file(path, device=str(device)))
+        return net.to(device)
+
+
+def closed_form_targets(
+    scheduler,
+    model: Callable,
+    x0: Tensor,
+    timestep: Tensor,
+    noise: Tensor,
+    beta: float,
+    *,
+    cond=None,
+    variance: str | float = "eps_norm",
+    variance_table: VarianceTable | None = None,
+    energy: Energy | None = None,
+    energy_bar: Tensor | None = None,
+    grad_bar: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(x_t, target E_t) for clean samples x0 (B, ...) at per-sample ``timestep`` (B,).
+
+    Expansion point: x̄ = x0 when ``energy_bar`` = E(x0) and ``grad_bar`` = ∇E(x0) are given
+    (precomputed), otherwise x̄ = x̂0 evaluated with ``energy``.
+    """
+    alpha, sigma = (c.to(x0) for c in noise_level(scheduler, timestep))
+    x_t = add_noise(x0, noise, alpha, sigma)
+    needs_graph = variance == "jacobian"
+    with torch.set_grad_enabled(needs_graph):
+        x_in = x_t.detach().requires_grad_(needs_graph)
+        out = call_model(model, x_in, timestep.to(x0.device), cond)
+        eps_hat, x0_hat = to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
+        if energy_bar is None:
+            energy_bar, grad_bar = energy_and_grad(energy, x0_hat.detach(), cond)
+            x_bar = x0_hat
+        else:
+            x_bar = x0
+        quad = variance_quadratic(
+            grad_bar, variance, alpha, sigma, table=variance_table, eps_hat=eps_hat, x_t=x_in
+        )
+    target = analytic_intermediate_energy(
+        beta, energy_bar.detach(), grad_bar.detach(), quad.detach(), x0_hat.detach(), x_bar
+    )
+    return x_t, target
+
+
+def train_intermediate_energy(
+    network: IntermediateEnergyNet,
+    scheduler,
+    model: Callable,
+    energy: Energy,
+    data: Tensor,
+    cond: Tensor | None = None,
+    *,
+    variance: str | float = "eps_norm",
+    variance_table: VarianceTable | None = None,
+    expansion: str = "data",
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Regress ``network`` on closed-form targets (β = ``network.beta``); returns the losses.
+
+    ``data`` (N, ...) are clean samples of the model's distribution (with conditions ``cond``
+    (N, ...)); ``expansion`` is ``"data"`` (x̄ = x0) or ``"posterior_mean"`` (x̄ = x̂0).
+    ``callback(step, loss)`` runs after every step (for logging or checkpoints).
+    """
+    if expansion not in ("data", "posterior_mean"):
+        raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
+    n = data.shape[0]
+    beta = network.beta
+    num_train = scheduler.config.num_train_timesteps
+    pre_energy = pre_grad = None
+    if expansion == "data":
+        pairs = [
+            energy_and_grad(
+                energy, data[i : i + 4096], None if cond is None else cond[i : i + 4096]
+            )
+            for i in range(0, n, 4096)
+        ]
+        pre_energy = torch.cat([p[0] for p in pairs]).detach()
+        pre_grad = torch.cat([p[1] for p in pairs]).detach()
+
+    def batch() -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
+        t = torch.randint(0, num_train, (batch_size,), generator=generator).to(data.device)
+        noise = torch.randn(data[idx].shape, generator=generator).to(data)
+        return closed_form_targets(
+            scheduler,
+            model,
+            data[idx],
+            t,
+            noise,
+            beta,
+            cond=None if cond is None else cond[idx],
+            variance=variance,
+            variance_table=variance_table,
+            energy=energy,
+            energy_bar=None if pre_energy is None else pre_energy[idx],
+            grad_bar=None if pre_grad is None else pre_grad[idx],
+        ) + (t, idx)
+
+    # Normalise the regression: measure the targets' location and scale once, up front.
+    with torch.no_grad():
+        sample_targets = torch.cat([batch()[1] for _ in range(8)])
+        network.target_mean.fill_(float(sample_targets.mean()))
+        network.target_scale.fill_(max(float(sample_targets.std()), 1e-6))
+
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    losses: list[float] = []
+    bar = trange(steps, disable=not progress, desc="intermediate energy")
+    for step in bar:
+        x_t, target, t, idx = batch()
+        alpha, sigma = noise_level(scheduler, t)
+        pred = network(x_t, log_snr(alpha, sigma), None if cond is None else cond[idx])
+        loss = ((pred - target) / network.target_scale).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if callback is not None:
+            callback(step, losses[-1])
+    return losses

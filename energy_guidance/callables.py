@@ -1,0 +1,63 @@
+"""Calling user models and energies with one convention, and checking what they return.
+
+Models:   ``model(x_t, timestep)`` or ``model(x_t, timestep, cond)`` -> Tensor shaped like x_t, or
+          an object with ``.sample`` (diffusers models). ``timestep`` is passed as a tensor (B,).
+Energies: ``energy(x0)`` or ``energy(x0, cond)`` -> Tensor (B,), lower is better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Energy = Callable[..., Tensor]
+
+
+def call_model(model: Callable, x_t: Tensor, timestep: Tensor | float, cond=None) -> Tensor:
+    """Evaluate ``model`` at x_t (B, ...) and a shared or per-sample timestep."""
+    t = torch.as_tensor(timestep, device=x_t.device)
+    if t.dim() == 0:
+        t = t.expand(x_t.shape[0])
+    out = model(x_t, t) if cond is None else model(x_t, t, cond)
+    out = getattr(out, "sample", out)
+    if isinstance(out, tuple):
+        out = out[0]
+    if out.shape != x_t.shape:
+        raise ValueError(f"model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}")
+    return out
+
+
+def call_energy(energy: Energy, x0: Tensor, cond=None) -> Tensor:
+    """Evaluate ``energy`` on a batch x0 (B, ...) and check it returns finite values of shape (B,)."""
+    value = energy(x0) if cond is None else energy(x0, cond)
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"energy must return a torch.Tensor of shape (B,), got {type(value).__name__}"
+        )
+    batch = x0.shape[0]
+    if value.shape != (batch,):
+        raise ValueError(
+            f"energy must return shape (B,) = ({batch},), one value per sample; got {tuple(value.shape)}"
+        )
+    bad = ~torch.isfinite(value)
+    if bad.any():
+        raise FloatingPointError(
+            f"energy returned {int(bad.sum())} non-finite values (NaN or inf) out of {batch}"
+        )
+    return value
+
+
+def energy_and_grad(
+    energy: Energy, x0: Tensor, cond=None, create_graph: bool = False
+) -> tuple[Tensor, Tensor]:
+    """E(x0) (B,) and ∇E(x0) (B, ...), per sample (samples must not interact inside ``energy``).
+
+    With ``create_graph`` the gradient stays differentiable (needed when x0 depends on x_t).
+    """
+    with torch.enable_grad():
+        x = x0 if x0.requires_grad else x0.detach().requires_grad_(True)
+        value = call_energy(energy, x, cond)
+        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
+    return value, grad

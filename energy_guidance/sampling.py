@@ -1,0 +1,64 @@
+"""The sampling loop: any supported diffusers scheduler, any (guided or plain) model function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+
+class StepInfo(NamedTuple):
+    """What a guided step reports to callbacks: x̂0 after guidance (B, ...), ‖σ·∇E_t‖ (B,)."""
+
+    x0_hat: Tensor
+    guidance_norm: Tensor
+
+
+def sample(
+    scheduler,
+    model: Callable,
+    shape: tuple[int, ...],
+    *,
+    cond=None,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Run ``scheduler`` from its initial noise for ``num_inference_steps`` steps.
+
+    ``model(x_t, t)`` (or ``model(x_t, t, cond)`` when ``cond`` is given) returns the model
+    output in the scheduler's prediction type, optionally with a :class:`StepInfo`. ``x_t`` is
+    the model input (``scheduler.scale_model_input`` applied). ``callback`` receives a dict
+    with ``step``, ``timestep``, ``sample`` (the scheduler's state after the step) and, for
+    guided models, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one timestep for
+    the whole batch, as diffusers' ``step`` requires.
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
+    init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    extra = {"generator": generator} if takes_generator else {}
+    scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
+    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+        x_in = scale_input(x, t)
+        result = model(x_in, t) if cond is None else model(x_in, t, cond)
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], StepInfo):
+            out, info = result
+        else:
+            out, info = getattr(result, "sample", result), None
+        x = scheduler.step(out, t, x, **extra).prev_sample
+        if callback is not None:
+            record = {"step": i, "timestep": t, "sample": x}
+            if info is not None:
+                record.update(info._asdict())
+            callback(record)
+    return x
