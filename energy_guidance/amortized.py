@@ -165,19 +165,17 @@ def train_intermediate_energy(
     pre_energy = pre_grad = None
     if expansion == "data":
         pairs = [
-            energy_and_grad(
-                energy, data[i : i + 4096], None if cond is None else cond[i : i + 4096]
-            )
+            energy_and_grad(energy, data[i : i + 4096], None if cond is None else cond[i : i + 4096])
             for i in range(0, n, 4096)
         ]
         pre_energy = torch.cat([p[0] for p in pairs]).detach()
         pre_grad = torch.cat([p[1] for p in pairs]).detach()
 
-    def batch() -> tuple[Tensor, Tensor]:
+    def batch() -> tuple[Tensor, Tensor, Tensor, Tensor]:
         idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
         t = torch.randint(0, num_train, (batch_size,), generator=generator).to(data.device)
         noise = torch.randn(data[idx].shape, generator=generator).to(data)
-        return closed_form_targets(
+        x_t, target = closed_form_targets(
             scheduler,
             model,
             data[idx],
@@ -190,7 +188,8 @@ def train_intermediate_energy(
             energy=energy,
             energy_bar=None if pre_energy is None else pre_energy[idx],
             grad_bar=None if pre_grad is None else pre_grad[idx],
-        ) + (t, idx)
+        )
+        return x_t, target, t, idx
 
     # Normalise the regression: measure the targets' location and scale once, up front.
     with torch.no_grad():

@@ -33,9 +33,7 @@ def call_energy(energy: Energy, x0: Tensor, cond=None) -> Tensor:
     """Evaluate ``energy`` on a batch x0 (B, ...) and check it returns finite values of shape (B,)."""
     value = energy(x0) if cond is None else energy(x0, cond)
     if not isinstance(value, Tensor):
-        raise TypeError(
-            f"energy must return a torch.Tensor of shape (B,), got {type(value).__name__}"
-        )
+        raise TypeError(f"energy must return a torch.Tensor of shape (B,), got {type(value).__name__}")
     batch = x0.shape[0]
     if value.shape != (batch,):
         raise ValueError(

@@ -180,9 +180,7 @@ class AnalyticEnergyGuidance:
         """Draw ``shape`` samples of the guided model with this guidance's scheduler."""
         return sample(
             self.scheduler,
-            lambda x, t, c=None: self.guided_model_output(
-                x, t, c, return_info=callback is not None
-            ),
+            lambda x, t, c=None: self.guided_model_output(x, t, c, return_info=callback is not None),
             shape,
             cond=cond,
             num_inference_steps=num_inference_steps,

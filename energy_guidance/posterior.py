@@ -185,6 +185,4 @@ def variance_quadratic(
         gjg = (vjp.reshape(g.shape) * g).sum(1)
         quad = scale * (g_sq - sigma.to(g) * gjg)
         return torch.minimum(quad.clamp(min=0), scale * g_sq)
-    raise ValueError(
-        f"unknown posterior variance {method!r}; use one of {VARIANCE_METHODS} or a float"
-    )
+    raise ValueError(f"unknown posterior variance {method!r}; use one of {VARIANCE_METHODS} or a float")

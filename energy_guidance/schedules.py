@@ -108,9 +108,7 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     if kind == "cumprod":
         acp = scheduler.alphas_cumprod.to(torch.float64)
         if (t != t.round()).any() or (t < 0).any() or (t >= len(acp)).any():
-            raise ValueError(
-                f"{type(scheduler).__name__} needs integer timesteps in [0, {len(acp)})"
-            )
+            raise ValueError(f"{type(scheduler).__name__} needs integer timesteps in [0, {len(acp)})")
         alpha2 = acp[t.long()]
         alpha, sigma = alpha2.sqrt(), (1 - alpha2).sqrt()
     elif kind == "flow":
@@ -149,14 +147,10 @@ def to_eps_x0(
         return (s * x_t + a * output) / norm, (a * x_t - s * output) / norm
     if prediction_type == "flow_prediction":
         return x_t + a * output, x_t - s * output
-    raise ValueError(
-        f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}"
-    )
+    raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
-def from_eps_x0(
-    eps: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str
-) -> Tensor:
+def from_eps_x0(eps: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Tensor:
     """Inverse of :func:`to_eps_x0`: the model output that encodes (ε, x0)."""
     a, s = _expand(alpha, eps), _expand(sigma, eps)
     if prediction_type == "epsilon":
@@ -167,9 +161,7 @@ def from_eps_x0(
         return a * eps - s * x0
     if prediction_type == "flow_prediction":
         return eps - x0
-    raise ValueError(
-        f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}"
-    )
+    raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
 def log_snr(alpha: Tensor, sigma: Tensor) -> Tensor:

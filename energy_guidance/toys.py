@@ -107,9 +107,7 @@ class GaussianMixture:
         cov = cov + torch.einsum("bk,bki,bkj->bij", w, centred, centred)
         return mean, cov
 
-    def linear_log_potential(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, w: Tensor, beta: float
-    ):
+    def linear_log_potential(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, w: Tensor, beta: float):
         """Exact L_t = log E[exp(-β·wᵀx0) | x_t] (B,) for the linear energy E(x) = wᵀx."""
         pw, means, variances = self.posterior(x_t, alpha, sigma)
         w = torch.as_tensor(w, dtype=torch.float64)
