@@ -8,7 +8,7 @@ the expansion point x̄ = x0 (the clean sample; ``expansion="posterior_mean"`` u
 
 With x̄ = x0 the target is noisy given x_t, but its regression E[target | x_t] is the same
 closed form; in exchange E(x0) and ∇E(x0) are computed once per data point, not per step.
-The network takes the log-SNR λ = log(α²/σ²) instead of t, so it serves any scheduler.
+The network takes the noise level (α, σ) instead of t, so it serves any scheduler.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_
 
 
 class IntermediateEnergyNet(nn.Module):
-    """E_Θ(x_t, λ, cond) -> (B,): an MLP over [x_t flattened, Fourier features of λ, cond].
+    """E_Θ(x_t, α, σ, cond) -> (B,): an MLP over [x̃_t, Fourier features of λ, cond].
+
+    The network sees the noise level as λ = log(α²/σ²) and the input in variance-preserving
+    form x̃_t = x_t / sqrt(α² + σ²), so one network serves VP, VE and flow-matching schedulers.
+    This signature (x_t, alpha, sigma, cond) -> (B,) is what guidance expects of any
+    intermediate-energy estimator (learned or exact).
 
     ``beta`` records the β of the targets it was trained on. Outputs are de-normalized with
     the target mean and scale measured before training, so the raw MLP works at unit scale.
@@ -65,10 +70,13 @@ class IntermediateEnergyNet(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, x_t: Tensor, lam: Tensor, cond: Tensor | None = None) -> Tensor:
-        lam = lam.to(x_t).expand(x_t.shape[0])[:, None]
+    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        alpha = alpha.to(x_t).expand(x_t.shape[0])[:, None]
+        sigma = sigma.to(x_t).expand(x_t.shape[0])[:, None]
+        lam = log_snr(alpha, sigma)
         phase = lam * self.frequencies
-        parts = [x_t.flatten(1), lam / 10, phase.sin(), phase.cos()]
+        x_vp = x_t.flatten(1) / (alpha**2 + sigma**2).sqrt()
+        parts = [x_vp, lam / 10, phase.sin(), phase.cos()]
         if self.config["cond_dim"]:
             if cond is None:
                 raise ValueError("this network is conditional: pass cond")
@@ -204,13 +212,13 @@ def train_intermediate_energy(
     for step in bar:
         x_t, target, t, idx = batch()
         alpha, sigma = noise_level(scheduler, t)
-        pred = network(x_t, log_snr(alpha, sigma), None if cond is None else cond[idx])
+        pred = network(x_t, alpha, sigma, None if cond is None else cond[idx])
         loss = ((pred - target) / network.target_scale).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if callback is not None:

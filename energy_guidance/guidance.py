@@ -28,7 +28,7 @@ from .callables import Energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy
 from .posterior import VarianceTable, variance_quadratic
 from .sampling import StepInfo, sample
-from .schedules import from_eps_x0, log_snr, noise_level, prediction_type, to_eps_x0
+from .schedules import from_eps_x0, noise_level, prediction_type, to_eps_x0
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
 # ε -> x0 conversion divides by ~0 (only the first step of a flow-matching schedule).
@@ -48,7 +48,9 @@ class AnalyticEnergyGuidance:
         variance: posterior variance estimator for the training-free closed form (see
             :mod:`energy_guidance.posterior`); ``"jacobian"`` needs no table.
         variance_table: needed by the table estimators ``"eps_norm"``, ``"data_var"``, ``"diagonal"``.
-        network: an intermediate-energy network; switches to amortized mode.
+        network: an intermediate-energy estimator ``network(x_t, alpha, sigma, cond) -> (B,)``
+            (an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, or an exact one);
+            switches to amortized mode, where ``energy`` is not needed.
         scale: multiplies the guidance term of (2); 1 is the exact target.
     """
 
@@ -118,7 +120,7 @@ class AnalyticEnergyGuidance:
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if self.amortized:
             with torch.no_grad():
-                return self.network(x_t, log_snr(alpha, sigma), cond)
+                return self.network(x_t, alpha, sigma, cond)
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             out = call_model(self.model, x, timestep, cond)
@@ -132,7 +134,7 @@ class AnalyticEnergyGuidance:
             if self.amortized:
                 with torch.no_grad():
                     out = call_model(self.model, x_t, timestep, cond)
-                value = self.network(x, log_snr(alpha, sigma), cond)
+                value = self.network(x, alpha, sigma, cond)
             else:
                 out = call_model(self.model, x, timestep, cond)
                 value = self._closed_form(x, out, alpha, sigma, cond, create_graph=True)
