@@ -135,10 +135,8 @@ def closed_form_targets(
         quad = variance_quadratic(
             grad_bar, variance, alpha, sigma, table=variance_table, eps_hat=eps_hat, x_t=x_in
         )
-    target = analytic_intermediate_energy(
-        beta, energy_bar.detach(), grad_bar.detach(), quad.detach(), x0_hat.detach(), x_bar
-    )
-    return x_t, target
+    target = analytic_intermediate_energy(beta, energy_bar, grad_bar, quad, x0_hat, x_bar)
+    return x_t, target.detach()
 
 
 def train_intermediate_energy(

@@ -129,6 +129,9 @@ class AnalyticEnergyGuidance:
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor]:
         """(∇_{x_t} E_t, model output at x_t); the gradient has x_t's shape."""
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        return self._gradient(x_t, timestep, alpha, sigma, cond)
+
+    def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             if self.amortized:
@@ -150,7 +153,7 @@ class AnalyticEnergyGuidance:
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
-        grad, out = self.energy_gradient(x_t, timestep, cond)
+        grad, out = self._gradient(x_t, timestep, alpha, sigma, cond)
         eps_hat, x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
         shape = (-1,) + (1,) * (x_t.dim() - 1)
         delta = self.scale * sigma.reshape(shape) * grad
@@ -182,9 +185,10 @@ class AnalyticEnergyGuidance:
         """Draw ``shape`` samples of the guided model with this guidance's scheduler."""
         return sample(
             self.scheduler,
-            lambda x, t, c=None: self.guided_model_output(x, t, c, return_info=callback is not None),
+            self.model,
             shape,
             cond=cond,
+            guidance=self,
             num_inference_steps=num_inference_steps,
             generator=generator,
             device=device,

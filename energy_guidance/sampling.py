@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .callables import call_model
+
 
 class StepInfo(NamedTuple):
     """What a guided step reports to callbacks: x̂0 after guidance (B, ...), ‖σ·∇E_t‖ (B,)."""
@@ -24,6 +26,7 @@ def sample(
     shape: tuple[int, ...],
     *,
     cond=None,
+    guidance=None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -33,12 +36,12 @@ def sample(
 ) -> Tensor:
     """Run ``scheduler`` from its initial noise for ``num_inference_steps`` steps.
 
-    ``model(x_t, t)`` (or ``model(x_t, t, cond)`` when ``cond`` is given) returns the model
-    output in the scheduler's prediction type, optionally with a :class:`StepInfo`. ``x_t`` is
-    the model input (``scheduler.scale_model_input`` applied). ``callback`` receives a dict
-    with ``step``, ``timestep``, ``sample`` (the scheduler's state after the step) and, for
-    guided models, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one timestep for
-    the whole batch, as diffusers' ``step`` requires.
+    ``model(x_t, t[, cond])`` follows :mod:`energy_guidance.callables`; with ``guidance`` (an
+    :class:`~energy_guidance.AnalyticEnergyGuidance`) each step uses its guided model output
+    instead. ``x_t`` is the model input (``scheduler.scale_model_input`` applied). ``callback``
+    receives a dict with ``step``, ``timestep``, ``sample`` (the scheduler's state after the
+    step) and, when guided, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one
+    timestep for the whole batch, as diffusers' ``step`` requires.
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -50,11 +53,11 @@ def sample(
     scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
         x_in = scale_input(x, t)
-        result = model(x_in, t) if cond is None else model(x_in, t, cond)
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], StepInfo):
-            out, info = result
+        info = None
+        if guidance is None:
+            out = call_model(model, x_in, t, cond)
         else:
-            out, info = getattr(result, "sample", result), None
+            out, info = guidance.guided_model_output(x_in, t, cond, return_info=True)
         x = scheduler.step(out, t, x, **extra).prev_sample
         if callback is not None:
             record = {"step": i, "timestep": t, "sample": x}

@@ -86,12 +86,14 @@ def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
     timesteps = getattr(scheduler, "timesteps", None)
     if sigmas is None or timesteps is None or len(timesteps) == 0:
         return fallback
-    match = t[:, None] == timesteps.to(torch.float64)[None, :]
-    found = match.any(dim=1)
+    # Locate each t in the schedule by binary search (schedules may hold 1000 entries).
+    ts = timesteps.detach().to("cpu", torch.float64)
+    order = torch.argsort(ts)
+    pos = torch.searchsorted(ts[order], t).clamp(max=len(ts) - 1)
+    found = ts[order][pos] == t
     if not found.any():
         return fallback
-    index = match.to(torch.int64).argmax(dim=1)
-    scheduled = sigmas.to(torch.float64)[index]
+    scheduled = sigmas.detach().to("cpu", torch.float64)[order[pos]]
     return torch.where(found, scheduled, fallback)
 
 
