@@ -99,9 +99,8 @@ class AnalyticEnergyGuidance:
             sigma.to(like.device, like.dtype).expand(batch),
         )
 
-    def _closed_form(self, x_t, out, alpha, sigma, cond, create_graph) -> Tensor:
-        """Training-free E_t (B,) from x_t and the model output computed from it (in the graph)."""
-        eps_hat, x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
+    def _closed_form(self, x_t, eps_hat, x0_hat, alpha, sigma, cond, create_graph) -> Tensor:
+        """Training-free E_t (B,), equation (1) at x̄ = x̂0; ε̂ and x̂0 must be in x_t's graph."""
         energy_bar, grad_bar = energy_and_grad(self.energy, x0_hat, cond, create_graph=True)
         quad = variance_quadratic(
             grad_bar,
@@ -124,25 +123,29 @@ class AnalyticEnergyGuidance:
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             out = call_model(self.model, x, timestep, cond)
-            return self._closed_form(x, out, alpha, sigma, cond, create_graph=False).detach()
+            eps_hat, x0_hat = to_eps_x0(out, x, alpha, sigma, self.prediction_type)
+            return self._closed_form(x, eps_hat, x0_hat, alpha, sigma, cond, create_graph=False).detach()
 
-    def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor]:
-        """(∇_{x_t} E_t, model output at x_t); the gradient has x_t's shape."""
+    def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+        """∇_{x_t} E_t, with x_t's shape."""
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
-        return self._gradient(x_t, timestep, alpha, sigma, cond)
+        return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
-    def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor]:
+    def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor, Tensor]:
+        """(∇_{x_t} E_t, ε̂, x̂0) at x_t, all detached."""
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             if self.amortized:
                 with torch.no_grad():
                     out = call_model(self.model, x_t, timestep, cond)
+                    eps_hat, x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
                 value = self.network(x, alpha, sigma, cond)
             else:
                 out = call_model(self.model, x, timestep, cond)
-                value = self._closed_form(x, out, alpha, sigma, cond, create_graph=True)
+                eps_hat, x0_hat = to_eps_x0(out, x, alpha, sigma, self.prediction_type)
+                value = self._closed_form(x, eps_hat, x0_hat, alpha, sigma, cond, create_graph=True)
             (grad,) = torch.autograd.grad(value.sum(), x)
-        return grad, out.detach()
+        return grad, eps_hat.detach(), x0_hat.detach()
 
     def guided_model_output(
         self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
@@ -153,18 +156,20 @@ class AnalyticEnergyGuidance:
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
-        grad, out = self._gradient(x_t, timestep, alpha, sigma, cond)
-        eps_hat, x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
+        if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
+            out = call_model(self.model, x_t, timestep, cond)
+            if not return_info:
+                return out
+            x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)[1]
+            return out, StepInfo(x0_hat=x0_hat, guidance_norm=torch.zeros(len(x_t), device=x_t.device))
+        grad, eps_hat, x0_hat = self._gradient(x_t, timestep, alpha, sigma, cond)
         shape = (-1,) + (1,) * (x_t.dim() - 1)
-        delta = self.scale * sigma.reshape(shape) * grad
-        if float(alpha.min()) < _MIN_ALPHA:
-            delta = torch.zeros_like(delta)
-        eps = eps_hat + delta
+        eps = eps_hat + self.scale * sigma.reshape(shape) * grad
         if self.rescale:
             norm = eps_hat.flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)
             eps = eps * norm.reshape(shape)
-            delta = eps - eps_hat
-        x0 = x0_hat - (sigma / alpha.clamp_min(_MIN_ALPHA)).reshape(shape) * delta
+        delta = eps - eps_hat
+        x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
         guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
         if not return_info:
             return guided
