@@ -73,7 +73,8 @@ def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
     """s = σ/α (VP, VE) or σ (flow) for each timestep in ``t``.
 
     Timesteps of the scheduler's current schedule read ``scheduler.sigmas`` (exact, also for
-    Karras or exponential sigmas); any other timestep uses the training noise schedule.
+    Karras or exponential sigmas); any other timestep uses the training noise schedule. During
+    sampling the scheduler's own ``step_index`` decides, since a schedule may repeat a timestep.
     """
     num_train = scheduler.config.num_train_timesteps
     if kind == "flow":
@@ -86,9 +87,12 @@ def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
     timesteps = getattr(scheduler, "timesteps", None)
     if sigmas is None or timesteps is None or len(timesteps) == 0:
         return fallback
-    # Locate each t in the schedule by binary search (schedules may hold 1000 entries).
     ts = timesteps.detach().to("cpu", torch.float64)
-    order = torch.argsort(ts)
+    index = getattr(scheduler, "step_index", None)
+    if len(t) == 1 and isinstance(index, int) and index < len(ts) and ts[index] == t[0]:
+        return sigmas.detach().to("cpu", torch.float64)[index : index + 1]
+    # Locate each t in the schedule by binary search (schedules may hold 1000 entries).
+    order = torch.argsort(ts, stable=True)
     pos = torch.searchsorted(ts[order], t).clamp(max=len(ts) - 1)
     found = ts[order][pos] == t
     if not found.any():

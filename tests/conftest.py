@@ -1,0 +1,26 @@
+"""Shared test set-up: one CPU thread, fixed seeds, derandomized hypothesis.
+
+Hypothesis profiles: ``ci`` (default) is derandomized so every run draws the same examples;
+``dev`` explores more examples with fresh randomness: ``HYPOTHESIS_PROFILE=dev pytest``.
+"""
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+# Other jobs share the 2-core CI machine; one thread per test process is also faster for the
+# small tensors used here.
+torch.set_num_threads(1)
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=50, print_blob=True)
+settings.register_profile("dev", deadline=None, max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Every test starts from the same global torch seed (network initialisation, randn)."""
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,270 @@
+"""amortized.py: closed-form training targets, the intermediate-energy network, its training and
+save/load, and amortized guidance on Gaussian data."""
+
+import math
+
+import pytest
+import torch
+
+from energy_guidance import (
+    AnalyticEnergyGuidance,
+    GaussianMixture,
+    IntermediateEnergyNet,
+    closed_form_targets,
+    energy_and_grad,
+    from_eps_x0,
+    noise_level,
+    prediction_type,
+    sample,
+    to_eps_x0,
+    train_intermediate_energy,
+)
+
+from .schedulers import make_scheduler
+
+BETA, V, STEPS, N = 1.5, 0.5, 24, 4000
+W = torch.tensor([1.0, -1.0], dtype=torch.float64)
+M_DATA = BETA * V * W / 2  # data and target means symmetric about 0, as in test_guidance.py
+M_TARGET = M_DATA - BETA * V * W
+Z = 5.0
+
+
+def linear_energy(x: torch.Tensor) -> torch.Tensor:
+    return x @ W.to(x)
+
+
+def data_model() -> GaussianMixture:
+    return GaussianMixture.gaussian(M_DATA, V)
+
+
+def exact_guidance_term(alpha, sigma) -> torch.Tensor:
+    """σ·∇_{x_t}E_t for Gaussian data and E = wᵀx: constant in x_t."""
+    return sigma * BETA * alpha * V / (alpha**2 * V + sigma**2) * W
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expansion", ["data", "posterior_mean"])
+@pytest.mark.parametrize("name", ["ddpm-eps", "dpm++-v", "flow-euler"])
+def test_closed_form_targets_are_exact_for_gaussian_data(name, expansion):
+    """Linear E and a Gaussian posterior: the target equals -log E[exp(-β·wᵀx0) | x_t] exactly,
+    whichever expansion point (x̄ = x0 or x̄ = x̂0) is used."""
+    scheduler = make_scheduler(name)
+    q = data_model()
+    gen = torch.Generator().manual_seed(0)
+    x0 = q.sample(64, generator=gen).double()
+    noise = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+    t = torch.randint(1, 999, (64,), generator=gen)
+    kwargs = {"variance": "jacobian", "energy": linear_energy}
+    if expansion == "data":
+        energy_bar, grad_bar = energy_and_grad(linear_energy, x0)
+        kwargs |= {"energy_bar": energy_bar, "grad_bar": grad_bar}
+    x_t, target = closed_form_targets(scheduler, q.noise_model(scheduler), x0, t, noise, BETA, **kwargs)
+    alpha, sigma = noise_level(scheduler, t)
+    torch.testing.assert_close(x_t, alpha[:, None] * x0 + sigma[:, None] * noise)
+    exact = -q.linear_log_potential(x_t, alpha, sigma, W, BETA)
+    torch.testing.assert_close(target, exact, rtol=1e-9, atol=1e-9)
+    assert not target.requires_grad
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    net = IntermediateEnergyNet(3, cond_dim=2, hidden=32, depth=2, num_frequencies=4, beta=0.7)
+    net.target_mean.fill_(1.5)
+    net.target_scale.fill_(3.0)
+    path = str(tmp_path / "net.safetensors")
+    net.save(path)
+    loaded = IntermediateEnergyNet.load(path)
+    assert loaded.config == net.config and loaded.beta == 0.7
+    x_t, cond = torch.randn(10, 3), torch.randn(10, 2)
+    alpha = torch.linspace(0.05, 0.95, 10)
+    sigma = (1 - alpha**2).sqrt()
+    torch.testing.assert_close(loaded(x_t, alpha, sigma, cond), net(x_t, alpha, sigma, cond), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="conditional: pass cond"):
+        loaded(x_t, alpha, sigma)
+
+
+def test_network_input_is_scheduler_independent():
+    """The network sees x_t/sqrt(α² + σ²) and λ = log(α²/σ²): a VE input x0 + s·ε (α = 1, σ = s)
+    gives the same value as its VP form (α, σ)/sqrt(1 + s²)."""
+    net = IntermediateEnergyNet(2, hidden=16, depth=1)
+    x_ve = torch.randn(4, 2)
+    s = torch.tensor([0.3, 1.0, 5.0, 40.0])
+    scale = (1 + s**2).sqrt()
+    torch.testing.assert_close(
+        net(x_ve, torch.ones(4), s), net(x_ve / scale[:, None], 1 / scale, s / scale), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_training_reduces_the_loss():
+    """Regression on closed-form targets: the loss over the last 50 steps is below half of that
+    over the first 50 (the targets, normalised to unit scale, start at loss ≈ 1)."""
+    scheduler = make_scheduler("ddpm-eps")
+    q = data_model()
+    net = IntermediateEnergyNet(2, hidden=32, depth=2, beta=BETA)
+    losses = train_intermediate_energy(
+        net,
+        scheduler,
+        q.noise_model(scheduler),
+        linear_energy,
+        q.sample(1024),
+        variance="jacobian",
+        steps=200,
+        batch_size=128,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    assert len(losses) == 200 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-50:]) < 0.5 * sum(losses[:50])
+
+
+def test_training_a_conditional_network():
+    """energy(x0, cond) with a per-sample condition; the network takes cond as an input."""
+    scheduler = make_scheduler("ddim-eps")
+    q = data_model()
+    data = q.sample(512)
+    cond = torch.randn(512, 2)
+    net = IntermediateEnergyNet(2, cond_dim=2, hidden=32, depth=2, beta=BETA)
+    base = q.noise_model(scheduler)
+    steps = []
+    losses = train_intermediate_energy(
+        net,
+        scheduler,
+        lambda x, t, c: base(x, t),  # with cond given, the model is called as model(x_t, t, cond)
+        lambda x, c: (x * c).sum(1),
+        data,
+        cond,
+        variance=0.1,
+        expansion="posterior_mean",
+        steps=150,
+        batch_size=64,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        callback=lambda step, loss: steps.append(step),
+    )
+    assert steps == list(range(150))
+    assert sum(losses[-40:]) < 0.5 * sum(losses[:40])
+    with pytest.raises(ValueError, match="expansion must be"):
+        train_intermediate_energy(
+            net, scheduler, q.noise_model(scheduler), linear_energy, data, expansion="x0"
+        )
+
+
+def test_guidance_rejects_a_network_trained_for_another_beta():
+    scheduler = make_scheduler("ddim-eps")
+    net = IntermediateEnergyNet(2, beta=2.0)
+    with pytest.raises(ValueError, match=r"trained for beta=2.0, not beta=1.0"):
+        AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), None, 1.0, network=net)
+
+
+# --- amortized guidance ------------------------------------------------------------------------
+
+
+def run_with_injected_terms(name: str, model, deltas: list[torch.Tensor], n: int, seed: int) -> torch.Tensor:
+    """Sample with ε̂ + δ_k at step k (x̂0 moved accordingly, as guidance does) from a fixed seed."""
+    scheduler = make_scheduler(name)
+    ptype = prediction_type(scheduler)
+    step = iter(range(len(deltas)))
+
+    def injected(x, t):
+        alpha, sigma = noise_level(scheduler, t)
+        a, s = alpha[:, None].to(x), sigma[:, None].to(x)
+        eps, x0 = to_eps_x0(model(x, t), x, alpha, sigma, ptype)
+        delta = deltas[next(step)].to(x)
+        return from_eps_x0(eps + delta, x0 - s / a * delta, alpha, sigma, ptype)
+
+    return sample(
+        scheduler,
+        injected,
+        (n, 2),
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=torch.float64,
+    )
+
+
+@pytest.mark.parametrize("name", ["ddim-eps", "dpm++-v"])
+def test_amortized_guidance_after_a_short_training(name):
+    """After 400 training steps, amortized guided samples follow N(m - β·v·w, vI) within MC error,
+    the scheduler's discretisation error and the network's measured error.
+
+    With the exact Gaussian model every sampler here is affine in the terms δ_k added to ε̂ at
+    step k: x_out = x_out(no guidance) + Σ_k C_k·δ_k, where C_k (per coordinate) is measured by
+    injecting δ_k = 1 at step k alone. The exact guidance term δ*_k is constant in x_t, so the
+    network's error e_k = δ_k - δ*_k moves the sample mean by exactly Σ_k C_k·mean(e_k) relative
+    to exact guidance (checked), and by at most B = Σ_k |C_k|·|mean(e_k)|. Exact guidance obeys the
+    bound of test_guidance.py (unguided error + 2·5·SE), so amortized guidance obeys it plus B.
+    B ≤ 25% of the exact shift S = Σ_k C_k·δ*_k is the requirement on the trained network.
+    """
+    scheduler = make_scheduler(name)
+    q = data_model()
+    model = q.noise_model(scheduler)
+    net = IntermediateEnergyNet(2, hidden=64, depth=2, beta=BETA)
+    train_intermediate_energy(
+        net,
+        scheduler,
+        model,
+        linear_energy,
+        q.sample(4096),
+        variance="jacobian",
+        steps=400,
+        batch_size=256,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    guidance = AnalyticEnergyGuidance(scheduler, model, None, BETA, network=net.double())
+    ptype = prediction_type(scheduler)
+    errors, exact_terms = [], []
+
+    def recorded(x, t):
+        out = guidance.guided_model_output(x, t)
+        alpha, sigma = noise_level(scheduler, t)
+        eps_guided, _ = to_eps_x0(out, x, alpha, sigma, ptype)
+        eps_plain, _ = to_eps_x0(model(x, t), x, alpha, sigma, ptype)
+        exact = exact_guidance_term(alpha[0], sigma[0])
+        errors.append((eps_guided - eps_plain - exact).mean(0))
+        exact_terms.append(exact)
+        return out
+
+    seed, kwargs = 0, {"num_inference_steps": STEPS, "dtype": torch.float64}
+    amortized = sample(scheduler, recorded, (N, 2), generator=torch.Generator().manual_seed(seed), **kwargs)
+    unguided = sample(
+        make_scheduler(name), model, (N, 2), generator=torch.Generator().manual_seed(seed), **kwargs
+    )
+    exact_guided = AnalyticEnergyGuidance(make_scheduler(name), model, linear_energy, BETA).sample(
+        (N, 2), generator=torch.Generator().manual_seed(seed), **kwargs
+    )
+    zero = [torch.zeros(2, dtype=torch.float64)] * STEPS
+    base = run_with_injected_terms(name, model, zero, 1, seed=7)
+    coeffs = torch.stack(
+        [
+            (
+                run_with_injected_terms(name, model, [*zero[:k], torch.ones(2), *zero[k + 1 :]], 1, seed=7)
+                - base
+            )[0]
+            for k in range(STEPS)
+        ]
+    )  # (STEPS, 2)
+    errors, exact_terms = torch.stack(errors), torch.stack(exact_terms)
+
+    shift = (coeffs * exact_terms).sum(0)
+    # Some diffusers steps compute in float32: superposition holds to ~1e-7 relative.
+    torch.testing.assert_close(shift, (exact_guided - unguided).mean(0), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        (amortized - exact_guided).mean(0), (coeffs * errors).sum(0), rtol=1e-5, atol=1e-7
+    )
+
+    network_error = (coeffs.abs() * errors.abs()).sum(0)
+    assert (network_error <= 0.25 * shift.abs()).all()
+    se = amortized.std(0) / math.sqrt(N)
+    tol = (unguided.mean(0) - M_DATA).abs() + 2 * Z * se + network_error
+    assert ((amortized.mean(0) - M_TARGET).abs() <= tol).all()
+    assert (tol < (M_TARGET - M_DATA).abs() / 2).all()  # and the test tells guided from unguided
+
+    # In amortized mode intermediate_energy is the network itself.
+    x_t = torch.randn(5, 2, dtype=torch.float64)
+    alpha, sigma = noise_level(scheduler, 500)
+    torch.testing.assert_close(guidance.intermediate_energy(x_t, 500), net(x_t, alpha, sigma))

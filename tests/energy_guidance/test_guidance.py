@@ -1,0 +1,293 @@
+"""guidance.py: AnalyticEnergyGuidance on every supported scheduler configuration.
+
+Ground truth: Gaussian data q = N(m, vI), the exact noise model and the linear energy E(x) = wᵀx.
+The posterior q(x0 | x_t) is Gaussian and E linear, so the closed form is exact and the guided
+model is exactly the noise model of the target p = N(m - β·v·w, vI) (its ε̂ is affine in x_t).
+"""
+
+import functools
+import math
+from types import SimpleNamespace
+
+import diffusers
+import pytest
+import torch
+
+from energy_guidance import (
+    AnalyticEnergyGuidance,
+    GaussianMixture,
+    estimate_variance_table,
+    noise_level,
+    prediction_type,
+    sample,
+    to_eps_x0,
+)
+
+from .schedulers import SCHEDULER_CONFIGS, STARTS_AT_PURE_NOISE, make_scheduler
+
+BETA, V, STEPS, N = 1.5, 0.5, 24, 4000
+W = torch.tensor([1.0, -1.0], dtype=torch.float64)
+# Data and target means symmetric about 0 (m' = -m); see test_guided_samples_follow_the_tilted_gaussian.
+M_DATA = BETA * V * W / 2
+M_TARGET = M_DATA - BETA * V * W
+Z = 5.0
+
+
+def linear_energy(x: torch.Tensor) -> torch.Tensor:
+    return x @ W.to(x)
+
+
+def data_model() -> GaussianMixture:
+    return GaussianMixture.gaussian(M_DATA, V)
+
+
+def target_model() -> GaussianMixture:
+    return GaussianMixture.gaussian(M_TARGET, V)
+
+
+def exact_guidance_term(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """σ·∇_{x_t}E_t for this problem: E_t = β·wᵀx̂0(x_t) + const, ∂x̂0/∂x_t = α·v/(α²v + σ²)."""
+    return sigma * BETA * alpha * V / (alpha**2 * V + sigma**2) * W
+
+
+@functools.cache
+def sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(guided, unguided, exact target) samples of one configuration, all from the same seed."""
+    kwargs = {"num_inference_steps": STEPS, "dtype": torch.float64}
+    scheduler = make_scheduler(name)
+    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
+    guided = guidance.sample((N, 2), generator=torch.Generator().manual_seed(0), **kwargs)
+    scheduler = make_scheduler(name)
+    unguided = sample(
+        scheduler,
+        data_model().noise_model(scheduler),
+        (N, 2),
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
+    scheduler = make_scheduler(name)
+    target = sample(
+        scheduler,
+        target_model().noise_model(scheduler),
+        (N, 2),
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
+    return guided, unguided, target
+
+
+PURE_NOISE_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Known limitation: at α = 0 (the first flow-matching step, σ = 1) guided_model_output sets the "
+        "guidance to 0 and returns the unguided x̂0 = E_q[x0], but the guided velocity needs the tilted "
+        "E_p[x0] = m - β·v·w, which the local closed form cannot see there. The first step is off by "
+        "h·β·v·w (h = first step size): an O(1/steps) bias that the distributional test tolerates."
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=PURE_NOISE_XFAIL) if n in STARTS_AT_PURE_NOISE else n
+        for n in sorted(SCHEDULER_CONFIGS)
+    ],
+)
+def test_guided_sampling_equals_the_exact_target_model_pathwise(name):
+    """Training-free guidance reproduces the target's own noise model step by step, so from the
+    same seed the guided samples equal the target model's samples up to rounding. The models run
+    in float64 (differences ~1e-16), but the DPM-Solver, Euler and flow-matching steps round the
+    state to float32, where such a difference can flip a rounding: at most 1 ulp per step, which
+    is < 2e-6 once carried to the final sample (|x| < 16; Euler's early VE states are larger by
+    their s, and perturbations of them shrink by ~1/s on the way down), over 24 steps."""
+    guided, _, target = sampling_runs(name)
+    torch.testing.assert_close(guided, target, rtol=0, atol=STEPS * 2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULER_CONFIGS))
+def test_guided_samples_follow_the_tilted_gaussian(name):
+    """Guided samples have mean m - β·v·w and variance v, to MC error plus discretisation error.
+
+    With the exact Gaussian noise model every supported sampler is affine in its Gaussian inputs
+    z and in the data mean: x_out = N(z) + B·m, with B the sampler's (per-coordinate) mean
+    contraction and N(z) a zero-mean term that is the same for the same seed. Hence
+    mean_guided - m' = N̄ + (B - 1)·m' and mean_unguided - m = N̄ + (B - 1)·m. Choosing m' = -m,
+        |mean_guided - m'| ≤ |mean_unguided - m| + 2·|N̄|,   |N̄| ≤ 5·SE (SE = std/√n),
+    i.e. the scheduler's own (unguided) discretisation error, measured here, plus MC error. The
+    variance does not depend on m at all: the same bound with the SE of a Gaussian sample
+    variance, v·sqrt(2/(n-1)).
+    """
+    guided, unguided, _ = sampling_runs(name)
+    se_mean = guided.std(0) / math.sqrt(N)
+    tol_mean = (unguided.mean(0) - M_DATA).abs() + 2 * Z * se_mean
+    assert ((guided.mean(0) - M_TARGET).abs() <= tol_mean).all()
+    # The test can tell guided from unguided sampling: the tilt is larger than twice the tolerance.
+    assert (tol_mean < (M_TARGET - M_DATA).abs() / 2).all()
+    se_var = guided.var(0) * math.sqrt(2 / (N - 1))
+    tol_var = (unguided.var(0) - V).abs() + 2 * Z * se_var
+    assert ((guided.var(0) - V).abs() <= tol_var).all()
+
+
+@pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v", "flow-euler"])
+def test_intermediate_energy_is_exact_for_gaussian_data(name):
+    """E_t(x_t) = -log E[exp(-β·wᵀx0) | x_t] exactly (jacobian variance is exact here), in every
+    prediction type; the guided output decodes to the target's exact ε̂ and x̂0."""
+    scheduler = make_scheduler(name)
+    scheduler.set_timesteps(10)
+    q, p = data_model(), target_model()
+    guidance = AnalyticEnergyGuidance(scheduler, q.noise_model(scheduler), linear_energy, BETA)
+    gen = torch.Generator().manual_seed(1)
+    for t in scheduler.timesteps[1:]:
+        x_t = torch.randn(16, 2, generator=gen, dtype=torch.float64)
+        alpha, sigma = (c.expand(16) for c in noise_level(scheduler, t))
+        exact = -q.linear_log_potential(x_t, alpha, sigma, W, BETA)
+        torch.testing.assert_close(guidance.intermediate_energy(x_t, t), exact, rtol=1e-10, atol=1e-10)
+
+        out, info = guidance.guided_model_output(x_t, t, return_info=True)
+        eps, x0 = to_eps_x0(out, x_t, alpha, sigma, prediction_type(scheduler))
+        torch.testing.assert_close(eps, p.noise_prediction(x_t, alpha, sigma), rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(x0, p.posterior_mean(x_t, alpha, sigma), rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(info.x0_hat, x0)
+        norm = exact_guidance_term(alpha[0], sigma[0]).norm()
+        torch.testing.assert_close(info.guidance_norm, norm.expand(16), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("variance", ["eps_norm", "data_var", "diagonal", 0.3])
+def test_every_variance_estimator_guides_gaussian_data_exactly(variance):
+    """For Gaussian data and linear E every estimate of Σ̂ depends on t only, so it shifts E_t by a
+    constant and the guided output equals that of the exact (jacobian) estimator."""
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    q = data_model()
+    model = q.noise_model(scheduler)
+    table = estimate_variance_table(model, scheduler, q.sample(500), num_levels=8)
+    exact = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, variance="jacobian")
+    other = AnalyticEnergyGuidance(
+        scheduler, model, linear_energy, BETA, variance=variance, variance_table=table
+    )
+    x_t = torch.randn(32, 2, dtype=torch.float64)
+    for t in (900, 500, 100):
+        torch.testing.assert_close(
+            other.guided_model_output(x_t, t), exact.guided_model_output(x_t, t), rtol=1e-9, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("name", ["ddim-eps", "dpm++-v"])
+def test_rescale_keeps_the_unguided_score_norm_per_sample(name):
+    """rescale=True: ‖ε̃‖ = ‖ε̂‖ for every sample (scores are -ε/σ, so the same holds for them),
+    while the direction still changes; and sampling with it runs and stays finite."""
+    scheduler = make_scheduler(name)
+    model = data_model().noise_model(scheduler)
+    guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, beta=3.0, rescale=True)
+    ptype = prediction_type(scheduler)
+    scheduler.set_timesteps(8)
+    gen = torch.Generator().manual_seed(2)
+    for t in scheduler.timesteps:
+        x_t = torch.randn(64, 2, generator=gen, dtype=torch.float64)
+        alpha, sigma = (c.expand(64) for c in noise_level(scheduler, t))
+        eps_guided, _ = to_eps_x0(guidance.guided_model_output(x_t, t), x_t, alpha, sigma, ptype)
+        eps_plain, _ = to_eps_x0(model(x_t, t.expand(64)), x_t, alpha, sigma, ptype)
+        torch.testing.assert_close(eps_guided.norm(dim=1), eps_plain.norm(dim=1), rtol=1e-10, atol=1e-12)
+        assert (eps_guided - eps_plain).abs().max() > 1e-3
+    samples = guidance.sample((256, 2), num_inference_steps=8, generator=gen, dtype=torch.float64)
+    assert samples.shape == (256, 2) and torch.isfinite(samples).all()
+
+
+def test_scale_multiplies_the_guidance_term():
+    scheduler = diffusers.DDPMScheduler(clip_sample=False)
+    model = data_model().noise_model(scheduler)
+    x_t, t = torch.randn(8, 2, dtype=torch.float64), torch.tensor(400)
+    plain = model(x_t, t.expand(8))
+
+    def term(scale):
+        guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, scale=scale)
+        return guidance.guided_model_output(x_t, t) - plain
+
+    torch.testing.assert_close(term(0.0), torch.zeros_like(x_t))
+    torch.testing.assert_close(term(2.5), 2.5 * term(1.0))
+
+
+def test_conditional_model_and_energy_receive_cond():
+    """model(x, t, cond) and energy(x0, cond): each row is guided by its own w = cond[b]."""
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    q = data_model()
+    base = q.noise_model(scheduler)
+    seen = {}
+
+    def model(x, t, cond):
+        seen["model"] = cond
+        return SimpleNamespace(sample=base(x, t))  # diffusers models return an object with .sample
+
+    def energy(x0, cond):
+        seen["energy"] = cond
+        return (x0 * cond.to(x0)).sum(1)
+
+    ws = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64)
+    guidance = AnalyticEnergyGuidance(scheduler, model, energy, BETA)
+    x_t, t = torch.randn(3, 2, dtype=torch.float64), torch.tensor(300)
+    out = guidance.guided_model_output(x_t, t, ws)
+    assert seen["model"] is ws and seen["energy"] is ws
+    alpha, sigma = noise_level(scheduler, t)
+    expected = base(x_t, t.expand(3)) + sigma * BETA * alpha * V / (alpha**2 * V + sigma**2) * ws
+    torch.testing.assert_close(out, expected)
+    samples = guidance.sample((3, 2), cond=ws, num_inference_steps=4, dtype=torch.float64)
+    assert samples.shape == (3, 2)
+
+
+def test_sampling_callback_reports_each_step():
+    scheduler = diffusers.DPMSolverMultistepScheduler()
+    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
+    records = []
+    guidance.sample((5, 2), num_inference_steps=6, callback=records.append, dtype=torch.float64)
+    assert [r["step"] for r in records] == list(range(6))
+    for r in records:
+        assert r["sample"].shape == r["x0_hat"].shape == (5, 2)
+        alpha, sigma = noise_level(scheduler, r["timestep"])
+        torch.testing.assert_close(r["guidance_norm"], exact_guidance_term(alpha, sigma).norm().expand(5))
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def _guidance(energy, model=None):
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    return AnalyticEnergyGuidance(scheduler, model or data_model().noise_model(scheduler), energy, BETA)
+
+
+@pytest.mark.parametrize(
+    "energy", [lambda x: (x @ W.to(x))[:, None], lambda x: (x @ W.to(x)).sum()], ids=["(B,1)", "scalar"]
+)
+def test_wrong_energy_shape_is_a_clear_error(energy):
+    guidance = _guidance(energy)
+    with pytest.raises(ValueError, match=r"energy must return shape \(B,\) = \(4,\)"):
+        guidance.guided_model_output(torch.randn(4, 2, dtype=torch.float64), 500)
+    with pytest.raises(ValueError, match="one value per sample"):
+        guidance.sample((4, 2), num_inference_steps=2, dtype=torch.float64)
+
+
+def test_nan_energy_is_a_clear_error():
+    def energy(x):
+        value = x @ W.to(x)
+        return torch.where(torch.arange(len(x)) == 1, torch.nan, value)
+
+    with pytest.raises(FloatingPointError, match=r"1 non-finite values \(NaN or inf\) out of 4"):
+        _guidance(energy).guided_model_output(torch.randn(4, 2, dtype=torch.float64), 500)
+
+
+def test_energy_returning_a_non_tensor_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"energy must return a torch\.Tensor"):
+        _guidance(lambda x: [0.0] * len(x)).guided_model_output(torch.randn(4, 2), 500)
+
+
+def test_model_output_of_the_wrong_shape_is_a_clear_error():
+    guidance = _guidance(linear_energy, model=lambda x, t: x[:, :1])
+    with pytest.raises(ValueError, match=r"model returned shape \(4, 1\) for input \(4, 2\)"):
+        guidance.guided_model_output(torch.randn(4, 2), 500)
+
+
+def test_constructor_rejects_negative_beta_and_missing_energy():
+    scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, beta=-0.1)
+    with pytest.raises(ValueError, match="give an energy"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: x, None, beta=1.0)
