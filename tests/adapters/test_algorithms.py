@@ -1,0 +1,78 @@
+"""IQL and CQL updates, their networks and Polyak averaging."""
+
+import copy
+
+import torch
+
+from adapters import CQL, IQL, CQLConfig, IQLConfig, Transitions
+from adapters.networks import TanhGaussianPolicy, polyak_update
+
+
+def _transitions(n=64, obs_dim=3, act_dim=2):
+    g = torch.Generator().manual_seed(1)
+    return Transitions(
+        torch.randn(n, obs_dim, generator=g),
+        torch.rand(n, act_dim, generator=g) * 2 - 1,
+        torch.randn(n, generator=g),
+        torch.randn(n, obs_dim, generator=g),
+        (torch.rand(n, generator=g) < 0.1).float(),
+    )
+
+
+def test_tanh_gaussian_log_prob_matches_torch_distributions():
+    policy = TanhGaussianPolicy(3, 2, hidden=16).double()
+    states = torch.randn(32, 3, dtype=torch.float64)
+    actions, log_prob = policy.sample(states, torch.Generator().manual_seed(0))
+    mean, log_std = policy.net(states).chunk(2, dim=-1)
+    reference = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.clamp(-5, 2).exp()),
+        [torch.distributions.TanhTransform()],
+    )
+    expected = reference.log_prob(actions).sum(-1)
+    # atanh(a) inside the reference loses digits as |a| -> 1; float64 keeps them at |a| < 1 - 1e-6.
+    assert actions.abs().max() < 1 - 1e-6
+    assert torch.allclose(log_prob, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_polyak_update_is_a_lerp():
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = copy.deepcopy(target)
+    polyak_update(target, source, 0.25)
+    for t, b, s in zip(target.parameters(), before.parameters(), source.parameters(), strict=True):
+        assert torch.allclose(t, 0.75 * b + 0.25 * s, rtol=1e-6, atol=1e-7)
+
+
+def test_iql_update_moves_only_the_target_by_polyak():
+    data = _transitions()
+    iql = IQL(3, 2, IQLConfig(hidden=16, polyak=0.1))
+    target_before = copy.deepcopy(iql.q_target)
+    iql.update(data)
+    # After one step: target = 0.9·old target + 0.1·(updated Q).
+    for t, b, q in zip(
+        iql.q_target.parameters(), target_before.parameters(), iql.q.parameters(), strict=True
+    ):
+        assert torch.allclose(t, 0.9 * b + 0.1 * q, rtol=1e-6, atol=1e-7)
+        assert not t.requires_grad
+
+
+def test_iql_and_cql_losses_are_finite_and_policies_in_bounds():
+    data = _transitions()
+    g = torch.Generator().manual_seed(0)
+    for agent in (IQL(3, 2, IQLConfig(hidden=16, actor="deterministic")), CQL(3, 2, CQLConfig(hidden=16))):
+        for _ in range(3):
+            logs = agent.update(data.sample(16, g), g)
+        assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()), logs
+        actions = agent.act(data.observations)
+        assert actions.shape == (len(data), 2) and actions.abs().max() <= 1
+
+
+def test_transitions_reject_nan():
+    data = _transitions()
+    rewards = data.rewards.clone()
+    rewards[3] = float("nan")
+    try:
+        Transitions(data.observations, data.actions, rewards, data.next_observations, data.terminals)
+    except ValueError as error:
+        assert "rewards contains NaN" in str(error)
+    else:
+        raise AssertionError("NaN rewards were accepted")
