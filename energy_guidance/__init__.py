@@ -5,7 +5,17 @@ Conventions (stated once here and in docs/math.md): energies are lower-is-better
 x_t = α_t·x0 + σ_t·ε is always the model input.
 """
 
-from .amortized import IntermediateEnergyNet, closed_form_targets, train_intermediate_energy
+from .amortized import (
+    IntermediateEnergyNet,
+    TargetBatch,
+    calibrate,
+    closed_form_batches,
+    closed_form_targets,
+    cosine_learning_rate,
+    fit,
+    regression_loss,
+    train_intermediate_energy,
+)
 from .callables import call_energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy, analytic_log_potential
 from .guidance import AnalyticEnergyGuidance
@@ -37,21 +47,27 @@ __all__ = [
     "GaussianMixture",
     "IntermediateEnergyNet",
     "StepInfo",
+    "TargetBatch",
     "VarianceTable",
     "analytic_intermediate_energy",
     "analytic_log_potential",
+    "calibrate",
     "call_energy",
     "call_model",
+    "closed_form_batches",
     "closed_form_targets",
+    "cosine_learning_rate",
     "empirical_log_potential",
     "energy_and_grad",
     "estimate_variance_table",
+    "fit",
     "from_eps_x0",
     "gaussian_log_potential_mc",
     "importance_resample",
     "log_snr",
     "noise_level",
     "prediction_type",
+    "regression_loss",
     "sample",
     "to_eps_x0",
     "train_intermediate_energy",

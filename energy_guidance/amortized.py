@@ -14,7 +14,9 @@ The network takes the noise level (α, σ) instead of t, so it serves any schedu
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -109,7 +111,7 @@ def closed_form_targets(
     beta: float,
     *,
     cond=None,
-    variance: str | float = "eps_norm",
+    variance: str | float = "data_var",
     variance_table: VarianceTable | None = None,
     energy: Energy | None = None,
     energy_bar: Tensor | None = None,
@@ -139,6 +141,130 @@ def closed_form_targets(
     return x_t, target.detach()
 
 
+class TargetBatch(NamedTuple):
+    """One regression batch: inputs x_t (B, ...), their noise levels α, σ (B,), conditions, targets (B,)."""
+
+    x_t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    cond: Tensor | None
+    target: Tensor
+
+
+def closed_form_batches(
+    scheduler,
+    model: Callable,
+    energy: Energy,
+    data: Tensor,
+    cond: Tensor | None = None,
+    *,
+    beta: float,
+    variance: str | float = "data_var",
+    variance_table: VarianceTable | None = None,
+    expansion: str = "data",
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> Callable[[], TargetBatch]:
+    """A function drawing :class:`TargetBatch` es of closed-form targets from ``data`` (N, ...).
+
+    Each call draws data points (with their conditions ``cond`` (N, ...)), training timesteps
+    uniformly and noise, all from ``generator``. ``expansion`` is ``"data"`` (x̄ = x0; E and ∇E
+    of the data are computed once, here) or ``"posterior_mean"`` (x̄ = x̂0, evaluated per batch).
+    """
+    if expansion not in ("data", "posterior_mean"):
+        raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
+    n = data.shape[0]
+    num_train = scheduler.config.num_train_timesteps
+    pre_energy = pre_grad = None
+    if expansion == "data":
+        chunks = range(0, n, 4096)
+        pairs = [energy_and_grad(energy, data[i : i + 4096], _rows(cond, slice(i, i + 4096))) for i in chunks]
+        pre_energy = torch.cat([p[0] for p in pairs]).detach()
+        pre_grad = torch.cat([p[1] for p in pairs]).detach()
+
+    def draw() -> TargetBatch:
+        idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
+        t = torch.randint(0, num_train, (batch_size,), generator=generator).to(data.device)
+        noise = torch.randn(data[idx].shape, generator=generator).to(data)
+        x_t, target = closed_form_targets(
+            scheduler,
+            model,
+            data[idx],
+            t,
+            noise,
+            beta,
+            cond=_rows(cond, idx),
+            variance=variance,
+            variance_table=variance_table,
+            energy=energy,
+            energy_bar=_rows(pre_energy, idx),
+            grad_bar=_rows(pre_grad, idx),
+        )
+        alpha, sigma = (c.to(x_t) for c in noise_level(scheduler, t))
+        return TargetBatch(x_t, alpha, sigma, _rows(cond, idx), target)
+
+    return draw
+
+
+def _rows(values: Tensor | None, index) -> Tensor | None:
+    return None if values is None else values[index]
+
+
+@torch.no_grad()
+def calibrate(network: IntermediateEnergyNet, draw: Callable[[], TargetBatch], batches: int = 8) -> None:
+    """Set the network's output location and scale to those of the targets (once, before training)."""
+    targets = torch.cat([draw().target for _ in range(batches)])
+    network.target_mean.fill_(float(targets.mean()))
+    network.target_scale.fill_(max(float(targets.std()), 1e-6))
+
+
+def regression_loss(network: IntermediateEnergyNet, batch: TargetBatch) -> Tensor:
+    """Mean squared error of E_Θ against the targets, in units of the target scale."""
+    pred = network(batch.x_t, batch.alpha, batch.sigma, batch.cond)
+    return ((pred - batch.target) / network.target_scale).pow(2).mean()
+
+
+def cosine_learning_rate(step: int, steps: int, lr: float) -> float:
+    """lr·½(1 + cos(π·step/steps)): decays from ``lr`` to 0, a function of the step alone."""
+    return 0.5 * lr * (1 + math.cos(math.pi * step / steps))
+
+
+def fit(
+    network: nn.Module,
+    loss: Callable[[], Tensor],
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_step: int = 0,
+    progress: bool = True,
+    desc: str = "intermediate energy",
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Adam on ``loss()`` with a cosine learning-rate decay from ``lr`` to 0 over ``steps``.
+
+    The schedule is a function of the step alone, so a run resumes exactly from ``start_step``
+    with the saved ``optimizer``. ``callback(step, loss)`` runs after every step (logging,
+    checkpoints). Returns the losses of the steps run.
+    """
+    optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=lr)
+    losses: list[float] = []
+    bar = trange(start_step, steps, disable=not progress, desc=desc)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_learning_rate(step, steps, lr)
+        value = loss()
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        losses.append(value.item())
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if callback is not None:
+            callback(step, losses[-1])
+    return losses
+
+
 def train_intermediate_energy(
     network: IntermediateEnergyNet,
     scheduler,
@@ -147,7 +273,7 @@ def train_intermediate_energy(
     data: Tensor,
     cond: Tensor | None = None,
     *,
-    variance: str | float = "eps_norm",
+    variance: str | float = "data_var",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     steps: int = 2000,
@@ -160,65 +286,29 @@ def train_intermediate_energy(
     """Regress ``network`` on closed-form targets (β = ``network.beta``); returns the losses.
 
     ``data`` (N, ...) are clean samples of the model's distribution (with conditions ``cond``
-    (N, ...)); ``expansion`` is ``"data"`` (x̄ = x0) or ``"posterior_mean"`` (x̄ = x̂0).
-    ``callback(step, loss)`` runs after every step (for logging or checkpoints).
+    (N, ...)); see :func:`closed_form_batches` for the targets and :func:`fit` for the
+    optimisation. For a resumable loop, compose those two with :func:`calibrate` and
+    :func:`regression_loss` yourself (as ``recipes/aepo.py`` does).
     """
-    if expansion not in ("data", "posterior_mean"):
-        raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
-    n = data.shape[0]
-    beta = network.beta
-    num_train = scheduler.config.num_train_timesteps
-    pre_energy = pre_grad = None
-    if expansion == "data":
-        pairs = [
-            energy_and_grad(energy, data[i : i + 4096], None if cond is None else cond[i : i + 4096])
-            for i in range(0, n, 4096)
-        ]
-        pre_energy = torch.cat([p[0] for p in pairs]).detach()
-        pre_grad = torch.cat([p[1] for p in pairs]).detach()
-
-    def batch() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
-        t = torch.randint(0, num_train, (batch_size,), generator=generator).to(data.device)
-        noise = torch.randn(data[idx].shape, generator=generator).to(data)
-        x_t, target = closed_form_targets(
-            scheduler,
-            model,
-            data[idx],
-            t,
-            noise,
-            beta,
-            cond=None if cond is None else cond[idx],
-            variance=variance,
-            variance_table=variance_table,
-            energy=energy,
-            energy_bar=None if pre_energy is None else pre_energy[idx],
-            grad_bar=None if pre_grad is None else pre_grad[idx],
-        )
-        return x_t, target, t, idx
-
-    # Normalise the regression: measure the targets' location and scale once, up front.
-    with torch.no_grad():
-        sample_targets = torch.cat([batch()[1] for _ in range(8)])
-        network.target_mean.fill_(float(sample_targets.mean()))
-        network.target_scale.fill_(max(float(sample_targets.std()), 1e-6))
-
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    losses: list[float] = []
-    bar = trange(steps, disable=not progress, desc="intermediate energy")
-    for step in bar:
-        x_t, target, t, idx = batch()
-        alpha, sigma = noise_level(scheduler, t)
-        pred = network(x_t, alpha, sigma, None if cond is None else cond[idx])
-        loss = ((pred - target) / network.target_scale).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if callback is not None:
-            callback(step, losses[-1])
-    return losses
+    draw = closed_form_batches(
+        scheduler,
+        model,
+        energy,
+        data,
+        cond,
+        beta=network.beta,
+        variance=variance,
+        variance_table=variance_table,
+        expansion=expansion,
+        batch_size=batch_size,
+        generator=generator,
+    )
+    calibrate(network, draw)
+    return fit(
+        network,
+        lambda: regression_loss(network, draw()),
+        steps=steps,
+        lr=lr,
+        progress=progress,
+        callback=callback,
+    )

@@ -19,6 +19,10 @@ Clamping: every estimate is clamped to [0, σ²/α²] (per dimension for ``diago
 Carlo noise or an imperfect model. The upper bound is the posterior variance of a flat prior
 and bounds the marginal estimators exactly (E‖ε̂‖² ≥ 0); for multimodal data the local
 posterior variance can exceed it between modes, so there the clamp is a stability choice.
+The marginal estimators are also clamped to the data variance Var(x0) (per dimension for
+``diagonal``, its mean otherwise), which bounds them exactly by the law of total variance
+E[Cov(x0 | x_t)] = Cov(x0) - Cov(E[x0 | x_t]). This matters for ``eps_norm`` at high noise,
+where σ²/α² is large and a small error in E‖ε̂‖² becomes a large variance.
 """
 
 from __future__ import annotations
@@ -50,13 +54,15 @@ class VarianceTable:
 
     Rows are sorted by log-SNR λ = log(α²/σ²); lookups interpolate linearly in λ, so a table
     built with one scheduler serves any other. Shapes: ``log_snr`` (L,), ``eps_norm`` (L,),
-    ``data_var`` (L,), ``diagonal`` (L, d) with d the flattened sample size.
+    ``data_var`` (L,), ``diagonal`` (L, d) with d the flattened sample size, and the per-dimension
+    data variance ``data_variance`` (d,), the upper bound of every marginal estimate.
     """
 
     log_snr: Tensor
     eps_norm: Tensor
     data_var: Tensor
     diagonal: Tensor
+    data_variance: Tensor | None = None
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
@@ -73,9 +79,22 @@ class VarianceTable:
             w = w[:, None]
         return ((1 - w) * values[lo] + w * values[hi]).clamp(0, 1)
 
+    def variance(self, method: str, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Σ̂ at per-sample (α, σ) (B,): shape (B,), or (B, d) for ``diagonal``; clamped as documented."""
+        scale = sigma**2 / alpha**2
+        r = self.ratio(method, log_snr(alpha, sigma))
+        if method == "diagonal":
+            value = scale[:, None] * r
+            bound = None if self.data_variance is None else self.data_variance.to(value)
+        else:
+            value = scale * r
+            bound = None if self.data_variance is None else self.data_variance.mean().to(value)
+        return value if bound is None else torch.minimum(value, bound)
+
     def save(self, path: str) -> None:
+        names = ("log_snr", *TABLE_METHODS) + (() if self.data_variance is None else ("data_variance",))
         save_file(
-            {k: getattr(self, k).contiguous() for k in ("log_snr", *TABLE_METHODS)},
+            {k: getattr(self, k).contiguous() for k in names},
             path,
             metadata={"format": json.dumps({"kind": "VarianceTable", "version": 1})},
         )
@@ -139,6 +158,7 @@ def estimate_variance_table(
         eps_norm=torch.tensor([r[1] for r in rows], dtype=torch.float32),
         data_var=torch.tensor([r[2] for r in rows], dtype=torch.float32),
         diagonal=torch.stack([r[3] for r in rows]).float(),
+        data_variance=var.float(),
     )
 
 
@@ -171,10 +191,10 @@ def variance_quadratic(
                 f"variance {method!r} needs a VarianceTable; build one with "
                 "estimate_variance_table(model, scheduler, data)"
             )
-        r = table.ratio(method, log_snr(alpha, sigma).to(g))
+        var = table.variance(method, alpha.to(g), sigma.to(g))
         if method == "diagonal":
-            return scale * (r * g.pow(2)).sum(1)
-        return scale * r * g_sq
+            return (var * g.pow(2)).sum(1)
+        return var * g_sq
     if method == "jacobian":
         if eps_hat is None or x_t is None:
             raise ValueError("variance 'jacobian' needs eps_hat computed from x_t with autograd")

@@ -54,9 +54,12 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
     VarianceTable,
+    calibrate,
+    closed_form_batches,
+    cosine_learning_rate,
     estimate_variance_table,
+    regression_loss,
     sample,
-    train_intermediate_energy,
 )
 
 from .behaviour import (
@@ -68,7 +71,7 @@ from .behaviour import (
     sampling_scheduler,
     training_scheduler,
 )
-from .checkpoint import RunDir, load_modules, save_modules, train_phase, write_json
+from .checkpoint import RunDir, train_phase, write_json
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -110,6 +113,7 @@ class AEPOConfig:
     variance_samples: int = 4096  # data points (random subset) for the variance table
     energy_steps: int = 10_000  # gradient steps of the intermediate-energy network
     energy_hidden: int = 256  # its width
+    energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
     rescale: bool = False  # AEPO's guidance rescale; off: for 1-D actions it is a sign flip (docs/rl.md)
     guidance_scale: float = 1.0  # multiplies the guidance term; 1 is the exact target
     # 5. evaluation
@@ -355,7 +359,7 @@ def run(config: AEPOConfig) -> dict:
     critic_history = train_phase(
         run_dir,
         "critic",
-        lambda: critic.update(data.sample(config.batch_size, g), g),
+        lambda step: critic.update(data.sample(config.batch_size, g), g),
         steps=config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,
@@ -373,7 +377,7 @@ def run(config: AEPOConfig) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.behaviour.lr)
     g = torch.Generator().manual_seed(config.seed + 1)
 
-    def behaviour_update() -> dict[str, float]:
+    def behaviour_update(step: int) -> dict[str, float]:
         batch = data.sample(config.batch_size, g)
         loss = diffusion_loss(model, train_sched, batch.actions, batch.observations, g)
         optimizer.zero_grad(set_to_none=True)
@@ -411,35 +415,45 @@ def run(config: AEPOConfig) -> dict:
     # 4. Intermediate-energy network on closed-form targets (x̄ = the data action).
     torch.manual_seed(config.seed + 3)
     network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta)
-    if run_dir.done("energy"):
-        load_modules(run_dir.weights("energy"), {"network": network})
-        q_scale = run_dir.info("energy")["q_scale"]
-        energy_history = run_dir.info("energy")["history"]
-    else:
-        t0 = time.perf_counter()
-        q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)
-        energy = critic_energy(critic.q_target, config.reduce, q_scale, state_baseline(critic, config.reduce))
-        losses = train_intermediate_energy(
-            network,
-            train_sched,
-            model,
-            energy,
-            data.actions,
-            data.observations,
-            variance=config.variance,
-            variance_table=table,
-            steps=config.energy_steps,
-            batch_size=config.batch_size,
-            generator=torch.Generator().manual_seed(config.seed + 3),
-            progress=progress,
-        )
-        windows = range(0, len(losses), 50)
-        energy_history = {
-            "step": [min(i + 50, len(losses)) for i in windows],
-            "energy_loss": [float(np.mean(losses[i : i + 50])) for i in windows],
-        }
-        save_modules(run_dir.weights("energy"), {"network": network})
-        run_dir.finish("energy", seconds=time.perf_counter() - t0, q_scale=q_scale, history=energy_history)
+    q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
+    energy = critic_energy(critic.q_target, config.reduce, q_scale, state_baseline(critic, config.reduce))
+    g = torch.Generator().manual_seed(config.seed + 3)
+    draw = closed_form_batches(
+        train_sched,
+        model,
+        energy,
+        data.actions,
+        data.observations,
+        beta=config.beta,
+        variance=config.variance,
+        variance_table=table,
+        batch_size=config.batch_size,
+        generator=g,
+    )
+    if not run_dir.done("energy"):
+        calibrate(network, draw)  # buffers; a resumed run overwrites them from its checkpoint
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.energy_lr)
+
+    def energy_update(step: int) -> dict[str, float]:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_learning_rate(step, config.energy_steps, config.energy_lr)
+        loss = regression_loss(network, draw())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"energy_loss": loss.item()}
+
+    energy_history = train_phase(
+        run_dir,
+        "energy",
+        energy_update,
+        steps=config.energy_steps,
+        modules={"network": network},
+        optimizers={"network": optimizer},
+        generator=g,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+    )
     network.eval().requires_grad_(False)
 
     # 5. Evaluation.

@@ -145,7 +145,7 @@ def load_checkpoint(
 def train_phase(
     run: RunDir,
     phase: str,
-    update: Callable[[], dict[str, float]],
+    update: Callable[[int], dict[str, float]],
     *,
     steps: int,
     modules: dict[str, nn.Module],
@@ -155,11 +155,12 @@ def train_phase(
     log_every: int = 50,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Call ``update()`` ``steps`` times, resumably; returns the loss history.
+    """Call ``update(step)`` for step = 0 .. ``steps`` - 1, resumably; returns the loss history.
 
-    ``update`` takes one optimisation step (drawing its batch from ``generator``) and returns
-    its losses. ``history`` holds ``step`` and each loss averaged over the last ``log_every``
-    steps. ``checkpoint_every`` should be a multiple of ``log_every``.
+    ``update`` takes one optimisation step (drawing its batch from ``generator``; ``step`` is
+    for step-dependent schedules) and returns its losses. ``history`` holds ``step`` and each
+    loss averaged over the last ``log_every`` steps. ``checkpoint_every`` should be a multiple
+    of ``log_every``.
     """
     if run.done(phase):
         load_modules(run.weights(phase), modules)
@@ -173,7 +174,7 @@ def train_phase(
     window: dict[str, list[float]] = {}
     with tqdm(total=steps, initial=start, desc=phase, disable=not progress, mininterval=1.0) as bar:
         for step in range(start, steps):
-            for key, value in update().items():
+            for key, value in update(step).items():
                 window.setdefault(key, []).append(value)
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 means = {key: sum(values) / len(values) for key, values in window.items()}

@@ -10,11 +10,15 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     GaussianMixture,
     IntermediateEnergyNet,
+    calibrate,
+    closed_form_batches,
     closed_form_targets,
     energy_and_grad,
+    fit,
     from_eps_x0,
     noise_level,
     prediction_type,
+    regression_loss,
     sample,
     to_eps_x0,
     train_intermediate_energy,
@@ -119,6 +123,54 @@ def test_training_reduces_the_loss():
     )
     assert len(losses) == 200 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-50:]) < 0.5 * sum(losses[:50])
+
+
+def test_fit_resumes_exactly_from_a_saved_step():
+    """A run interrupted after step k and resumed from its saved network and optimizer state
+    ends with bit-identical weights to an uninterrupted run: the learning-rate schedule is a
+    function of the step alone."""
+    scheduler = make_scheduler("ddpm-eps")
+    q = data_model()
+    data = q.sample(512, generator=torch.Generator().manual_seed(1))
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after(k):
+        def callback(step, loss):
+            if step == k:
+                raise Interrupted
+
+        return callback
+
+    def run(interrupt_at):
+        torch.manual_seed(3)  # the same initial weights in both runs
+        net = IntermediateEnergyNet(2, hidden=16, depth=1, beta=BETA)
+        draw = closed_form_batches(
+            scheduler, q.noise_model(scheduler), linear_energy, data, beta=BETA, variance=0.1,
+            generator=torch.Generator().manual_seed(2),
+        )  # fmt: skip
+        calibrate(net, draw)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        start = 0
+        if interrupt_at is not None:
+            with pytest.raises(Interrupted):
+                fit(net, lambda: regression_loss(net, draw()), steps=40, lr=1e-2, optimizer=optimizer,
+                    progress=False, callback=stop_after(interrupt_at))  # fmt: skip
+            # What a fresh process would load from the checkpoint.
+            state, opt_state = net.state_dict(), optimizer.state_dict()
+            net = IntermediateEnergyNet(2, hidden=16, depth=1, beta=BETA)
+            net.load_state_dict(state)
+            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+            optimizer.load_state_dict(opt_state)
+            start = interrupt_at + 1
+        fit(net, lambda: regression_loss(net, draw()), steps=40, lr=1e-2, optimizer=optimizer,
+            start_step=start, progress=False)  # fmt: skip
+        return net.state_dict()
+
+    whole, resumed = run(None), run(14)
+    for key in whole:
+        torch.testing.assert_close(whole[key], resumed[key], rtol=0, atol=0)
 
 
 def test_training_a_conditional_network():

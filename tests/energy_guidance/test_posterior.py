@@ -17,6 +17,7 @@ from energy_guidance import (
     GaussianMixture,
     VarianceTable,
     estimate_variance_table,
+    log_snr,
     noise_level,
     prediction_type,
     to_eps_x0,
@@ -291,6 +292,30 @@ def test_estimates_outside_the_valid_range_are_clamped():
     assert (quad[table.eps_norm.flip(0) < 0] == 0).all()  # rows are sorted by λ, timesteps are not
 
 
+def test_marginal_estimates_are_clamped_to_the_data_variance():
+    """A model that understates the noise (ε̂/2) makes 1 - E‖ε̂‖²/d ≈ 3/4 at high noise, where
+    σ²/α² is huge; the law of total variance bounds the marginal variance by Var(x0), per
+    dimension for ``diagonal`` and on average otherwise."""
+    gm = GaussianMixture.gaussian(MEAN, VAR)
+    scheduler = diffusers.DDPMScheduler()
+    exact_model = gm.noise_model(scheduler)
+
+    def understated(x_t, t):
+        return 0.5 * exact_model(x_t, t)
+
+    gen = torch.Generator().manual_seed(5)
+    table = estimate_variance_table(understated, scheduler, gm.sample(2000, generator=gen), num_levels=10)
+    alpha, sigma = noise_level(scheduler, torch.tensor([999, 500, 10]))
+    raw = table.ratio("eps_norm", log_snr(alpha, sigma)) * sigma**2 / alpha**2
+    assert raw[0] > 10 * table.data_variance.max()  # the unclamped estimate would be far too large
+    for method in ("eps_norm", "data_var"):
+        assert (table.variance(method, alpha, sigma) <= table.data_variance.mean() + 1e-9).all()
+    assert (table.variance("diagonal", alpha, sigma) <= table.data_variance + 1e-9).all()
+    g = torch.ones(3, 3, dtype=torch.float64)
+    quad = variance_quadratic(g, "eps_norm", alpha, sigma, table=table)
+    torch.testing.assert_close(quad[0], 3 * table.data_variance.mean().double())
+
+
 @pytest.mark.parametrize(("slope", "expected_fraction"), [(2.0, 0.0), (-1.0, 1.0), (0.5, 0.5)])
 def test_jacobian_estimate_is_clamped_to_zero_and_the_flat_prior_bound(slope, expected_fraction):
     """ε̂ = (slope/σ)·x_t has ∂ε̂/∂x_t = slope/σ·I, so the raw estimate is σ²/α²·(1 - slope)·‖g‖²."""
@@ -307,7 +332,7 @@ def test_variance_table_save_load_round_trip(tmp_path):
     table = estimate_variance_table(gm.noise_model(scheduler), scheduler, gm.sample(100), num_levels=5)
     table.save(str(tmp_path / "table.safetensors"))
     loaded = VarianceTable.load(str(tmp_path / "table.safetensors"))
-    for key in ("log_snr", "eps_norm", "data_var", "diagonal"):
+    for key in ("log_snr", "eps_norm", "data_var", "diagonal", "data_variance"):
         torch.testing.assert_close(getattr(loaded, key), getattr(table, key), rtol=0, atol=0)
     assert (table.log_snr[1:] > table.log_snr[:-1]).all()
 

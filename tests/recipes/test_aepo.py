@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_without_redoing_finished_phases(tiny_dataset, t
     monkeypatch.setattr(aepo, "evaluate", evaluate)
     monkeypatch.setattr(IQL, "update", forbidden)
     monkeypatch.setattr(aepo, "estimate_variance_table", forbidden)
-    monkeypatch.setattr(aepo, "train_intermediate_energy", forbidden)
+    monkeypatch.setattr(aepo, "regression_loss", forbidden)
     results = run(config)
     assert np.isfinite(results["scores"]["aepo"]["return_mean"])
 
