@@ -6,7 +6,7 @@ Phases (each checkpointed; a finished phase is never redone, see :mod:`recipes.c
 2. behaviour  ε_θ(a_t, t, s), the diffusion behaviour policy μ(a | s) (:mod:`recipes.behaviour`)
 3. variance   the posterior-variance table of ε_θ on the data's actions (``estimate_variance_table``)
 4. energy     the intermediate-energy network E_Θ(s, a_t, t), regressed on the closed form at the
-              expansion point x̄ = the clean data action (``train_intermediate_energy``), with the
+              expansion point x̄ = the clean data action (``closed_form_batches``), with the
               energy E(a | s) = −(min_i Q_i(s, a) − b(s)) / q_scale
 5. eval       episodes in the data set's environment for each policy, normalised scores
 
