@@ -18,8 +18,18 @@ from .amortized import (
 )
 from .callables import call_energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy, analytic_log_potential
+from .contrastive import contrastive_loss, draw_support, train_contrastive_energy
+from .datasets2d import DATASETS, Toy2D, toy_dataset
+from .exact import EmpiricalIntermediateEnergy, EmpiricalNoiseModel, GaussianMixtureIntermediateEnergy
 from .guidance import AnalyticEnergyGuidance
-from .montecarlo import empirical_log_potential, gaussian_log_potential_mc, importance_resample
+from .metrics import mmd, sliced_wasserstein
+from .montecarlo import (
+    empirical_log_potential,
+    empirical_posterior_logits,
+    gaussian_log_potential_mc,
+    importance_resample,
+)
+from .pipelines import GuidedModel, guide_pipeline
 from .posterior import (
     VARIANCE_METHODS,
     VarianceTable,
@@ -40,14 +50,20 @@ from .schedules import (
 from .toys import GaussianMixture
 
 __all__ = [
+    "DATASETS",
     "PREDICTION_TYPES",
     "SUPPORTED_SCHEDULERS",
     "VARIANCE_METHODS",
     "AnalyticEnergyGuidance",
+    "EmpiricalIntermediateEnergy",
+    "EmpiricalNoiseModel",
     "GaussianMixture",
+    "GaussianMixtureIntermediateEnergy",
+    "GuidedModel",
     "IntermediateEnergyNet",
     "StepInfo",
     "TargetBatch",
+    "Toy2D",
     "VarianceTable",
     "analytic_intermediate_energy",
     "analytic_log_potential",
@@ -56,20 +72,28 @@ __all__ = [
     "call_model",
     "closed_form_batches",
     "closed_form_targets",
+    "contrastive_loss",
     "cosine_learning_rate",
+    "draw_support",
     "empirical_log_potential",
+    "empirical_posterior_logits",
     "energy_and_grad",
     "estimate_variance_table",
     "fit",
     "from_eps_x0",
     "gaussian_log_potential_mc",
+    "guide_pipeline",
     "importance_resample",
     "log_snr",
+    "mmd",
     "noise_level",
     "prediction_type",
     "regression_loss",
     "sample",
+    "sliced_wasserstein",
     "to_eps_x0",
+    "toy_dataset",
+    "train_contrastive_energy",
     "train_intermediate_energy",
     "tweedie_mean",
     "variance_quadratic",

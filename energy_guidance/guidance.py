@@ -87,6 +87,24 @@ class AnalyticEnergyGuidance:
                 "retrain it or use `scale` to strengthen or weaken its guidance"
             )
 
+    def replace(self, **changes) -> AnalyticEnergyGuidance:
+        """A new guidance with some constructor arguments changed, e.g. ``scheduler=`` or ``model=``."""
+        fields = {
+            "scheduler": self.scheduler,
+            "model": self.model,
+            "energy": self.energy,
+            "beta": self.beta,
+            "rescale": self.rescale,
+            "variance": self.variance,
+            "variance_table": self.variance_table,
+            "network": self.network,
+            "scale": self.scale,
+        }
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"unknown arguments {sorted(unknown)}; expected some of {sorted(fields)}")
+        return AnalyticEnergyGuidance(**{**fields, **changes})
+
     @property
     def amortized(self) -> bool:
         return self.network is not None

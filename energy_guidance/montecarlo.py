@@ -42,6 +42,17 @@ def gaussian_log_potential_mc(
     return estimate, stderr
 
 
+def empirical_posterior_logits(data: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """log q(x0 = x_i | x_t) + const = -‖x_t - α·x_i‖²/(2σ²) (B, N) for the empirical set ``data``
+    (N, ...), in float64; α and σ are numbers or (B,)."""
+    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
+    s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+    x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
+    d = data.reshape(data.shape[0], -1).to(torch.float64)
+    sq = x.pow(2).sum(1, keepdim=True) - 2 * a * (x @ d.T) + a**2 * d.pow(2).sum(1)[None]
+    return -sq / (2 * s**2)
+
+
 def empirical_log_potential(
     data: Tensor, energies: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, beta: float
 ) -> Tensor:
@@ -51,12 +62,7 @@ def empirical_log_potential(
     L_t = logsumexp_i(log w_i - β·E(x_i)) - logsumexp_i(log w_i).
     ``energies`` (N,) are E(x_i); α and σ are numbers or (B,).
     """
-    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
-    s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
-    x = x_t.reshape(x_t.shape[0], -1).to(torch.float64)
-    d = data.reshape(data.shape[0], -1).to(torch.float64)
-    sq = x.pow(2).sum(1, keepdim=True) - 2 * a * (x @ d.T) + a**2 * d.pow(2).sum(1)[None]
-    log_w = -sq / (2 * s**2)
+    log_w = empirical_posterior_logits(data, x_t, alpha, sigma)
     tilted = log_w - beta * energies.to(torch.float64)[None]
     return torch.logsumexp(tilted, dim=1) - torch.logsumexp(log_w, dim=1)
 
