@@ -74,8 +74,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--energy-hidden", type=int, default=128, help="hidden width of the amortized net")
-    parser.add_argument("--energy-depth", type=int, default=2)
+    parser.add_argument(
+        "--energy-sizes", nargs="+", default=["2x64", "2x128", "3x256"], help="amortized nets, DEPTHxWIDTH"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -87,15 +88,17 @@ def main() -> None:
     table = VarianceTable(
         lam, torch.sigmoid(-lam), torch.sigmoid(-lam), torch.sigmoid(-lam)[:, None].repeat(1, ACTION)
     )
-    net = IntermediateEnergyNet(ACTION, STATE, hidden=args.energy_hidden, depth=args.energy_depth)
-    net.requires_grad_(False)
+    nets = {}
+    for size in args.energy_sizes:
+        depth, hidden = (int(v) for v in size.split("x"))
+        nets[size] = IntermediateEnergyNet(ACTION, STATE, hidden=hidden, depth=depth).requires_grad_(False)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
-    print(f"batch {args.batch}; amortized net {args.energy_depth}x{args.energy_hidden}")
+    print(f"batch {args.batch}; noise model 3x256 Mish MLP; critic energy 2x256 ReLU MLP")
     print(f"{'scheduler':12s} {'steps':>5s} {'mode':24s} {'median s':>9s} {'× unguided':>10s}")
     guided_modes = {
         "training-free eps_norm": {"energy": energy, "variance": "eps_norm", "variance_table": table},
         "training-free jacobian": {"energy": energy, "variance": "jacobian"},
-        "amortized": {"energy": None, "network": net},
+        **{f"amortized {size}": {"energy": None, "network": net} for size, net in nets.items()},
     }
     schedulers = {
         "DPM-Solver++": DPMSolverMultistepScheduler,
