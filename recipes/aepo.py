@@ -49,6 +49,7 @@ from adapters import (
     critic_energy,
     reduce_critic,
 )
+from adapters.networks import optimizer_step
 from energy_guidance import (
     VARIANCE_METHODS,
     AnalyticEnergyGuidance,
@@ -380,9 +381,7 @@ def run(config: AEPOConfig) -> dict:
     def behaviour_update(step: int) -> dict[str, float]:
         batch = data.sample(config.batch_size, g)
         loss = diffusion_loss(model, train_sched, batch.actions, batch.observations, g)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         return {"diffusion_loss": loss.item()}
 
     behaviour_history = train_phase(
@@ -438,9 +437,7 @@ def run(config: AEPOConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = cosine_learning_rate(step, config.energy_steps, config.energy_lr)
         loss = regression_loss(network, draw())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         return {"energy_loss": loss.item()}
 
     energy_history = train_phase(
