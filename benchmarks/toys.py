@@ -181,7 +181,7 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
     energies = ds.energy(data.double()).float()
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     model = EmpiricalNoiseModel(data, scheduler)
-    table = estimate_variance_table(model, scheduler, data, generator=gen)
+    table = estimate_variance_table(scheduler, model, data, generator=gen)
 
     def draw(guidance=None) -> tuple[Tensor | None, float]:
         """Samples and seconds; None when the guided sampler diverged (non-finite values)."""

@@ -20,7 +20,12 @@ from .callables import call_energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy, analytic_log_potential
 from .contrastive import contrastive_loss, draw_support, train_contrastive_energy
 from .datasets2d import DATASETS, Toy2D, toy_dataset
-from .exact import EmpiricalIntermediateEnergy, EmpiricalNoiseModel, GaussianMixtureIntermediateEnergy
+from .exact import (
+    EmpiricalIntermediateEnergy,
+    EmpiricalNoiseModel,
+    GaussianMixtureIntermediateEnergy,
+    empirical_mixture,
+)
 from .guidance import AnalyticEnergyGuidance
 from .metrics import mmd, sliced_wasserstein
 from .montecarlo import (
@@ -31,6 +36,7 @@ from .montecarlo import (
 )
 from .pipelines import GuidedModel, guide_pipeline
 from .posterior import (
+    TABLE_METHODS,
     VARIANCE_METHODS,
     VarianceTable,
     estimate_variance_table,
@@ -41,11 +47,13 @@ from .sampling import StepInfo, sample
 from .schedules import (
     PREDICTION_TYPES,
     SUPPORTED_SCHEDULERS,
+    add_noise,
     from_eps_x0,
     log_snr,
     noise_level,
     prediction_type,
     to_eps_x0,
+    training_timesteps,
 )
 from .toys import GaussianMixture
 
@@ -53,6 +61,7 @@ __all__ = [
     "DATASETS",
     "PREDICTION_TYPES",
     "SUPPORTED_SCHEDULERS",
+    "TABLE_METHODS",
     "VARIANCE_METHODS",
     "AnalyticEnergyGuidance",
     "EmpiricalIntermediateEnergy",
@@ -65,6 +74,7 @@ __all__ = [
     "TargetBatch",
     "Toy2D",
     "VarianceTable",
+    "add_noise",
     "analytic_intermediate_energy",
     "analytic_log_potential",
     "calibrate",
@@ -76,6 +86,7 @@ __all__ = [
     "cosine_learning_rate",
     "draw_support",
     "empirical_log_potential",
+    "empirical_mixture",
     "empirical_posterior_logits",
     "energy_and_grad",
     "estimate_variance_table",
@@ -95,6 +106,7 @@ __all__ = [
     "toy_dataset",
     "train_contrastive_energy",
     "train_intermediate_energy",
+    "training_timesteps",
     "tweedie_mean",
     "variance_quadratic",
 ]

@@ -25,8 +25,8 @@ from tqdm.auto import trange
 
 from .callables import Energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy
-from .posterior import VarianceTable, variance_quadratic
-from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0
+from .posterior import VarianceTable, check_variance, variance_quadratic
+from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 
 
 class IntermediateEnergyNet(nn.Module):
@@ -75,14 +75,18 @@ class IntermediateEnergyNet(nn.Module):
     def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
         alpha = alpha.to(x_t).expand(x_t.shape[0])[:, None]
         sigma = sigma.to(x_t).expand(x_t.shape[0])[:, None]
-        lam = log_snr(alpha, sigma)
+        lam = log_snr(alpha, sigma).clamp(-40, 40)  # finite at σ = 0 or α = 0
         phase = lam * self.frequencies
         x_vp = x_t.flatten(1) / (alpha**2 + sigma**2).sqrt()
         parts = [x_vp, lam / 10, phase.sin(), phase.cos()]
-        if self.config["cond_dim"]:
-            if cond is None:
-                raise ValueError("this network is conditional: pass cond")
+        cond_dim = self.config["cond_dim"]
+        if cond_dim:
+            if cond is None or cond.flatten(1).shape[1] != cond_dim:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this network takes cond of {cond_dim} features per sample; got {got}")
             parts.append(cond.flatten(1).to(x_t))
+        elif cond is not None:
+            raise ValueError("this network was built with cond_dim=0 and would ignore cond; set cond_dim")
         out = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
         return self.target_mean + self.target_scale * out
 
@@ -111,7 +115,7 @@ def closed_form_targets(
     beta: float,
     *,
     cond=None,
-    variance: str | float = "data_var",
+    variance: str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     energy: Energy | None = None,
     energy_bar: Tensor | None = None,
@@ -159,7 +163,7 @@ def closed_form_batches(
     cond: Tensor | None = None,
     *,
     beta: float,
-    variance: str | float = "data_var",
+    variance: str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     batch_size: int = 256,
@@ -173,8 +177,9 @@ def closed_form_batches(
     """
     if expansion not in ("data", "posterior_mean"):
         raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
+    check_variance(variance, variance_table)
     n = data.shape[0]
-    num_train = scheduler.config.num_train_timesteps
+    valid = training_timesteps(scheduler)
     pre_energy = pre_grad = None
     if expansion == "data":
         chunks = range(0, n, 4096)
@@ -184,7 +189,7 @@ def closed_form_batches(
 
     def draw() -> TargetBatch:
         idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
-        t = torch.randint(0, num_train, (batch_size,), generator=generator).to(data.device)
+        t = valid[torch.randint(0, len(valid), (batch_size,), generator=generator)].to(data.device)
         noise = torch.randn(data[idx].shape, generator=generator).to(data)
         x_t, target = closed_form_targets(
             scheduler,
@@ -273,7 +278,7 @@ def train_intermediate_energy(
     data: Tensor,
     cond: Tensor | None = None,
     *,
-    variance: str | float = "data_var",
+    variance: str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     steps: int = 2000,

@@ -57,5 +57,10 @@ def energy_and_grad(
     with torch.enable_grad():
         x = x0 if x0.requires_grad else x0.detach().requires_grad_(True)
         value = call_energy(energy, x, cond)
+        if not value.requires_grad:
+            raise TypeError(
+                "the energy's output does not depend differentiably on x0 (did it detach, call "
+                ".item() or go through numpy?); guidance needs ∇E, so write it in torch operations"
+            )
         (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
     return value, grad

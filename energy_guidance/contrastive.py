@@ -27,7 +27,7 @@ from torch import Tensor
 from .amortized import IntermediateEnergyNet, fit
 from .callables import Energy, call_energy
 from .sampling import sample
-from .schedules import add_noise, noise_level
+from .schedules import add_noise, noise_level, training_timesteps
 
 
 def contrastive_loss(predicted: Tensor, energies: Tensor, beta: float) -> Tensor:
@@ -119,7 +119,7 @@ def train_contrastive_energy(
     n, m = support.shape[:2]
     event = support.shape[2:]
     beta = network.beta
-    num_train = scheduler.config.num_train_timesteps
+    valid = training_timesteps(scheduler)
     flat = support.reshape(n * m, *event)
     with torch.no_grad():
         energies = torch.cat(
@@ -144,8 +144,9 @@ def train_contrastive_energy(
             rows = torch.randint(0, n, (batch_size,), generator=generator).to(support.device)
             x0, e = support[rows], energies[rows]
             c = None if cond is None else cond[rows].repeat_interleave(m, dim=0)
-        t = torch.randint(0, num_train, (batch_size,), generator=generator)
-        alpha, sigma = (v.to(support).repeat_interleave(m) for v in noise_level(scheduler, t))
+        t = valid[torch.randint(0, len(valid), (batch_size,), generator=generator)]
+        levels = noise_level(scheduler, t)
+        alpha, sigma = (v.to(support).repeat_interleave(m) for v in levels)
         x0 = x0.reshape(batch_size * m, *event)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t = add_noise(x0, noise, alpha, sigma)

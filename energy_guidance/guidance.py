@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .callables import Energy, call_model, energy_and_grad
 from .closed_form import analytic_intermediate_energy
-from .posterior import VarianceTable, variance_quadratic
+from .posterior import VarianceTable, check_variance, variance_quadratic
 from .sampling import StepInfo, sample
 from .schedules import from_eps_x0, noise_level, prediction_type, to_eps_x0
 
@@ -81,6 +81,8 @@ class AnalyticEnergyGuidance:
         self.network = network
         self.scale = float(scale)
         self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
+        if network is None:
+            check_variance(variance, variance_table)
         if network is not None and getattr(network, "beta", beta) != beta:
             raise ValueError(
                 f"the network was trained for beta={network.beta}, not beta={beta}; "

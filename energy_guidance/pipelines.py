@@ -20,8 +20,8 @@ user may swap ``pipe.scheduler`` at any time.
 Conditioning: the energy sees only x̂0, so condition it by closure (``energy=lambda x:
 E(x, target)``). Extra arguments the pipeline passes to its model (``encoder_hidden_states``,
 ``class_labels``, ...) are forwarded to every model evaluation of the guidance. With classifier-
-free guidance the model sees a batch of 2B; adding the same shift to both halves survives the
-combination because its weights sum to 1.
+free guidance the model sees a batch of 2B and each half is guided at its own x̂0, so the
+combined output carries δ_u + w·(δ_c − δ_u), not one shared shift (untested with CFG pipelines).
 
 ``clip_sample``: DDPM and DDIM schedulers clip x̂0 to [-1, 1] by default, and DDIM then recomputes
 ε from the clipped x̂0, so guidance that pushes x̂0 outside the range is dropped. First-order

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .callables import call_model
-from .schedules import log_snr, noise_level, prediction_type, to_eps_x0
+from .schedules import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 
 TABLE_METHODS = ("eps_norm", "data_var", "diagonal")
 VARIANCE_METHODS = (*TABLE_METHODS, "jacobian")
@@ -106,8 +106,8 @@ class VarianceTable:
 
 @torch.no_grad()
 def estimate_variance_table(
-    model: Callable,
     scheduler,
+    model: Callable,
     data: Tensor,
     cond=None,
     *,
@@ -123,8 +123,8 @@ def estimate_variance_table(
     if data.shape[0] < 2:
         raise ValueError("estimating the variance table needs at least 2 data points")
     ptype = prediction_type(scheduler)
-    num_train = scheduler.config.num_train_timesteps
-    timesteps = torch.linspace(0, num_train - 1, num_levels).round().long().unique()
+    valid = training_timesteps(scheduler)
+    timesteps = valid[torch.linspace(0, len(valid) - 1, num_levels).round().long().unique()]
     flat = data.reshape(data.shape[0], -1).to(torch.float64)
     mean, var = flat.mean(0), flat.var(0)
     d = flat.shape[1]
@@ -162,6 +162,20 @@ def estimate_variance_table(
     )
 
 
+def check_variance(method: str | float, table: VarianceTable | None) -> None:
+    """Raise a clear error for an unknown estimator, a negative constant or a missing table."""
+    if isinstance(method, int | float):
+        if method < 0:
+            raise ValueError(f"a constant posterior variance must be >= 0, got {method}")
+    elif method not in VARIANCE_METHODS:
+        raise ValueError(f"unknown posterior variance {method!r}; use one of {VARIANCE_METHODS} or a float")
+    elif method in TABLE_METHODS and table is None:
+        raise ValueError(
+            f"variance {method!r} needs a VarianceTable; build one with "
+            "estimate_variance_table(scheduler, model, data)"
+        )
+
+
 def variance_quadratic(
     g: Tensor,
     method: str | float,
@@ -189,7 +203,7 @@ def variance_quadratic(
         if table is None:
             raise ValueError(
                 f"variance {method!r} needs a VarianceTable; build one with "
-                "estimate_variance_table(model, scheduler, data)"
+                "estimate_variance_table(scheduler, model, data)"
             )
         var = table.variance(method, alpha.to(g), sigma.to(g))
         if method == "diagonal":

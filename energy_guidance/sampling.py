@@ -14,7 +14,8 @@ from .callables import call_model
 
 
 class StepInfo(NamedTuple):
-    """What a guided step reports to callbacks: x̂0 after guidance (B, ...), ‖σ·∇E_t‖ (B,)."""
+    """What a guided step reports to callbacks: x̂0 after guidance (B, ...) and the norm of the
+    change to ε̂, ‖ε̃ − ε̂‖ (B,), after ``scale`` and any rescale."""
 
     x0_hat: Tensor
     guidance_norm: Tensor

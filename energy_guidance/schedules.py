@@ -76,17 +76,10 @@ def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
     Karras or exponential sigmas); any other timestep uses the training noise schedule. During
     sampling the scheduler's own ``step_index`` decides, since a schedule may repeat a timestep.
     """
-    num_train = scheduler.config.num_train_timesteps
-    if kind == "flow":
-        fallback = t / num_train
-    else:
-        table = _training_sigmas(scheduler)
-        grid = torch.arange(len(table), dtype=torch.float64)
-        fallback = torch.from_numpy(np.interp(t.numpy(), grid.numpy(), table.numpy()))
     sigmas = getattr(scheduler, "sigmas", None)
     timesteps = getattr(scheduler, "timesteps", None)
     if sigmas is None or timesteps is None or len(timesteps) == 0:
-        return fallback
+        return _training_ratio(scheduler, t, kind)
     ts = timesteps.detach().to("cpu", torch.float64)
     index = getattr(scheduler, "step_index", None)
     if len(t) == 1 and isinstance(index, int) and index < len(ts) and ts[index] == t[0]:
@@ -95,10 +88,19 @@ def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
     order = torch.argsort(ts, stable=True)
     pos = torch.searchsorted(ts[order], t).clamp(max=len(ts) - 1)
     found = ts[order][pos] == t
-    if not found.any():
-        return fallback
     scheduled = sigmas.detach().to("cpu", torch.float64)[order[pos]]
-    return torch.where(found, scheduled, fallback)
+    if found.all():
+        return scheduled
+    return torch.where(found, scheduled, _training_ratio(scheduler, t, kind))
+
+
+def _training_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
+    """s of the training noise schedule, interpolated linearly in t as Euler does."""
+    if kind == "flow":
+        return t / scheduler.config.num_train_timesteps
+    table = _training_sigmas(scheduler)
+    grid = np.arange(len(table), dtype=np.float64)
+    return torch.from_numpy(np.interp(t.numpy(), grid, table.numpy()))
 
 
 def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
@@ -125,6 +127,15 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
         alpha = 1 / (1 + s**2).sqrt()
         sigma = s * alpha
     return alpha.reshape(shape), sigma.reshape(shape)
+
+
+def training_timesteps(scheduler) -> Tensor:
+    """The integer training timesteps with 0 < α and 0 < σ: where training targets and variance
+    tables are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
+    Build targets with the scheduler the model was trained with (no custom sampling sigmas)."""
+    t = torch.arange(scheduler.config.num_train_timesteps)
+    alpha, sigma = noise_level(scheduler, t)
+    return t[(alpha > 0) & (sigma > 0)]
 
 
 def _expand(c: Tensor, like: Tensor) -> Tensor:

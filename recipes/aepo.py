@@ -405,7 +405,7 @@ def run(config: AEPOConfig) -> dict:
         g = torch.Generator().manual_seed(config.seed + 2)
         subset = torch.randperm(len(data), generator=g)[: config.variance_samples]
         table = estimate_variance_table(
-            model, train_sched, data.actions[subset], data.observations[subset], generator=g
+            train_sched, model, data.actions[subset], data.observations[subset], generator=g
         )
         table.save(str(table_path))
         run_dir.finish("variance", seconds=time.perf_counter() - t0)

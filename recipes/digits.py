@@ -330,7 +330,7 @@ def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, sc
     if isinstance(variance, str) and variance != "jacobian":
         if demo.variance_table is None:
             demo.variance_table = estimate_variance_table(
-                demo.unet, demo.scheduler, demo.images, num_levels=32, batch_size=512
+                demo.scheduler, demo.unet, demo.images, num_levels=32, batch_size=512
             )
         table = demo.variance_table
     energy = digit_energy(demo.classifier, digit)

@@ -14,6 +14,7 @@ from energy_guidance import (
     closed_form_batches,
     closed_form_targets,
     energy_and_grad,
+    estimate_variance_table,
     fit,
     from_eps_x0,
     noise_level,
@@ -22,6 +23,7 @@ from energy_guidance import (
     sample,
     to_eps_x0,
     train_intermediate_energy,
+    training_timesteps,
 )
 
 from .schedulers import make_scheduler
@@ -87,8 +89,13 @@ def test_save_load_gives_identical_outputs(tmp_path):
     alpha = torch.linspace(0.05, 0.95, 10)
     sigma = (1 - alpha**2).sqrt()
     torch.testing.assert_close(loaded(x_t, alpha, sigma, cond), net(x_t, alpha, sigma, cond), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="conditional: pass cond"):
+    with pytest.raises(ValueError, match="takes cond of 2 features per sample; got None"):
         loaded(x_t, alpha, sigma)
+    with pytest.raises(ValueError, match=r"got \(10, 3\)"):
+        loaded(x_t, alpha, sigma, torch.randn(10, 3))
+    unconditional = IntermediateEnergyNet(3, hidden=8, depth=1)
+    with pytest.raises(ValueError, match="cond_dim=0 and would ignore cond"):
+        unconditional(x_t, alpha, sigma, cond)
 
 
 def test_network_input_is_scheduler_independent():
@@ -320,3 +327,24 @@ def test_amortized_guidance_after_a_short_training(name):
     x_t = torch.randn(5, 2, dtype=torch.float64)
     alpha, sigma = noise_level(scheduler, 500)
     torch.testing.assert_close(guidance.intermediate_energy(x_t, 500), net(x_t, alpha, sigma))
+
+
+def test_flow_matching_training_never_draws_a_noise_free_level():
+    """Flow matching's t = 0 has σ = 0 (log-SNR +∞, σ²/α² = 0): targets, tables and the network
+    input stay finite because only training_timesteps (0 < α, 0 < σ) are drawn."""
+    scheduler = make_scheduler("flow-euler")
+    valid = training_timesteps(scheduler)
+    alpha, sigma = noise_level(scheduler, valid)
+    assert (alpha > 0).all() and (sigma > 0).all() and len(valid) == scheduler.config.num_train_timesteps - 1
+    q = data_model()
+    model = q.noise_model(scheduler)
+    table = estimate_variance_table(scheduler, model, q.sample(500), num_levels=16)
+    for field in ("log_snr", "eps_norm", "data_var", "diagonal"):
+        assert torch.isfinite(getattr(table, field)).all()
+    draw = closed_form_batches(
+        scheduler, model, linear_energy, q.sample(256), beta=BETA, variance="data_var",
+        variance_table=table, batch_size=4096, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    batch = draw()
+    assert (batch.sigma > 0).all() and torch.isfinite(batch.target).all()
+    assert torch.isfinite(regression_loss(IntermediateEnergyNet(2, hidden=8, depth=1, beta=BETA), batch))

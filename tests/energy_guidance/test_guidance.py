@@ -160,7 +160,7 @@ def test_every_variance_estimator_guides_gaussian_data_exactly(variance):
     scheduler = diffusers.DDIMScheduler(clip_sample=False)
     q = data_model()
     model = q.noise_model(scheduler)
-    table = estimate_variance_table(model, scheduler, q.sample(500), num_levels=8)
+    table = estimate_variance_table(scheduler, model, q.sample(500), num_levels=8)
     exact = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, variance="jacobian")
     other = AnalyticEnergyGuidance(
         scheduler, model, linear_energy, BETA, variance=variance, variance_table=table
@@ -291,3 +291,21 @@ def test_constructor_rejects_negative_beta_and_missing_energy():
         AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, beta=-0.1)
     with pytest.raises(ValueError, match="give an energy"):
         AnalyticEnergyGuidance(scheduler, lambda x, t: x, None, beta=1.0)
+
+
+def test_constructor_rejects_unknown_or_unusable_variance_estimators():
+    scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(ValueError, match="unknown posterior variance 'eps-norm'"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, 1.0, variance="eps-norm")
+    with pytest.raises(ValueError, match="'data_var' needs a VarianceTable"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, 1.0, variance="data_var")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, 1.0, variance=-0.5)
+
+
+def test_non_differentiable_energy_is_a_clear_error():
+    def detached(x):
+        return (x @ W.to(x)).detach()
+
+    with pytest.raises(TypeError, match="does not depend differentiably on x0"):
+        _guidance(detached).guided_model_output(torch.randn(4, 2, dtype=torch.float64), 500)

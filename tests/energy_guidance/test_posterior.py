@@ -77,7 +77,7 @@ def test_table_estimators_match_the_exact_gaussian_posterior_variance(name):
     gen = torch.Generator().manual_seed(0)
     data = gm.sample(n, generator=gen)
     table = estimate_variance_table(
-        gm.noise_model(scheduler), scheduler, data, num_levels=levels, generator=gen
+        scheduler, gm.noise_model(scheduler), data, num_levels=levels, generator=gen
     )
     timesteps = table_timesteps(scheduler, levels)
     assert len(table.log_snr) == len(timesteps)
@@ -201,7 +201,7 @@ def test_table_estimators_match_the_average_mixture_posterior_variance():
     n, m_ref, levels, d = 20_000, 20_000, 8, 2
     gen = torch.Generator().manual_seed(3)
     table = estimate_variance_table(
-        model, scheduler, gm.sample(n, generator=gen), num_levels=levels, generator=gen
+        scheduler, model, gm.sample(n, generator=gen), num_levels=levels, generator=gen
     )
     mu = gm.mean()
     var_x0 = gm.covariance().diagonal()
@@ -278,7 +278,7 @@ def test_estimates_outside_the_valid_range_are_clamped():
 
     gen = torch.Generator().manual_seed(4)
     table = estimate_variance_table(
-        overstated, scheduler, gm.sample(500, generator=gen), num_levels=10, generator=gen
+        scheduler, overstated, gm.sample(500, generator=gen), num_levels=10, generator=gen
     )
     assert (table.eps_norm < 0).any() and (table.data_var < 0).any()
     timesteps = table_timesteps(scheduler, 10)
@@ -304,7 +304,7 @@ def test_marginal_estimates_are_clamped_to_the_data_variance():
         return 0.5 * exact_model(x_t, t)
 
     gen = torch.Generator().manual_seed(5)
-    table = estimate_variance_table(understated, scheduler, gm.sample(2000, generator=gen), num_levels=10)
+    table = estimate_variance_table(scheduler, understated, gm.sample(2000, generator=gen), num_levels=10)
     alpha, sigma = noise_level(scheduler, torch.tensor([999, 500, 10]))
     raw = table.ratio("eps_norm", log_snr(alpha, sigma)) * sigma**2 / alpha**2
     assert raw[0] > 10 * table.data_variance.max()  # the unclamped estimate would be far too large
@@ -329,7 +329,7 @@ def test_jacobian_estimate_is_clamped_to_zero_and_the_flat_prior_bound(slope, ex
 def test_variance_table_save_load_round_trip(tmp_path):
     gm = GaussianMixture.gaussian(MEAN, VAR)
     scheduler = diffusers.DDPMScheduler()
-    table = estimate_variance_table(gm.noise_model(scheduler), scheduler, gm.sample(100), num_levels=5)
+    table = estimate_variance_table(scheduler, gm.noise_model(scheduler), gm.sample(100), num_levels=5)
     table.save(str(tmp_path / "table.safetensors"))
     loaded = VarianceTable.load(str(tmp_path / "table.safetensors"))
     for key in ("log_snr", "eps_norm", "data_var", "diagonal", "data_variance"):
@@ -347,4 +347,4 @@ def test_variance_estimator_errors_say_what_is_missing():
     with pytest.raises(ValueError, match="unknown posterior variance 'exact'"):
         variance_quadratic(g, "exact", alpha, sigma)
     with pytest.raises(ValueError, match="at least 2 data points"):
-        estimate_variance_table(lambda x, t: x, diffusers.DDPMScheduler(), torch.zeros(1, 3))
+        estimate_variance_table(diffusers.DDPMScheduler(), lambda x, t: x, torch.zeros(1, 3))
