@@ -51,7 +51,9 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
     estimate_variance_table,
+    mmd,
     sample,
+    sliced_wasserstein,
     train_intermediate_energy,
 )
 from energy_guidance.contrastive import draw_support, train_contrastive_energy
@@ -86,38 +88,14 @@ class Config:
 # --- metrics against a weighted point set ------------------------------------------------------
 
 
-def sliced_w2(
-    x: Tensor, target: Tensor, weights: Tensor, num_projections: int = 128, grid: int = 4096
-) -> float:
-    """SW2 between samples x (n, d) (uniform weights) and the weighted set (target, weights)."""
-    gen = torch.Generator().manual_seed(1234)
-    theta = torch.randn(x.shape[1], num_projections, generator=gen, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    u = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
-    px, _ = (x.double() @ theta).sort(dim=0)
-    qx = px[(u * len(x)).long().clamp(max=len(x) - 1)]
-    py, order = (target.double() @ theta).sort(dim=0)
-    cum = weights.double()[order].cumsum(0)
-    cum = cum / cum[-1]
-    idx = torch.searchsorted(cum.T.contiguous(), u.expand(num_projections, grid).contiguous()).T
-    qy = torch.gather(py, 0, idx.clamp(max=len(target) - 1))
-    return float(((qx - qy) ** 2).mean().sqrt())
+def sliced_w2(x: Tensor, target: Tensor, weights: Tensor) -> float:
+    """SW2 between samples x and the weighted set (target, weights); fixed projections."""
+    return sliced_wasserstein(x, target, 128, torch.Generator().manual_seed(1234), y_weights=weights)
 
 
-def mmd2(x: Tensor, target: Tensor, weights: Tensor, bandwidths=(0.2, 0.5, 1.0)) -> float:
-    """Unbiased MMD² between samples x and the weighted set (exact target terms)."""
-    x, y, w = x.double(), target.double(), weights.double() / weights.sum()
-
-    def k(a: Tensor, b: Tensor) -> Tensor:
-        d2 = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-d2 / (2 * h**2)) for h in bandwidths)
-
-    n = len(x)
-    kxx = k(x, x)
-    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    term_y = w @ k(y, y) @ w
-    term_xy = (k(x, y) @ w).mean()
-    return float(term_x + term_y - 2 * term_xy)
+def mmd2(x: Tensor, target: Tensor, weights: Tensor) -> float:
+    """MMD² (kernel bandwidths 0.2, 0.5, 1) between samples x and the weighted set, exact target terms."""
+    return mmd(x, target, (0.2, 0.5, 1.0), y_weights=weights)
 
 
 # --- one data set ------------------------------------------------------------------------------
