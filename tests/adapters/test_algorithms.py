@@ -76,3 +76,23 @@ def test_transitions_reject_nan():
         assert "rewards contains NaN" in str(error)
     else:
         raise AssertionError("NaN rewards were accepted")
+
+
+def test_iql_update_uses_the_bootstrapped_td_target_and_the_expectile_of_q_minus_v():
+    """The losses IQL reports for one step equal the paper's, computed by hand from the networks
+    before the step: L_Q = Σ_heads mean (Q_i(s,a) − (r + γ(1−d)·V(s')))², L_V = expectile of
+    min_i Q̄_i(s,a) − V(s); terminal transitions do not bootstrap."""
+    torch.manual_seed(0)
+    iql = IQL(3, 2, IQLConfig(hidden=16, discount=0.9, expectile=0.8))
+    batch = _transitions(n=32)
+    before = copy.deepcopy(iql)
+    losses = iql.update(batch)
+    with torch.no_grad():
+        target = batch.rewards + 0.9 * (1 - batch.terminals) * before.v(batch.next_observations)
+        q = before.q(batch.observations, batch.actions)  # (2, B)
+        q_loss = ((q[0] - target) ** 2).mean() + ((q[1] - target) ** 2).mean()
+        u = before.q_target(batch.observations, batch.actions).min(0).values - before.v(batch.observations)
+        v_loss = (torch.where(u < 0, 0.2, 0.8) * u**2).mean()
+    assert batch.terminals.sum() > 0  # the batch exercises the no-bootstrap case
+    assert abs(losses["q_loss"] - q_loss.item()) < 1e-5 * (1 + q_loss.item())
+    assert abs(losses["v_loss"] - v_loss.item()) < 1e-5 * (1 + v_loss.item())
