@@ -35,7 +35,6 @@ support pool from the model. Sampling: DDPM, ``num_inference_steps`` steps, one 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -60,6 +59,7 @@ from energy_guidance.contrastive import draw_support, train_contrastive_energy
 from energy_guidance.datasets2d import DATASETS, toy_dataset
 from energy_guidance.exact import EmpiricalIntermediateEnergy, EmpiricalNoiseModel
 from energy_guidance.schedules import add_noise, noise_level
+from recipes.cli import parse_config
 
 METHODS = ("unguided", "exact", "aepo", "aepo_jac", "amortized", "cep", "dps")
 
@@ -407,30 +407,15 @@ def plot_grid(path: Path, per_dataset: dict, beta: float, methods: tuple[str, ..
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--betas", nargs="+", type=float, default=[3.0, 10.0, 20.0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--num-data", type=int, default=Config.num_data)
-    parser.add_argument("--num-samples", type=int, default=Config.num_samples)
-    parser.add_argument("--steps", type=int, default=Config.num_inference_steps, help="sampler steps")
-    parser.add_argument("--train-steps", type=int, default=Config.train_steps)
-    parser.add_argument("--threads", type=int, default=Config.threads)
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    parser.add_argument("--out", default=Config.out)
-    args = parser.parse_args(argv)
-    cfg = Config(
-        datasets=tuple(args.datasets),
-        betas=tuple(args.betas),
-        methods=tuple(args.methods),
-        num_data=args.num_data,
-        num_samples=args.num_samples,
-        num_inference_steps=args.steps,
-        train_steps=args.train_steps,
-        threads=args.threads,
-        seed=args.seed,
-        out=args.out,
+    cfg = parse_config(
+        Config,
+        argv,
+        prog="python benchmarks/toys.py",
+        description=__doc__.split("\n")[0],
+        choices={"datasets": DATASETS, "methods": METHODS},
     )
+    if cfg.train_steps < cfg.eval_every:
+        raise SystemExit(f"--train-steps ({cfg.train_steps}) must be >= --eval-every ({cfg.eval_every})")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,7 @@ the guidance gradient; it removes the between-state spread of Q from the regress
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import inspect
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +69,7 @@ from .behaviour import (
     training_scheduler,
 )
 from .checkpoint import RunDir, train_phase, write_json
+from .cli import parse_config
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -128,52 +125,13 @@ class AEPOConfig:
 # Configuration <-> JSON and the command line
 
 
-def _flat_fields(cls, prefix=""):
-    """(dotted name, default, help) for every leaf field of a (nested) config dataclass.
-
-    The help text is the field's trailing ``# comment`` in the dataclass source.
-    """
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(cls), flags=re.MULTILINE))
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _flat_fields(type(value), f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value, comments.get(f.name, "")
-
-
 def parse_args(argv: list[str] | None = None) -> AEPOConfig:
-    parser = argparse.ArgumentParser(
+    return parse_config(
+        AEPOConfig,
+        argv,
         prog="python -m recipes.aepo",
         description="AEPO (analytic energy-guided policy optimisation) on a Minari data set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, default, text in _flat_fields(AEPOConfig):
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag, dest=name, default=default, help=text, action=argparse.BooleanOptionalAction
-            )
-        else:
-            kind = type(default)
-            parser.add_argument(flag, dest=name, default=default, help=text, type=kind, metavar=kind.__name__)
-    args = vars(parser.parse_args(argv))
-    nested: dict = {}
-    for name, value in args.items():
-        *path, leaf = name.split(".")
-        node = nested
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return build_config(nested)
-
-
-def build_config(data: dict) -> AEPOConfig:
-    """An :class:`AEPOConfig` from its (nested) dict form, as saved in ``config.json``."""
-    sub = {"iql": IQLConfig, "cql": CQLConfig, "behaviour": BehaviourConfig}
-    kwargs = {k: (sub[k](**v) if k in sub else v) for k, v in data.items()}
-    return AEPOConfig(**kwargs)
 
 
 def validate(config: AEPOConfig) -> None:

@@ -23,7 +23,6 @@ delete the files to retrain. Outputs go to ``--out`` (default ``outputs/digits``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -41,6 +40,8 @@ from tqdm.auto import trange
 
 from energy_guidance import AnalyticEnergyGuidance, VarianceTable, estimate_variance_table
 from energy_guidance.pipelines import guide_pipeline
+
+from .cli import build_config, config_parser
 
 
 @dataclass
@@ -400,21 +401,12 @@ def sweep(cfg: DigitsConfig, variances: list[str | float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Guide a DDPMPipeline on 8×8 digits to a chosen digit.")
-    defaults = DigitsConfig()
-    parser.add_argument("--digit", type=int, default=defaults.digit, choices=range(10))
-    parser.add_argument("--beta", type=float, default=defaults.beta)
-    parser.add_argument(
-        "--variance", default=defaults.variance, help="a float (0 = DPS-style) or jacobian/data_var/..."
+    parser = config_parser(
+        DigitsConfig,
+        prog="python -m recipes.digits",
+        description="Guide a DDPMPipeline on 8×8 digits to a chosen digit.",
+        choices={"digit": range(10)},
     )
-    parser.add_argument("--scale", type=float, default=defaults.scale)
-    parser.add_argument("--num-samples", type=int, default=defaults.num_samples)
-    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampler steps")
-    parser.add_argument("--train-steps", type=int, default=defaults.train_steps)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--cache-dir", default=defaults.cache_dir)
-    parser.add_argument("--out", default=defaults.out)
     parser.add_argument(
         "--sweep",
         nargs="*",
@@ -422,19 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="instead: success rate for all ten digits per listed variance (default: 0.0 data_var jacobian)",
     )
     args = parser.parse_args(argv)
-    cfg = DigitsConfig(
-        digit=args.digit,
-        beta=args.beta,
-        variance=args.variance,
-        scale=args.scale,
-        num_samples=args.num_samples,
-        num_inference_steps=args.steps,
-        train_steps=args.train_steps,
-        threads=args.threads,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        out=args.out,
-    )
+    cfg = build_config(DigitsConfig, vars(args))
     if args.sweep is not None:
         variances = [parse_variance(v) for v in (args.sweep or ["0.0", "data_var", "jacobian"])]
         result = sweep(cfg, variances)
