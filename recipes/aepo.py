@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -315,16 +316,14 @@ def run(config: AEPOConfig) -> dict:
     torch.manual_seed(config.seed)
     critic = make_critic(config, obs_dim, act_dim)
     g = torch.Generator().manual_seed(config.seed)
-    critic_history = train_phase(
-        run_dir,
+    phase = partial(train_phase, run_dir, checkpoint_every=config.checkpoint_every, progress=progress)
+    critic_history = phase(
         "critic",
         lambda step: critic.update(data.sample(config.batch_size, g), g),
         steps=config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,
         generator=g,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
     )
 
     # 2. Behaviour policy.
@@ -342,16 +341,13 @@ def run(config: AEPOConfig) -> dict:
         optimizer_step(optimizer, loss)
         return {"diffusion_loss": loss.item()}
 
-    behaviour_history = train_phase(
-        run_dir,
+    behaviour_history = phase(
         "behaviour",
         behaviour_update,
         steps=config.behaviour_steps,
         modules={"model": model},
         optimizers={"model": optimizer},
         generator=g,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
     )
     model.eval().requires_grad_(False)
     critic.eval().requires_grad_(False)
@@ -398,16 +394,13 @@ def run(config: AEPOConfig) -> dict:
         optimizer_step(optimizer, loss)
         return {"energy_loss": loss.item()}
 
-    energy_history = train_phase(
-        run_dir,
+    energy_history = phase(
         "energy",
         energy_update,
         steps=config.energy_steps,
         modules={"network": network},
         optimizers={"network": optimizer},
         generator=g,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
     )
     network.eval().requires_grad_(False)
 
