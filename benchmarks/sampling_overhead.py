@@ -1,10 +1,11 @@
 """Wall time of guided vs unguided sampling: ``python benchmarks/sampling_overhead.py``.
 
-Batch 1024 of 6-D actions conditioned on 17-D states (HalfCheetah-sized), a 3×256 MLP noise
-model, an MLP critic energy, DPM-Solver++ and DDIM at 15 and 50 steps. Guidance modes:
-training-free AEPO with a table variance (``eps_norm``) and with the local Jacobian variance,
-and amortized AEPO (an IntermediateEnergyNet; its size is printed). Reports the median of
-``--repeats`` runs and the ratio to unguided sampling measured in the same run.
+Batch 1024 of 6-D actions conditioned on 17-D states (HalfCheetah-sized), the AEPO recipe's
+3×256 Mish MLP noise model (recipes.behaviour.NoiseMLP), an MLP critic energy, DPM-Solver++
+and DDIM at 15 and 50 steps. Guidance modes: training-free AEPO with a table variance
+(``eps_norm``) and with the local Jacobian variance, and amortized AEPO with intermediate-energy
+networks of several sizes. Reports the median of ``--repeats`` runs and the ratio to unguided
+sampling measured in the same run.
 """
 
 from __future__ import annotations
@@ -16,46 +17,28 @@ import time
 from functools import partial
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
+from adapters.networks import optimizer_step
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from recipes.behaviour import NoiseMLP, diffusion_loss
 
 ACTION, STATE = 6, 17
 
 
-class NoiseMLP(nn.Module):
-    """ε̂(a_t, t, s): 3 hidden layers of 256 with a sinusoidal timestep embedding of 16."""
-
-    def __init__(self, hidden: int = 256) -> None:
-        super().__init__()
-        self.register_buffer("freqs", torch.exp(-torch.arange(8) * 9.2 / 8))
-        self.net = nn.Sequential(
-            nn.Linear(ACTION + STATE + 16, hidden), nn.Mish(),
-            nn.Linear(hidden, hidden), nn.Mish(),
-            nn.Linear(hidden, hidden), nn.Mish(),
-            nn.Linear(hidden, ACTION),
-        )  # fmt: skip
-
-    def forward(self, a, t, s):
-        phase = t.float()[:, None] * self.freqs
-        return self.net(torch.cat([a, phase.sin(), phase.cos(), s], dim=1))
-
-
-def fit(model: NoiseMLP, steps: int = 300) -> None:
-    """A short DDPM fit on synthetic state-dependent actions, so x̂0 (and the guidance) stay finite."""
-    scheduler = DDIMScheduler()
+def fitted_noise_model(steps: int = 300) -> NoiseMLP:
+    """The recipe's behaviour model (3×256 Mish MLP), briefly fitted on synthetic state-dependent
+    actions so that x̂0, and the guidance, stay finite."""
+    model = NoiseMLP(ACTION, STATE, hidden=256, depth=3)
+    scheduler = DDPMScheduler()
     w = torch.randn(STATE, ACTION) / STATE**0.5
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
-        s = torch.randn(256, STATE)
-        a = torch.tanh(s @ w + 0.3 * torch.randn(256, ACTION))
-        t = torch.randint(0, 1000, (256,))
-        noise = torch.randn_like(a)
-        loss = (model(scheduler.add_noise(a, noise, t), t, s) - noise).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        states = torch.randn(256, STATE)
+        actions = torch.tanh(states @ w + 0.3 * torch.randn(256, ACTION))
+        optimizer_step(optimizer, diffusion_loss(model, scheduler, actions, states))
+    return model.requires_grad_(False)
 
 
 def critic_energy(hidden: int = 256):
@@ -80,9 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, energy = NoiseMLP(), critic_energy()
-    fit(model)
-    model.requires_grad_(False)
+    model, energy = fitted_noise_model(), critic_energy()
     states = torch.randn(args.batch, STATE)
     lam = torch.linspace(-12, 12, 64)
     table = VarianceTable(
@@ -93,7 +74,7 @@ def main() -> None:
         depth, hidden = (int(v) for v in size.split("x"))
         nets[size] = IntermediateEnergyNet(ACTION, STATE, hidden=hidden, depth=depth).requires_grad_(False)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
-    print(f"batch {args.batch}; noise model 3x256 Mish MLP; critic energy 2x256 ReLU MLP")
+    print(f"batch {args.batch}; noise model recipes.behaviour.NoiseMLP 3x256; critic energy 2x256 ReLU MLP")
     print(f"{'scheduler':12s} {'steps':>5s} {'mode':24s} {'median s':>9s} {'× unguided':>10s}")
     guided_modes = {
         "training-free eps_norm": {"energy": energy, "variance": "eps_norm", "variance_table": table},
