@@ -109,6 +109,7 @@ class AEPOConfig:
     # 3-4. guidance
     beta: float = 3.0  # inverse temperature, in units of q_scale (module docstring)
     variance: str = "data_var"  # posterior-variance estimator of the closed-form targets
+    expansion: str = "data"  # expansion point x̄ of the targets: "data" (x0) or "posterior_mean" (x̂0)
     variance_samples: int = 4096  # data points (random subset) for the variance table
     energy_steps: int = 10_000  # gradient steps of the intermediate-energy network
     energy_hidden: int = 256  # its width
@@ -140,6 +141,7 @@ def validate(config: AEPOConfig) -> None:
         "critic": (config.critic, CRITICS),
         "reduce": (config.reduce, REDUCTIONS),
         "variance": (config.variance, VARIANCE_METHODS),
+        "expansion": (config.expansion, ("data", "posterior_mean")),
         "behaviour.sampler": (config.behaviour.sampler, tuple(SAMPLERS)),
     }
     for name, (value, allowed) in choices.items():
@@ -380,6 +382,7 @@ def run(config: AEPOConfig) -> dict:
         beta=config.beta,
         variance=config.variance,
         variance_table=table,
+        expansion=config.expansion,
         batch_size=config.batch_size,
         generator=g,
     )
