@@ -8,7 +8,6 @@ import torch
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
-    GaussianMixture,
     IntermediateEnergyNet,
     calibrate,
     closed_form_batches,
@@ -26,27 +25,19 @@ from energy_guidance import (
     training_timesteps,
 )
 
+from .gaussian_case import (
+    BETA,
+    M_DATA,
+    M_TARGET,
+    STEPS,
+    N,
+    W,
+    Z,
+    data_model,
+    exact_guidance_term,
+    linear_energy,
+)
 from .schedulers import make_scheduler
-
-BETA, V, STEPS, N = 1.5, 0.5, 24, 4000
-W = torch.tensor([1.0, -1.0], dtype=torch.float64)
-M_DATA = BETA * V * W / 2  # data and target means symmetric about 0, as in test_guidance.py
-M_TARGET = M_DATA - BETA * V * W
-Z = 5.0
-
-
-def linear_energy(x: torch.Tensor) -> torch.Tensor:
-    return x @ W.to(x)
-
-
-def data_model() -> GaussianMixture:
-    return GaussianMixture.gaussian(M_DATA, V)
-
-
-def exact_guidance_term(alpha, sigma) -> torch.Tensor:
-    """σ·∇_{x_t}E_t for Gaussian data and E = wᵀx: constant in x_t."""
-    return sigma * BETA * alpha * V / (alpha**2 * V + sigma**2) * W
-
 
 # --- targets -----------------------------------------------------------------------------------
 

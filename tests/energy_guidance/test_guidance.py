@@ -15,7 +15,6 @@ import torch
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
-    GaussianMixture,
     estimate_variance_table,
     noise_level,
     prediction_type,
@@ -23,31 +22,21 @@ from energy_guidance import (
     to_eps_x0,
 )
 
+from .gaussian_case import (
+    BETA,
+    M_DATA,
+    M_TARGET,
+    STEPS,
+    N,
+    V,
+    W,
+    Z,
+    data_model,
+    exact_guidance_term,
+    linear_energy,
+    target_model,
+)
 from .schedulers import SCHEDULER_CONFIGS, STARTS_AT_PURE_NOISE, make_scheduler
-
-BETA, V, STEPS, N = 1.5, 0.5, 24, 4000
-W = torch.tensor([1.0, -1.0], dtype=torch.float64)
-# Data and target means symmetric about 0 (m' = -m); see test_guided_samples_follow_the_tilted_gaussian.
-M_DATA = BETA * V * W / 2
-M_TARGET = M_DATA - BETA * V * W
-Z = 5.0
-
-
-def linear_energy(x: torch.Tensor) -> torch.Tensor:
-    return x @ W.to(x)
-
-
-def data_model() -> GaussianMixture:
-    return GaussianMixture.gaussian(M_DATA, V)
-
-
-def target_model() -> GaussianMixture:
-    return GaussianMixture.gaussian(M_TARGET, V)
-
-
-def exact_guidance_term(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """σ·∇_{x_t}E_t for this problem: E_t = β·wᵀx̂0(x_t) + const, ∂x̂0/∂x_t = α·v/(α²v + σ²)."""
-    return sigma * BETA * alpha * V / (alpha**2 * V + sigma**2) * W
 
 
 @functools.cache
