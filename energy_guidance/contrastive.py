@@ -121,17 +121,13 @@ def train_contrastive_energy(
     beta = network.beta
     valid = training_timesteps(scheduler)
     flat = support.reshape(n * m, *event)
+    flat_cond = None if cond is None else cond.repeat_interleave(m, dim=0)
     with torch.no_grad():
-        energies = torch.cat(
-            [
-                call_energy(
-                    energy,
-                    flat[i : i + 4096],
-                    None if cond is None else cond.repeat_interleave(m, dim=0)[i : i + 4096],
-                )
-                for i in range(0, n * m, 4096)
-            ]
-        ).reshape(n, m)
+        parts = []
+        for i in range(0, n * m, 4096):
+            c = None if flat_cond is None else flat_cond[i : i + 4096]
+            parts.append(call_energy(energy, flat[i : i + 4096], c))
+        energies = torch.cat(parts).reshape(n, m)
         # Unit-scale outputs for the MLP: E_Θ lives on the scale of β·E (the loss ignores shifts).
         network.target_mean.fill_(beta * float(energies.mean()))
         network.target_scale.fill_(max(beta * float(energies.std()), 1e-6))
