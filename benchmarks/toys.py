@@ -150,6 +150,18 @@ class Checkpoints:
                 return seconds, step, final
         return self.history[-1][1], self.history[-1][0], final
 
+    def summary(self, extra_seconds: float = 0.0) -> dict:
+        """Training time (plus ``extra_seconds`` spent before training), convergence, history."""
+        total = time.perf_counter() - self.start - self.paused
+        to_best, best_step, final_err = self.time_to_converge()
+        return {
+            "train_s": total + extra_seconds,
+            "to_best_s": to_best + extra_seconds,
+            "best_step": best_step,
+            "guidance_err": final_err,
+            "history": self.history,
+        }
+
 
 def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor, dict]:
     """Rows of results for every β and method, the data, its energies and the samples."""
@@ -232,15 +244,7 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
                 progress=False,
                 callback=clock,
             )
-            total = time.perf_counter() - clock.start - clock.paused
-            to_best, best_step, final_err = clock.time_to_converge()
-            results["amortized"] = {
-                "train_s": total,
-                "to_best_s": to_best,
-                "best_step": best_step,
-                "guidance_err": final_err,
-                "history": clock.history,
-            }
+            results["amortized"] = clock.summary()
             runs["amortized"] = draw(guided(network=net.eval()))
         if "cep" in cfg.methods:
             torch.manual_seed(cfg.seed)
@@ -268,16 +272,7 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
                 progress=False,
                 callback=clock,
             )
-            total = time.perf_counter() - clock.start - clock.paused
-            to_best, best_step, final_err = clock.time_to_converge()
-            results["cep"] = {
-                "train_s": total + support_s,
-                "to_best_s": to_best + support_s,
-                "support_s": support_s,
-                "best_step": best_step,
-                "guidance_err": final_err,
-                "history": clock.history,
-            }
+            results["cep"] = {**clock.summary(support_s), "support_s": support_s}
             runs["cep"] = draw(guided(network=net.eval()))
         target_label = float(weights @ -energies.double())
         for method, (x, seconds) in runs.items():

@@ -36,9 +36,8 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import trange
 
-from energy_guidance import AnalyticEnergyGuidance, VarianceTable, estimate_variance_table
+from energy_guidance import AnalyticEnergyGuidance, VarianceTable, estimate_variance_table, fit
 from energy_guidance.pipelines import guide_pipeline
 
 from .cli import build_config, config_parser
@@ -102,21 +101,15 @@ def make_unet(channels: tuple[int, int]) -> UNet2DModel:
 def train_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, cfg: DigitsConfig) -> list[float]:
     """ε-prediction DDPM loss ‖ε̂(√ᾱ·x0 + √(1-ᾱ)·ε, t) - ε‖², Adam with cosine decay."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train_steps)
-    losses = []
-    for _ in trange(cfg.train_steps, desc="DDPM"):
+
+    def loss() -> Tensor:
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
         noise = torch.randn(cfg.batch_size, 1, 8, 8, generator=gen)
         x_t = scheduler.add_noise(images[idx], noise, t)
-        loss = (unet(x_t, t).sample - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return losses
+        return (unet(x_t, t).sample - noise).pow(2).mean()
+
+    return fit(unet, loss, steps=cfg.train_steps, lr=cfg.lr, desc="DDPM")
 
 
 # --- classifiers -------------------------------------------------------------------------------
