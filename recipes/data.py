@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from minari.data_collector import EpisodeBuffer
 
-from adapters import Transitions
+from critics import Transitions
 
 DEFAULT_DATASET = "energy-guidance/pendulum/mixed-v0"
 

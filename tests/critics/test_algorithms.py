@@ -4,8 +4,8 @@ import copy
 
 import torch
 
-from adapters import CQL, IQL, CQLConfig, IQLConfig, Transitions
-from adapters.networks import TanhGaussianPolicy, polyak_update
+from critics import CQL, IQL, CQLConfig, IQLConfig, Transitions
+from critics.networks import TanhGaussianPolicy, polyak_update
 
 
 def _transitions(n=64, obs_dim=3, act_dim=2):

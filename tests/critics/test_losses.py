@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from adapters import awr_loss, cql_penalty, expectile_loss
+from critics import awr_loss, cql_penalty, expectile_loss
 
 
 def test_expectile_loss_hand_computed():

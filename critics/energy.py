@@ -8,15 +8,18 @@ here is any callable ``q(states, actions)`` returning
     (K, B)    an ensemble of K heads (twin critics: K = 2), reduced by min (default) or mean.
 
 Taking the min over heads is the pessimistic estimate that IQL and CQL also bootstrap with.
+For a :class:`critics.Critic` the energy is ``critic_energy(critic.q_values, baseline=critic.baseline)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 from torch import Tensor
 
-REDUCTIONS = ("min", "mean")
+Reduction = Literal["min", "mean"]
+REDUCTIONS = get_args(Reduction)
 
 
 def reduce_critic(values: Tensor, batch: int, reduce: str = "min") -> Tensor:

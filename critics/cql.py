@@ -10,6 +10,9 @@ uniform actions on [-1, 1]^d (log μ = −d·log 2) and the current policy at s 
 (a_k ~ π(· | s), π(· | s'), evaluated at s, log μ = log π). It pushes Q down on actions
 the data does not support and up on the data's own actions. The actor maximises
 E[min_i Q_i(s, ã) − α·log π(ã | s)] with α tuned to the target entropy −d.
+
+CQL implements :class:`critics.Critic`: ``q_values`` are the target heads, ``baseline`` is
+min_i Q̄_i(s, π(s)) at the actor's own action and ``act`` the actor's mean action.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .batch import Transitions
-from .networks import TanhGaussianPolicy, TwinQ, optimizer_step, polyak_update
+from energy_guidance.training import gradient_step
+
+from .networks import TanhGaussianPolicy, TwinQ, polyak_update
+from .transitions import Transitions
 
 
 @dataclass
@@ -51,6 +56,10 @@ def cql_penalty(q_data: Tensor, q_sampled: Tensor, log_density: Tensor, temperat
 class CQL(nn.Module):
     """Twin Q with its Polyak target, a tanh-Gaussian actor and the entropy weight log α."""
 
+    Config = CQLConfig
+    policy_name = "cql_actor"
+    policy_label = "CQL policy (SAC actor)"
+
     def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or CQLConfig()
@@ -74,10 +83,11 @@ class CQL(nn.Module):
         # Actor and entropy weight.
         a_pi, log_pi = self.actor.sample(s, generator)
         alpha = self.log_alpha.exp().detach()
-        actor_loss = (alpha * log_pi - self.q(s, a_pi).min(0).values).mean()
-        optimizer_step(self.optimizers["actor"], actor_loss)
+        actor_loss = gradient_step(
+            self.optimizers["actor"], (alpha * log_pi - self.q(s, a_pi).min(0).values).mean()
+        )
         alpha_loss = -(self.log_alpha * (log_pi.detach() - d)).mean()  # target entropy −d
-        optimizer_step(self.optimizers["alpha"], alpha_loss)
+        gradient_step(self.optimizers["alpha"], alpha_loss)
 
         # Critic: TD error plus the conservative penalty.
         with torch.no_grad():
@@ -102,17 +112,24 @@ class CQL(nn.Module):
         penalty = cql_penalty(q_data[0], q_sampled[0], log_density, c.temperature) + cql_penalty(
             q_data[1], q_sampled[1], log_density, c.temperature
         )
-        q_loss = td_loss + c.cql_alpha * penalty
-        optimizer_step(self.optimizers["q"], q_loss)
+        q_loss = gradient_step(self.optimizers["q"], td_loss + c.cql_alpha * penalty)
 
         polyak_update(self.q_target, self.q, c.polyak)
         return {
-            "q_loss": q_loss.item(),
+            "q_loss": q_loss,
             "td_loss": td_loss.item(),
             "cql_penalty": penalty.item(),
-            "actor_loss": actor_loss.item(),
+            "actor_loss": actor_loss,
             "alpha": float(alpha),
         }
+
+    def q_values(self, states: Tensor, actions: Tensor) -> Tensor:
+        """The target heads Q̄_1, Q̄_2(s, a), (2, B)."""
+        return self.q_target(states, actions)
+
+    def baseline(self, states: Tensor) -> Tensor:
+        """min_i Q̄_i(s, π(s)): the value of the actor's own (mean) action, a state-only offset."""
+        return self.q_target(states, self.actor.act(states)).min(0).values
 
     @torch.no_grad()
     def act(self, states: Tensor) -> Tensor:

@@ -8,29 +8,26 @@ With τ > 1/2, V is an upper expectile of Q over the data's actions, so Q backs 
 in-distribution actions only. The target critic is a Polyak average of Q. (The AEPO slides write
 L_2^τ(V − Q); we follow the IQL paper's sign, u = Q − V, which makes V the *upper* expectile.)
 
-The critic ``iql.q_target`` (or ``iql.q``) plugs into :func:`adapters.critic_energy`; the AWR
-policy ``iql.act`` is IQL's own policy.
+IQL implements :class:`critics.Critic`: ``q_values`` are the target heads, ``baseline`` is V and
+``act`` the AWR policy; ``critic_energy(iql.q_values, baseline=iql.baseline)`` is its energy.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from .batch import Transitions
-from .networks import (
-    DeterministicPolicy,
-    GaussianPolicy,
-    TwinQ,
-    ValueFunction,
-    optimizer_step,
-    polyak_update,
-)
+from energy_guidance.training import gradient_step
 
-ACTORS = ("gaussian", "deterministic")
+from .networks import DeterministicPolicy, GaussianPolicy, TwinQ, ValueFunction, polyak_update
+from .transitions import Transitions
+
+Actor = Literal["gaussian", "deterministic"]
+ACTORS = get_args(Actor)
 
 
 @dataclass
@@ -40,7 +37,7 @@ class IQLConfig:
     polyak: float = 0.005  # target-network update rate
     awr_temperature: float = 3.0  # β of the AWR weights exp(β·A)
     max_weight: float = 100.0  # AWR weights are clipped here
-    actor: str = "gaussian"  # "gaussian" (log-likelihood) or "deterministic" (squared error)
+    actor: Actor = "gaussian"  # "gaussian" (log-likelihood) or "deterministic" (squared error)
     hidden: int = 256  # MLP width of Q, V and the actor
     depth: int = 2  # their hidden layers
     lr: float = 3e-4  # Adam learning rate
@@ -60,6 +57,10 @@ def awr_loss(bc_losses: Tensor, advantages: Tensor, temperature: float, max_weig
 
 class IQL(nn.Module):
     """Twin Q, its Polyak target, V and an AWR actor; ``update(batch)`` takes one step of each."""
+
+    Config = IQLConfig
+    policy_name = "iql_awr"
+    policy_label = "IQL policy (AWR)"
 
     def __init__(self, obs_dim: int, act_dim: int, config: IQLConfig | None = None) -> None:
         super().__init__()
@@ -95,24 +96,25 @@ class IQL(nn.Module):
             next_v = self.v(batch.next_observations)
             target = batch.rewards + c.discount * (1 - batch.terminals) * next_v
         advantage = q_target - self.v(batch.observations)
-        v_loss = expectile_loss(advantage, c.expectile)
-        optimizer_step(self.optimizers["v"], v_loss)
-
-        q_loss = (self.q(batch.observations, batch.actions) - target).pow(2).mean(1).sum()
-        optimizer_step(self.optimizers["q"], q_loss)
-
+        v_loss = gradient_step(self.optimizers["v"], expectile_loss(advantage, c.expectile))
+        q_pred = self.q(batch.observations, batch.actions)
+        q_loss = gradient_step(self.optimizers["q"], (q_pred - target).pow(2).mean(1).sum())
         bc = self._bc_losses(batch.observations, batch.actions)
-        actor_loss = awr_loss(bc, advantage, c.awr_temperature, c.max_weight)
-        optimizer_step(self.optimizers["actor"], actor_loss)
-
+        actor_loss = gradient_step(
+            self.optimizers["actor"], awr_loss(bc, advantage, c.awr_temperature, c.max_weight)
+        )
         polyak_update(self.q_target, self.q, c.polyak)
-        return {"v_loss": v_loss.item(), "q_loss": q_loss.item(), "actor_loss": actor_loss.item()}
+        return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss}
+
+    def q_values(self, states: Tensor, actions: Tensor) -> Tensor:
+        """The target heads Q̄_1, Q̄_2(s, a), (2, B): the critic that V was fitted against."""
+        return self.q_target(states, actions)
+
+    def baseline(self, states: Tensor) -> Tensor:
+        """V(s), the upper expectile of Q over the data's actions at s."""
+        return self.v(states)
 
     @torch.no_grad()
     def act(self, states: Tensor) -> Tensor:
         """IQL's own (AWR) policy: the actor's mean action in [-1, 1]^d."""
         return self.actor.act(states)
-
-    @torch.no_grad()
-    def value(self, states: Tensor) -> Tensor:
-        return self.v(states)

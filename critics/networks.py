@@ -104,10 +104,3 @@ def polyak_update(target: nn.Module, source: nn.Module, rate: float) -> None:
     with torch.no_grad():
         for t, s in zip(target.parameters(), source.parameters(), strict=True):
             t.lerp_(s, rate)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-    """Zero the gradients of ``optimizer``'s parameters, back-propagate ``loss``, step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
