@@ -14,19 +14,19 @@ The network takes the noise level (α, σ) instead of t, so it serves any schedu
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import trange
 
 from .callables import Energy, call_model, energy_and_grad
+from .checkpoints import load_tensors, save_tensors
 from .closed_form import analytic_intermediate_energy
-from .posterior import VarianceTable, check_variance, variance_quadratic
+from .posterior import VarianceEstimator, VarianceTable, variance_estimator
 from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .training import History, fit
 
 
 class IntermediateEnergyNet(nn.Module):
@@ -90,19 +90,15 @@ class IntermediateEnergyNet(nn.Module):
         out = self.mlp(torch.cat(parts, dim=1)).squeeze(1)
         return self.target_mean + self.target_scale * out
 
-    def save(self, path: str) -> None:
-        """One safetensors file: weights, with the constructor config as JSON metadata."""
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        save_file(state, path, metadata={"config": json.dumps(self.config)})
+    def save(self, path: str | Path) -> None:
+        """One checksummed safetensors file: weights, with the constructor config as JSON metadata."""
+        save_tensors(path, self.state_dict(), metadata={"config": json.dumps(self.config)})
 
     @classmethod
-    def load(cls, path: str, device: str | torch.device = "cpu") -> IntermediateEnergyNet:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            config = json.loads(f.metadata()["config"])
-        net = cls(**config)
-        net.load_state_dict(load_file(path, device=str(device)))
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> IntermediateEnergyNet:
+        tensors, metadata = load_tensors(path, device)
+        net = cls(**json.loads(metadata["config"]))
+        net.load_state_dict(tensors)
         return net.to(device)
 
 
@@ -115,7 +111,7 @@ def closed_form_targets(
     beta: float,
     *,
     cond=None,
-    variance: str | float = "jacobian",
+    variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     energy: Energy | None = None,
     energy_bar: Tensor | None = None,
@@ -126,9 +122,10 @@ def closed_form_targets(
     Expansion point: x̄ = x0 when ``energy_bar`` = E(x0) and ``grad_bar`` = ∇E(x0) are given
     (precomputed), otherwise x̄ = x̂0 evaluated with ``energy``.
     """
+    variance = variance_estimator(variance, variance_table)
     alpha, sigma = (c.to(x0) for c in noise_level(scheduler, timestep))
     x_t = add_noise(x0, noise, alpha, sigma)
-    needs_graph = variance == "jacobian"
+    needs_graph = variance.uses_model_graph
     with torch.set_grad_enabled(needs_graph):
         x_in = x_t.detach().requires_grad_(needs_graph)
         out = call_model(model, x_in, timestep.to(x0.device), cond)
@@ -138,9 +135,7 @@ def closed_form_targets(
             x_bar = x0_hat
         else:
             x_bar = x0
-        quad = variance_quadratic(
-            grad_bar, variance, alpha, sigma, table=variance_table, eps_hat=eps_hat, x_t=x_in
-        )
+        quad = variance.quadratic(grad_bar, alpha, sigma, eps_hat=eps_hat, x_t=x_in)
     target = analytic_intermediate_energy(beta, energy_bar, grad_bar, quad, x0_hat, x_bar)
     return x_t, target.detach()
 
@@ -163,7 +158,7 @@ def closed_form_batches(
     cond: Tensor | None = None,
     *,
     beta: float,
-    variance: str | float = "jacobian",
+    variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     batch_size: int = 256,
@@ -177,7 +172,7 @@ def closed_form_batches(
     """
     if expansion not in ("data", "posterior_mean"):
         raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
-    check_variance(variance, variance_table)
+    variance = variance_estimator(variance, variance_table)
     n = data.shape[0]
     valid = training_timesteps(scheduler)
     pre_energy = pre_grad = None
@@ -200,7 +195,6 @@ def closed_form_batches(
             beta,
             cond=_rows(cond, idx),
             variance=variance,
-            variance_table=variance_table,
             energy=energy,
             energy_bar=_rows(pre_energy, idx),
             grad_bar=_rows(pre_grad, idx),
@@ -229,47 +223,6 @@ def regression_loss(network: IntermediateEnergyNet, batch: TargetBatch) -> Tenso
     return ((pred - batch.target) / network.target_scale).pow(2).mean()
 
 
-def cosine_learning_rate(step: int, steps: int, lr: float) -> float:
-    """lr·½(1 + cos(π·step/steps)): decays from ``lr`` to 0, a function of the step alone."""
-    return 0.5 * lr * (1 + math.cos(math.pi * step / steps))
-
-
-def fit(
-    network: nn.Module,
-    loss: Callable[[], Tensor],
-    *,
-    steps: int,
-    lr: float = 1e-3,
-    optimizer: torch.optim.Optimizer | None = None,
-    start_step: int = 0,
-    progress: bool = True,
-    desc: str = "intermediate energy",
-    callback: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Adam on ``loss()`` with a cosine learning-rate decay from ``lr`` to 0 over ``steps``.
-
-    The schedule is a function of the step alone, so a run resumes exactly from ``start_step``
-    with the saved ``optimizer``. ``callback(step, loss)`` runs after every step (logging,
-    checkpoints). Returns the losses of the steps run.
-    """
-    optimizer = optimizer or torch.optim.Adam(network.parameters(), lr=lr)
-    losses: list[float] = []
-    bar = trange(start_step, steps, disable=not progress, desc=desc)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, steps, lr)
-        value = loss()
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-        losses.append(value.item())
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if callback is not None:
-            callback(step, losses[-1])
-    return losses
-
-
 def train_intermediate_energy(
     network: IntermediateEnergyNet,
     scheduler,
@@ -278,22 +231,23 @@ def train_intermediate_energy(
     data: Tensor,
     cond: Tensor | None = None,
     *,
-    variance: str | float = "jacobian",
+    variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 1e-3,
     generator: torch.Generator | None = None,
+    checkpoint_dir: str | Path | None = None,
     progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Regress ``network`` on closed-form targets (β = ``network.beta``); returns the losses.
+    log: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Regress ``network`` on closed-form targets (β = ``network.beta``); returns the loss history.
 
     ``data`` (N, ...) are clean samples of the model's distribution (with conditions ``cond``
-    (N, ...)); see :func:`closed_form_batches` for the targets and :func:`fit` for the
-    optimisation. For a resumable loop, compose those two with :func:`calibrate` and
-    :func:`regression_loss` yourself (as ``recipes/aepo.py`` does).
+    (N, ...)); see :func:`closed_form_batches` for the targets. The optimisation is
+    :func:`energy_guidance.training.fit` (Adam, cosine decay); with ``checkpoint_dir`` it is
+    resumable (pass the same ``generator`` seed), and ``log(step, means)`` sees the history.
     """
     draw = closed_form_batches(
         scheduler,
@@ -308,12 +262,15 @@ def train_intermediate_energy(
         batch_size=batch_size,
         generator=generator,
     )
-    calibrate(network, draw)
+    calibrate(network, draw)  # a resumed run overwrites these buffers from its checkpoint
     return fit(
         network,
         lambda: regression_loss(network, draw()),
         steps=steps,
         lr=lr,
+        generator=generator,
+        checkpoint_dir=checkpoint_dir,
+        name="intermediate_energy",
         progress=progress,
-        callback=callback,
+        log=log,
     )

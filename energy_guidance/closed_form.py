@@ -16,7 +16,14 @@ O(β³) (docs/math.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from torch import Tensor
+
+from .callables import Energy, energy_and_grad
+from .posterior import VarianceEstimator, variance_estimator
+from .schedules import Prediction
 
 
 def analytic_intermediate_energy(
@@ -43,6 +50,35 @@ def analytic_intermediate_energy(
     return value
 
 
-def analytic_log_potential(*args, **kwargs) -> Tensor:
-    """L_t = log E[exp(-β·E(x0)) | x_t] ≈ -E_t; same arguments as :func:`analytic_intermediate_energy`."""
-    return -analytic_intermediate_energy(*args, **kwargs)
+@dataclass(frozen=True)
+class ClosedForm:
+    """The training-free intermediate-energy estimator: equation (1) at x̄ = x̂0(x_t).
+
+    ``ClosedForm(energy, beta, variance)`` with ``variance`` a
+    :class:`~energy_guidance.posterior.VarianceEstimator` (or its name/number shortcut, resolved
+    here; a table estimator named by string needs ``variance_table``). It reads the model's
+    prediction (``uses_model_graph``), so guidance calls it with ``prediction=`` computed from
+    x_t inside autograd, and ∇_{x_t} E_t back-propagates through the model.
+    """
+
+    energy: Energy
+    beta: float
+    variance: VarianceEstimator
+    uses_model_graph: ClassVar[bool] = True
+
+    def __init__(self, energy: Energy, beta: float, variance="jacobian", variance_table=None) -> None:
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
+        object.__setattr__(self, "energy", energy)
+        object.__setattr__(self, "beta", float(beta))
+        object.__setattr__(self, "variance", variance_estimator(variance, variance_table))
+
+    def __call__(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+    ) -> Tensor:
+        """E_t (B,) at x_t (B, ...) with per-sample α, σ (B,); ``prediction`` = (ε̂, x̂0) in x_t's graph."""
+        energy_bar, grad_bar = energy_and_grad(self.energy, prediction.x0, cond, create_graph=True)
+        quad = self.variance.quadratic(
+            grad_bar, alpha, sigma, eps_hat=prediction.eps, x_t=x_t, create_graph=True
+        )
+        return analytic_intermediate_energy(self.beta, energy_bar, grad_bar, quad)

@@ -11,46 +11,70 @@ guided score is rescaled per sample to the norm of the unguided one (AEPO's guid
 ε̃ ← ε̃ · ‖ε̂‖ / ‖ε̃‖.
 
 Two modes:
-- training-free (``network=None``): E_t is the closed form (1) with x̄ = x̂0, differentiated
-  through the noise model, the energy and the variance estimate with autograd;
-- amortized (``network=`` an :class:`~energy_guidance.amortized.IntermediateEnergyNet`):
-  E_t is the network, regressed on closed-form targets; only the small network is differentiated.
+- training-free (an ``energy``): E_t is the closed form (1) with x̄ = x̂0
+  (:class:`~energy_guidance.closed_form.ClosedForm`), differentiated through the noise model,
+  the energy and the variance estimate with autograd;
+- amortized (``estimator=`` an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, or
+  any :class:`IntermediateEnergyEstimator`): only the estimator is differentiated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .callables import Energy, call_model, energy_and_grad
-from .closed_form import analytic_intermediate_energy
-from .posterior import VarianceTable, check_variance, variance_quadratic
+from .callables import Energy, call_model
+from .closed_form import ClosedForm
 from .sampling import StepInfo, sample
-from .schedules import from_eps_x0, noise_level, prediction_type, to_eps_x0
+from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
 # ε -> x0 conversion divides by ~0 (only the first step of a flow-matching schedule).
 _MIN_ALPHA = 1e-6
 
 
+class IntermediateEnergyEstimator(Protocol):
+    """What guidance differentiates: ``estimator(x_t, alpha, sigma, cond) -> E_t`` (B,).
+
+    x_t (B, ...) is the model input and α, σ (B,) its noise level (``noise_level``). Any callable
+    module with this signature serves: :class:`~energy_guidance.amortized.IntermediateEnergyNet`
+    (trained on closed-form targets or contrastively), or an exact estimator of
+    :mod:`energy_guidance.groundtruth`. An estimator that reads the model's prediction sets
+    ``uses_model_graph = True`` and is called with ``prediction=`` (ε̂, x̂0) computed from x_t
+    inside autograd (:class:`~energy_guidance.closed_form.ClosedForm`); the others are called
+    without it and guidance differentiates only them.
+    """
+
+    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None) -> Tensor: ...
+
+
+def _uses_model_graph(estimator) -> bool:
+    return bool(getattr(estimator, "uses_model_graph", False))
+
+
 class AnalyticEnergyGuidance:
     """Energy guidance for a diffusers scheduler and a noise/velocity/sample-prediction model.
 
+    Training-free: ``AnalyticEnergyGuidance(scheduler, model, energy, beta, variance=...)`` builds
+    the estimator :class:`~energy_guidance.closed_form.ClosedForm` (energy, β, variance).
+    Any other estimator: ``AnalyticEnergyGuidance(scheduler, model, estimator=net)``; β is the
+    estimator's own (``net.beta``).
+
     Args:
-        scheduler: a supported diffusers scheduler (:data:`SUPPORTED_SCHEDULERS`).
+        scheduler: a supported diffusers scheduler (:data:`SUPPORTED_SCHEDULERS`) or a subclass.
         model: ``model(x_t, t)`` or ``model(x_t, t, cond)``; output in the scheduler's
             prediction type (tensor, or object with ``.sample``).
         energy: ``energy(x0)`` or ``energy(x0, cond)`` -> (B,), lower is better, differentiable.
         beta: inverse temperature β ≥ 0 of the target q(x)·exp(-β·E(x)).
+        estimator: an :class:`IntermediateEnergyEstimator`; replaces ``energy`` and ``variance``.
+        variance: posterior-variance estimator of the closed form, an object of
+            :mod:`energy_guidance.posterior` or its shortcut (a name, or a number c for c·I).
+        variance_table: the table a variance named by string reads (``"eps_norm"``, ``"data_var"``,
+            ``"diagonal"``).
         rescale: rescale the guided score to the unguided score's norm, per sample.
-        variance: posterior variance estimator for the training-free closed form (see
-            :mod:`energy_guidance.posterior`); ``"jacobian"`` needs no table.
-        variance_table: needed by the table estimators ``"eps_norm"``, ``"data_var"``, ``"diagonal"``.
-        network: an intermediate-energy estimator ``network(x_t, alpha, sigma, cond) -> (B,)``
-            (an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, or an exact one);
-            switches to amortized mode, where ``energy`` is not needed.
         scale: multiplies the guidance term of (2); 1 is the exact target.
     """
 
@@ -58,58 +82,60 @@ class AnalyticEnergyGuidance:
         self,
         scheduler,
         model: Callable,
-        energy: Energy | None,
-        beta: float,
+        energy: Energy | None = None,
+        beta: float | None = None,
         *,
+        estimator: IntermediateEnergyEstimator | None = None,
+        variance="jacobian",
+        variance_table=None,
         rescale: bool = False,
-        variance: str | float = "jacobian",
-        variance_table: VarianceTable | None = None,
-        network: torch.nn.Module | None = None,
         scale: float = 1.0,
     ) -> None:
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
-        if energy is None and network is None:
-            raise ValueError("give an energy (training-free mode) or a network (amortized mode)")
-        self.scheduler = scheduler
-        self.model = model
-        self.energy = energy
-        self.beta = float(beta)
-        self.rescale = rescale
-        self.variance = variance
-        self.variance_table = variance_table
-        self.network = network
-        self.scale = float(scale)
-        self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
-        if network is None:
-            check_variance(variance, variance_table)
-        if network is not None and getattr(network, "beta", beta) != beta:
+        if estimator is None:
+            if energy is None or beta is None:
+                raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
+            estimator = ClosedForm(energy, beta, variance, variance_table)
+        elif energy is not None:
+            raise ValueError("give an energy (training-free closed form) or an estimator, not both")
+        estimator_beta = getattr(estimator, "beta", None)
+        if beta is None:
+            if estimator_beta is None:
+                raise ValueError(f"{type(estimator).__name__} has no .beta; pass beta=")
+            beta = estimator_beta
+        elif estimator_beta is not None and float(estimator_beta) != float(beta):
             raise ValueError(
-                f"the network was trained for beta={network.beta}, not beta={beta}; "
+                f"the estimator was built for beta={estimator_beta}, not beta={beta}; "
                 "retrain it or use `scale` to strengthen or weaken its guidance"
             )
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
+        self.scheduler = scheduler
+        self.model = model
+        self.estimator = estimator
+        self.beta = float(beta)
+        self.rescale = rescale
+        self.scale = float(scale)
+        self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
 
     def replace(self, **changes) -> AnalyticEnergyGuidance:
-        """A new guidance with some constructor arguments changed, e.g. ``scheduler=`` or ``model=``."""
+        """A new guidance with some of ``scheduler``, ``model``, ``estimator``, ``rescale``,
+        ``scale`` changed (e.g. the scheduler a pipeline actually steps with)."""
         fields = {
             "scheduler": self.scheduler,
             "model": self.model,
-            "energy": self.energy,
-            "beta": self.beta,
+            "estimator": self.estimator,
             "rescale": self.rescale,
-            "variance": self.variance,
-            "variance_table": self.variance_table,
-            "network": self.network,
             "scale": self.scale,
         }
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown arguments {sorted(unknown)}; expected some of {sorted(fields)}")
-        return AnalyticEnergyGuidance(**{**fields, **changes})
+        return AnalyticEnergyGuidance(**{**fields, **changes}, beta=self.beta)
 
     @property
     def amortized(self) -> bool:
-        return self.network is not None
+        """True when only the estimator is differentiated (no backward pass through the model)."""
+        return not _uses_model_graph(self.estimator)
 
     def _levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample (α, σ) of shape (B,), on ``like``'s device and dtype."""
@@ -119,32 +145,25 @@ class AnalyticEnergyGuidance:
             sigma.to(like.device, like.dtype).expand(batch),
         )
 
-    def _closed_form(self, x_t, eps_hat, x0_hat, alpha, sigma, cond, create_graph) -> Tensor:
-        """Training-free E_t (B,), equation (1) at x̄ = x̂0; ε̂ and x̂0 must be in x_t's graph."""
-        energy_bar, grad_bar = energy_and_grad(self.energy, x0_hat, cond, create_graph=True)
-        quad = variance_quadratic(
-            grad_bar,
-            self.variance,
-            alpha,
-            sigma,
-            table=self.variance_table,
-            eps_hat=eps_hat,
-            x_t=x_t,
-            create_graph=create_graph,
-        )
-        return analytic_intermediate_energy(self.beta, energy_bar, grad_bar, quad)
+    def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
+        out = call_model(self.model, x_t, timestep, cond)
+        return to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
+
+    def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
+        """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
+        if _uses_model_graph(self.estimator):
+            prediction = self._predict(x_t, timestep, alpha, sigma, cond)
+            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
+        with torch.no_grad():
+            prediction = self._predict(x_t.detach(), timestep, alpha, sigma, cond)
+        return self.estimator(x_t, alpha, sigma, cond), prediction
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
-        """E_t(x_t) = -L_t (B,) as this guidance computes it (closed form, or the network)."""
+        """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
-        if self.amortized:
-            with torch.no_grad():
-                return self.network(x_t, alpha, sigma, cond)
         with torch.enable_grad():
-            x = x_t.detach().requires_grad_(True)
-            out = call_model(self.model, x, timestep, cond)
-            eps_hat, x0_hat = to_eps_x0(out, x, alpha, sigma, self.prediction_type)
-            return self._closed_form(x, eps_hat, x0_hat, alpha, sigma, cond, create_graph=False).detach()
+            value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
+        return value.detach()
 
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
@@ -155,17 +174,9 @@ class AnalyticEnergyGuidance:
         """(∇_{x_t} E_t, ε̂, x̂0) at x_t, all detached."""
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            if self.amortized:
-                with torch.no_grad():
-                    out = call_model(self.model, x_t, timestep, cond)
-                    eps_hat, x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
-                value = self.network(x, alpha, sigma, cond)
-            else:
-                out = call_model(self.model, x, timestep, cond)
-                eps_hat, x0_hat = to_eps_x0(out, x, alpha, sigma, self.prediction_type)
-                value = self._closed_form(x, eps_hat, x0_hat, alpha, sigma, cond, create_graph=True)
+            value, prediction = self._estimate(x, timestep, alpha, sigma, cond)
             (grad,) = torch.autograd.grad(value.sum(), x)
-        return grad, eps_hat.detach(), x0_hat.detach()
+        return grad, prediction.eps.detach(), prediction.x0.detach()
 
     def guided_model_output(
         self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False

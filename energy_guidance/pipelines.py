@@ -50,7 +50,8 @@ def _attention_for(guidance: AnalyticEnergyGuidance):
     The training-free ``"jacobian"`` variance takes a gradient of a vector-Jacobian product;
     fused scaled-dot-product attention kernels (flash, memory-efficient) have no double backward.
     """
-    if guidance.amortized or guidance.variance != "jacobian":
+    variance = getattr(guidance.estimator, "variance", None)
+    if guidance.amortized or not getattr(variance, "uses_model_graph", False):
         return nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
 

@@ -1,13 +1,16 @@
-"""The Gaussian posterior q(x0 | x_t) ≈ N(x̂0, Σ̂): Tweedie's mean and the variance estimators.
+"""The posterior variance of q(x0 | x_t) ≈ N(x̂0, Σ̂): the estimators and their table.
 
-Every estimator is used only through the quadratic form gᵀ Σ̂ g with g = ∇E(x̄) (B, ...),
-which is all the closed form (:mod:`energy_guidance.closed_form`) needs. Available by name:
+Tweedie's mean x̂0 = (x_t - σ_t·ε̂)/α_t comes from the model (:func:`~energy_guidance.schedules.to_eps_x0`).
+Every variance estimator is an object with one method, ``quadratic(g, alpha, sigma)`` = gᵀ Σ̂ g
+with g = ∇E(x̄) (B, ...), which is all the closed form (:mod:`energy_guidance.closed_form`)
+needs (:class:`VarianceEstimator`). Each has a name, accepted as a shortcut wherever an
+estimator is (:func:`variance_estimator`):
 
-``"eps_norm"``   Σ̂ = σ²/α² · (1 - E‖ε̂‖²/d) · I            (paper, first estimator)
-``"data_var"``   Σ̂ = (Var(x0) - E‖x̂0 - E[x0]‖²/d) · I       (paper, second estimator)
-``"diagonal"``   Σ̂ = diag_i(Var(x0_i) - E(x̂0_i - E[x0_i])²)  (per-dimension ``data_var``)
-``"jacobian"``   Σ̂(x_t) = σ²/α² · (I - σ·∂ε̂/∂x_t)          (local, second-order Tweedie)
-a float ``c``    Σ̂ = c · I                                   (constant)
+:class:`EpsNorm`   ``"eps_norm"``   Σ̂ = σ²/α² · (1 - E‖ε̂‖²/d) · I            (paper, first estimator)
+:class:`DataVar`   ``"data_var"``   Σ̂ = (Var(x0) - E‖x̂0 - E[x0]‖²/d) · I       (paper, second estimator)
+:class:`Diagonal`  ``"diagonal"``   Σ̂ = diag_i(Var(x0_i) - E(x̂0_i - E[x0_i])²)  (per-dimension ``data_var``)
+:class:`Jacobian`  ``"jacobian"``   Σ̂(x_t) = σ²/α² · (I - σ·∂ε̂/∂x_t)          (local, second-order Tweedie)
+:class:`Constant`  a number ``c``  Σ̂ = c · I                                   (constant)
 
 The first three are marginal: by the law of total variance they estimate E_{x_t}[Cov(x0 | x_t)]
 at each noise level, with expectations over data noised to that level; they are computed once
@@ -30,22 +33,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .callables import call_model
+from .checkpoints import load_tensors, save_tensors
 from .schedules import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
-
-TABLE_METHODS = ("eps_norm", "data_var", "diagonal")
-VARIANCE_METHODS = (*TABLE_METHODS, "jacobian")
-
-
-def tweedie_mean(x_t: Tensor, eps_hat: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """x̂0 = E[x0 | x_t] = (x_t - σ_t·ε̂(x_t)) / α_t."""
-    shape = (-1,) + (1,) * (x_t.dim() - 1)
-    return (x_t - sigma.reshape(shape) * eps_hat) / alpha.reshape(shape)
 
 
 @dataclass
@@ -66,8 +61,8 @@ class VarianceTable:
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
-        if method not in TABLE_METHODS:
-            raise ValueError(f"table method must be one of {TABLE_METHODS}, got {method!r}")
+        if method not in ("eps_norm", "data_var", "diagonal"):
+            raise ValueError(f"table method must be eps_norm, data_var or diagonal, got {method!r}")
         values = getattr(self, method)
         grid = self.log_snr.to(lam)
         lam = lam.clamp(grid[0], grid[-1])
@@ -93,15 +88,15 @@ class VarianceTable:
 
     def save(self, path: str) -> None:
         names = ("log_snr", *TABLE_METHODS) + (() if self.data_variance is None else ("data_variance",))
-        save_file(
-            {k: getattr(self, k).contiguous() for k in names},
+        save_tensors(
             path,
+            {k: getattr(self, k) for k in names},
             metadata={"format": json.dumps({"kind": "VarianceTable", "version": 1})},
         )
 
     @classmethod
     def load(cls, path: str) -> VarianceTable:
-        return cls(**load_file(path))
+        return cls(**load_tensors(path)[0])
 
 
 @torch.no_grad()
@@ -162,61 +157,152 @@ def estimate_variance_table(
     )
 
 
-def check_variance(method: str | float, table: VarianceTable | None) -> None:
-    """Raise a clear error for an unknown estimator, a negative constant or a missing table."""
-    if isinstance(method, int | float):
-        if method < 0:
-            raise ValueError(f"a constant posterior variance must be >= 0, got {method}")
-    elif method not in VARIANCE_METHODS:
-        raise ValueError(f"unknown posterior variance {method!r}; use one of {VARIANCE_METHODS} or a float")
-    elif method in TABLE_METHODS and table is None:
-        raise ValueError(
-            f"variance {method!r} needs a VarianceTable; build one with "
-            "estimate_variance_table(scheduler, model, data)"
-        )
+class VarianceEstimator(Protocol):
+    """An estimate Σ̂ of Cov[x0 | x_t], used only through the quadratic form gᵀ Σ̂ g.
 
-
-def variance_quadratic(
-    g: Tensor,
-    method: str | float,
-    alpha: Tensor,
-    sigma: Tensor,
-    *,
-    table: VarianceTable | None = None,
-    eps_hat: Tensor | None = None,
-    x_t: Tensor | None = None,
-    create_graph: bool = False,
-) -> Tensor:
-    """gᵀ Σ̂ g (B,) for g (B, ...) and per-sample α, σ (B,), clamped as described above.
-
-    ``table`` is needed for the table methods; ``eps_hat`` (computed from ``x_t`` inside the
-    autograd graph) for ``"jacobian"``.
+    ``quadratic(g, alpha, sigma, eps_hat=, x_t=, create_graph=)`` -> (B,) for g (B, ...) and
+    per-sample α, σ (B,). ``uses_model_graph`` says whether it needs ε̂ computed from x_t inside
+    autograd (then ``eps_hat`` and ``x_t`` are given); the others ignore them.
     """
+
+    uses_model_graph: bool
+
+    def quadratic(
+        self,
+        g: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        *,
+        eps_hat: Tensor | None = None,
+        x_t: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Tensor: ...
+
+
+def _flat(g: Tensor) -> tuple[Tensor, Tensor]:
     g = g.reshape(g.shape[0], -1)
-    scale = (sigma**2 / alpha**2).to(g)
-    g_sq = g.pow(2).sum(1)
-    if isinstance(method, int | float):
-        if method < 0:
-            raise ValueError(f"a constant posterior variance must be >= 0, got {method}")
-        return torch.minimum(torch.full_like(scale, float(method)), scale) * g_sq
-    if method in TABLE_METHODS:
-        if table is None:
-            raise ValueError(
-                f"variance {method!r} needs a VarianceTable; build one with "
-                "estimate_variance_table(scheduler, model, data)"
-            )
-        var = table.variance(method, alpha.to(g), sigma.to(g))
-        if method == "diagonal":
-            return (var * g.pow(2)).sum(1)
-        return var * g_sq
-    if method == "jacobian":
+    return g, g.pow(2).sum(1)
+
+
+@dataclass(frozen=True)
+class Constant:
+    """Σ̂ = c·I (clamped to σ²/α²); ``Constant(0.0)`` drops the variance term (DPS-style guidance)."""
+
+    value: float
+    uses_model_graph: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not self.value >= 0:
+            raise ValueError(f"a constant posterior variance must be >= 0, got {self.value}")
+
+    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
+        g, g_sq = _flat(g)
+        scale = (sigma**2 / alpha**2).to(g)
+        return torch.minimum(torch.full_like(scale, float(self.value)), scale) * g_sq
+
+
+@dataclass(frozen=True)
+class EpsNorm:
+    """Σ̂ = σ²/α² · (1 - E‖ε̂‖²/d) · I from a :class:`VarianceTable` (the paper's first estimator)."""
+
+    table: VarianceTable
+    uses_model_graph: ClassVar[bool] = False
+
+    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
+        g, g_sq = _flat(g)
+        return self.table.variance("eps_norm", alpha.to(g), sigma.to(g)) * g_sq
+
+
+@dataclass(frozen=True)
+class DataVar:
+    """Σ̂ = (Var(x0) - E‖x̂0 - E[x0]‖²/d) · I from a :class:`VarianceTable` (the paper's second)."""
+
+    table: VarianceTable
+    uses_model_graph: ClassVar[bool] = False
+
+    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
+        g, g_sq = _flat(g)
+        return self.table.variance("data_var", alpha.to(g), sigma.to(g)) * g_sq
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """Σ̂ = diag_i(Var(x0_i) - E(x̂0_i - E[x0_i])²) from a :class:`VarianceTable` (per dimension)."""
+
+    table: VarianceTable
+    uses_model_graph: ClassVar[bool] = False
+
+    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
+        g, _ = _flat(g)
+        return (self.table.variance("diagonal", alpha.to(g), sigma.to(g)) * g.pow(2)).sum(1)
+
+
+@dataclass(frozen=True)
+class Jacobian:
+    """Σ̂(x_t) = σ²/α² · (I - σ·∂ε̂/∂x_t): the local posterior covariance by second-order Tweedie.
+
+    Exact for any data when ε̂ is the exact noise prediction; gᵀ(∂ε̂/∂x_t)g costs one
+    vector-Jacobian product through the model, no d×d matrix.
+    """
+
+    uses_model_graph: ClassVar[bool] = True
+
+    def quadratic(
+        self,
+        g: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        *,
+        eps_hat: Tensor | None = None,
+        x_t: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
         if eps_hat is None or x_t is None:
-            raise ValueError("variance 'jacobian' needs eps_hat computed from x_t with autograd")
-        # gᵀ J g with J = ∂ε̂/∂x_t, from one vector-Jacobian product (no d×d matrix).
+            raise ValueError("the Jacobian variance needs eps_hat computed from x_t with autograd")
+        g, g_sq = _flat(g)
+        scale = (sigma**2 / alpha**2).to(g)
         (vjp,) = torch.autograd.grad(
             eps_hat, x_t, grad_outputs=g.reshape(eps_hat.shape), create_graph=create_graph
         )
         gjg = (vjp.reshape(g.shape) * g).sum(1)
         quad = scale * (g_sq - sigma.to(g) * gjg)
         return torch.minimum(quad.clamp(min=0), scale * g_sq)
-    raise ValueError(f"unknown posterior variance {method!r}; use one of {VARIANCE_METHODS} or a float")
+
+
+# The string shortcuts; a table estimator is built with the table it is given.
+VARIANCES: dict[str, type] = {
+    "eps_norm": EpsNorm,
+    "data_var": DataVar,
+    "diagonal": Diagonal,
+    "jacobian": Jacobian,
+}
+TABLE_METHODS = ("eps_norm", "data_var", "diagonal")
+
+
+def variance_estimator(
+    variance: VarianceEstimator | str | float, table: VarianceTable | None = None
+) -> VarianceEstimator:
+    """Resolve ``variance`` once: an estimator object is returned as is, a number c is
+    :class:`Constant` (c), a name of :data:`VARIANCES` is that estimator (the table ones read
+    ``table``)."""
+    if isinstance(variance, bool):
+        raise TypeError("variance must be an estimator, a name or a number, not a bool")
+    if isinstance(variance, int | float):
+        return Constant(float(variance))
+    if isinstance(variance, str):
+        if variance not in VARIANCES:
+            raise ValueError(
+                f"unknown posterior variance {variance!r}; use one of {tuple(VARIANCES)}, a number, "
+                "or an estimator object"
+            )
+        if variance in TABLE_METHODS:
+            if table is None:
+                raise ValueError(
+                    f"variance {variance!r} needs a VarianceTable; build one with "
+                    "estimate_variance_table(scheduler, model, data)"
+                )
+            return VARIANCES[variance](table)
+        return VARIANCES[variance]()
+    if not callable(getattr(variance, "quadratic", None)):
+        raise TypeError(f"{type(variance).__name__} is not a variance estimator (it has no quadratic method)")
+    return variance

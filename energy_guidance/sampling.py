@@ -42,7 +42,9 @@ def sample(
     instead. ``x_t`` is the model input (``scheduler.scale_model_input`` applied). ``callback``
     receives a dict with ``step``, ``timestep``, ``sample`` (the scheduler's state after the
     step) and, when guided, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one
-    timestep for the whole batch, as diffusers' ``step`` requires.
+    timestep for the whole batch, as diffusers' ``step`` requires. The scheduler's own x̂0
+    clipping applies after guidance: ``clip_sample`` (DDPM, DDIM) or ``thresholding`` (DPM-Solver,
+    UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors.
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -52,6 +54,9 @@ def sample(
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     extra = {"generator": generator} if takes_generator else {}
     scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
+    # diffusers' dynamic thresholding reshapes samples to (B, C, -1) and fails on (B, d) vectors;
+    # it thresholds per sample either way, so the step sees a (B, d, 1) view.
+    as_image = x.dim() == 2 and bool(scheduler.config.get("thresholding", False))
     for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
         x_in = scale_input(x, t)
         info = None
@@ -59,7 +64,10 @@ def sample(
             out = call_model(model, x_in, t, cond)
         else:
             out, info = guidance.guided_model_output(x_in, t, cond, return_info=True)
-        x = scheduler.step(out, t, x, **extra).prev_sample
+        if as_image:
+            x = scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
+        else:
+            x = scheduler.step(out, t, x, **extra).prev_sample
         if callback is not None:
             record = {"step": i, "timestep": t, "sample": x}
             if info is not None:

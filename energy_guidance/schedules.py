@@ -18,39 +18,42 @@ because σ_VE·∇_{sample} = σ·∇_{x_t}.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import diffusers
 import numpy as np
 import torch
 from torch import Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
-# Scheduler class name -> how its noise level is read.
+# How each supported scheduler family's noise level is read, matched with isinstance so that a
+# subclass of a supported scheduler is supported too:
 #   "cumprod":   α² = alphas_cumprod[t] on the integer training grid
 #   "vp_sigmas": sigmas[i] = σ/α (VP), looked up by the position of t in scheduler.timesteps
 #   "ve_sigmas": same sigmas, but the scheduler scales the model input (Euler family)
 #   "flow":      σ = t / num_train_timesteps
-_KINDS = {
-    "DDPMScheduler": "cumprod",
-    "DDIMScheduler": "cumprod",
-    "DPMSolverMultistepScheduler": "vp_sigmas",
-    "DPMSolverSinglestepScheduler": "vp_sigmas",
-    "UniPCMultistepScheduler": "vp_sigmas",
-    "DEISMultistepScheduler": "vp_sigmas",
-    "EulerDiscreteScheduler": "ve_sigmas",
-    "EulerAncestralDiscreteScheduler": "ve_sigmas",
-    "FlowMatchEulerDiscreteScheduler": "flow",
-}
-SUPPORTED_SCHEDULERS = tuple(_KINDS)
+_KINDS: tuple[tuple[type, str], ...] = (
+    (diffusers.DDPMScheduler, "cumprod"),
+    (diffusers.DDIMScheduler, "cumprod"),
+    (diffusers.DPMSolverMultistepScheduler, "vp_sigmas"),
+    (diffusers.DPMSolverSinglestepScheduler, "vp_sigmas"),
+    (diffusers.UniPCMultistepScheduler, "vp_sigmas"),
+    (diffusers.DEISMultistepScheduler, "vp_sigmas"),
+    (diffusers.EulerDiscreteScheduler, "ve_sigmas"),
+    (diffusers.EulerAncestralDiscreteScheduler, "ve_sigmas"),
+    (diffusers.FlowMatchEulerDiscreteScheduler, "flow"),
+)
+SUPPORTED_SCHEDULERS = tuple(cls.__name__ for cls, _ in _KINDS)
 
 
 def _kind(scheduler) -> str:
-    name = type(scheduler).__name__
-    if name not in _KINDS:
+    kind = next((k for cls, k in _KINDS if isinstance(scheduler, cls)), None)
+    if kind is None:
         raise TypeError(
-            f"{name} is not supported by energy_guidance; supported schedulers: "
-            f"{', '.join(SUPPORTED_SCHEDULERS)}."
+            f"{type(scheduler).__name__} is not supported by energy_guidance; supported schedulers "
+            f"(and their subclasses): {', '.join(SUPPORTED_SCHEDULERS)}."
         )
-    kind = _KINDS[name]
     if kind == "vp_sigmas" and scheduler.config.get("use_flow_sigmas", False):
         return "flow"
     return kind
@@ -144,9 +147,14 @@ def _expand(c: Tensor, like: Tensor) -> Tensor:
     return c.reshape(c.shape + (1,) * (like.dim() - c.dim()))
 
 
-def to_eps_x0(
-    output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str
-) -> tuple[Tensor, Tensor]:
+class Prediction(NamedTuple):
+    """A model output in noise and data form: ε̂ and x̂0 (both shaped like x_t), x_t = α·x̂0 + σ·ε̂."""
+
+    eps: Tensor
+    x0: Tensor
+
+
+def to_eps_x0(output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Prediction:
     """Convert a model output to (ε̂, x̂0) with x_t = α·x̂0 + σ·ε̂.
 
     epsilon:          ε̂ = out,                x̂0 = (x_t - σ·ε̂)/α  (Tweedie's posterior mean)
@@ -156,14 +164,14 @@ def to_eps_x0(
     """
     a, s = _expand(alpha, x_t), _expand(sigma, x_t)
     if prediction_type == "epsilon":
-        return output, (x_t - s * output) / a
+        return Prediction(output, (x_t - s * output) / a)
     if prediction_type == "sample":
-        return (x_t - a * output) / s, output
+        return Prediction((x_t - a * output) / s, output)
     if prediction_type == "v_prediction":
         norm = a**2 + s**2
-        return (s * x_t + a * output) / norm, (a * x_t - s * output) / norm
+        return Prediction((s * x_t + a * output) / norm, (a * x_t - s * output) / norm)
     if prediction_type == "flow_prediction":
-        return x_t + a * output, x_t - s * output
+        return Prediction(x_t + a * output, x_t - s * output)
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 

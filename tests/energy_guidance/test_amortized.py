@@ -9,21 +9,16 @@ import torch
 from energy_guidance import (
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
-    calibrate,
-    closed_form_batches,
-    closed_form_targets,
-    energy_and_grad,
     estimate_variance_table,
-    fit,
     from_eps_x0,
     noise_level,
-    prediction_type,
-    regression_loss,
     sample,
     to_eps_x0,
     train_intermediate_energy,
-    training_timesteps,
 )
+from energy_guidance.amortized import closed_form_batches, closed_form_targets, regression_loss
+from energy_guidance.callables import energy_and_grad
+from energy_guidance.schedules import prediction_type, training_timesteps
 
 from .gaussian_case import (
     BETA,
@@ -107,7 +102,7 @@ def test_training_reduces_the_loss():
     scheduler = make_scheduler("ddpm-eps")
     q = data_model()
     net = IntermediateEnergyNet(2, hidden=32, depth=2, beta=BETA)
-    losses = train_intermediate_energy(
+    history = train_intermediate_energy(
         net,
         scheduler,
         q.noise_model(scheduler),
@@ -119,56 +114,33 @@ def test_training_reduces_the_loss():
         generator=torch.Generator().manual_seed(0),
         progress=False,
     )
-    assert len(losses) == 200 and all(math.isfinite(v) for v in losses)
-    assert sum(losses[-50:]) < 0.5 * sum(losses[:50])
+    assert history["step"] == [50, 100, 150, 200]  # means over windows of 50 steps
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
 
 
-def test_fit_resumes_exactly_from_a_saved_step():
-    """A run interrupted after step k and resumed from its saved network and optimizer state
-    ends with bit-identical weights to an uninterrupted run: the learning-rate schedule is a
-    function of the step alone."""
+def test_training_resumes_from_its_checkpoint_directory(tmp_path):
+    """With ``checkpoint_dir``, a finished run is not redone: calling again loads its weights."""
     scheduler = make_scheduler("ddpm-eps")
     q = data_model()
-    data = q.sample(512, generator=torch.Generator().manual_seed(1))
+    data = q.sample(256, generator=torch.Generator().manual_seed(1))
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after(k):
-        def callback(step, loss):
-            if step == k:
-                raise Interrupted
-
-        return callback
-
-    def run(interrupt_at):
-        torch.manual_seed(3)  # the same initial weights in both runs
+    def run(log):
         net = IntermediateEnergyNet(2, hidden=16, depth=1, beta=BETA)
-        draw = closed_form_batches(
-            scheduler, q.noise_model(scheduler), linear_energy, data, beta=BETA, variance=0.1,
-            generator=torch.Generator().manual_seed(2),
+        history = train_intermediate_energy(
+            net, scheduler, q.noise_model(scheduler), linear_energy, data, variance=0.1, steps=60,
+            batch_size=32, generator=torch.Generator().manual_seed(2), checkpoint_dir=tmp_path,
+            progress=False, log=log,
         )  # fmt: skip
-        calibrate(net, draw)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-        start = 0
-        if interrupt_at is not None:
-            with pytest.raises(Interrupted):
-                fit(net, lambda: regression_loss(net, draw()), steps=40, lr=1e-2, optimizer=optimizer,
-                    progress=False, callback=stop_after(interrupt_at))  # fmt: skip
-            # What a fresh process would load from the checkpoint.
-            state, opt_state = net.state_dict(), optimizer.state_dict()
-            net = IntermediateEnergyNet(2, hidden=16, depth=1, beta=BETA)
-            net.load_state_dict(state)
-            optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-            optimizer.load_state_dict(opt_state)
-            start = interrupt_at + 1
-        fit(net, lambda: regression_loss(net, draw()), steps=40, lr=1e-2, optimizer=optimizer,
-            start_step=start, progress=False)  # fmt: skip
-        return net.state_dict()
+        return net, history
 
-    whole, resumed = run(None), run(14)
-    for key in whole:
-        torch.testing.assert_close(whole[key], resumed[key], rtol=0, atol=0)
+    logged = []
+    first, history = run(lambda step, means: logged.append(step))
+    assert logged == [50, 60]
+    again, history_again = run(lambda step, means: pytest.fail("a finished run trained again"))
+    assert history_again == history
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_training_a_conditional_network():
@@ -180,7 +152,7 @@ def test_training_a_conditional_network():
     net = IntermediateEnergyNet(2, cond_dim=2, hidden=32, depth=2, beta=BETA)
     base = q.noise_model(scheduler)
     steps = []
-    losses = train_intermediate_energy(
+    history = train_intermediate_energy(
         net,
         scheduler,
         lambda x, t, c: base(x, t),  # with cond given, the model is called as model(x_t, t, cond)
@@ -189,14 +161,14 @@ def test_training_a_conditional_network():
         cond,
         variance=0.1,
         expansion="posterior_mean",
-        steps=150,
+        steps=300,
         batch_size=64,
         generator=torch.Generator().manual_seed(0),
         progress=False,
-        callback=lambda step, loss: steps.append(step),
+        log=lambda step, means: steps.append(step),
     )
-    assert steps == list(range(150))
-    assert sum(losses[-40:]) < 0.5 * sum(losses[:40])
+    assert steps == [50, 100, 150, 200, 250, 300]
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
     with pytest.raises(ValueError, match="expansion must be"):
         train_intermediate_energy(
             net, scheduler, q.noise_model(scheduler), linear_energy, data, expansion="x0"
@@ -206,8 +178,8 @@ def test_training_a_conditional_network():
 def test_guidance_rejects_a_network_trained_for_another_beta():
     scheduler = make_scheduler("ddim-eps")
     net = IntermediateEnergyNet(2, beta=2.0)
-    with pytest.raises(ValueError, match=r"trained for beta=2.0, not beta=1.0"):
-        AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), None, 1.0, network=net)
+    with pytest.raises(ValueError, match=r"built for beta=2.0, not beta=1.0"):
+        AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), beta=1.0, estimator=net)
 
 
 # --- amortized guidance ------------------------------------------------------------------------
@@ -265,7 +237,7 @@ def test_amortized_guidance_after_a_short_training(name):
         generator=torch.Generator().manual_seed(1),
         progress=False,
     )
-    guidance = AnalyticEnergyGuidance(scheduler, model, None, BETA, network=net.double())
+    guidance = AnalyticEnergyGuidance(scheduler, model, beta=BETA, estimator=net.double())
     ptype = prediction_type(scheduler)
     errors, exact_terms = [], []
 

@@ -16,11 +16,8 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from energy_guidance import (
-    analytic_intermediate_energy,
-    analytic_log_potential,
-    gaussian_log_potential_mc,
-)
+from energy_guidance.closed_form import analytic_intermediate_energy
+from energy_guidance.groundtruth import gaussian_log_potential_mc
 
 MC_SAMPLES = 20_000
 Z = 5.0  # standard errors allowed between a Monte Carlo estimate and the quantity it estimates
@@ -72,7 +69,7 @@ def closed_form_at_mean(a, b, mean, cov, beta) -> torch.Tensor:
     """The library's closed form with x̄ = x̂0 = μ and the exact posterior variance Σ."""
     g = a @ mean + b
     energy = quadratic_energy(a, b)(mean[None])
-    return analytic_log_potential(beta, energy, g[None], (g @ cov @ g)[None])[0]
+    return -analytic_intermediate_energy(beta, energy, g[None], (g @ cov @ g)[None])[0]
 
 
 # --- linear energies -------------------------------------------------------------------------
@@ -95,7 +92,7 @@ def test_closed_form_equals_monte_carlo_for_linear_energies(problem, beta, offse
         return x @ w + c
 
     x_bar = mean + offset  # any expansion point: the Taylor expansion of a linear E is exact
-    closed = analytic_log_potential(
+    closed = -analytic_intermediate_energy(
         beta, energy(x_bar[None]), w[None], (w @ cov @ w)[None], mean[None], x_bar[None]
     )
     estimate, stderr = gaussian_log_potential_mc(

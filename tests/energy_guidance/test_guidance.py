@@ -13,14 +13,8 @@ import diffusers
 import pytest
 import torch
 
-from energy_guidance import (
-    AnalyticEnergyGuidance,
-    estimate_variance_table,
-    noise_level,
-    prediction_type,
-    sample,
-    to_eps_x0,
-)
+from energy_guidance import AnalyticEnergyGuidance, estimate_variance_table, noise_level, sample, to_eps_x0
+from energy_guidance.schedules import prediction_type
 
 from .gaussian_case import (
     BETA,

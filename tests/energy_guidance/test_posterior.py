@@ -14,16 +14,19 @@ import pytest
 import torch
 
 from energy_guidance import (
-    GaussianMixture,
+    Constant,
+    DataVar,
+    Diagonal,
+    EpsNorm,
+    Jacobian,
     VarianceTable,
     estimate_variance_table,
-    log_snr,
     noise_level,
-    prediction_type,
     to_eps_x0,
-    tweedie_mean,
-    variance_quadratic,
 )
+from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.posterior import variance_estimator
+from energy_guidance.schedules import log_snr, prediction_type
 
 from .schedulers import make_scheduler
 
@@ -51,7 +54,9 @@ def test_tweedie_mean_is_the_exact_posterior_mean():
     alpha = torch.linspace(0.2, 0.9, 6, dtype=torch.float64)
     sigma = (1 - alpha**2).sqrt()
     eps = gm.noise_prediction(x_t, alpha, sigma)
-    torch.testing.assert_close(tweedie_mean(x_t, eps, alpha, sigma), gm.posterior_mean(x_t, alpha, sigma))
+    torch.testing.assert_close(
+        to_eps_x0(eps, x_t, alpha, sigma, "epsilon").x0, gm.posterior_mean(x_t, alpha, sigma)
+    )
 
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddpm-v", "euler-x0"])
@@ -93,18 +98,18 @@ def test_table_estimators_match_the_exact_gaussian_posterior_variance(name):
     float_tol = 1e-6 * scale
 
     unit = torch.full((len(timesteps), d), 1 / math.sqrt(d), dtype=torch.float64)  # ‖g‖ = 1
-    eps_norm = variance_quadratic(unit, "eps_norm", alpha, sigma, table=table)
+    eps_norm = EpsNorm(table).quadratic(unit, alpha, sigma)
     se_eps = scale * (2 * c**2 / n).sum(1).sqrt() / d
     assert ((eps_norm - exact.mean(1)).abs() <= Z * se_eps + float_tol).all()
 
-    data_var = variance_quadratic(unit, "data_var", alpha, sigma, table=table)
+    data_var = DataVar(table).quadratic(unit, alpha, sigma)
     se_var = (var_q / n).sum(1).sqrt() / d
     assert ((data_var - exact.mean(1)).abs() <= Z * se_var + centring.mean(1) + float_tol).all()
 
     for i in range(d):
         e_i = torch.zeros(len(timesteps), d, dtype=torch.float64)
         e_i[:, i] = 1.0
-        diagonal = variance_quadratic(e_i, "diagonal", alpha, sigma, table=table)
+        diagonal = Diagonal(table).quadratic(e_i, alpha, sigma)
         se_i = (var_q[:, i] / n).sqrt()
         assert ((diagonal - exact[:, i]).abs() <= Z * se_i + centring[:, i] + float_tol).all()
 
@@ -121,7 +126,7 @@ def test_jacobian_estimator_is_exact_for_gaussian_data(name):
         x_t = torch.randn(5, 3, generator=gen, dtype=torch.float64).requires_grad_(True)
         g = torch.randn(5, 3, generator=gen, dtype=torch.float64)
         eps_hat, _ = to_eps_x0(model(x_t, torch.full((5,), t)), x_t, alpha, sigma, prediction_type(scheduler))
-        quad = variance_quadratic(g, "jacobian", alpha, sigma, eps_hat=eps_hat, x_t=x_t)
+        quad = Jacobian().quadratic(g, alpha, sigma, eps_hat=eps_hat, x_t=x_t)
         expected = (g**2 * exact_gaussian_variance(alpha, sigma)).sum(1)
         torch.testing.assert_close(quad, expected, rtol=1e-9, atol=1e-12)
 
@@ -135,12 +140,12 @@ def test_constant_estimator_and_its_clamp():
     g = torch.tensor([[1.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
     g_sq = (g**2).sum(1)
     for i in range(2):
-        quad = variance_quadratic(g[i : i + 1], float(exact[i]), alpha[i : i + 1], sigma[i : i + 1])
+        quad = Constant(float(exact[i])).quadratic(g[i : i + 1], alpha[i : i + 1], sigma[i : i + 1])
         torch.testing.assert_close(quad, exact[i : i + 1] * g_sq[i : i + 1])
-    huge = variance_quadratic(g, 1e6, alpha, sigma)
+    huge = variance_estimator(1e6).quadratic(g, alpha, sigma)
     torch.testing.assert_close(huge, sigma**2 / alpha**2 * g_sq)
     with pytest.raises(ValueError, match="must be >= 0"):
-        variance_quadratic(g, -0.1, alpha, sigma)
+        Constant(-0.1)
 
 
 # --- two-component mixture -------------------------------------------------------------------
@@ -173,7 +178,7 @@ def test_jacobian_estimator_is_locally_exact_for_a_mixture_and_clamped():
         x_t = (x_t + 0.3 * torch.randn(40, 2, generator=gen, dtype=torch.float64)).requires_grad_(True)
         g = direction + 0.5 * torch.randn(40, 2, generator=gen, dtype=torch.float64)
         eps_hat = model(x_t, torch.full((40,), t))
-        quad = variance_quadratic(g, "jacobian", alpha, sigma, eps_hat=eps_hat, x_t=x_t)
+        quad = Jacobian().quadratic(g, alpha, sigma, eps_hat=eps_hat, x_t=x_t)
         _, cov = gm.posterior_moments(x_t.detach(), alpha, sigma)
         exact = torch.einsum("bi,bij,bj->b", g, cov, g)
         bound = sigma**2 / alpha**2 * (g**2).sum(1)
@@ -222,11 +227,11 @@ def test_table_estimators_match_the_average_mixture_posterior_variance():
         reference = post_var.mean()
         se_ref = post_var.mean(1).std() / math.sqrt(m_ref)
         unit = torch.full((1, d), 1 / math.sqrt(d), dtype=torch.float64)
-        eps_norm = variance_quadratic(unit, "eps_norm", a1, s1, table=table)[0]
+        eps_norm = EpsNorm(table).quadratic(unit, a1, s1)[0]
         se = math.hypot(scale * float((eps_hat**2).mean(1).std()) / math.sqrt(n), float(se_ref))
         assert abs(float(eps_norm - reference)) <= Z * se + float_tol, f"eps_norm at t={int(t)}"
 
-        data_var = variance_quadratic(unit, "data_var", a1, s1, table=table)[0]
+        data_var = DataVar(table).quadratic(unit, a1, s1)[0]
         se = math.hypot(float(q_diag.mean(1).std()) / math.sqrt(n), float(se_ref))
         bias = float(var_x0.mean()) / n
         assert abs(float(data_var - reference)) <= Z * se + bias + float_tol, f"data_var at t={int(t)}"
@@ -234,7 +239,7 @@ def test_table_estimators_match_the_average_mixture_posterior_variance():
         for i in range(d):
             e_i = torch.zeros(1, d, dtype=torch.float64)
             e_i[0, i] = 1.0
-            diagonal = variance_quadratic(e_i, "diagonal", a1, s1, table=table)[0]
+            diagonal = Diagonal(table).quadratic(e_i, a1, s1)[0]
             se = math.hypot(
                 float(q_diag[:, i].std()) / math.sqrt(n), float(post_var[:, i].std()) / math.sqrt(m_ref)
             )
@@ -262,7 +267,7 @@ def test_table_lookup_clamps_and_interpolates_in_log_snr():
     # Linear in λ between rows; constant (the end rows) outside the table's range.
     lam = torch.tensor([-10.0, -2.5, 1.0, 10.0])
     torch.testing.assert_close(table.ratio("data_var", lam), torch.tensor([0.2, 0.4, 0.66, 0.9]))
-    with pytest.raises(ValueError, match="table method must be one of"):
+    with pytest.raises(ValueError, match="table method must be eps_norm"):
         table.ratio("jacobian", nodes)
 
 
@@ -286,9 +291,9 @@ def test_estimates_outside_the_valid_range_are_clamped():
     g = torch.ones(len(timesteps), 3, dtype=torch.float64)
     bound = sigma**2 / alpha**2 * 3
     for method in ("eps_norm", "data_var", "diagonal"):
-        quad = variance_quadratic(g, method, alpha, sigma, table=table)
+        quad = variance_estimator(method, table).quadratic(g, alpha, sigma)
         assert (quad >= 0).all() and (quad <= bound * (1 + 1e-6)).all()
-    quad = variance_quadratic(g, "eps_norm", alpha, sigma, table=table)
+    quad = EpsNorm(table).quadratic(g, alpha, sigma)
     assert (quad[table.eps_norm.flip(0) < 0] == 0).all()  # rows are sorted by λ, timesteps are not
 
 
@@ -312,7 +317,7 @@ def test_marginal_estimates_are_clamped_to_the_data_variance():
         assert (table.variance(method, alpha, sigma) <= table.data_variance.mean() + 1e-9).all()
     assert (table.variance("diagonal", alpha, sigma) <= table.data_variance + 1e-9).all()
     g = torch.ones(3, 3, dtype=torch.float64)
-    quad = variance_quadratic(g, "eps_norm", alpha, sigma, table=table)
+    quad = EpsNorm(table).quadratic(g, alpha, sigma)
     torch.testing.assert_close(quad[0], 3 * table.data_variance.mean().double())
 
 
@@ -322,7 +327,7 @@ def test_jacobian_estimate_is_clamped_to_zero_and_the_flat_prior_bound(slope, ex
     alpha, sigma = torch.tensor([0.8], dtype=torch.float64), torch.tensor([0.6], dtype=torch.float64)
     x_t = torch.randn(1, 4, dtype=torch.float64).requires_grad_(True)
     g = torch.randn(1, 4, dtype=torch.float64)
-    quad = variance_quadratic(g, "jacobian", alpha, sigma, eps_hat=slope / sigma * x_t, x_t=x_t)
+    quad = Jacobian().quadratic(g, alpha, sigma, eps_hat=slope / sigma * x_t, x_t=x_t)
     torch.testing.assert_close(quad, expected_fraction * sigma**2 / alpha**2 * (g**2).sum(1))
 
 
@@ -341,10 +346,12 @@ def test_variance_estimator_errors_say_what_is_missing():
     g = torch.ones(2, 3)
     alpha = sigma = torch.full((2,), 0.7)
     with pytest.raises(ValueError, match="estimate_variance_table"):
-        variance_quadratic(g, "eps_norm", alpha, sigma)
-    with pytest.raises(ValueError, match="jacobian' needs eps_hat"):
-        variance_quadratic(g, "jacobian", alpha, sigma)
+        variance_estimator("eps_norm")
+    with pytest.raises(ValueError, match="Jacobian variance needs eps_hat"):
+        Jacobian().quadratic(g, alpha, sigma)
     with pytest.raises(ValueError, match="unknown posterior variance 'exact'"):
-        variance_quadratic(g, "exact", alpha, sigma)
+        variance_estimator("exact")
+    with pytest.raises(TypeError, match="not a variance estimator"):
+        variance_estimator(object())
     with pytest.raises(ValueError, match="at least 2 data points"):
         estimate_variance_table(diffusers.DDPMScheduler(), lambda x, t: x, torch.zeros(1, 3))

@@ -6,16 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energy_guidance import (
-    PREDICTION_TYPES,
-    SUPPORTED_SCHEDULERS,
-    AnalyticEnergyGuidance,
-    from_eps_x0,
-    log_snr,
-    noise_level,
-    prediction_type,
-    to_eps_x0,
-)
+from energy_guidance import AnalyticEnergyGuidance, from_eps_x0, noise_level, to_eps_x0
+from energy_guidance.schedules import PREDICTION_TYPES, SUPPORTED_SCHEDULERS, log_snr, prediction_type
 
 from .schedulers import SCHEDULER_CONFIGS, make_scheduler
 

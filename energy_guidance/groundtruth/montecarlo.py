@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Energy, call_energy
+from ..callables import Energy, call_energy
 
 
 def gaussian_log_potential_mc(

@@ -1,4 +1,4 @@
-"""Guided sampling on a 2-D toy: ``python -m energy_guidance.demo``.
+"""Guided sampling on a 2-D toy: ``python -m recipes.demo2d``.
 
 Data: a ring of 8 Gaussians, modelled by its exact noise prediction. Energy: a tilt
 E(x) = wᵀx toward the lower left. The exact target q·exp(-β·E) is again a Gaussian mixture
@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from .amortized import IntermediateEnergyNet, train_intermediate_energy
-from .exact import GaussianMixtureIntermediateEnergy
-from .guidance import AnalyticEnergyGuidance
-from .metrics import sliced_wasserstein
-from .sampling import sample
-from .toys import GaussianMixture
+from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, sample, train_intermediate_energy
+from energy_guidance.baselines import dps_guidance
+from energy_guidance.groundtruth import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
 
 def ring_of_gaussians(k: int = 8, radius: float = 3.0, std: float = 0.35) -> GaussianMixture:
@@ -72,14 +69,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
     results["unguided"] = draw(None)
     timings["unguided"] = time.perf_counter() - start
-    for name, variance in [("posterior mean (no variance term)", 0.0), ("AEPO training-free", "jacobian")]:
+    training_free = {
+        "DPS-style (no variance term)": dps_guidance(scheduler, model, energy, args.beta),
+        "AEPO training-free": AnalyticEnergyGuidance(
+            scheduler, model, energy, args.beta, variance="jacobian"
+        ),
+    }
+    for name, guidance in training_free.items():
         start = time.perf_counter()
-        results[name] = draw(AnalyticEnergyGuidance(scheduler, model, energy, args.beta, variance=variance))
+        results[name] = draw(guidance)
         timings[name] = time.perf_counter() - start
     exact_guidance = GaussianMixtureIntermediateEnergy(data, energy, args.beta)
     start = time.perf_counter()
     results["exact guidance"] = draw(
-        AnalyticEnergyGuidance(scheduler, model, None, args.beta, network=exact_guidance)
+        AnalyticEnergyGuidance(scheduler, model, beta=args.beta, estimator=exact_guidance)
     )
     timings["exact guidance"] = time.perf_counter() - start
     net = IntermediateEnergyNet(2, beta=args.beta, hidden=128)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_intermediate_energy(
         net, scheduler, model, energy, pool, variance="jacobian", steps=args.train_steps, generator=gen
     )
-    results["AEPO amortized"] = draw(AnalyticEnergyGuidance(scheduler, model, None, args.beta, network=net))
+    results["AEPO amortized"] = draw(AnalyticEnergyGuidance(scheduler, model, beta=args.beta, estimator=net))
     timings["AEPO amortized"] = time.perf_counter() - start
 
     distances = {name: sliced_wasserstein(x, target) for name, x in results.items()}

@@ -8,14 +8,16 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from energy_guidance import AnalyticEnergyGuidance, GaussianMixture, empirical_log_potential
-from energy_guidance.exact import (
+from energy_guidance import AnalyticEnergyGuidance
+from energy_guidance.groundtruth import (
     EmpiricalIntermediateEnergy,
     EmpiricalNoiseModel,
+    GaussianMixture,
     GaussianMixtureIntermediateEnergy,
+    empirical_log_potential,
     empirical_mixture,
-    gauss_hermite_nodes,
 )
+from energy_guidance.groundtruth.exact import gauss_hermite_nodes
 from energy_guidance.schedules import noise_level, to_eps_x0
 
 
@@ -121,7 +123,7 @@ def test_exact_guidance_gives_the_tilted_noise_model():
         return x @ w.to(x)
 
     net = GaussianMixtureIntermediateEnergy(mix, energy, beta, order=6)
-    guidance = AnalyticEnergyGuidance(scheduler, mix.noise_model(scheduler), None, beta, network=net)
+    guidance = AnalyticEnergyGuidance(scheduler, mix.noise_model(scheduler), beta=beta, estimator=net)
     tilted = mix.tilted(w, beta).noise_model(scheduler)
     x = torch.randn(12, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     for t in (10, 250, 700, 999):
@@ -136,7 +138,7 @@ def test_exact_empirical_guidance_gives_the_reweighted_set():
     data, beta = torch.randn(30, 2, generator=gen, dtype=torch.float64), 1.5
     net = EmpiricalIntermediateEnergy(data, beta, energy=wavy)
     guidance = AnalyticEnergyGuidance(
-        scheduler, EmpiricalNoiseModel(data, scheduler), None, beta, network=net
+        scheduler, EmpiricalNoiseModel(data, scheduler), beta=beta, estimator=net
     )
     reweighted = GaussianMixture(torch.softmax(-beta * wavy(data), 0), data, torch.zeros(()))
     x = torch.randn(10, 2, generator=gen, dtype=torch.float64)

@@ -4,7 +4,11 @@ import math
 
 import torch
 
-from energy_guidance import empirical_log_potential, gaussian_log_potential_mc, importance_resample
+from energy_guidance.groundtruth import (
+    empirical_log_potential,
+    gaussian_log_potential_mc,
+    importance_resample,
+)
 
 Z = 5.0  # standard errors allowed between a Monte Carlo estimate and its target
 

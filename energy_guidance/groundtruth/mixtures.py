@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .schedules import from_eps_x0, noise_level, prediction_type
+from ..schedules import from_eps_x0, noise_level, prediction_type
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from energy_guidance.datasets2d import DATASETS, toy_dataset
+from recipes.toys2d import DATASETS, toy_dataset
 
 N = 4000
 

@@ -24,10 +24,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .amortized import IntermediateEnergyNet, fit
-from .callables import Energy, call_energy
-from .sampling import sample
-from .schedules import add_noise, noise_level, training_timesteps
+from ..amortized import IntermediateEnergyNet
+from ..callables import Energy, call_energy
+from ..sampling import sample
+from ..schedules import add_noise, noise_level, training_timesteps
+from ..training import History, fit
 
 
 def contrastive_loss(predicted: Tensor, energies: Tensor, beta: float) -> Tensor:
@@ -97,16 +98,16 @@ def train_contrastive_energy(
     lr: float = 1e-3,
     generator: torch.Generator | None = None,
     progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train ``network`` with the CEP loss (β = ``network.beta``); returns the losses.
+    log: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Train ``network`` with the CEP loss (β = ``network.beta``); returns the loss history.
 
     ``support`` (N, M, ...) holds M model samples for each of N conditions ``cond`` (N, ...)
     (see :func:`draw_support`). Each step draws ``batch_size`` support sets and one training
     timestep per set, so a step sees ``batch_size·M`` noised samples. With ``regroup`` (the
     default when unconditional) the N·M samples are one pool and every step forms new sets of M
     from it. Otherwise as :func:`~energy_guidance.amortized.train_intermediate_energy`: Adam with
-    a cosine learning-rate decay, ``callback(step, loss)`` after every step.
+    a cosine learning-rate decay (:func:`energy_guidance.training.fit`), ``log(step, means)``.
     """
     if support.dim() < 3:
         raise ValueError(
@@ -149,6 +150,4 @@ def train_contrastive_energy(
         predicted = network(x_t, alpha, sigma, c).reshape(batch_size, m)
         return contrastive_loss(predicted, e, beta)
 
-    return fit(
-        network, loss, steps=steps, lr=lr, progress=progress, desc="contrastive energy", callback=callback
-    )
+    return fit(network, loss, steps=steps, lr=lr, progress=progress, name="contrastive energy", log=log)

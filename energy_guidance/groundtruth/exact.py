@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .callables import Energy, call_energy
+from ..callables import Energy, call_energy
+from ..schedules import from_eps_x0, noise_level, prediction_type
+from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
-from .schedules import from_eps_x0, noise_level, prediction_type
-from .toys import GaussianMixture
 
 
 def empirical_mixture(data: Tensor) -> GaussianMixture:

@@ -1,0 +1,20 @@
+"""DPS-style guidance (Chung et al. 2023, arXiv 2209.14687): E_t(x_t) ≈ β·E(x̂0(x_t)).
+
+The closed form (1) with a zero posterior variance: the energy is evaluated at Tweedie's mean and
+differentiated through the model, ∇_{x_t} E_t = β·(∂x̂0/∂x_t)ᵀ ∇E(x̂0). It ignores the spread of
+q(x0 | x_t), so it is exact only as σ_t → 0; the baseline every variance estimator must beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..callables import Energy
+from ..guidance import AnalyticEnergyGuidance
+from ..posterior import Constant
+
+
+def dps_guidance(scheduler, model: Callable, energy: Energy, beta: float, **kwargs) -> AnalyticEnergyGuidance:
+    """:class:`~energy_guidance.AnalyticEnergyGuidance` with ``variance=Constant(0.0)``;
+    ``kwargs`` (``rescale``, ``scale``) are passed on."""
+    return AnalyticEnergyGuidance(scheduler, model, energy, beta, variance=Constant(0.0), **kwargs)

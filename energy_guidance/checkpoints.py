@@ -1,0 +1,207 @@
+"""Files that survive interruption: atomic writes, checksummed weights, checkpoints with a fallback.
+
+Every file is written to a temporary sibling and moved into place with ``os.replace``, so a reader
+sees either the old file or the complete new one, never a partial one. Weight files are
+safetensors with a SHA-256 of their tensors in the metadata; optimizer and generator states are
+``torch.save`` files whose SHA-256 is kept in the checkpoint's JSON record. A file that fails to
+parse or to match its checksum raises :class:`CorruptFileError`, which names it.
+
+A checkpoint ``<name>-<step>`` is three files in one directory:
+
+    <name>-<step>.safetensors   the modules' weights (keys prefixed by the module's name)
+    <name>-<step>.pt            optimizer, learning-rate scheduler and random-generator states
+    <name>-<step>.json          step, history, seconds, the .pt file's checksum; written last
+
+so a checkpoint exists exactly when its JSON record does. :func:`save_checkpoint` keeps the two
+newest; :func:`load_checkpoint` restores the newest one that reads back intact and falls back to
+the previous one (with a warning naming the damaged file) when it does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+
+KEEP = 2  # checkpoints kept per name: the newest and the one to fall back to
+
+
+class CorruptFileError(ValueError):
+    """A file is truncated, damaged or not what it claims to be; ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path} is damaged or truncated ({reason}); delete it to recompute it")
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"not valid JSON: {err}") from None
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(
+    path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file with ``metadata`` and the tensors' SHA-256 (key ``sha256``), atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {**(metadata or {}), "sha256": _digest(tensors)}
+    atomic_write(path, save_safetensors(tensors, metadata=meta))
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict]:
+    """Tensors and metadata of a safetensors file, checked against its stored SHA-256 if it has one."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        tensors = load_safetensors(raw)
+        metadata = _safetensors_metadata(raw)
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise CorruptFileError(path, f"not a readable safetensors file: {err}") from None
+    stored = metadata.get("sha256")
+    if stored is not None and stored != _digest(tensors):
+        raise CorruptFileError(path, "its tensors do not match the checksum stored with them")
+    return {k: v.to(device) for k, v in tensors.items()}, metadata
+
+
+def _safetensors_metadata(raw: bytes) -> dict[str, str]:
+    size = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + size]).get("__metadata__", {}) or {}
+
+
+def save_modules(
+    path: str | Path, modules: dict[str, nn.Module], metadata: dict[str, str] | None = None
+) -> None:
+    """All modules' state dicts in one checksummed safetensors file, keys prefixed by the module's name."""
+    tensors = {
+        f"{name}.{key}": value.clone()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
+    save_tensors(path, tensors, metadata)
+
+
+def load_modules(path: str | Path, modules: dict[str, nn.Module]) -> None:
+    """Load what :func:`save_modules` wrote into ``modules`` (strict: every key must match)."""
+    tensors, _ = load_tensors(path)
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+def _state_path(directory: Path, name: str, step: int, suffix: str) -> Path:
+    return directory / f"{name}-{step}{suffix}"
+
+
+def checkpoint_steps(directory: str | Path, name: str) -> list[int]:
+    """Steps of the complete checkpoints of ``name`` in ``directory``, newest first."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d+)\.json")
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in directory.iterdir() if (m := pattern.fullmatch(p.name))]
+    return sorted(steps, reverse=True)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    name: str,
+    step: int,
+    *,
+    modules: dict[str, nn.Module],
+    states: dict[str, Any],
+    record: dict[str, Any],
+) -> None:
+    """Write checkpoint ``<name>-<step>``: weights, then ``states`` (optimizers, generators,
+    anything ``torch.load(weights_only=True)`` reads back), then the JSON ``record``; then delete
+    all but the :data:`KEEP` newest checkpoints of ``name``."""
+    directory = Path(directory)
+    save_modules(_state_path(directory, name, step, ".safetensors"), modules)
+    buffer = io.BytesIO()
+    torch.save(states, buffer)
+    blob = buffer.getvalue()
+    atomic_write(_state_path(directory, name, step, ".pt"), blob)
+    write_json(
+        _state_path(directory, name, step, ".json"),
+        {**record, "step": step, "states_sha256": hashlib.sha256(blob).hexdigest()},
+    )
+    for old in checkpoint_steps(directory, name)[KEEP:]:
+        remove_checkpoint(directory, name, old)
+
+
+def remove_checkpoint(directory: str | Path, name: str, step: int) -> None:
+    directory = Path(directory)
+    _state_path(directory, name, step, ".json").unlink(missing_ok=True)  # first: it marks completeness
+    for suffix in (".safetensors", ".pt"):
+        _state_path(directory, name, step, suffix).unlink(missing_ok=True)
+
+
+def load_checkpoint(
+    directory: str | Path,
+    name: str,
+    modules: dict[str, nn.Module],
+    restore: Callable[[dict[str, Any]], None],
+) -> dict[str, Any] | None:
+    """Restore the newest intact checkpoint of ``name``: weights into ``modules``, and
+    ``restore(states)`` for what :func:`save_checkpoint` stored as ``states``. Returns its record,
+    or None when there is no intact checkpoint (a damaged one is reported with a warning)."""
+    directory = Path(directory)
+    for step in checkpoint_steps(directory, name):
+        try:
+            record = read_json(_state_path(directory, name, step, ".json"))
+            pt = _state_path(directory, name, step, ".pt")
+            blob = pt.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != record.get("states_sha256"):
+                raise CorruptFileError(pt, "it does not match the checksum in its record")
+            tensors, _ = load_tensors(_state_path(directory, name, step, ".safetensors"))
+            states = torch.load(io.BytesIO(blob), weights_only=True)
+        except (CorruptFileError, FileNotFoundError) as err:
+            warnings.warn(f"skipping checkpoint {name}-{step}: {err}", stacklevel=2)
+            continue
+        for module_name, module in modules.items():
+            prefix = f"{module_name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        restore(states)
+        return record
+    return None

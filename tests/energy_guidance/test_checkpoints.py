@@ -1,0 +1,121 @@
+"""checkpoints.py: atomic files, checksummed weights, and a fallback past a damaged checkpoint."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from energy_guidance.checkpoints import (
+    CorruptFileError,
+    atomic_write,
+    checkpoint_steps,
+    load_checkpoint,
+    load_modules,
+    load_tensors,
+    read_json,
+    save_checkpoint,
+    save_modules,
+    save_tensors,
+)
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write(path, b"old")
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert os.listdir(path.parent) == ["f.bin"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic_write(path, b"old")
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_tensors_round_trip_with_metadata(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "scalar": torch.tensor(2.5)}
+    save_tensors(tmp_path / "t.safetensors", tensors, {"config": "{}"})
+    loaded, metadata = load_tensors(tmp_path / "t.safetensors")
+    assert metadata["config"] == "{}" and "sha256" in metadata
+    for key, value in tensors.items():
+        assert torch.equal(loaded[key], value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "flip_data_byte", "garbage"])
+def test_a_damaged_weight_file_is_named(tmp_path, damage):
+    path = tmp_path / "weights.safetensors"
+    save_tensors(path, {"w": torch.randn(64, 64)})
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "zero":
+        raw = bytearray(len(raw))
+    elif damage == "flip_data_byte":  # the header still parses: only the checksum can tell
+        raw[-5] ^= 0xFF
+    else:
+        raw = bytearray(b"not a safetensors file at all")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match="weights.safetensors") as info:
+        load_tensors(path)
+    assert info.value.path == path
+
+
+def test_a_truncated_json_file_is_named(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"phases": {"critic": {"done": True}}})[:-7])
+    with pytest.raises(CorruptFileError, match="state.json"):
+        read_json(path)
+
+
+def test_modules_round_trip_and_a_missing_key_is_an_error(tmp_path):
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    save_modules(tmp_path / "m.safetensors", {"net": a})
+    load_modules(tmp_path / "m.safetensors", {"net": b})
+    assert torch.equal(a.weight, b.weight)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_modules(tmp_path / "m.safetensors", {"other": nn.Linear(3, 2)})
+
+
+def _save(directory, step, value):
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(value)
+    save_checkpoint(
+        directory, "phase", step, modules={"net": net}, states={"value": value}, record={"x": step}
+    )
+
+
+def test_checkpoints_keep_the_two_newest_and_fall_back_past_a_damaged_one(tmp_path):
+    for step in (10, 20, 30):
+        _save(tmp_path, step, float(step))
+    assert checkpoint_steps(tmp_path, "phase") == [30, 20]
+    assert not (tmp_path / "phase-10.safetensors").exists()
+
+    restored = {}
+    net = nn.Linear(2, 1)
+    record = load_checkpoint(tmp_path, "phase", {"net": net}, restored.update)
+    assert record["step"] == 30 and restored == {"value": 30.0} and float(net.weight.detach()[0, 0]) == 30.0
+
+    weights = tmp_path / "phase-30.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])  # a crash mid-copy, a bad disk block
+    with pytest.warns(UserWarning, match="phase-30.safetensors"):
+        record = load_checkpoint(tmp_path, "phase", {"net": net}, restored.update)
+    assert record["step"] == 20 and restored == {"value": 20.0} and float(net.weight.detach()[0, 0]) == 20.0
+
+    states = tmp_path / "phase-20.pt"
+    states.write_bytes(states.read_bytes()[:-3])
+    with pytest.warns(UserWarning) as warned:
+        assert load_checkpoint(tmp_path, "phase", {"net": net}, restored.update) is None
+    messages = " ".join(str(w.message) for w in warned)
+    assert "phase-30.safetensors" in messages and "phase-20.pt" in messages
