@@ -66,7 +66,7 @@ def test_a_damaged_weight_file_is_named(tmp_path, damage):
     else:
         raw = bytearray(b"not a safetensors file at all")
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptFileError, match="weights.safetensors") as info:
+    with pytest.raises(CorruptFileError, match=r"weights\.safetensors") as info:
         load_tensors(path)
     assert info.value.path == path
 
@@ -74,7 +74,7 @@ def test_a_damaged_weight_file_is_named(tmp_path, damage):
 def test_a_truncated_json_file_is_named(tmp_path):
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"phases": {"critic": {"done": True}}})[:-7])
-    with pytest.raises(CorruptFileError, match="state.json"):
+    with pytest.raises(CorruptFileError, match=r"state\.json"):
         read_json(path)
 
 

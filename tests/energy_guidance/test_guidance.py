@@ -13,7 +13,18 @@ import diffusers
 import pytest
 import torch
 
-from energy_guidance import AnalyticEnergyGuidance, estimate_variance_table, noise_level, sample, to_eps_x0
+from energy_guidance import (
+    AnalyticEnergyGuidance,
+    ClosedForm,
+    Constant,
+    DataVar,
+    Jacobian,
+    estimate_variance_table,
+    noise_level,
+    sample,
+    to_eps_x0,
+)
+from energy_guidance.baselines import dps_guidance
 from energy_guidance.schedules import prediction_type
 
 from .gaussian_case import (
@@ -292,3 +303,104 @@ def test_non_differentiable_energy_is_a_clear_error():
 
     with pytest.raises(TypeError, match="does not depend differentiably on x0"):
         _guidance(detached).guided_model_output(torch.randn(4, 2, dtype=torch.float64), 500)
+
+
+# --- estimators are values --------------------------------------------------------------------
+
+
+def test_a_variance_object_equals_its_string_shortcut():
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    q = data_model()
+    model = q.noise_model(scheduler)
+    table = estimate_variance_table(scheduler, model, q.sample(300), num_levels=8)
+    x_t = torch.randn(16, 2, dtype=torch.float64)
+    for name, value in (("data_var", DataVar(table)), ("jacobian", Jacobian()), (0.2, Constant(0.2))):
+        by_name = AnalyticEnergyGuidance(
+            scheduler, model, linear_energy, BETA, variance=name, variance_table=table
+        )
+        by_value = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, variance=value)
+        assert by_name.estimator.variance == value
+        torch.testing.assert_close(
+            by_name.guided_model_output(x_t, 700), by_value.guided_model_output(x_t, 700)
+        )
+
+
+def test_a_user_defined_variance_estimator_is_one_class():
+    """A new estimator needs only ``quadratic`` (and ``uses_model_graph``): here the exact
+    posterior variance of the Gaussian data, which must guide exactly like the Jacobian one."""
+
+    class ExactGaussianVariance:
+        uses_model_graph = False
+
+        def quadratic(self, g, alpha, sigma, **_):
+            var = V * sigma**2 / (alpha**2 * V + sigma**2)
+            return var * g.pow(2).sum(1)
+
+    scheduler = make_scheduler("ddim-v")
+    model = data_model().noise_model(scheduler)
+    ours = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, variance=ExactGaussianVariance())
+    jacobian = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, variance="jacobian")
+    x_t = torch.randn(16, 2, dtype=torch.float64)
+    for t in (900, 300):
+        torch.testing.assert_close(ours.intermediate_energy(x_t, t), jacobian.intermediate_energy(x_t, t))
+        torch.testing.assert_close(ours.guided_model_output(x_t, t), jacobian.guided_model_output(x_t, t))
+
+
+def test_any_intermediate_energy_callable_guides_and_the_closed_form_is_an_estimator():
+    """An estimator is any (x_t, α, σ, cond) -> (B,): here the exact E_t of the Gaussian case,
+    which guides exactly like the closed form built from the energy."""
+    scheduler = make_scheduler("dpm++-x0")
+    scheduler.set_timesteps(10)
+    q = data_model()
+
+    class ExactLinear(torch.nn.Module):
+        beta = BETA
+
+        def forward(self, x_t, alpha, sigma, cond=None):
+            return -q.linear_log_potential(x_t, alpha, sigma, W, BETA)
+
+    model = q.noise_model(scheduler)
+    exact = AnalyticEnergyGuidance(scheduler, model, estimator=ExactLinear())
+    closed = AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(linear_energy, BETA))
+    assert exact.beta == BETA and exact.amortized and not closed.amortized
+    x_t = torch.randn(16, 2, dtype=torch.float64)
+    for t in scheduler.timesteps[1:4]:
+        torch.testing.assert_close(exact.guided_model_output(x_t, t), closed.guided_model_output(x_t, t))
+    with pytest.raises(ValueError, match="not both"):
+        AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, estimator=ExactLinear())
+
+
+def test_dps_baseline_is_the_closed_form_without_variance():
+    scheduler = make_scheduler("ddpm-eps")
+    model = data_model().noise_model(scheduler)
+    dps = dps_guidance(scheduler, model, linear_energy, BETA)
+    assert dps.estimator.variance == Constant(0.0)
+    x_t = torch.randn(8, 2, dtype=torch.float64)
+    # For a linear energy E_t = β·E(x̂0) exactly, with x̂0 the model's Tweedie mean.
+    alpha, sigma = noise_level(scheduler, 600)
+    x0_hat = to_eps_x0(model(x_t, torch.tensor(600)), x_t, alpha, sigma, "epsilon").x0
+    torch.testing.assert_close(dps.intermediate_energy(x_t, 600), BETA * linear_energy(x0_hat))
+
+
+@pytest.mark.parametrize("family", [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler])
+def test_scheduler_thresholding_clips_vector_samples(family):
+    """``thresholding=True, sample_max_value=1`` clips x̂0 to [-1, 1] inside the scheduler, also
+    for (B, d) samples (diffusers' own reshape needs (B, C, ...)): the same as clipping the
+    model's x̂0 before an unthresholded scheduler."""
+    q = data_model()
+
+    def run(scheduler, clip: bool):
+        model = q.noise_model(scheduler)
+
+        def clipped(x_t, t):
+            alpha, sigma = (c.to(x_t).reshape(-1, 1) for c in noise_level(scheduler, t))
+            x0 = ((x_t - sigma * model(x_t, t)) / alpha).clamp(-1, 1)
+            return (x_t - alpha * x0) / sigma
+
+        gen = torch.Generator().manual_seed(0)
+        return sample(scheduler, clipped if clip else model, (256, 2), num_inference_steps=8, generator=gen)
+
+    thresholded = run(family(thresholding=True, sample_max_value=1.0), clip=False)
+    by_hand = run(family(), clip=True)
+    torch.testing.assert_close(thresholded, by_hand)
+    assert thresholded.abs().max() <= 1 + 1e-6 and run(family(), clip=False).abs().max() > 1.5

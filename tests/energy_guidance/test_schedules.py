@@ -175,3 +175,16 @@ def test_the_shared_configurations_cover_every_supported_scheduler():
     must be added there too."""
     covered = {cls.__name__ for cls, _ in SCHEDULER_CONFIGS.values()}
     assert covered == set(SUPPORTED_SCHEDULERS)
+
+
+@pytest.mark.parametrize("base", [diffusers.DDIMScheduler, diffusers.DPMSolverMultistepScheduler])
+def test_a_subclass_of_a_supported_scheduler_is_supported(base):
+    """Support follows what a scheduler is, not its class name."""
+    subclass = type(f"My{base.__name__}", (base,), {})
+    mine, theirs = subclass(), base()
+    for s in (mine, theirs):
+        s.set_timesteps(10)
+    for t in theirs.timesteps:
+        for a, b in zip(noise_level(mine, t), noise_level(theirs, t), strict=True):
+            assert torch.equal(a, b)
+    AnalyticEnergyGuidance(mine, lambda x, t: x, lambda x: x.sum(1), beta=1.0)

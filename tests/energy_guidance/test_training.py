@@ -74,8 +74,11 @@ def test_train_steps_schedulers_and_logs_window_means():
         lrs.append(optimizer.param_groups[0]["lr"])
         return {"loss": float(step), "value": gradient_step(optimizer, (param - 1) ** 2)}
 
+    def log(step, means):
+        logged.append((step, means["loss"]))
+
     history = train(update, 6, optimizers={"o": optimizer}, lr_schedulers={"s": schedule},
-                    log_every=4, log=lambda step, means: logged.append((step, means["loss"])), progress=False)  # fmt: skip
+                    log_every=4, log=log, progress=False)  # fmt: skip
     assert lrs == [1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6]
     assert history["step"] == [4, 6] and history["loss"] == [1.5, 4.5]  # means of 0..3 and 4..5
     assert logged == [(4, 1.5), (6, 4.5)]
