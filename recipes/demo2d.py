@@ -12,6 +12,7 @@ exact intermediate energy) shows what the sampler itself reaches.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from diffusers import DPMSolverMultistepScheduler
 
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, sample, train_intermediate_energy
 from energy_guidance.baselines import dps_guidance
+from energy_guidance.checkpoints import atomic_write
 from energy_guidance.groundtruth import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
 
@@ -120,8 +122,9 @@ def _plot(results: dict[str, torch.Tensor], target: torch.Tensor, path: Path) ->
     axes[0].set_xlim(-5, 5)
     axes[0].set_ylim(-5, 5)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    atomic_write(path, buffer.getvalue())
     plt.close(fig)
 
 

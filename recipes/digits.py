@@ -24,44 +24,53 @@ delete the files to retrain. Outputs go to ``--out`` (default ``outputs/digits``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import tyro
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from energy_guidance import AnalyticEnergyGuidance, VarianceTable, estimate_variance_table, fit
-from energy_guidance.pipelines import guide_pipeline
-
-from .cli import build_config, config_parser
+from energy_guidance import (
+    AnalyticEnergyGuidance,
+    VarianceTable,
+    estimate_variance_table,
+    guide_pipeline,
+)
+from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_tensors, save_tensors
+from energy_guidance.training import History, fit
 
 
 @dataclass
 class DigitsConfig:
-    digit: int = 3
-    beta: float = 1.0
-    variance: str = "0.0"  # posterior variance: a float (0.0 = DPS-style) or a VARIANCE_METHODS name
-    scale: float = 1.0
-    num_samples: int = 64
-    num_inference_steps: int = 100
-    # behaviour model (part of the cache key)
-    channels: tuple[int, int] = (32, 64)
-    train_steps: int = 1500
-    batch_size: int = 128
-    lr: float = 2e-3
-    # guidance classifier A (part of its cache key)
-    classifier_steps: int = 600
-    seed: int = 0
+    """Guide a DDPMPipeline on 8×8 digits to a chosen digit."""
+
+    digit: Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] = 3  # the digit to guide toward
+    beta: float = 1.0  # inverse temperature of the target q(x)·p_A(digit | x)^β
+    variance: str = (
+        "0.0"  # posterior variance: a number (0.0 = DPS-style) or eps_norm, data_var, diagonal, jacobian
+    )
+    scale: float = 1.0  # multiplies the guidance term
+    num_samples: int = 64  # images per sampler
+    num_inference_steps: int = 100  # DDPM steps of the pipeline
+    channels: tuple[int, int] = (32, 64)  # UNet widths (part of the DDPM's cache key)
+    train_steps: int = 1500  # DDPM training steps (cache key)
+    batch_size: int = 128  # DDPM batch size (cache key)
+    lr: float = 2e-3  # DDPM learning rate (cache key)
+    classifier_steps: int = 600  # training steps of classifier A, the energy (its cache key)
+    seed: int = 0  # seeds training, the data split and sampling (cache keys)
     threads: int = 1  # 2 threads oversubscribe a shared 2-core machine; pass --threads 2 when idle
-    cache_dir: str = ""
-    out: str = "outputs/digits"
+    cache_dir: str = ""  # "" = $ENERGY_GUIDANCE_CACHE or ~/.cache/energy-guidance
+    out: str = "outputs/digits"  # PNG and JSON outputs
+    sweep: tuple[str, ...] = ()  # instead: success for all ten digits per listed variance (0.0 data_var ...)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ def make_unet(channels: tuple[int, int]) -> UNet2DModel:
     )
 
 
-def train_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, cfg: DigitsConfig) -> list[float]:
+def train_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, cfg: DigitsConfig) -> History:
     """ε-prediction DDPM loss ‖ε̂(√ᾱ·x0 + √(1-ᾱ)·ε, t) - ε‖², Adam with cosine decay."""
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -109,7 +118,7 @@ def train_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, cfg:
         x_t = scheduler.add_noise(images[idx], noise, t)
         return (unet(x_t, t).sample - noise).pow(2).mean()
 
-    return fit(unet, loss, steps=cfg.train_steps, lr=cfg.lr, desc="DDPM")
+    return fit(unet, loss, steps=cfg.train_steps, lr=cfg.lr, name="DDPM")
 
 
 # --- classifiers -------------------------------------------------------------------------------
@@ -141,14 +150,13 @@ def train_classifier(images: Tensor, labels: Tensor, steps: int, seed: int) -> D
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     clf = DigitClassifier()
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
-    for _ in range(steps):
+
+    def loss() -> Tensor:
         idx = torch.randint(0, len(images), (128,), generator=gen)
         x = images[idx] + 0.2 * torch.randn(128, 1, 8, 8, generator=gen)
-        loss = nn.functional.cross_entropy(clf(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return nn.functional.cross_entropy(clf(x), labels[idx])
+
+    fit(clf, loss, steps=steps, lr=2e-3, name="classifier A")
     return clf.eval()
 
 
@@ -185,20 +193,21 @@ def _key(settings: dict) -> str:
 
 
 def cached(path: Path, build, make, settings: dict):
-    """Load ``make()``'s weights from ``path`` if its stored settings match, else ``build()`` and save."""
+    """Load ``make()``'s weights from ``path`` if its stored settings match, else ``build()`` and
+    save (atomically, checksummed). A damaged cache file is reported and rebuilt."""
     if path.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            stored = json.loads(f.metadata()["settings"])
-        if stored == settings:
-            module = make()
-            module.load_state_dict(load_file(str(path)))
-            return module.eval(), 0.0
+        try:
+            tensors, metadata = load_tensors(path)
+        except CorruptFileError as err:
+            print(f"rebuilding: {err}")
+        else:
+            if json.loads(metadata.get("settings", "null")) == settings:
+                module = make()
+                module.load_state_dict(tensors)
+                return module.eval(), 0.0
     start = time.perf_counter()
     module = build()
-    state = {k: v.contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"settings": json.dumps(settings, sort_keys=True)})
+    save_tensors(path, module.state_dict(), metadata={"settings": json.dumps(settings, sort_keys=True)})
     return module.eval(), time.perf_counter() - start
 
 
@@ -232,7 +241,9 @@ def save_grid(path: Path, panels: dict[str, Tensor]) -> None:
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    atomic_write(path, buffer.getvalue())
     plt.close(fig)
 
 
@@ -362,7 +373,7 @@ def run(cfg: DigitsConfig) -> dict:
             f"guided (β={cfg.beta:g}): {result['guided_success']:.0%} judged '{cfg.digit}'": guided,
         },
     )
-    (out / f"digits_{cfg.digit}.json").write_text(json.dumps(result, indent=1))
+    atomic_write(out / f"digits_{cfg.digit}.json", json.dumps(result, indent=1).encode())
     return result
 
 
@@ -389,28 +400,19 @@ def sweep(cfg: DigitsConfig, variances: list[str | float]) -> dict:
     table = "\n".join(lines)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"sweep_beta{cfg.beta:g}.md").write_text(table + "\n")
+    atomic_write(out / f"sweep_beta{cfg.beta:g}.md", (table + "\n").encode())
     return {"rates": rates, "seconds": seconds, "table": table, **demo.info}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = config_parser(
+    cfg = tyro.cli(
         DigitsConfig,
+        args=argv,
         prog="python -m recipes.digits",
         description="Guide a DDPMPipeline on 8×8 digits to a chosen digit.",
-        choices={"digit": range(10)},
     )
-    parser.add_argument(
-        "--sweep",
-        nargs="*",
-        metavar="VARIANCE",
-        help="instead: success rate for all ten digits per listed variance (default: 0.0 data_var jacobian)",
-    )
-    args = parser.parse_args(argv)
-    cfg = build_config(DigitsConfig, vars(args))
-    if args.sweep is not None:
-        variances = [parse_variance(v) for v in (args.sweep or ["0.0", "data_var", "jacobian"])]
-        result = sweep(cfg, variances)
+    if cfg.sweep:
+        result = sweep(cfg, [parse_variance(v) for v in cfg.sweep])
         print(result["table"])
         return result
     result = run(cfg)
