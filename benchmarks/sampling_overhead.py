@@ -20,8 +20,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from adapters.networks import optimizer_step
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from energy_guidance.training import gradient_step
 from recipes.behaviour import NoiseMLP, diffusion_loss
 
 ACTION, STATE = 6, 17
@@ -37,7 +37,7 @@ def fitted_noise_model(steps: int = 300) -> NoiseMLP:
     for _ in range(steps):
         states = torch.randn(256, STATE)
         actions = torch.tanh(states @ w + 0.3 * torch.randn(256, ACTION))
-        optimizer_step(optimizer, diffusion_loss(model, scheduler, actions, states))
+        gradient_step(optimizer, diffusion_loss(model, scheduler, actions, states))
     return model.requires_grad_(False)
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     guided_modes = {
         "training-free eps_norm": {"energy": energy, "variance": "eps_norm", "variance_table": table},
         "training-free jacobian": {"energy": energy, "variance": "jacobian"},
-        **{f"amortized {size}": {"energy": None, "network": net} for size, net in nets.items()},
+        **{f"amortized {size}": {"estimator": net} for size, net in nets.items()},
     }
     schedulers = {
         "DPM-Solver++": DPMSolverMultistepScheduler,

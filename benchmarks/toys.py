@@ -4,21 +4,21 @@
     python benchmarks/toys.py --datasets moons --betas 10 --train-steps 500
 
 Behaviour model: the *exact* noise model of an empirical set of ``num_data`` points
-(:class:`~energy_guidance.exact.EmpiricalNoiseModel`, a memorising diffusion model). It is
+(:class:`~energy_guidance.groundtruth.EmpiricalNoiseModel`, a memorising diffusion model). It is
 cheap, has no training error, and makes the ground truth exact, not approximate: the tilted
 target q·exp(-β·E)/Z of an empirical q is the same points with weights softmax_i(-β·E(x_i)),
 which importance resampling draws from exactly (we compare against the weighted set itself,
 the limit of infinitely many resamples). Every gap to the target is then the estimator's (plus
 the sampler's discretisation error, which the exact-guidance floor measures).
 
-Estimators, all through ``AnalyticEnergyGuidance`` (switched by ``variance=`` / ``network=``):
+Estimators, all through ``AnalyticEnergyGuidance`` (switched by ``variance=`` / ``estimator=``):
 
-    exact        network = EmpiricalIntermediateEnergy (ground truth E_t): the floor
+    exact        estimator = EmpiricalIntermediateEnergy (ground truth E_t): the floor
     aepo         training-free closed form, variance="data_var" (marginal table)
     aepo_jac     training-free closed form, variance="jacobian" (local, exact for this model)
-    amortized    network = IntermediateEnergyNet on AEPO targets (x̄ = x0, variance "data_var")
-    cep          network = IntermediateEnergyNet trained with QGPO's contrastive loss
-    dps          variance=0.0: first-order posterior-mean guidance, E_t = β·E(x̂0)
+    amortized    estimator = IntermediateEnergyNet on AEPO targets (x̄ = x0, variance "data_var")
+    cep          estimator = IntermediateEnergyNet trained with QGPO's contrastive loss
+    dps          energy_guidance.baselines.dps_guidance: E_t = β·E(x̂0), no variance term
     unguided     the behaviour model
     resampled    not a sampler: i.i.d. draws from the target, the finite-sample floor of the
                  metrics (mean over ``floor_repeats`` draws; their s.d. is each score's noise)
@@ -35,14 +35,17 @@ support pool from the model. Sampling: DDPM, ``num_inference_steps`` steps, one 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
+import tyro
 from diffusers import DDPMScheduler
 from torch import Tensor
 
@@ -50,24 +53,31 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
     estimate_variance_table,
-    mmd,
     sample,
-    sliced_wasserstein,
     train_intermediate_energy,
 )
-from energy_guidance.contrastive import draw_support, train_contrastive_energy
-from energy_guidance.datasets2d import DATASETS, toy_dataset
-from energy_guidance.exact import EmpiricalIntermediateEnergy, EmpiricalNoiseModel
+from energy_guidance.baselines import dps_guidance, draw_support, train_contrastive_energy
+from energy_guidance.checkpoints import atomic_write
+from energy_guidance.groundtruth import (
+    EmpiricalIntermediateEnergy,
+    EmpiricalNoiseModel,
+    mmd,
+    sliced_wasserstein,
+)
 from energy_guidance.schedules import add_noise, noise_level
-from recipes.cli import parse_config
+from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
-METHODS = ("unguided", "exact", "aepo", "aepo_jac", "amortized", "cep", "dps")
+Method = Literal["unguided", "exact", "aepo", "aepo_jac", "amortized", "cep", "dps"]
+METHODS: tuple[str, ...] = get_args(Method)
+LOG_EVERY = 50  # the training loop's history interval: checkpoints are taken at its entries
 
 
 @dataclass
 class Config:
-    datasets: tuple[str, ...] = DATASETS
-    betas: tuple[float, ...] = (3.0, 10.0, 20.0)
+    """Intermediate-energy estimators against exact targets on QGPO's six 2-D toy data sets."""
+
+    datasets: tuple[DatasetName, ...] = DATASETS  # which toy data sets
+    betas: tuple[float, ...] = (3.0, 10.0, 20.0)  # inverse temperatures
     num_data: int = 1000  # points of the empirical behaviour distribution
     num_samples: int = 2000  # samples per method
     floor_repeats: int = 10  # i.i.d. target draws for the "resampled" floor and its spread
@@ -76,13 +86,13 @@ class Config:
     batch_size: int = 256  # noised samples per training step (both estimators)
     num_support: int = 16  # CEP's M
     support_pool: int = 1024  # model samples drawn for CEP
-    eval_every: int = 50
-    hidden: int = 128
+    eval_every: int = 50  # training steps between guidance-error checkpoints (a multiple of 50)
+    hidden: int = 128  # width of both learned estimators
     variance: str = "data_var"  # AEPO's posterior variance (training-free "aepo" and amortized)
     seed: int = 0
     threads: int = 1  # small tensors: 2 threads gain little, and oversubscribe a shared 2-core machine
-    methods: tuple[str, ...] = METHODS
-    out: str = "outputs/toys"
+    methods: tuple[Method, ...] = METHODS  # which samplers
+    out: str = "outputs/toys"  # results.md, results.json, PNG grids
 
 
 # --- metrics against a weighted point set ------------------------------------------------------
@@ -130,12 +140,13 @@ class Checkpoints:
         self.paused = 0.0
         self.history: list[tuple[int, float, float]] = []  # (step, train seconds, error)
 
-    def __call__(self, step: int, loss: float) -> None:
-        if (step + 1) % self.every:
+    def __call__(self, step: int, losses: dict) -> None:
+        """The training loop's ``log(step, means)``: ``step`` steps are done."""
+        if step % self.every:
             return
         now = time.perf_counter()
         self.history.append(
-            (step + 1, now - self.start - self.paused, guidance_error(self.network, self.validation))
+            (step, now - self.start - self.paused, guidance_error(self.network, self.validation))
         )
         self.paused += time.perf_counter() - now
 
@@ -215,17 +226,18 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
         results["resampled"] = {"sw2_sd": float(floor_sw2.std()), "mmd2_sd": float(floor_mmd2.std())}
 
         def guided(beta=beta, **kwargs):
-            energy = None if "network" in kwargs else ds.energy
-            return AnalyticEnergyGuidance(scheduler, model, energy, beta, **kwargs)
+            if "estimator" in kwargs:
+                return AnalyticEnergyGuidance(scheduler, model, **kwargs)
+            return AnalyticEnergyGuidance(scheduler, model, ds.energy, beta, **kwargs)
 
         if "exact" in cfg.methods:
-            runs["exact"] = draw(guided(network=exact))
+            runs["exact"] = draw(guided(estimator=exact))
         if "aepo" in cfg.methods:
             runs["aepo"] = draw(guided(variance=cfg.variance, variance_table=table))
         if "aepo_jac" in cfg.methods:
             runs["aepo_jac"] = draw(guided(variance="jacobian"))
         if "dps" in cfg.methods:
-            runs["dps"] = draw(guided(variance=0.0))
+            runs["dps"] = draw(dps_guidance(scheduler, model, ds.energy, beta))
         if "amortized" in cfg.methods:
             torch.manual_seed(cfg.seed)
             net = IntermediateEnergyNet(2, hidden=cfg.hidden, beta=beta)
@@ -242,10 +254,10 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
                 batch_size=cfg.batch_size,
                 generator=gen,
                 progress=False,
-                callback=clock,
+                log=clock,
             )
             results["amortized"] = clock.summary()
-            runs["amortized"] = draw(guided(network=net.eval()))
+            runs["amortized"] = draw(guided(estimator=net.eval()))
         if "cep" in cfg.methods:
             torch.manual_seed(cfg.seed)
             start = time.perf_counter()
@@ -270,10 +282,10 @@ def run_dataset(name: str, cfg: Config, log) -> tuple[list[dict], Tensor, Tensor
                 batch_size=cfg.batch_size // cfg.num_support,
                 generator=gen,
                 progress=False,
-                callback=clock,
+                log=clock,
             )
             results["cep"] = {**clock.summary(support_s), "support_s": support_s}
-            runs["cep"] = draw(guided(network=net.eval()))
+            runs["cep"] = draw(guided(estimator=net.eval()))
         target_label = float(weights @ -energies.double())
         for method, (x, seconds) in runs.items():
             row = {"dataset": name, "beta": beta, "method": method, "sample_s": seconds}
@@ -397,20 +409,18 @@ def plot_grid(path: Path, per_dataset: dict, beta: float, methods: tuple[str, ..
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(f"β = {beta:g}  (target = data re-weighted by exp(-βE))", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    atomic_write(path, buffer.getvalue())
     plt.close(fig)
 
 
 def main(argv=None) -> None:
-    cfg = parse_config(
-        Config,
-        argv,
-        prog="python benchmarks/toys.py",
-        description=__doc__.split("\n")[0],
-        choices={"datasets": DATASETS, "methods": METHODS},
-    )
+    cfg = tyro.cli(Config, args=argv, prog="python benchmarks/toys.py")
     if cfg.train_steps < cfg.eval_every:
         raise SystemExit(f"--train-steps ({cfg.train_steps}) must be >= --eval-every ({cfg.eval_every})")
+    if cfg.eval_every % LOG_EVERY:
+        raise SystemExit(f"--eval-every ({cfg.eval_every}) must be a multiple of {LOG_EVERY}")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -432,9 +442,10 @@ def main(argv=None) -> None:
         f"{platform.machine()}, {time.strftime('%Y-%m-%d')}"
     )
     print(report)
-    (out / "results.md").write_text(report + "\n")
-    (out / "results.json").write_text(
-        json.dumps({"config": asdict(cfg), "rows": rows, "wall_s": wall}, indent=1)
+    atomic_write(out / "results.md", (report + "\n").encode())
+    atomic_write(
+        out / "results.json",
+        json.dumps({"config": asdict(cfg), "rows": rows, "wall_s": wall}, indent=1).encode(),
     )
 
 

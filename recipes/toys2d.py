@@ -33,11 +33,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-DATASETS = ("swissroll", "8gaussians", "moons", "rings", "checkerboard", "2spirals")
+DatasetName = Literal["swissroll", "8gaussians", "moons", "rings", "checkerboard", "2spirals"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 
 
 def _rand(n: int, generator: torch.Generator | None, *shape: int) -> Tensor:
