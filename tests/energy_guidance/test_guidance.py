@@ -24,7 +24,6 @@ from energy_guidance import (
     sample,
     to_eps_x0,
 )
-from energy_guidance.baselines import dps_guidance
 from energy_guidance.schedules import prediction_type
 
 from .gaussian_case import (
@@ -368,18 +367,6 @@ def test_any_intermediate_energy_callable_guides_and_the_closed_form_is_an_estim
         torch.testing.assert_close(exact.guided_model_output(x_t, t), closed.guided_model_output(x_t, t))
     with pytest.raises(ValueError, match="not both"):
         AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, estimator=ExactLinear())
-
-
-def test_dps_baseline_is_the_closed_form_without_variance():
-    scheduler = make_scheduler("ddpm-eps")
-    model = data_model().noise_model(scheduler)
-    dps = dps_guidance(scheduler, model, linear_energy, BETA)
-    assert dps.estimator.variance == Constant(0.0)
-    x_t = torch.randn(8, 2, dtype=torch.float64)
-    # For a linear energy E_t = β·E(x̂0) exactly, with x̂0 the model's Tweedie mean.
-    alpha, sigma = noise_level(scheduler, 600)
-    x0_hat = to_eps_x0(model(x_t, torch.tensor(600)), x_t, alpha, sigma, "epsilon").x0
-    torch.testing.assert_close(dps.intermediate_energy(x_t, 600), BETA * linear_energy(x0_hat))
 
 
 @pytest.mark.parametrize("family", [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler])

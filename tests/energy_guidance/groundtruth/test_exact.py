@@ -18,7 +18,7 @@ from energy_guidance.groundtruth import (
     empirical_mixture,
 )
 from energy_guidance.groundtruth.exact import gauss_hermite_nodes
-from energy_guidance.schedules import noise_level, to_eps_x0
+from energy_guidance.schedules import noise_level
 
 
 def mixture() -> GaussianMixture:
@@ -146,22 +146,6 @@ def test_exact_empirical_guidance_gives_the_reweighted_set():
         tt = torch.tensor(t)
         expected = reweighted.noise_model(scheduler)(x, tt.expand(10))
         torch.testing.assert_close(guidance.guided_model_output(x, tt), expected, rtol=1e-7, atol=1e-7)
-
-
-@pytest.mark.parametrize("t", [100, 600])
-def test_variance_zero_is_first_order_posterior_mean_guidance(t):
-    # DPS-style guidance: E_t = β·E(x̂0(x_t)), no variance term; its gradient by hand.
-    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
-    mix, beta = mixture(), 2.0
-    model = mix.noise_model(scheduler)
-    guidance = AnalyticEnergyGuidance(scheduler, model, wavy, beta, variance=0.0)
-    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    tt = torch.tensor(t)
-    alpha, sigma = noise_level(scheduler, tt)
-    xr = x.clone().requires_grad_(True)
-    _, x0_hat = to_eps_x0(model(xr, tt.expand(7)), xr, alpha, sigma, "epsilon")
-    (expected,) = torch.autograd.grad((beta * wavy(x0_hat)).sum(), xr)
-    torch.testing.assert_close(guidance.energy_gradient(x, tt), expected, rtol=1e-8, atol=1e-10)
 
 
 def test_estimators_check_their_arguments():
