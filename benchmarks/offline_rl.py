@@ -12,7 +12,6 @@ mean normalised score) and the wall time per phase, and writes both to ``<root>/
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from energy_guidance.checkpoints import atomic_write, write_json
 from recipes.aepo import LABELS, parse_args, run
 
 
@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     markdown = to_markdown(summary, command, args.seeds)
     root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
-    (root / "summary.md").write_text(markdown + "\n")
+    write_json(root / "summary.json", summary)
+    atomic_write(root / "summary.md", (markdown + "\n").encode())
     print(markdown)
 
 

@@ -32,15 +32,17 @@ from .transitions import Transitions
 
 @dataclass
 class CQLConfig:
+    """CQL's settings (CORL's defaults, α_CQL = 5)."""
+
     discount: float = 0.99  # γ
     polyak: float = 0.005  # target-network update rate
     cql_alpha: float = 5.0  # α_CQL, the penalty's weight
     temperature: float = 1.0  # T of the log-sum-exp
     num_samples: int = 10  # actions per proposal (uniform, π(s), π(s')) and state
-    hidden: int = 256  # MLP width of Q, V and the actor
+    hidden: int = 256  # MLP width of Q and the actor
     depth: int = 2  # their hidden layers
-    critic_lr: float = 3e-4
-    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4  # Adam learning rate of Q
+    actor_lr: float = 1e-4  # Adam learning rate of the actor and of log α
 
 
 def cql_penalty(q_data: Tensor, q_sampled: Tensor, log_density: Tensor, temperature: float = 1.0) -> Tensor:

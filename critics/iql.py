@@ -32,6 +32,8 @@ ACTORS = get_args(Actor)
 
 @dataclass
 class IQLConfig:
+    """IQL's settings (CORL's defaults)."""
+
     discount: float = 0.99  # γ
     expectile: float = 0.7  # τ of L_2^τ
     polyak: float = 0.005  # target-network update rate

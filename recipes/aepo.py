@@ -1,76 +1,62 @@
 """AEPO for offline RL, end to end: ``python -m recipes.aepo --help``.
 
-Phases (each checkpointed; a finished phase is never redone, see :mod:`recipes.checkpoint`):
+Phases (the training ones through :func:`energy_guidance.training.train`, checkpointed in the
+run folder, see :mod:`recipes.runfolder`; a finished phase is loaded, never redone):
 
-1. critic     IQL (default) or CQL on the data set's transitions (:mod:`adapters`)
+1. critic     a :class:`critics.Critic` from :data:`critics.CRITICS` (IQL by default, or CQL) on
+              the data set's transitions
 2. behaviour  ε_θ(a_t, t, s), the diffusion behaviour policy μ(a | s) (:mod:`recipes.behaviour`)
 3. variance   the posterior-variance table of ε_θ on the data's actions (``estimate_variance_table``)
 4. energy     the intermediate-energy network E_Θ(s, a_t, t), regressed on the closed form at the
               expansion point x̄ = the clean data action (``closed_form_batches``), with the
-              energy E(a | s) = −(min_i Q_i(s, a) − b(s)) / q_scale
-5. eval       episodes in the data set's environment for each policy, normalised scores
+              energy E(a | s) = −(reduce_i Q_i(s, a) − b(s)) / q_scale; Adam with torch's
+              ``CosineAnnealingLR``
+5. eval       episodes in the data set's environment for each policy, normalised scores; cached
+              per evaluation settings, so changing only those re-evaluates a finished run
 
 Guided sampling draws a ~ μ(a | s)·exp(−β·E(a | s)) with the amortised guidance and DPM-Solver++
 (15 steps); AEPO's guidance rescale is available (``--rescale``) but off by default, see
 docs/rl.md. Action selection: AEPO draws ``num_candidates`` guided actions per state and takes the
-one with the highest Q (min over the twin heads). The paper's text was not available to us; this
-is the selection rule of the methods it builds on and compares with (SfBC, QGPO, IDQL).
+one with the highest Q (reduced over the critic's heads). The paper's text was not available to
+us; this is the selection rule of the methods it builds on and compares with (SfBC, QGPO, IDQL).
 ``num_candidates = 1`` gives plain guided sampling (reported as an ablation).
 
 β is measured in units of ``q_scale``: the mean over data states of the standard deviation of
 Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per typical Q spread. The
-state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes neither the target policy nor
-the guidance gradient; it removes the between-state spread of Q from the regression targets.
+critic's state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes neither the target policy
+nor the guidance gradient; it removes the between-state spread of Q from the regression targets.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import io
 import time
+import typing
 from dataclasses import asdict, dataclass, field
-from functools import partial
-from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from adapters import (
-    CQL,
-    IQL,
-    REDUCTIONS,
-    CQLConfig,
-    IQLConfig,
-    Transitions,
-    critic_energy,
-    reduce_critic,
-)
-from adapters.networks import optimizer_step
+from critics import CRITICS, CQLConfig, Critic, IQLConfig, Transitions, critic_energy, reduce_critic
+from critics.energy import Reduction
 from energy_guidance import (
-    VARIANCE_METHODS,
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
     VarianceTable,
-    calibrate,
-    closed_form_batches,
-    cosine_learning_rate,
     estimate_variance_table,
-    regression_loss,
     sample,
 )
+from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
+from energy_guidance.posterior import VARIANCES
+from energy_guidance.training import gradient_step, train
 
-from .behaviour import (
-    SAMPLERS,
-    BehaviourConfig,
-    NoiseMLP,
-    clip_x0,
-    diffusion_loss,
-    sampling_scheduler,
-    training_scheduler,
-)
-from .checkpoint import RunDir, train_phase, write_json
-from .cli import parse_config
+from .behaviour import BehaviourConfig, NoiseMLP, diffusion_loss, sampling_scheduler, training_scheduler
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -80,14 +66,20 @@ from .data import (
     reference_scores,
 )
 from .evaluation import evaluate
+from .runfolder import RunFolder, Settings
 
-CRITICS = ("iql", "cql")
-# Fields that do not change what a run computes; they may differ when a run is resumed.
-RUNTIME_FIELDS = ("run_dir", "threads", "progress")
+CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
+Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
 
 
 @dataclass
 class AEPOConfig:
+    """AEPO (analytic energy-guided policy optimisation) on a Minari data set.
+
+    Evaluation settings (marked "evaluation") may change on a finished run: the trained models
+    are reused and only the evaluation is redone. Any other change needs a new --run-dir.
+    """
+
     dataset: str = DEFAULT_DATASET  # a Minari id present under MINARI_DATASETS_PATH
     env: str = ""  # evaluation environment id; "" = the data set's own (recover_environment)
     run_dir: str = "runs/aepo"  # checkpoints, config.json, results.json, learning_curves.png
@@ -96,80 +88,112 @@ class AEPOConfig:
     progress: bool = True  # tqdm progress bars
     batch_size: int = 256  # for the critic, the behaviour policy and the energy network
     checkpoint_every: int = 1000  # steps between periodic checkpoints of a training phase
-    # 1. critic
-    critic: str = "iql"  # "iql" or "cql"
+    # 1. critic: CRITICS[critic], configured by the field of the same name
+    critic: CriticName = "iql"  # the offline-RL critic (and its own policy)
     critic_steps: int = 10_000  # gradient steps of the critic (and its own policy)
     iql: IQLConfig = field(default_factory=IQLConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)
-    reduce: str = "min"  # over the twin Q heads, in the energy and the candidate selection
+    reduce: Reduction = "min"  # over the critic's Q heads, in the energy and the candidate selection
     # 2. behaviour policy
     behaviour_steps: int = 10_000  # gradient steps of the noise model
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
-    inference_steps: int = 15  # sampler steps per action
     # 3-4. guidance
     beta: float = 3.0  # inverse temperature, in units of q_scale (module docstring)
-    variance: str = "data_var"  # posterior-variance estimator of the closed-form targets
-    expansion: str = "data"  # expansion point x̄ of the targets: "data" (x0) or "posterior_mean" (x̂0)
+    variance: Variance = "data_var"  # posterior-variance estimator of the closed-form targets
+    expansion: Literal["data", "posterior_mean"] = "data"  # the targets' expansion point: x0 or x̂0
     variance_samples: int = 4096  # data points (random subset) for the variance table
     energy_steps: int = 10_000  # gradient steps of the intermediate-energy network
     energy_hidden: int = 256  # its width
     energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
-    rescale: bool = False  # AEPO's guidance rescale; off: for 1-D actions it is a sign flip (docs/rl.md)
-    guidance_scale: float = 1.0  # multiplies the guidance term; 1 is the exact target
     # 5. evaluation
-    num_candidates: int = 16  # guided actions per state; the best by Q is taken
-    eval_episodes: int = 10
-    eval_seed: int = 10_000  # episode i is reset with eval_seed + i
-    ablations: bool = True  # also evaluate guided/1 candidate and unguided/best-of-N by Q
+    inference_steps: int = 15  # evaluation: sampler steps per action
+    rescale: bool = False  # evaluation: AEPO guidance rescale; off: a sign flip for 1-D actions
+    guidance_scale: float = 1.0  # evaluation: multiplies the guidance term; 1 is the exact target
+    num_candidates: int = 16  # evaluation: guided actions per state; the best by Q is taken
+    eval_episodes: int = 10  # evaluation: episodes per policy
+    eval_seed: int = 10_000  # evaluation: episode i is reset with eval_seed + i
+    ablations: bool = True  # evaluation: also guided/1 candidate and unguided/best-of-N by Q
+
+
+# Settings that change only the evaluation (dotted paths into AEPOConfig) and those that change
+# nothing computed; every other field is a training setting. `ablations` only selects which
+# policies are evaluated, so it is not part of an evaluation's cache key.
+EVALUATION_FIELDS = (
+    "inference_steps",
+    "rescale",
+    "guidance_scale",
+    "num_candidates",
+    "eval_episodes",
+    "eval_seed",
+    "ablations",
+    "behaviour.sampler",
+    "behaviour.clip_sample",
+)
+RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every")
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration <-> JSON and the command line
+# Configuration: command line, checks, and its training / evaluation / runtime split
 
 
 def parse_args(argv: list[str] | None = None) -> AEPOConfig:
-    return parse_config(
-        AEPOConfig,
-        argv,
-        prog="python -m recipes.aepo",
-        description="AEPO (analytic energy-guided policy optimisation) on a Minari data set.",
-    )
+    return tyro.cli(AEPOConfig, args=argv, prog="python -m recipes.aepo")
+
+
+def _choices(cls, prefix: str = "") -> typing.Iterator[tuple[str, tuple]]:
+    """(dotted field, allowed values) for every Literal field of a (nested) config class."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal:
+            yield f"{prefix}{f.name}", typing.get_args(hint)
+        elif dataclasses.is_dataclass(hint):
+            yield from _choices(hint, f"{prefix}{f.name}.")
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def validate(config: AEPOConfig) -> None:
-    choices = {
-        "critic": (config.critic, CRITICS),
-        "reduce": (config.reduce, REDUCTIONS),
-        "variance": (config.variance, VARIANCE_METHODS),
-        "expansion": (config.expansion, ("data", "posterior_mean")),
-        "behaviour.sampler": (config.behaviour.sampler, tuple(SAMPLERS)),
-    }
-    for name, (value, allowed) in choices.items():
+    """Reject invalid settings before any work (the command line checks choices too; a config
+    built in code is checked here)."""
+    for name, allowed in _choices(AEPOConfig):
+        value = _get(config, name)
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    settings = getattr(config, config.critic, None)
+    if not isinstance(settings, CRITICS[config.critic].Config):
+        raise TypeError(f"AEPOConfig needs a field {config.critic!r} of type {CRITICS[config.critic].Config}")
     if config.num_candidates < 1 or config.eval_episodes < 1:
         raise ValueError("num_candidates and eval_episodes must be >= 1")
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
 
 
-def _check_resumable(run: RunDir, config: AEPOConfig) -> None:
-    """Save ``config.json``, or check that a resumed run was started with the same configuration."""
-    path = run.path / "config.json"
-    current = asdict(config)
-    if path.exists():
-        saved = json.loads(path.read_text())
-        differ = [
-            k
-            for k in sorted(set(saved) | set(current))
-            if k not in RUNTIME_FIELDS and saved.get(k) != current.get(k)
-        ]
-        if differ:
-            raise ValueError(
-                f"{run.path} holds a run with a different configuration (fields {differ}); "
-                "resume it with the same settings or choose another --run-dir"
-            )
-    write_json(path, current)
+def split_settings(config: AEPOConfig) -> dict[str, Settings]:
+    """``{"training", "evaluation", "runtime"}`` settings of ``config`` (nested dicts). The unused
+    critics' sections are left out: they change nothing."""
+    training = asdict(config)
+    for name in CRITICS:
+        if name != config.critic:
+            del training[name]
+    groups: dict[str, Settings] = {"evaluation": {}, "runtime": {}}
+    for group, names in (("evaluation", EVALUATION_FIELDS), ("runtime", RUNTIME_FIELDS)):
+        for dotted in names:
+            *path, leaf = dotted.split(".")
+            source, target = training, groups[group]
+            for part in path:
+                source, target = source[part], target.setdefault(part, {})
+            target[leaf] = source.pop(leaf)
+    return {"training": training, **groups}
+
+
+def evaluation_key(evaluation: Settings) -> Settings:
+    """What an evaluation's returns depend on, beyond the training: its settings but `ablations`."""
+    return {k: v for k, v in evaluation.items() if k != "ablations"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,79 +211,88 @@ class Normalizer:
         return (torch.as_tensor(np.asarray(obs), dtype=torch.float32) - self.mean) / self.std
 
 
-def make_critic(config: AEPOConfig, obs_dim: int, act_dim: int) -> IQL | CQL:
-    if config.critic == "iql":
-        return IQL(obs_dim, act_dim, config.iql)
-    return CQL(obs_dim, act_dim, config.cql)
+@dataclass
+class Inputs:
+    """The validated inputs of a run: the data (normalised) and the evaluation environment."""
+
+    data: Transitions
+    make_env: typing.Callable[[], gym.Env]
+    env_id: str
+    refs: tuple[float, float] | None
+    scaler: ActionScaler
+    normalizer: Normalizer
+
+
+def load_inputs(config: AEPOConfig) -> Inputs:
+    """Load the data set and the environment and check that they match (clear errors otherwise)."""
+    dataset = load_dataset(config.dataset)
+
+    def make_env() -> gym.Env:
+        return gym.make(config.env) if config.env else dataset.recover_environment()
+
+    env = make_env()
+    data = load_transitions(dataset, env)  # checks shapes against env and finiteness
+    normalizer = Normalizer(data.observations.mean(0), data.observations.std(0).clamp_min(1e-3))
+    data = Transitions(
+        normalizer(data.observations),
+        data.actions,
+        data.rewards,
+        normalizer(data.next_observations),
+        data.terminals,
+    )
+    env_id = env.spec.id if env.spec else str(env)
+    env.close()
+    scaler = ActionScaler.from_space(env.action_space)
+    return Inputs(data, make_env, env_id, reference_scores(dataset), scaler, normalizer)
 
 
 @torch.no_grad()
 def measure_q_scale(
-    critic: IQL | CQL, states: Tensor, act_dim: int, reduce: str, num_actions: int = 64
+    critic: Critic, states: Tensor, act_dim: int, reduce: str, num_actions: int = 64
 ) -> float:
     """mean_s std_{a ~ U[-1,1]^d} Q(s, a): the typical spread of Q over actions at one state."""
     g = torch.Generator().manual_seed(0)
     s = states.repeat_interleave(num_actions, dim=0)
     a = torch.rand((len(s), act_dim), generator=g) * 2 - 1
-    q = reduce_critic(critic.q_target(s, a), len(s), reduce).reshape(len(states), num_actions)
+    q = reduce_critic(critic.q_values(s, a), len(s), reduce).reshape(len(states), num_actions)
     return max(float(q.std(dim=1).mean()), 1e-6)
-
-
-def state_baseline(critic: IQL | CQL, reduce: str):
-    """b(s) for the energy: IQL's V(s); for CQL, Q at its actor's action, reduce_K Q_K(s, π(s))."""
-    if isinstance(critic, IQL):
-        return critic.v
-
-    def baseline(states: Tensor) -> Tensor:
-        return reduce_critic(critic.q_target(states, critic.actor.act(states)), len(states), reduce)
-
-    return baseline
 
 
 class Policies:
     """The evaluated policies, all mapping raw observations (B, k) to environment actions (B, d).
 
     Every diffusion policy draws ``candidates`` actions per state (guided or not) with the
-    sampling scheduler; with several candidates the one with the highest Q is taken.
+    sampling scheduler (which clips x̂0 itself, see :func:`recipes.behaviour.sampling_scheduler`);
+    with several candidates the one with the highest Q is taken.
     """
 
     def __init__(self, config, critic, model, scheduler, network, normalizer, scaler, act_dim, generator):
-        self.config, self.critic, self.scheduler = config, critic, scheduler
+        self.config, self.critic, self.model, self.scheduler = config, critic, model, scheduler
         self.normalizer, self.scaler = normalizer, scaler
         self.act_dim, self.generator = act_dim, generator
-        wrap = (lambda f: clip_x0(f, scheduler)) if config.behaviour.clip_sample else (lambda f: f)
-        self.unguided = wrap(lambda x, t, c: model(x, t, c))
-        self.guided = {}  # keyed by rescale on/off
-        for rescale in (True, False):
-            guidance = AnalyticEnergyGuidance(
-                scheduler,
-                model,
-                None,
-                config.beta,
-                rescale=rescale,
-                network=network,
-                scale=config.guidance_scale,
-            )
-            self.guided[rescale] = wrap(lambda x, t, c, g=guidance: g.guided_model_output(x, t, c))
+        self.guidance = AnalyticEnergyGuidance(
+            scheduler, model, estimator=network, rescale=config.rescale, scale=config.guidance_scale
+        )
 
     def diffusion(
         self, obs: np.ndarray, guided: bool, candidates: int, rescale: bool | None = None
     ) -> np.ndarray:
-        model_fn = (
-            self.guided[self.config.rescale if rescale is None else rescale] if guided else self.unguided
-        )
+        guidance = None
+        if guided:
+            guidance = self.guidance if rescale is None else self.guidance.replace(rescale=rescale)
         states = self.normalizer(obs).repeat_interleave(candidates, dim=0)
         with torch.no_grad():
             actions = sample(
                 self.scheduler,
-                model_fn,
+                self.model,
                 (len(states), self.act_dim),
                 cond=states,
+                guidance=guidance,
                 num_inference_steps=self.config.inference_steps,
                 generator=self.generator,
             ).clamp(-1, 1)
             if candidates > 1:
-                q = reduce_critic(self.critic.q_target(states, actions), len(states), self.config.reduce)
+                q = reduce_critic(self.critic.q_values(states, actions), len(states), self.config.reduce)
                 best = q.reshape(len(obs), candidates).argmax(dim=1)
                 actions = actions.reshape(len(obs), candidates, -1)[torch.arange(len(obs)), best]
         return self.scaler.from_unit(actions.double().numpy())
@@ -273,7 +306,7 @@ class Policies:
         policies = {
             "aepo": lambda o: self.diffusion(o, True, n),
             "behaviour": lambda o: self.diffusion(o, False, 1),
-            ("iql_awr" if self.config.critic == "iql" else "cql_actor"): self.critic_policy,
+            self.critic.policy_name: self.critic_policy,
         }
         if self.config.ablations:
             policies |= {
@@ -287,42 +320,45 @@ class Policies:
 
 
 def run(config: AEPOConfig) -> dict:
-    """Run (or resume) AEPO with ``config``; returns the results written to ``results.json``."""
+    """Run (or resume, or re-evaluate) AEPO with ``config``; returns what it writes to ``results.json``.
+
+    The run folder is locked for the whole run; its ``config.json`` is written once the data set
+    and the environment have loaded and matched.
+    """
     validate(config)
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    run_dir = RunDir(config.run_dir)
-    _check_resumable(run_dir, config)
+    folder = RunFolder(config.run_dir)
+    with folder.lock():
+        inputs = load_inputs(config)
+        settings = split_settings(config)
+        folder.adopt(**settings)
+        return _run(config, folder, inputs, settings, started)
 
-    dataset = load_dataset(config.dataset)
 
-    def make_env() -> gym.Env:
-        return gym.make(config.env) if config.env else dataset.recover_environment()
-
-    env = make_env()
-    data = load_transitions(dataset, env)  # checks shapes against env and finiteness
-    refs = reference_scores(dataset)
-    scaler = ActionScaler.from_space(env.action_space)
-    normalizer = Normalizer(data.observations.mean(0), data.observations.std(0).clamp_min(1e-3))
-    data = Transitions(
-        normalizer(data.observations),
-        data.actions,
-        data.rewards,
-        normalizer(data.next_observations),
-        data.terminals,
-    )
+def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, started: float) -> dict:
+    data = inputs.data
     obs_dim, act_dim = data.obs_dim, data.act_dim
-    progress = config.progress
+
+    def phase(name, update, steps, **state):
+        return train(
+            update,
+            steps,
+            checkpoint_dir=folder.checkpoints,
+            name=name,
+            checkpoint_every=config.checkpoint_every,
+            progress=config.progress,
+            **state,
+        )
 
     # 1. Critic.
     torch.manual_seed(config.seed)
-    critic = make_critic(config, obs_dim, act_dim)
+    critic = CRITICS[config.critic](obs_dim, act_dim, getattr(config, config.critic))
     g = torch.Generator().manual_seed(config.seed)
-    phase = partial(train_phase, run_dir, checkpoint_every=config.checkpoint_every, progress=progress)
     critic_history = phase(
         "critic",
         lambda step: critic.update(data.sample(config.batch_size, g), g),
-        steps=config.critic_steps,
+        config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,
         generator=g,
@@ -330,23 +366,21 @@ def run(config: AEPOConfig) -> dict:
 
     # 2. Behaviour policy.
     torch.manual_seed(config.seed + 1)
-    model = NoiseMLP(
-        act_dim, obs_dim, config.behaviour.hidden, config.behaviour.depth, config.behaviour.time_dim
-    )
-    train_sched = training_scheduler(config.behaviour)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.behaviour.lr)
+    b = config.behaviour
+    model = NoiseMLP(act_dim, obs_dim, b.hidden, b.depth, b.time_dim)
+    train_sched = training_scheduler(b)
+    optimizer = torch.optim.Adam(model.parameters(), lr=b.lr)
     g = torch.Generator().manual_seed(config.seed + 1)
 
     def behaviour_update(step: int) -> dict[str, float]:
         batch = data.sample(config.batch_size, g)
         loss = diffusion_loss(model, train_sched, batch.actions, batch.observations, g)
-        optimizer_step(optimizer, loss)
-        return {"diffusion_loss": loss.item()}
+        return {"diffusion_loss": gradient_step(optimizer, loss)}
 
     behaviour_history = phase(
         "behaviour",
         behaviour_update,
-        steps=config.behaviour_steps,
+        config.behaviour_steps,
         modules={"model": model},
         optimizers={"model": optimizer},
         generator=g,
@@ -355,8 +389,8 @@ def run(config: AEPOConfig) -> dict:
     critic.eval().requires_grad_(False)
 
     # 3. Posterior-variance table.
-    table_path = run_dir.path / "variance_table.safetensors"
-    if not run_dir.done("variance"):
+    table_path = folder.path / "variance_table.safetensors"
+    if folder.finished("variance") is None or not table_path.exists():
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(config.seed + 2)
         subset = torch.randperm(len(data), generator=g)[: config.variance_samples]
@@ -364,14 +398,14 @@ def run(config: AEPOConfig) -> dict:
             train_sched, model, data.actions[subset], data.observations[subset], generator=g
         )
         table.save(str(table_path))
-        run_dir.finish("variance", seconds=time.perf_counter() - t0)
-    table = VarianceTable.load(str(table_path))
+        folder.finish("variance", seconds=time.perf_counter() - t0)
+    table = VarianceTable.load(str(table_path))  # a damaged file raises an error naming it
 
     # 4. Intermediate-energy network on closed-form targets (x̄ = the data action).
     torch.manual_seed(config.seed + 3)
     network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta)
     q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
-    energy = critic_energy(critic.q_target, config.reduce, q_scale, state_baseline(critic, config.reduce))
+    energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
     g = torch.Generator().manual_seed(config.seed + 3)
     draw = closed_form_batches(
         train_sched,
@@ -386,73 +420,82 @@ def run(config: AEPOConfig) -> dict:
         batch_size=config.batch_size,
         generator=g,
     )
-    if not run_dir.done("energy"):
-        calibrate(network, draw)  # buffers; a resumed run overwrites them from its checkpoint
+    calibrate(network, draw)  # buffers; a resumed run restores them (and g) from its checkpoint
     optimizer = torch.optim.Adam(network.parameters(), lr=config.energy_lr)
-
-    def energy_update(step: int) -> dict[str, float]:
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(step, config.energy_steps, config.energy_lr)
-        loss = regression_loss(network, draw())
-        optimizer_step(optimizer, loss)
-        return {"energy_loss": loss.item()}
-
+    schedule = CosineAnnealingLR(optimizer, T_max=max(config.energy_steps, 1))
     energy_history = phase(
         "energy",
-        energy_update,
-        steps=config.energy_steps,
+        lambda step: {"energy_loss": gradient_step(optimizer, regression_loss(network, draw()))},
+        config.energy_steps,
         modules={"network": network},
         optimizers={"network": optimizer},
+        lr_schedulers={"network": schedule},
         generator=g,
     )
     network.eval().requires_grad_(False)
 
-    # 5. Evaluation.
-    scheduler = sampling_scheduler(config.behaviour, train_sched)
+    # 5. Evaluation, cached per evaluation settings.
+    scheduler = sampling_scheduler(b, train_sched)
     generator = torch.Generator().manual_seed(config.seed + 4)
-    policies = Policies(config, critic, model, scheduler, network, normalizer, scaler, act_dim, generator)
-    scores = {}
+    policies = Policies(
+        config, critic, model, scheduler, network, inputs.normalizer, inputs.scaler, act_dim, generator
+    )
+    key = evaluation_key(settings["evaluation"])
+    scores, eval_seconds = {}, {}
     for name, policy in policies.evaluated().items():
-        phase = f"eval_{name}"
-        if not run_dir.done(phase):
+        record = folder.evaluation(key, name)
+        if record is None:
             t0 = time.perf_counter()
             generator.manual_seed(config.seed + 4)  # each policy's samples independent of the others
             returns = evaluate(
-                policy, make_env, config.eval_episodes, config.eval_seed, desc=name, progress=progress
+                policy,
+                inputs.make_env,
+                config.eval_episodes,
+                config.eval_seed,
+                desc=name,
+                progress=config.progress,
             )
-            run_dir.finish(phase, seconds=time.perf_counter() - t0, returns=returns.tolist())
-        returns = np.asarray(run_dir.info(phase)["returns"])
+            record = {"returns": returns.tolist(), "seconds": time.perf_counter() - t0}
+            folder.record_evaluation(key, name, record)
+        returns = np.asarray(record["returns"])
         entry = {
             "return_mean": float(returns.mean()),
             "return_std": float(returns.std()),
             "returns": returns.tolist(),
         }
-        if refs is not None:
-            norm = normalized_score(returns, *refs)
+        if inputs.refs is not None:
+            norm = normalized_score(returns, *inputs.refs)
             entry |= {"score_mean": float(norm.mean()), "score_std": float(norm.std())}
         scores[name] = entry
+        eval_seconds[f"eval_{name}"] = record["seconds"]
 
-    phases = {name: info.get("seconds") for name, info in run_dir.state["phases"].items()}
+    phases = {name: folder.phase_seconds(name) for name in ("critic", "behaviour")}
+    phases["variance"] = folder.finished("variance")["seconds"]
+    phases["energy"] = folder.phase_seconds("energy")
     results = {
         "dataset": config.dataset,
-        "env": env.spec.id if env.spec else str(env),
-        "reference_scores": None if refs is None else {"random": refs[0], "expert": refs[1]},
+        "env": inputs.env_id,
+        "reference_scores": None
+        if inputs.refs is None
+        else {"random": inputs.refs[0], "expert": inputs.refs[1]},
         "q_scale": q_scale,
         "scores": scores,
-        "phase_seconds": phases,
+        "phase_seconds": phases | eval_seconds,
         "this_invocation_seconds": time.perf_counter() - started,
         "config": asdict(config),
     }
-    write_json(run_dir.path / "results.json", results)
-    plot_learning_curves(
-        run_dir.path / "learning_curves.png",
-        {"critic": critic_history, "behaviour": behaviour_history, "energy": energy_history},
-        scores,
+    folder.write_json("results.json", results)
+    folder.write_bytes(
+        "learning_curves.png",
+        plot_learning_curves(
+            {"critic": critic_history, "behaviour": behaviour_history, "energy": energy_history}, scores
+        ),
     )
     return results
 
 
-def plot_learning_curves(path: Path, histories: dict[str, dict], scores: dict[str, dict]) -> None:
+def plot_learning_curves(histories: dict[str, dict], scores: dict[str, dict]) -> bytes:
+    """The loss histories and the scores as a PNG (bytes, for an atomic write)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,15 +517,16 @@ def plot_learning_curves(path: Path, histories: dict[str, dict], scores: dict[st
     ax.set(title="normalised score" if key == "score" else "return")
     ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 LABELS = {
     "aepo": "AEPO (guided, best of N by Q)",
     "behaviour": "behaviour policy (unguided diffusion)",
-    "iql_awr": "IQL policy (AWR)",
-    "cql_actor": "CQL policy (SAC actor)",
+    **{cls.policy_name: cls.policy_label for cls in CRITICS.values()},
     "guided_single": "ablation: guided, 1 sample",
     "guided_single_rescale_on": "ablation: guided, 1 sample, rescale on",
     "guided_single_rescale_off": "ablation: guided, 1 sample, rescale off",

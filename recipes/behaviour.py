@@ -5,16 +5,17 @@ Training is the usual ε-prediction loss with a diffusers ``DDPMScheduler``:
     L(θ) = E_{(s,a)~D, t, ε} ‖ε_θ(α_t·a + σ_t·ε, t, s) − ε‖²
 
 Sampling uses any scheduler the core supports (DPM-Solver++ with few steps by default).
-``clip_sample`` clips the predicted clean action x̂0 to the action box [-1, 1] at every step,
-which is what ``DDPMScheduler(clip_sample=True)`` does inside ``step``; :func:`clip_x0` does it
-for every scheduler, after guidance, so the guided sampler stays in the box too.
+``clip_sample`` clips the predicted clean action x̂0 to the action box [-1, 1] at every step with
+the sampling scheduler's own option (:func:`sampling_scheduler`): ``clip_sample`` for DDPM and
+DDIM, ``thresholding`` with ``sample_max_value=1`` for DPM-Solver++ and UniPC (which then clips
+to [-1, 1]). ``energy_guidance.sample`` hands the guided output to ``scheduler.step``, so the
+guided sampler stays in the box too.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from diffusers import (
@@ -23,36 +24,32 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.models.embeddings import Timesteps
 from torch import Tensor, nn
 
-from energy_guidance import from_eps_x0, noise_level, prediction_type, to_eps_x0
-
-SAMPLERS = {
-    "dpmsolver++": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-}
+Sampler = Literal["dpmsolver++", "unipc", "ddim", "ddpm"]
+SAMPLERS = dict(
+    zip(
+        get_args(Sampler),
+        (DPMSolverMultistepScheduler, UniPCMultistepScheduler, DDIMScheduler, DDPMScheduler),
+        strict=True,
+    )
+)
+CLIPS_BY_THRESHOLDING = ("dpmsolver++", "unipc")  # the others have `clip_sample`
 
 
 @dataclass
 class BehaviourConfig:
+    """The diffusion behaviour policy: its noise model, training and sampling schedulers."""
+
     hidden: int = 256  # width of the noise MLP
     depth: int = 3  # its hidden layers
     time_dim: int = 32  # sinusoidal timestep-embedding width
     num_train_timesteps: int = 1000  # DDPMScheduler training grid
-    beta_schedule: str = "linear"  # a DDPMScheduler beta_schedule
-    clip_sample: bool = True  # clip x̂0 to [-1, 1] at every sampling step
-    sampler: str = "dpmsolver++"  # one of SAMPLERS
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"  # DDPM's β schedule
+    clip_sample: bool = True  # clip x̂0 to [-1, 1] at every sampling step (evaluation only)
+    sampler: Sampler = "dpmsolver++"  # the sampling scheduler (evaluation only)
     lr: float = 3e-4  # Adam learning rate
-
-
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """[sin(t·ω_k), cos(t·ω_k)] with ω_k = 10000^(−k/(dim/2)), k < dim/2 (the transformer embedding)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
-    angles = t.float()[:, None] * freqs[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class NoiseMLP(nn.Module):
@@ -60,7 +57,8 @@ class NoiseMLP(nn.Module):
 
     def __init__(self, act_dim: int, obs_dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 32):
         super().__init__()
-        self.time_dim = time_dim
+        # [sin(t·ω_k), cos(t·ω_k)], ω_k = 10000^(−k/(time_dim/2)): the transformer embedding
+        self.time_embedding = Timesteps(time_dim, flip_sin_to_cos=False, downscale_freq_shift=0)
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
         )
@@ -74,7 +72,7 @@ class NoiseMLP(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
-        embedding = self.time_mlp(timestep_embedding(t, self.time_dim))
+        embedding = self.time_mlp(self.time_embedding(t))
         return self.mlp(torch.cat([x_t, embedding, cond], dim=1))
 
 
@@ -88,10 +86,15 @@ def training_scheduler(config: BehaviourConfig) -> DDPMScheduler:
 
 
 def sampling_scheduler(config: BehaviourConfig, train: DDPMScheduler):
-    """A fresh ``config.sampler`` scheduler sharing the training noise schedule."""
+    """A fresh ``config.sampler`` scheduler sharing the training noise schedule, clipping x̂0 to
+    [-1, 1] at every step when ``config.clip_sample`` (module docstring)."""
     if config.sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {config.sampler!r}")
-    return SAMPLERS[config.sampler].from_config(train.config)
+    if config.sampler in CLIPS_BY_THRESHOLDING:
+        clipping = {"thresholding": config.clip_sample, "sample_max_value": 1.0}
+    else:
+        clipping = {"clip_sample": config.clip_sample, "clip_sample_range": 1.0, "thresholding": False}
+    return SAMPLERS[config.sampler].from_config(train.config, **clipping)
 
 
 def diffusion_loss(
@@ -106,23 +109,3 @@ def diffusion_loss(
     noise = torch.randn(actions.shape, generator=generator)
     noisy = scheduler.add_noise(actions, noise, t)
     return (model(noisy, t, states) - noise).pow(2).mean()
-
-
-def clip_x0(model_fn: Callable, scheduler, low: float = -1.0, high: float = 1.0) -> Callable:
-    """Wrap ``model_fn(x_t, t, cond)`` so that its implied x̂0 is clipped to [low, high].
-
-    The output is converted to (ε̂, x̂0), x̂0 is clipped, and ε̂ = (x_t − α·x̂0)/σ is recomputed:
-    the same operation as diffusers' ``clip_sample``, for any scheduler and prediction type.
-    """
-    ptype = prediction_type(scheduler)
-
-    def clipped(x_t: Tensor, t, cond=None):
-        out = model_fn(x_t, t, cond)
-        shape = (-1,) + (1,) * (x_t.dim() - 1)  # per-sample (B,) or shared () levels
-        alpha, sigma = (c.to(x_t).reshape(shape) for c in noise_level(scheduler, t))
-        _, x0 = to_eps_x0(out, x_t, alpha, sigma, ptype)
-        x0 = x0.clamp(low, high)
-        eps = (x_t - alpha * x0) / sigma
-        return from_eps_x0(eps, x0, alpha.flatten(), sigma.flatten(), ptype)
-
-    return clipped

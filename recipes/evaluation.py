@@ -1,4 +1,11 @@
-"""Evaluating a policy over N episodes, stepping the episodes in lock-step so the policy is batched."""
+"""Evaluating a policy over N episodes at once with gymnasium's vector environments.
+
+Episode i runs in environment i of a ``SyncVectorEnv``, reset with seed ``seed + i``. The vector
+environment steps every environment each call (in gymnasium ≥ 1.0 an environment whose episode
+ended is reset on the following step, ``AutoresetMode.NEXT_STEP``); only each environment's
+first episode is counted, and the policy sees only the observations of unfinished episodes, so
+its batches are exactly those of running the N episodes side by side.
+"""
 
 from __future__ import annotations
 
@@ -18,26 +25,20 @@ def evaluate(
     desc: str = "evaluation",
     progress: bool = True,
 ) -> np.ndarray:
-    """Undiscounted returns (episodes,) of ``policy`` (observations (B, ...) -> actions (B, ...)).
-
-    Episode i runs in its own environment reset with seed ``seed + i``; all unfinished episodes
-    are passed to ``policy`` together, one environment step at a time.
-    """
-    envs = [make_env() for _ in range(episodes)]
-    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-    returns = np.zeros(episodes)
-    active = list(range(episodes))
-    with tqdm(desc=desc, disable=not progress, unit="step", mininterval=1.0) as bar:
-        while active:
-            actions = policy(np.stack([obs[i] for i in active]))
-            still = []
-            for i, action in zip(active, actions, strict=True):
-                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
-                returns[i] += float(reward)
-                if not (terminated or truncated):
-                    still.append(i)
-            active = still
-            bar.update()
-    for env in envs:
-        env.close()
+    """Undiscounted returns (episodes,) of ``policy`` (observations (B, ...) -> actions (B, ...))."""
+    envs = gym.vector.SyncVectorEnv([make_env] * episodes, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    try:
+        obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
+        returns = np.zeros(episodes)
+        active = np.ones(episodes, dtype=bool)
+        actions = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
+        with tqdm(desc=desc, disable=not progress, unit="step", mininterval=1.0) as bar:
+            while active.any():
+                actions[active] = policy(obs[active])  # finished episodes' entries are ignored
+                obs, rewards, terminated, truncated, _ = envs.step(actions)
+                returns[active] += rewards[active]
+                active &= ~(terminated | truncated)
+                bar.update()
+    finally:
+        envs.close()
     return returns

@@ -1,196 +1,168 @@
-"""Run folders, checkpoints and resumable training phases.
+"""Run folders: one recipe run's configuration, checkpoints, cached results, and its lock.
 
 A run folder holds
 
-    config.json                 the recipe's configuration (a dataclass, as JSON)
-    state.json                  which phases are finished, and their wall time
-    <phase>.safetensors         a finished phase's weights
-    checkpoints/<phase>.json    the latest periodic checkpoint of an unfinished phase: step,
-                                loss history, seconds; it names the files of that step:
-    checkpoints/<phase>-<step>.safetensors   weights
-    checkpoints/<phase>-<step>.pt            optimizer and random-generator states (torch.save)
+    .lock                        held (``fcntl.flock``) while a run works in the folder
+    config.json                  the settings, split in three groups (below)
+    checkpoints/<phase>-<step>.{safetensors,pt,json}
+                                 the training phases' checkpoints (:mod:`energy_guidance.checkpoints`);
+                                 the final one (step = the phase's steps) stays, so a finished phase
+                                 is loaded, never redone
+    state.json                   finished untrained steps (the variance table), and every
+                                 evaluation's returns, keyed by a hash of its settings
+    <name>.safetensors           other results of finished steps (the variance table)
+    results.json, learning_curves.png   the report of the latest invocation
 
-A finished phase is never redone: :func:`train_phase` loads its weights and returns. An unfinished
-one restarts from its latest checkpoint with the same weights, optimizer moments and generator
-state, so an interrupted run continues exactly where the checkpoint left it. The JSON record is
-replaced (atomically) only after the files it names are complete, so an interruption while saving
-leaves the previous checkpoint usable.
+The settings are split into **training** settings, which must match for a run to resume (a
+different value means a different model: the run is refused, naming the fields), **evaluation**
+settings, which may change on a finished run (the models are reused and the evaluations are
+recomputed for the new settings; earlier ones stay cached under their own key), and **runtime**
+settings (folder, threads, progress bars), which never matter. ``config.json`` is written only
+after the inputs were validated, so a run that fails on a bad input leaves the folder usable.
+
+Every file is written atomically (:func:`energy_guidance.checkpoints.atomic_write`), and a
+damaged file is reported by name (:class:`energy_guidance.checkpoints.CorruptFileError`); a
+damaged periodic checkpoint falls back to the previous one (``energy_guidance.training.train``).
+The lock is an advisory ``flock`` on ``.lock``: a second run in the same folder is refused with
+the first one's process id; the operating system releases it when its process ends, however it
+ends, so a killed run never leaves a stale lock. (``fcntl`` is POSIX: Linux and macOS.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-from tqdm.auto import tqdm
+from energy_guidance.checkpoints import atomic_write, checkpoint_steps, read_json, write_json
 
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+Settings = dict[str, Any]
 
 
-def save_modules(path: Path, modules: dict[str, nn.Module]) -> None:
-    """All modules' state dicts in one safetensors file, keys prefixed by the module's name."""
-    tensors = {
-        f"{name}.{key}": value.detach().contiguous().clone()
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
-    }
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
-def load_modules(path: Path, modules: dict[str, nn.Module]) -> None:
-    """Load what :func:`save_modules` wrote into ``modules`` (strict: every key must match)."""
-    tensors = load_file(str(path))
-    for name, module in modules.items():
-        prefix = f"{name}."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+class ConfigMismatch(ValueError):
+    """The folder holds a run with other training settings."""
 
 
-class RunDir:
-    """A run folder (see the module docstring); ``state.json`` records finished phases."""
+def flatten(settings: Settings, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"dotted.name": value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_key(settings: Settings) -> str:
+    """A short stable hash of ``settings`` (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunFolder:
+    """A run folder (see the module docstring). Use :meth:`lock` around all work in it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        state_file = self.path / "state.json"
-        self.state = json.loads(state_file.read_text()) if state_file.exists() else {"phases": {}}
+        self.checkpoints = self.path / "checkpoints"
 
-    def done(self, phase: str) -> bool:
-        return self.state["phases"].get(phase, {}).get("done", False)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunFolder]:
+        """Hold the folder's lock; raise :class:`RunFolderBusy` at once if another process has it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise RunFolderBusy(
+                    f"{self.path} is in use by another run ({holder}); wait for it to finish, "
+                    "or choose another --run-dir"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
-    def info(self, phase: str) -> dict:
-        return self.state["phases"].get(phase, {})
+    # -- configuration ---------------------------------------------------------------------------
 
-    def finish(self, phase: str, **info) -> None:
-        self.state["phases"][phase] = {"done": True, **info}
-        write_json(self.path / "state.json", self.state)
+    def adopt(self, training: Settings, evaluation: Settings, runtime: Settings) -> None:
+        """Check ``training`` against the folder's ``config.json`` (if any), then write all three
+        groups to it. Call it only once the inputs are known to be valid."""
+        path = self.path / "config.json"
+        if path.exists():
+            saved = read_json(path)
+            if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
+                raise ConfigMismatch(
+                    f"{path} was written by an older version of the recipe; choose another --run-dir "
+                    "or delete the folder"
+                )
+            old, new = flatten(saved["training"]), flatten(training)
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if differ:
+                raise ConfigMismatch(
+                    f"{self.path} holds a run with different training settings (fields {differ}); "
+                    "resume it with the same settings or choose another --run-dir (evaluation "
+                    "settings may change freely)"
+                )
+        write_json(path, {"training": training, "evaluation": evaluation, "runtime": runtime})
 
-    def weights(self, phase: str) -> Path:
-        return self.path / f"{phase}.safetensors"
+    # -- state: finished steps and cached evaluations ----------------------------------------------
 
-    def checkpoint(self, phase: str, suffix: str) -> Path:
-        return self.path / "checkpoints" / f"{phase}{suffix}"
+    @property
+    def state(self) -> dict[str, Any]:
+        path = self.path / "state.json"
+        return read_json(path) if path.exists() else {"steps": {}, "evaluations": {}}
 
+    def _update_state(self, change) -> None:
+        state = self.state
+        change(state)
+        write_json(self.path / "state.json", state)
 
-def save_checkpoint(
-    run: RunDir,
-    phase: str,
-    step: int,
-    modules: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    generator: torch.Generator,
-    history: dict[str, list[float]],
-    seconds: float,
-) -> None:
-    """Write ``<phase>-<step>.{safetensors,pt}``, then point ``<phase>.json`` at them.
+    def finished(self, step: str) -> dict[str, Any] | None:
+        """The record of a finished untrained step (e.g. ``"variance"``), or None."""
+        return self.state["steps"].get(step)
 
-    The JSON is replaced last, atomically, so it always names a complete checkpoint; the files
-    of the previous checkpoint are deleted afterwards.
-    """
-    previous = _record(run, phase)
-    save_modules(run.checkpoint(f"{phase}-{step}", ".safetensors"), modules)
-    state = {
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "generator": generator.get_state(),
-    }
-    tmp = run.checkpoint(f"{phase}-{step}", ".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run.checkpoint(f"{phase}-{step}", ".pt"))
-    write_json(run.checkpoint(phase, ".json"), {"step": step, "history": history, "seconds": seconds})
-    if previous is not None and previous["step"] != step:
-        _remove_files(run, phase, previous["step"])
+    def finish(self, step: str, **record: Any) -> None:
+        self._update_state(lambda state: state["steps"].__setitem__(step, record))
 
+    def evaluation(self, settings: Settings, policy: str) -> dict[str, Any] | None:
+        """The stored evaluation of ``policy`` under ``settings``, or None."""
+        entry = self.state["evaluations"].get(settings_key(settings))
+        return None if entry is None else entry["policies"].get(policy)
 
-def _record(run: RunDir, phase: str) -> dict | None:
-    path = run.checkpoint(phase, ".json")
-    return json.loads(path.read_text()) if path.exists() else None
+    def record_evaluation(self, settings: Settings, policy: str, record: dict[str, Any]) -> None:
+        def change(state):
+            entry = state["evaluations"].setdefault(
+                settings_key(settings), {"settings": settings, "policies": {}}
+            )
+            entry["policies"][policy] = record
 
+        self._update_state(change)
 
-def _remove_files(run: RunDir, phase: str, step: int) -> None:
-    for suffix in (".safetensors", ".pt"):
-        run.checkpoint(f"{phase}-{step}", suffix).unlink(missing_ok=True)
+    # -- training phases and reports ---------------------------------------------------------------
 
+    def phase_seconds(self, phase: str) -> float | None:
+        """Training seconds of ``phase`` up to its newest checkpoint (None without one)."""
+        steps = checkpoint_steps(self.checkpoints, phase)
+        if not steps:
+            return None
+        return read_json(self.checkpoints / f"{phase}-{steps[0]}.json").get("seconds")
 
-def load_checkpoint(
-    run: RunDir,
-    phase: str,
-    modules: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    generator: torch.Generator,
-) -> dict | None:
-    """Restore the latest checkpoint of ``phase``; its JSON record, or None if there is none."""
-    record = _record(run, phase)
-    if record is None:
-        return None
-    step = record["step"]
-    load_modules(run.checkpoint(f"{phase}-{step}", ".safetensors"), modules)
-    state = torch.load(run.checkpoint(f"{phase}-{step}", ".pt"), weights_only=True)
-    for key, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][key])
-    generator.set_state(state["generator"])
-    return record
+    def write_json(self, name: str, data: Any) -> None:
+        write_json(self.path / name, data)
 
-
-def train_phase(
-    run: RunDir,
-    phase: str,
-    update: Callable[[int], dict[str, float]],
-    *,
-    steps: int,
-    modules: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    generator: torch.Generator,
-    checkpoint_every: int = 1000,
-    log_every: int = 50,
-    progress: bool = True,
-) -> dict[str, list[float]]:
-    """Call ``update(step)`` for step = 0 .. ``steps`` - 1, resumably; returns the loss history.
-
-    ``update`` takes one optimisation step (drawing its batch from ``generator``; ``step`` is
-    for step-dependent schedules) and returns its losses. ``history`` holds ``step`` and each
-    loss averaged over the last ``log_every`` steps. ``checkpoint_every`` should be a multiple
-    of ``log_every``.
-    """
-    if run.done(phase):
-        load_modules(run.weights(phase), modules)
-        return run.info(phase)["history"]
-    record = load_checkpoint(run, phase, modules, optimizers, generator)
-    if record is None:
-        start, history, seconds = 0, {"step": []}, 0.0
-    else:
-        start, history, seconds = record["step"], record["history"], record["seconds"]
-    began = time.perf_counter() - seconds
-    window: dict[str, list[float]] = {}
-    with tqdm(total=steps, initial=start, desc=phase, disable=not progress, mininterval=1.0) as bar:
-        for step in range(start, steps):
-            for key, value in update(step).items():
-                window.setdefault(key, []).append(value)
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                means = {key: sum(values) / len(values) for key, values in window.items()}
-                history["step"].append(step + 1)
-                for key, value in means.items():
-                    history.setdefault(key, []).append(value)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-                window = {}
-            bar.update()
-            if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                elapsed = time.perf_counter() - began
-                save_checkpoint(run, phase, step + 1, modules, optimizers, generator, history, elapsed)
-    save_modules(run.weights(phase), modules)
-    run.finish(phase, seconds=time.perf_counter() - began, history=history)
-    last = _record(run, phase)
-    if last is not None:  # the periodic checkpoint is superseded by the finished weights
-        _remove_files(run, phase, last["step"])
-        run.checkpoint(phase, ".json").unlink()
-    return history
+    def write_bytes(self, name: str, data: bytes) -> None:
+        atomic_write(self.path / name, data)

@@ -1,61 +1,78 @@
-"""The AEPO recipe end to end on a tiny data set, its CLI, and resuming an interrupted run."""
+"""The AEPO recipe end to end on a tiny data set: its CLI, resuming (interrupt, kill -9),
+re-evaluation, refusals, and damaged files in its run folder."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
 import recipes.aepo as aepo
-from adapters import IQL
+from critics import IQL
+from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors
 from recipes.aepo import AEPOConfig, format_scores, parse_args, run
+from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
-from .conftest import TINY
+from .conftest import tiny_config
 
-
-def _tiny_config(run_dir, **overrides) -> AEPOConfig:
-    config = parse_args(
-        [
-            "--dataset",
-            TINY,
-            "--run-dir",
-            str(run_dir),
-            "--threads",
-            "1",
-            "--no-progress",
-            "--critic-steps",
-            "200",
-            "--behaviour-steps",
-            "200",
-            "--energy-steps",
-            "50",
-            "--checkpoint-every",
-            "100",
-            "--batch-size",
-            "64",
-            "--eval-episodes",
-            "1",
-            "--num-candidates",
-            "4",
-            "--inference-steps",
-            "5",
-            "--no-ablations",
-            "--iql.hidden",
-            "32",
-            "--behaviour.hidden",
-            "32",
-            "--energy-hidden",
-            "32",
-            "--variance-samples",
-            "256",
-        ]
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = ("critic", "behaviour", "energy")
 
 
-def test_end_to_end_tiny(tiny_dataset, tmp_path):
-    results = run(_tiny_config(tmp_path / "run"))
+def _final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Each training phase's weights at its final checkpoint."""
+    weights = {}
+    for phase in PHASES:
+        step = checkpoint_steps(folder / "checkpoints", phase)[0]
+        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
+    return weights
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    for phase in PHASES:
+        assert a[phase].keys() == b[phase].keys()
+        for key in a[phase]:
+            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)
+
+
+def _forbid(monkeypatch, *names: str) -> None:
+    """Make the named pieces of work raise: proof that a run did not redo them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work that should have been reused was redone")
+
+    targets = {
+        "critic": (IQL, "update"),
+        "behaviour": (aepo, "diffusion_loss"),
+        "variance": (aepo, "estimate_variance_table"),
+        "energy": (aepo, "regression_loss"),
+        "evaluation": (aepo, "evaluate"),
+    }
+    for name in names:
+        monkeypatch.setattr(*targets[name], forbidden)
+
+
+def _fail_after(monkeypatch, owner, name: str, calls: int) -> list:
+    """Let ``owner.name`` run ``calls`` times, then raise KeyboardInterrupt; returns the call log."""
+    original, log = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        if len(log) == calls:
+            raise KeyboardInterrupt
+        log.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return log
+
+
+def test_end_to_end_tiny(finished_run):
+    folder, results = finished_run
     assert set(results["scores"]) == {"aepo", "behaviour", "iql_awr"}
     refs = results["reference_scores"]
     for entry in results["scores"].values():
@@ -64,54 +81,166 @@ def test_end_to_end_tiny(tiny_dataset, tmp_path):
         assert entry["score_mean"] == pytest.approx(
             100 * (ret - refs["random"]) / (refs["expert"] - refs["random"])
         )
-    files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "results.json", "learning_curves.png", "state.json", "critic.safetensors"} <= files
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["critic_steps"] == 200 and saved["iql"]["hidden"] == 32
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.json", "results.json", "learning_curves.png", "state.json", "checkpoints"} <= files
+    assert (folder / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["training"]["critic_steps"] == 200 and saved["training"]["iql"]["hidden"] == 32
+    assert "cql" not in saved["training"]  # the unused critic's settings change nothing
+    assert saved["evaluation"]["eval_episodes"] == 1 and saved["evaluation"]["behaviour"]["sampler"]
+    for phase, steps in zip(PHASES, (200, 200, 50), strict=True):
+        assert checkpoint_steps(folder / "checkpoints", phase)[0] == steps
+    assert all(seconds is not None for seconds in results["phase_seconds"].values())
     assert "IQL policy (AWR)" in format_scores(results)
 
 
-def test_interrupted_run_resumes_without_redoing_finished_phases(tiny_dataset, tmp_path, monkeypatch):
-    config = _tiny_config(tmp_path / "run")
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    evaluate = aepo.evaluate
-    monkeypatch.setattr(aepo, "evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run(config)
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert {"critic", "behaviour", "variance", "energy"} <= set(state["phases"])
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a finished phase was redone")
-
-    monkeypatch.setattr(aepo, "evaluate", evaluate)
-    monkeypatch.setattr(IQL, "update", forbidden)
-    monkeypatch.setattr(aepo, "estimate_variance_table", forbidden)
-    monkeypatch.setattr(aepo, "regression_loss", forbidden)
+def test_interrupted_run_resumes_bit_identically(finished_run, tmp_path, monkeypatch):
+    """Interrupted in the critic phase, then in the energy phase (with checkpoints every 20 steps,
+    a runtime setting), the run ends with the weights and returns of the uninterrupted run."""
+    reference_folder, reference = finished_run
+    config = tiny_config(tmp_path / "resumed", "--checkpoint-every", "20")
+    with monkeypatch.context() as patch:
+        _fail_after(patch, IQL, "update", 150)
+        with pytest.raises(KeyboardInterrupt):
+            run(config)
+    assert checkpoint_steps(tmp_path / "resumed" / "checkpoints", "critic") == [140, 120]
+    with monkeypatch.context() as patch:
+        critic_calls = _fail_after(patch, IQL, "update", 10**6)
+        _fail_after(patch, aepo, "regression_loss", 30)
+        with pytest.raises(KeyboardInterrupt):
+            run(config)
+    assert len(critic_calls) == 60  # steps 141..200 only
+    assert checkpoint_steps(tmp_path / "resumed" / "checkpoints", "energy") == [20]
+    _forbid(monkeypatch, "critic", "behaviour", "variance")
     results = run(config)
-    assert np.isfinite(results["scores"]["aepo"]["return_mean"])
+    _assert_same_weights(_final_weights(tmp_path / "resumed"), _final_weights(reference_folder))
+    assert results["scores"] == reference["scores"]
 
 
-def test_resuming_with_another_configuration_is_refused(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(aepo, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
-    with pytest.raises(RuntimeError, match="stop"):  # writes config.json, then stops
-        run(_tiny_config(tmp_path / "run"))
-    with pytest.raises(ValueError, match=r"different configuration \(fields \['beta'\]\)"):
-        run(_tiny_config(tmp_path / "run", beta=7.0))
+@pytest.mark.slow
+def test_kill_9_and_resume_is_bit_identical(finished_run, tmp_path):
+    """A run killed with SIGKILL as soon as it has checkpointed resumes to the same result."""
+    reference_folder, reference = finished_run
+    folder = tmp_path / "killed"
+    code = (
+        "import sys\nfrom tests.recipes.conftest import tiny_config\nfrom recipes.aepo import run\n"
+        "run(tiny_config(sys.argv[1], '--checkpoint-every', '20'))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT, env=os.environ)
+    deadline = time.monotonic() + 120
+    while not (folder / "checkpoints" / "critic-40.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before a checkpoint"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (folder / "results.json").exists()  # killed before it finished
+    results = run(tiny_config(folder, "--checkpoint-every", "20"))
+    _assert_same_weights(_final_weights(folder), _final_weights(reference_folder))
+    assert results["scores"] == reference["scores"]
+
+
+def test_finished_run_is_reevaluated_with_new_settings_without_retraining(finished_run, monkeypatch):
+    folder, reference = finished_run
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy")
+    extra = ("--eval-episodes", "2", "--num-candidates", "2", "--inference-steps", "3", "--ablations")
+    results = run(tiny_config(folder, *extra))
+    assert set(results["scores"]) == {
+        "aepo",
+        "behaviour",
+        "iql_awr",
+        "guided_single",
+        "guided_single_rescale_on",
+        "unguided_best_of_n",
+    }
+    assert all(len(entry["returns"]) == 2 for entry in results["scores"].values())
+    assert json.loads((folder / "config.json").read_text())["evaluation"]["eval_episodes"] == 2
+    # Back to the first settings: their evaluation is cached, nothing is recomputed.
+    _forbid(monkeypatch, "evaluation")
+    assert run(tiny_config(folder))["scores"] == reference["scores"]
+    # Ablations only add policies: the main policies' cached results are reused.
+    again = run(tiny_config(folder, *extra[:6], "--no-ablations"))
+    assert again["scores"] == {k: results["scores"][k] for k in ("aepo", "behaviour", "iql_awr")}
+
+
+def test_changed_training_settings_are_refused(finished_run, monkeypatch):
+    folder, reference = finished_run
+    with pytest.raises(ConfigMismatch, match=r"different training settings \(fields \['beta', 'iql\.lr'\]\)"):
+        run(tiny_config(folder, "--beta", "7", "--iql.lr", "1e-3"))
+    # Settings of a critic that is not used, and runtime settings, are not training settings.
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy", "evaluation")
+    results = run(tiny_config(folder, "--cql.hidden", "64", "--threads", "2", "--checkpoint-every", "7"))
+    assert results["scores"] == reference["scores"]
+
+
+def test_bad_inputs_fail_clearly_and_leave_the_folder_usable(tiny_dataset, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="minari download foo/bar-v0"):
+        run(tiny_config(folder, dataset="foo/bar-v0"))
+    with pytest.raises(ValueError, match="observation_space mismatch"):
+        run(tiny_config(folder, env="MountainCarContinuous-v0"))
+    assert not (folder / "config.json").exists()
+    # A later valid run in the same folder is accepted (stopped once its configuration is saved).
+    monkeypatch.setattr(aepo, "_run", lambda *args: "adopted")
+    assert run(tiny_config(folder, "--beta", "2")) == "adopted"
+    assert json.loads((folder / "config.json").read_text())["training"]["beta"] == 2.0
+
+
+def test_a_second_concurrent_run_is_refused(finished_run, monkeypatch):
+    folder, _ = finished_run
+    state = (folder / "state.json").read_bytes()
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy", "evaluation")
+    with RunFolder(folder).lock():  # another run holds the folder
+        with pytest.raises(
+            RunFolderBusy, match=rf"in use by another run \(pid {os.getpid()}, since .*--run-dir"
+        ):
+            run(tiny_config(folder, "--eval-episodes", "3"))
+    assert (folder / "state.json").read_bytes() == state
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("state.json", lambda b: b[: len(b) // 2]),
+        ("config.json", lambda b: b[:10]),
+        ("variance_table.safetensors", lambda b: bytes(len(b))),
+        ("variance_table.safetensors", lambda b: b[:-7]),
+    ],
+)
+def test_a_damaged_file_is_named(finished_run, name, damage):
+    folder, _ = finished_run
+    path = folder / name
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CorruptFileError) as error:
+        run(tiny_config(folder))
+    assert error.value.path == path and str(path) in str(error.value)
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, monkeypatch):
+    """The critic's final weights are truncated: the run warns naming the file, retrains from the
+    previous checkpoint (step 100) and ends with the same weights; the evaluation stays cached."""
+    folder, reference = finished_run
+    before = _final_weights(folder)
+    damaged = folder / "checkpoints" / "critic-200.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    calls = _fail_after(monkeypatch, IQL, "update", 10**6)
+    _forbid(monkeypatch, "behaviour", "variance", "energy", "evaluation")
+    with pytest.warns(UserWarning, match=rf"skipping checkpoint critic-200: {damaged}"):
+        results = run(tiny_config(folder))
+    assert len(calls) == 100
+    _assert_same_weights(_final_weights(folder), before)
+    assert results["scores"] == reference["scores"]
 
 
 def test_invalid_choices_fail_before_any_work(tmp_path):
     for field, value in [("critic", "sac"), ("reduce", "max"), ("variance", "bogus")]:
         with pytest.raises(ValueError, match=f"{field} must be one of"):
-            run(_tiny_config(tmp_path / field, **{field: value}))
-    config = _tiny_config(tmp_path / "s")
+            run(tiny_config(tmp_path / field, **{field: value}))
+        assert not (tmp_path / field).exists()
+    config = tiny_config(tmp_path / "s")
     config.behaviour.sampler = "heun"
     with pytest.raises(ValueError, match=r"behaviour\.sampler must be one of"):
         run(config)
-    assert not (tmp_path / "critic").exists()
+    assert not (tmp_path / "s").exists()
 
 
 def test_cli_parses_nested_fields_and_flags():
@@ -123,8 +252,26 @@ def test_cli_parses_nested_fields_and_flags():
     assert parse_args([]) == AEPOConfig()
 
 
-def test_missing_dataset_and_env_mismatch_are_clear_errors(tiny_dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="minari download"):
-        run(_tiny_config(tmp_path / "a", dataset="mujoco/hopper/medium-v0"))
-    with pytest.raises(ValueError, match="observation_space mismatch"):
-        run(_tiny_config(tmp_path / "b", env="MountainCarContinuous-v0"))
+def test_help_lists_the_choices_of_every_option(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    for choices in (
+        "{iql,cql}",
+        "{min,mean}",
+        "{eps_norm,data_var,diagonal,jacobian}",
+        "{data,posterior_mean}",
+        "{dpmsolver++,unipc,ddim,ddpm}",
+        "{gaussian,deterministic}",
+    ):
+        assert choices in text
+    with pytest.raises(SystemExit):
+        parse_args(["--critic", "sac"])
+    assert "invalid choice 'sac'" in capsys.readouterr().err
+
+
+def test_every_registered_critic_has_its_settings_field():
+    from critics import CRITICS
+
+    for name, cls in CRITICS.items():
+        assert isinstance(getattr(AEPOConfig(), name), cls.Config)

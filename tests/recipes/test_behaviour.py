@@ -1,48 +1,69 @@
-"""The behaviour policy's pieces: timestep embedding, x̂0 clipping, the diffusion loss."""
+"""The behaviour policy's pieces: timestep embedding, the samplers' x̂0 clipping, the diffusion loss."""
 
+import dataclasses
 import math
 
+import pytest
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 
-from energy_guidance import noise_level, to_eps_x0
-from recipes.behaviour import BehaviourConfig, NoiseMLP, clip_x0, diffusion_loss, timestep_embedding
+from energy_guidance import from_eps_x0, noise_level, sample, to_eps_x0
+from recipes.behaviour import (
+    SAMPLERS,
+    BehaviourConfig,
+    NoiseMLP,
+    diffusion_loss,
+    sampling_scheduler,
+    training_scheduler,
+)
 
 
-def test_timestep_embedding_values():
-    emb = timestep_embedding(torch.tensor([0, 7]), 8)
+def test_timestep_embedding_is_the_transformer_embedding():
+    """diffusers' Timesteps as configured gives [sin(t·ω_k), cos(t·ω_k)], ω_k = 10000^(−k/4) for
+    width 8: the embedding the recipe's earlier hand-written version computed (same weights)."""
+    emb = NoiseMLP(2, 3, time_dim=8).time_embedding(torch.tensor([0, 7]))
     assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
     freqs = torch.exp(-math.log(10000.0) * torch.arange(4) / 4)
     assert torch.allclose(emb[1], torch.cat([(7 * freqs).sin(), (7 * freqs).cos()]), atol=1e-6)
 
 
-def test_clip_x0_equals_ddpm_clip_sample():
-    """DDPM(clip_sample=False) fed the clipped output steps exactly like DDPM(clip_sample=True)."""
-    clipping = DDPMScheduler(clip_sample=True)
-    plain = DDPMScheduler(clip_sample=False)
-    clipping.set_timesteps(10)
-    plain.set_timesteps(10)
-    x = torch.randn(64, 2) * 2
-    t = clipping.timesteps[3]
-    out = torch.randn(64, 2) * 3
-    wrapped = clip_x0(lambda x_t, t, c: out, plain)
-    a = clipping.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
-    b = plain.step(wrapped(x, t), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
-    assert torch.allclose(a, b, atol=1e-5)
+def _clipping_reference(model, scheduler):
+    """The model with its implied x̂0 clipped to [-1, 1] (ε recomputed): what the samplers'
+    clip option must amount to."""
+
+    def clipped(x_t, t):
+        out = model(x_t, t)
+        alpha, sigma = (c.to(x_t).reshape(-1, 1) for c in noise_level(scheduler, t))
+        _, x0 = to_eps_x0(out, x_t, alpha, sigma, "epsilon")
+        x0 = x0.clamp(-1, 1)
+        return from_eps_x0((x_t - alpha * x0) / sigma, x0, alpha, sigma, "epsilon")
+
+    return clipped
 
 
-def test_clip_x0_clips_only_outside_the_box():
-    scheduler = DPMSolverMultistepScheduler()
-    scheduler.set_timesteps(15)
-    t = scheduler.timesteps[5]
-    x = torch.randn(256, 3)
-    out = torch.randn(256, 3)
-    alpha, sigma = noise_level(scheduler, t)
-    _, x0 = to_eps_x0(out, x, alpha, sigma, "epsilon")
-    _, clipped_x0 = to_eps_x0(clip_x0(lambda x_t, t, c: out, scheduler)(x, t), x, alpha, sigma, "epsilon")
-    assert torch.allclose(clipped_x0, x0.clamp(-1, 1), atol=1e-5)
-    inside = x0.abs() < 1
-    assert inside.any() and (~inside).any()
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sampling_scheduler_clips_x0_like_clipping_the_model_output(sampler):
+    """Sampling (B, d) vectors with the scheduler's own clip option equals sampling the unclipped
+    scheduler with a model whose x̂0 is clipped (DDIM excepted: its ``clip_sample`` keeps ε̂ in
+    the direction term); without the option samples leave the box."""
+    config = BehaviourConfig(sampler=sampler, num_train_timesteps=100)
+    train = training_scheduler(config)
+    clipping = sampling_scheduler(config, train)
+    plain = sampling_scheduler(dataclasses.replace(config, clip_sample=False), train)
+
+    def model(x_t, t):  # pushes x̂0 far outside the box, differently per coordinate
+        return -1.5 * x_t + torch.tensor([0.3, -2.0, 4.0])
+
+    def draw(scheduler, fn):
+        return sample(
+            scheduler, fn, (64, 3), num_inference_steps=8, generator=torch.Generator().manual_seed(0)
+        )
+
+    clipped = draw(clipping, model)
+    assert clipped.abs().max() <= 1 + 1e-4
+    reference = draw(plain, _clipping_reference(model, plain))
+    assert torch.allclose(clipped, reference, atol=1e-4) != (sampler == "ddim")
+    assert draw(plain, model).abs().max() > 1.5
 
 
 def test_diffusion_loss_is_zero_for_the_true_noise():
