@@ -21,9 +21,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .callables import Energy, call_model, energy_and_grad
+from .callables import Energy, call_model, energy_and_grad, energy_grad_hessian
 from .checkpoints import load_tensors, save_tensors
-from .closed_form import analytic_intermediate_energy
+from .closed_form import analytic_intermediate_energy, second_order_intermediate_energy
 from .posterior import VarianceEstimator, VarianceTable, variance_estimator
 from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 from .training import History, fit
@@ -116,12 +116,17 @@ def closed_form_targets(
     energy: Energy | None = None,
     energy_bar: Tensor | None = None,
     grad_bar: Tensor | None = None,
+    hessian_bar: Tensor | None = None,
+    order: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """(x_t, target E_t) for clean samples x0 (B, ...) at per-sample ``timestep`` (B,).
 
-    Expansion point: x̄ = x0 when ``energy_bar`` = E(x0) and ``grad_bar`` = ∇E(x0) are given
-    (precomputed), otherwise x̄ = x̂0 evaluated with ``energy``.
+    Expansion point: x̄ = x0 when ``energy_bar`` = E(x0) and ``grad_bar`` = ∇E(x0) (and for
+    ``order=2`` ``hessian_bar`` = ∇²E(x0)) are given (precomputed), otherwise x̄ = x̂0 evaluated
+    with ``energy``. ``order`` selects the closed form: 1, the paper's (1); 2, the second-order (3).
     """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
     variance = variance_estimator(variance, variance_table)
     alpha, sigma = (c.to(x0) for c in noise_level(scheduler, timestep))
     x_t = add_noise(x0, noise, alpha, sigma)
@@ -131,12 +136,22 @@ def closed_form_targets(
         out = call_model(model, x_in, timestep.to(x0.device), cond)
         eps_hat, x0_hat = to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
         if energy_bar is None:
-            energy_bar, grad_bar = energy_and_grad(energy, x0_hat.detach(), cond)
+            if order == 2:
+                energy_bar, grad_bar, hessian_bar = energy_grad_hessian(energy, x0_hat.detach(), cond)
+            else:
+                energy_bar, grad_bar = energy_and_grad(energy, x0_hat.detach(), cond)
             x_bar = x0_hat
         else:
             x_bar = x0
-        quad = variance.quadratic(grad_bar, alpha, sigma, eps_hat=eps_hat, x_t=x_in)
-    target = analytic_intermediate_energy(beta, energy_bar, grad_bar, quad, x0_hat, x_bar)
+        if order == 2:
+            d = grad_bar[0].numel()
+            cov = variance.covariance(alpha, sigma, dim=d, eps_hat=eps_hat, x_t=x_in)
+            target = second_order_intermediate_energy(
+                beta, energy_bar, grad_bar, hessian_bar, cov, x0_hat, x_bar
+            )
+        else:
+            quad = variance.quadratic(grad_bar, alpha, sigma, eps_hat=eps_hat, x_t=x_in)
+            target = analytic_intermediate_energy(beta, energy_bar, grad_bar, quad, x0_hat, x_bar)
     return x_t, target.detach()
 
 
@@ -161,6 +176,7 @@ def closed_form_batches(
     variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
+    order: int = 1,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> Callable[[], TargetBatch]:
@@ -168,19 +184,27 @@ def closed_form_batches(
 
     Each call draws data points (with their conditions ``cond`` (N, ...)), training timesteps
     uniformly and noise, all from ``generator``. ``expansion`` is ``"data"`` (x̄ = x0; E and ∇E
-    of the data are computed once, here) or ``"posterior_mean"`` (x̄ = x̂0, evaluated per batch).
+    (and ∇²E for ``order=2``) of the data are computed once, here) or ``"posterior_mean"``
+    (x̄ = x̂0, evaluated per batch). ``order`` 1 is the paper's closed form, 2 the second-order one.
     """
     if expansion not in ("data", "posterior_mean"):
         raise ValueError(f"expansion must be 'data' or 'posterior_mean', got {expansion!r}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
     variance = variance_estimator(variance, variance_table)
     n = data.shape[0]
     valid = training_timesteps(scheduler)
-    pre_energy = pre_grad = None
+    pre_energy = pre_grad = pre_hessian = None
     if expansion == "data":
-        chunks = range(0, n, 4096)
-        pairs = [energy_and_grad(energy, data[i : i + 4096], _rows(cond, slice(i, i + 4096))) for i in chunks]
-        pre_energy = torch.cat([p[0] for p in pairs]).detach()
-        pre_grad = torch.cat([p[1] for p in pairs]).detach()
+        derivatives = energy_grad_hessian if order == 2 else energy_and_grad
+        chunks = [
+            derivatives(energy, data[i : i + 4096], _rows(cond, slice(i, i + 4096)))
+            for i in range(0, n, 4096)
+        ]
+        pre_energy = torch.cat([c[0] for c in chunks]).detach()
+        pre_grad = torch.cat([c[1] for c in chunks]).detach()
+        if order == 2:
+            pre_hessian = torch.cat([c[2] for c in chunks]).detach()
 
     def draw() -> TargetBatch:
         idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
@@ -198,6 +222,8 @@ def closed_form_batches(
             energy=energy,
             energy_bar=_rows(pre_energy, idx),
             grad_bar=_rows(pre_grad, idx),
+            hessian_bar=_rows(pre_hessian, idx),
+            order=order,
         )
         alpha, sigma = (c.to(x_t) for c in noise_level(scheduler, t))
         return TargetBatch(x_t, alpha, sigma, _rows(cond, idx), target)
@@ -234,6 +260,7 @@ def train_intermediate_energy(
     variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
+    order: int = 1,
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -259,6 +286,7 @@ def train_intermediate_energy(
         variance=variance,
         variance_table=variance_table,
         expansion=expansion,
+        order=order,
         batch_size=batch_size,
         generator=generator,
     )

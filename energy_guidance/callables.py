@@ -64,3 +64,28 @@ def energy_and_grad(
             )
         (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
     return value, grad
+
+
+def energy_grad_hessian(
+    energy: Energy, x0: Tensor, cond=None, create_graph: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """E(x0) (B,), ∇E(x0) (B, ...) and the per-sample Hessian ∇²E(x0) (B, d, d), d the flattened
+    sample size, from d Hessian-vector products (samples must not interact inside ``energy``)."""
+    with torch.enable_grad():
+        x = x0 if x0.requires_grad else x0.detach().requires_grad_(True)
+        value, grad = energy_and_grad(energy, x, cond, create_graph=True)
+        flat = grad.reshape(len(grad), -1)
+        d = flat.shape[1]
+        if not flat.requires_grad:  # ∇E does not depend on x0: a linear energy has no curvature
+            hessian = torch.zeros(len(grad), d, d, dtype=flat.dtype, device=flat.device)
+        else:
+            rows = []
+            for i in range(d):
+                (row,) = torch.autograd.grad(
+                    flat[:, i].sum(), x, create_graph=create_graph, retain_graph=True, allow_unused=True
+                )
+                rows.append(torch.zeros_like(x) if row is None else row)
+            hessian = torch.stack([r.reshape(len(grad), -1) for r in rows], dim=1)
+    if not create_graph:
+        value, grad = value.detach(), grad.detach()
+    return value, grad, hessian

@@ -11,7 +11,22 @@ N(x̂0, Σ̂), the Gaussian moment generating function E[exp(aᵀx)] = exp(aᵀ�
 
 (1) is exact when E is linear and the posterior Gaussian. For a quadratic E its error is
 -½·log det(I + βΣ̂A) + ½·β²·gᵀ[(Σ̂⁻¹ + βA)⁻¹ - Σ̂]g at x̄ = x̂0, whose x̂0-dependent part is
-O(β³) (docs/math.md).
+O(β³) (docs/math.md). At high β its variance term -½·β²·gᵀΣ̂g rewards steep regions of E and
+can reverse the guidance: for a convex E it pushes away from the minimum once β·Σ̂·E'' > 1.
+
+The second-order expansion, with H = ∇²E(x̄), integrates in closed form too. Re-centred at the
+posterior mean (m = x̂0 - x̄, value c = E(x̄) + gᵀm + ½·mᵀHm, gradient g' = g + H·m):
+
+    E_t(x_t) ≈ β·c + ½·log det(I + β·Σ̂H) - ½·β²·g'ᵀ Σ̂ (I + β·HΣ̂)⁻¹ g'.           (3)
+
+(3) is exact when E is quadratic and the posterior Gaussian, as long as I + βΣ̂H is positive
+definite. For a convex E the factor (I + βHΣ̂)⁻¹ shrinks the variance term so that it never
+outweighs the first, and the guidance never reverses (for a 1-D quadratic E = ½k(x - a)² at
+x̄ = x̂0, dE_t/dx̂0 = β·k·(x̂0 - a)/(1 + β·k·Σ̂), the exact value, where (1) gives
+β·k·(x̂0 - a)·(1 - β·k·Σ̂)). Where E is not convex, I + βΣ̂H may not be positive definite and
+the Gaussian integral of the quadratic does not exist: there (3) is damped, Levenberg–Marquardt
+style, by adding δ·I with δ the smallest shift that lifts every eigenvalue of I + βΣ̂H to
+``floor`` (default 1: negative curvature is never allowed to amplify the variance term).
 """
 
 from __future__ import annotations
@@ -19,9 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from .callables import Energy, energy_and_grad
+from .callables import Energy, energy_and_grad, energy_grad_hessian
 from .posterior import VarianceEstimator, variance_estimator
 from .schedules import Prediction
 
@@ -50,33 +66,124 @@ def analytic_intermediate_energy(
     return value
 
 
+def _covariance_matrix(covariance: Tensor, batch: int, dim: int) -> Tensor:
+    """Σ̂ as (B, d, d) from a scalar (B,), a diagonal (B, d) or a full (B, d, d) covariance."""
+    if covariance.dim() == 1:
+        covariance = covariance[:, None].expand(batch, dim)
+    if covariance.dim() == 2:
+        return torch.diag_embed(covariance)
+    return covariance
+
+
+def second_order_intermediate_energy(
+    beta: float,
+    energy_bar: Tensor,
+    grad_bar: Tensor,
+    hessian_bar: Tensor,
+    covariance: Tensor,
+    x0_hat: Tensor | None = None,
+    x_bar: Tensor | None = None,
+    *,
+    floor: float = 1.0,
+) -> Tensor:
+    """Equation (3): E_t (B,) from the second-order expansion of E at x̄.
+
+    energy_bar: E(x̄) (B,);  grad_bar: ∇E(x̄) (B, ...);  hessian_bar: ∇²E(x̄) (B, d, d) with d the
+    flattened sample size;  covariance: Σ̂ as (B,) (times I), (B, d) (diagonal) or (B, d, d).
+    ``x0_hat`` and ``x_bar`` (B, ...) enter through m = x̂0 - x̄; leave both out when x̄ = x̂0.
+    ``floor`` > 0 is the smallest eigenvalue I + βΣ̂H may have (see the module docstring); the
+    damping shift is not differentiated.
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0, got {floor}")
+    if (x0_hat is None) != (x_bar is None):
+        raise ValueError("give both x0_hat and x_bar, or neither (meaning x̄ = x̂0)")
+    b = len(energy_bar)
+    g = grad_bar.reshape(b, -1)
+    d = g.shape[1]
+    h = 0.5 * (hessian_bar + hessian_bar.transpose(1, 2))
+    value = energy_bar
+    if x0_hat is not None:
+        m = (x0_hat - x_bar).reshape(b, -1)
+        hm = (h @ m[..., None])[..., 0]
+        value = value + (g * m).sum(1) + 0.5 * (m * hm).sum(1)
+        g = g + hm
+    cov = _covariance_matrix(covariance.to(g), b, d)
+    eye = torch.eye(d, dtype=g.dtype, device=g.device)
+    sigma_h = beta * (cov @ h)  # βΣ̂H: real eigenvalues when Σ̂ is PSD (similar to βΣ̂^½HΣ̂^½)
+    lowest = 1 + torch.linalg.eigvals(sigma_h.detach()).real.min(dim=1).values
+    shift = (floor - lowest).clamp(min=0)[:, None, None]
+    solved = torch.linalg.solve((1 + shift) * eye + beta * (h @ cov), g[..., None])  # (I + βHΣ̂)⁻¹g'
+    quad = (g[..., None] * (cov @ solved)).sum((1, 2))
+    logdet = torch.linalg.slogdet((1 + shift) * eye + sigma_h).logabsdet
+    return beta * value + 0.5 * logdet - 0.5 * beta**2 * quad
+
+
 @dataclass(frozen=True)
 class ClosedForm:
-    """The training-free intermediate-energy estimator: equation (1) at x̄ = x̂0(x_t).
+    """The training-free intermediate-energy estimator: equation (1) (``order=1``, the paper's)
+    or (3) (``order=2``) at x̄ = x̂0(x_t).
 
-    ``ClosedForm(energy, beta, variance)`` with ``variance`` a
+    ``ClosedForm(energy, beta, variance, order=1)`` with ``variance`` a
     :class:`~energy_guidance.posterior.VarianceEstimator` (or its name/number shortcut, resolved
     here; a table estimator named by string needs ``variance_table``). It reads the model's
     prediction (``uses_model_graph``), so guidance calls it with ``prediction=`` computed from
-    x_t inside autograd, and ∇_{x_t} E_t back-propagates through the model.
+    x_t inside autograd, and ∇_{x_t} E_t back-propagates through the model. ``order=2`` needs
+    the Hessian of E (d Hessian-vector products per call, d the flattened sample size) and the
+    full covariance of ``variance``: meant for small d (actions, 2-D toys); ``floor`` is its
+    treatment of non-convex E (module docstring).
     """
 
     energy: Energy
     beta: float
     variance: VarianceEstimator
+    order: int
+    floor: float
     uses_model_graph: ClassVar[bool] = True
 
-    def __init__(self, energy: Energy, beta: float, variance="jacobian", variance_table=None) -> None:
+    def __init__(
+        self,
+        energy: Energy,
+        beta: float,
+        variance="jacobian",
+        variance_table=None,
+        *,
+        order: int = 1,
+        floor: float = 1.0,
+    ) -> None:
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 (the paper's closed form) or 2, got {order}")
+        if not floor > 0:
+            raise ValueError(f"floor must be > 0, got {floor}")
+        variance = variance_estimator(variance, variance_table)
+        if order == 2 and not callable(getattr(variance, "covariance", None)):
+            raise TypeError(
+                f"order=2 needs the full covariance, which {type(variance).__name__} does not give"
+            )
         object.__setattr__(self, "energy", energy)
         object.__setattr__(self, "beta", float(beta))
-        object.__setattr__(self, "variance", variance_estimator(variance, variance_table))
+        object.__setattr__(self, "variance", variance)
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "floor", float(floor))
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
     ) -> Tensor:
         """E_t (B,) at x_t (B, ...) with per-sample α, σ (B,); ``prediction`` = (ε̂, x̂0) in x_t's graph."""
+        if self.order == 2:
+            energy_bar, grad_bar, hessian = energy_grad_hessian(
+                self.energy, prediction.x0, cond, create_graph=True
+            )
+            cov = self.variance.covariance(
+                alpha, sigma, dim=hessian.shape[1], eps_hat=prediction.eps, x_t=x_t, create_graph=True
+            )
+            return second_order_intermediate_energy(
+                self.beta, energy_bar, grad_bar, hessian, cov, floor=self.floor
+            )
         energy_bar, grad_bar = energy_and_grad(self.energy, prediction.x0, cond, create_graph=True)
         quad = self.variance.quadratic(
             grad_bar, alpha, sigma, eps_hat=prediction.eps, x_t=x_t, create_graph=True

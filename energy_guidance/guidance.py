@@ -74,6 +74,8 @@ class AnalyticEnergyGuidance:
             :mod:`energy_guidance.posterior` or its shortcut (a name, or a number c for c·I).
         variance_table: the table a variance named by string reads (``"eps_norm"``, ``"data_var"``,
             ``"diagonal"``).
+        order: 1 for the paper's first-order closed form (1), 2 for the second-order form (3)
+            that is exact for quadratic energies (:mod:`energy_guidance.closed_form`).
         rescale: rescale the guided score to the unguided score's norm, per sample.
         scale: multiplies the guidance term of (2); 1 is the exact target.
     """
@@ -88,13 +90,14 @@ class AnalyticEnergyGuidance:
         estimator: IntermediateEnergyEstimator | None = None,
         variance="jacobian",
         variance_table=None,
+        order: int = 1,
         rescale: bool = False,
         scale: float = 1.0,
     ) -> None:
         if estimator is None:
             if energy is None or beta is None:
                 raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
-            estimator = ClosedForm(energy, beta, variance, variance_table)
+            estimator = ClosedForm(energy, beta, variance, variance_table, order=order)
         elif energy is not None:
             raise ValueError("give an energy (training-free closed form) or an estimator, not both")
         estimator_beta = getattr(estimator, "beta", None)

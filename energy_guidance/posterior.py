@@ -163,6 +163,10 @@ class VarianceEstimator(Protocol):
     ``quadratic(g, alpha, sigma, eps_hat=, x_t=, create_graph=)`` -> (B,) for g (B, ...) and
     per-sample α, σ (B,). ``uses_model_graph`` says whether it needs ε̂ computed from x_t inside
     autograd (then ``eps_hat`` and ``x_t`` are given); the others ignore them.
+
+    The second-order closed form also needs the matrix itself: ``covariance(alpha, sigma,
+    dim=d, ...)`` -> (B, d) (a diagonal) or (B, d, d). All estimators here provide it; a new one
+    needs it only for ``order=2``.
     """
 
     uses_model_graph: bool
@@ -197,8 +201,14 @@ class Constant:
 
     def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
         g, g_sq = _flat(g)
-        scale = (sigma**2 / alpha**2).to(g)
-        return torch.minimum(torch.full_like(scale, float(self.value)), scale) * g_sq
+        return self._value(alpha.to(g), sigma.to(g)) * g_sq
+
+    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
+        return self._value(alpha, sigma)[:, None].expand(-1, dim)
+
+    def _value(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        scale = sigma**2 / alpha**2
+        return torch.minimum(torch.full_like(scale, float(self.value)), scale)
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,9 @@ class EpsNorm:
         g, g_sq = _flat(g)
         return self.table.variance("eps_norm", alpha.to(g), sigma.to(g)) * g_sq
 
+    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
+        return self.table.variance("eps_norm", alpha, sigma)[:, None].expand(-1, dim)
+
 
 @dataclass(frozen=True)
 class DataVar:
@@ -224,6 +237,9 @@ class DataVar:
         g, g_sq = _flat(g)
         return self.table.variance("data_var", alpha.to(g), sigma.to(g)) * g_sq
 
+    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
+        return self.table.variance("data_var", alpha, sigma)[:, None].expand(-1, dim)
+
 
 @dataclass(frozen=True)
 class Diagonal:
@@ -235,6 +251,9 @@ class Diagonal:
     def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
         g, _ = _flat(g)
         return (self.table.variance("diagonal", alpha.to(g), sigma.to(g)) * g.pow(2)).sum(1)
+
+    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
+        return self.table.variance("diagonal", alpha, sigma)
 
 
 @dataclass(frozen=True)
@@ -267,6 +286,43 @@ class Jacobian:
         gjg = (vjp.reshape(g.shape) * g).sum(1)
         quad = scale * (g_sq - sigma.to(g) * gjg)
         return torch.minimum(quad.clamp(min=0), scale * g_sq)
+
+    def covariance(
+        self,
+        alpha: Tensor,
+        sigma: Tensor,
+        *,
+        dim: int,
+        eps_hat: Tensor | None = None,
+        x_t: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
+        """The full Σ̂ (B, d, d), from d vector-Jacobian products (meant for small d).
+
+        Symmetrised (the exact ∂ε̂/∂x_t is symmetric); a negative eigenvalue, which only an
+        inexact model gives, is lifted to 0 by adding a multiple of I (not differentiated).
+        """
+        if eps_hat is None or x_t is None:
+            raise ValueError("the Jacobian variance needs eps_hat computed from x_t with autograd")
+        b = eps_hat.shape[0]
+        rows = []
+        for i in range(dim):
+            onehot = torch.zeros(b, dim, dtype=eps_hat.dtype, device=eps_hat.device)
+            onehot[:, i] = 1
+            (row,) = torch.autograd.grad(
+                eps_hat,
+                x_t,
+                grad_outputs=onehot.reshape(eps_hat.shape),
+                create_graph=create_graph,
+                retain_graph=True,
+            )
+            rows.append(row.reshape(b, dim))
+        jac = torch.stack(rows, dim=1)
+        scale = (sigma**2 / alpha**2).to(jac)[:, None, None]
+        eye = torch.eye(dim, dtype=jac.dtype, device=jac.device)
+        cov = scale * (eye - sigma.to(jac)[:, None, None] * 0.5 * (jac + jac.transpose(1, 2)))
+        lift = (-torch.linalg.eigvalsh(cov.detach())[:, 0]).clamp(min=0)
+        return cov + lift[:, None, None] * eye
 
 
 # The string shortcuts; a table estimator is built with the table it is given.

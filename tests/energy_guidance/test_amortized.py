@@ -17,7 +17,7 @@ from energy_guidance import (
     train_intermediate_energy,
 )
 from energy_guidance.amortized import closed_form_batches, closed_form_targets, regression_loss
-from energy_guidance.callables import energy_and_grad
+from energy_guidance.callables import energy_and_grad, energy_grad_hessian
 from energy_guidance.schedules import prediction_type, training_timesteps
 
 from .gaussian_case import (
@@ -311,3 +311,32 @@ def test_flow_matching_training_never_draws_a_noise_free_level():
     batch = draw()
     assert (batch.sigma > 0).all() and torch.isfinite(batch.target).all()
     assert torch.isfinite(regression_loss(IntermediateEnergyNet(2, hidden=8, depth=1, beta=BETA), batch))
+
+
+@pytest.mark.parametrize("variance", [0.3, "jacobian"])
+def test_second_order_targets_of_a_quadratic_energy_do_not_depend_on_the_expansion_point(variance):
+    """A quadratic E equals its second-order expansion at any x̄, so the order-2 target from the
+    clean sample (x̄ = x0) equals the one from the posterior mean (x̄ = x̂0); at order 1 they differ."""
+    scheduler = make_scheduler("ddpm-eps")
+    q = data_model()
+    model = q.noise_model(scheduler)
+    a = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def quadratic(x):
+        return 0.5 * 1.5 * (x - a.to(x)).pow(2).sum(1) + x[:, 0]
+
+    x0 = q.sample(64, generator=torch.Generator().manual_seed(0)).double()
+    t = torch.randint(50, 950, (64,), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    value, grad, hessian = energy_grad_hessian(quadratic, x0)
+    common = {"cond": None, "variance": variance, "energy": quadratic}
+    targets = {}
+    for order in (1, 2):
+        _, at_mean = closed_form_targets(scheduler, model, x0, t, noise, 3.0, order=order, **common)
+        _, at_data = closed_form_targets(
+            scheduler, model, x0, t, noise, 3.0, order=order, energy_bar=value, grad_bar=grad,
+            hessian_bar=hessian, **common,
+        )  # fmt: skip
+        targets[order] = (at_mean, at_data)
+    torch.testing.assert_close(targets[2][0], targets[2][1], rtol=1e-9, atol=1e-9)
+    assert (targets[1][0] - targets[1][1]).abs().max() > 0.1

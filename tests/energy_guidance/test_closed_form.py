@@ -16,7 +16,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from energy_guidance.closed_form import analytic_intermediate_energy
+from energy_guidance.closed_form import analytic_intermediate_energy, second_order_intermediate_energy
 from energy_guidance.groundtruth import gaussian_log_potential_mc
 
 MC_SAMPLES = 20_000
@@ -215,3 +215,91 @@ def test_closed_form_is_per_sample_for_image_shaped_inputs():
     for i in range(3):
         expected = 0.5 * energy_bar[i] + 0.5 * (g[i] * (x0_hat[i] - x_bar[i])).sum() - 0.125 * quad[i]
         torch.testing.assert_close(value[i], expected)
+
+
+# --- the second-order closed form (3) --------------------------------------------------------
+
+
+def second_order(a, b, mean, cov, beta, x_bar=None, floor=1.0):
+    """The library's equation (3) for E(x) = ½xᵀAx + bᵀx, expanded at x̄ (default μ)."""
+    x_bar = mean if x_bar is None else x_bar
+    energy = quadratic_energy(a, b)
+    at = x_bar[None]
+    kwargs = {} if x_bar is mean else {"x0_hat": mean[None], "x_bar": at}
+    return second_order_intermediate_energy(
+        beta, energy(at), (a @ x_bar + b)[None], a[None], cov[None], floor=floor, **kwargs
+    )[0]
+
+
+@given(problem=gaussian_problems(), data=st.data(), beta=st.floats(0.0, 20.0), at_mean=st.booleans())
+def test_second_order_is_exact_for_convex_quadratics(problem, data, beta, at_mean):
+    """(3) is the Gaussian integral itself: for a convex quadratic E and x0 ~ N(μ, Σ) it equals
+    -log E[exp(-β·E(x0))] from any expansion point, at any β (no remainder, unlike (1))."""
+    d, mean, cov, point = problem
+    a, b = data.draw(quadratic_energies(d))
+    exact = -exact_quadratic_log_potential(a, b, mean, cov, beta)
+    value = second_order(a, b, mean, cov, beta, x_bar=None if at_mean else point)
+    torch.testing.assert_close(value, exact, rtol=1e-9, atol=1e-9)
+
+
+@given(problem=gaussian_problems(max_dim=3), data=st.data(), beta=st.floats(0.05, 5.0))
+def test_second_order_is_exact_for_non_convex_quadratics_with_a_gaussian_integral(problem, data, beta):
+    """Indefinite A: the integral exists while I + βΣA is positive definite, and then (3) with a
+    small floor equals it (no damping is applied above the floor)."""
+    d, mean, cov, _ = problem
+    n = data.draw(matrices(d))
+    a = 0.5 * (n + n.T)
+    eye = torch.eye(d, dtype=torch.float64)
+    lowest = torch.linalg.eigvals(eye + beta * cov @ a).real.min()
+    assume(lowest > 0.05)
+    exact = -exact_quadratic_log_potential(a, torch.zeros(d, dtype=torch.float64), mean, cov, beta)
+    value = second_order(a, torch.zeros(d, dtype=torch.float64), mean, cov, beta, floor=0.01)
+    torch.testing.assert_close(value, exact, rtol=1e-9, atol=1e-9)
+
+
+@given(problem=gaussian_problems(), data=st.data(), beta=st.floats(0.1, 20.0))
+def test_second_order_gradient_equals_the_exact_one_for_convex_quadratics(problem, data, beta):
+    """∇_μ of (3) is the exact β·(I + βAΣ)⁻¹(Aμ + b): it never points uphill of the exact one."""
+    d, mean, cov, _ = problem
+    a, b = data.draw(quadratic_energies(d))
+    mu = mean.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(second_order(a, b, mu, cov, beta), mu)
+    eye = torch.eye(d, dtype=torch.float64)
+    exact = beta * torch.linalg.solve(eye + beta * a @ cov, a @ mean + b)
+    torch.testing.assert_close(grad, exact, rtol=1e-8, atol=1e-10)
+
+
+def test_first_order_reverses_where_the_second_order_does_not():
+    """1-D E = ½k(x - a)², posterior variance s: exact dE_t/dμ = βk(μ - a)/(1 + βks) points
+    uphill to lower E; (1) gives βk(μ - a)(1 - βks), reversed once βks > 1 (here βks = 3)."""
+    k, a, s, beta, mu = 2.0, 0.0, 0.5, 3.0, 1.0
+    exact = beta * k * (mu - a) / (1 + beta * k * s)
+    m = torch.tensor([mu], dtype=torch.float64, requires_grad=True)
+    energy = 0.5 * k * (m - a) ** 2
+    g = k * (m - a)
+    first = analytic_intermediate_energy(beta, energy, g[:, None], s * g**2)
+    second = second_order_intermediate_energy(
+        beta, energy, g[:, None], torch.full((1, 1, 1), k, dtype=torch.float64), torch.tensor([s])
+    )
+    (d_first,) = torch.autograd.grad(first.sum(), m, retain_graph=True)
+    (d_second,) = torch.autograd.grad(second.sum(), m)
+    assert float(d_second) == pytest.approx(exact, rel=1e-12)
+    assert float(d_first) == pytest.approx(beta * k * (mu - a) * (1 - beta * k * s), rel=1e-12)
+    assert float(d_first) < 0 < exact
+
+
+def test_non_convex_curvature_is_damped_to_the_floor():
+    """A concave direction with I + βΣH indefinite: no Gaussian integral exists. (3) then adds
+    δ·I with δ lifting the smallest eigenvalue of I + βΣH to the floor: finite, and with the
+    default floor 1 the concave direction contributes what a flat one (the first-order form)
+    would, while a convex direction keeps some of its curvature."""
+    beta, s = 4.0, torch.tensor([0.5], dtype=torch.float64)
+    h = torch.diag(torch.tensor([-3.0, 1.0], dtype=torch.float64))[None]  # 1 + βsλ = -5 and 3
+    g = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # along the concave direction only
+    e = torch.zeros(1, dtype=torch.float64)
+    value = second_order_intermediate_energy(beta, e, g, h, s)
+    # δ = 6 lifts -5 to 1; the quadratic term along the concave axis is then β²·s·g²/1, as in (1).
+    expected = 0.5 * math.log(1.0 * 9.0) - 0.5 * beta**2 * float(s) * 1.0
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        second_order_intermediate_energy(beta, e, g, h, s, floor=0.0)

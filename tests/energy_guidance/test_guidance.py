@@ -24,6 +24,7 @@ from energy_guidance import (
     sample,
     to_eps_x0,
 )
+from energy_guidance.groundtruth import GaussianMixture
 from energy_guidance.schedules import prediction_type
 
 from .gaussian_case import (
@@ -391,3 +392,39 @@ def test_scheduler_thresholding_clips_vector_samples(family):
     by_hand = run(family(), clip=True)
     torch.testing.assert_close(thresholded, by_hand)
     assert thresholded.abs().max() <= 1 + 1e-6 and run(family(), clip=False).abs().max() > 1.5
+
+
+# --- the second-order closed form -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v"])
+@pytest.mark.parametrize("variance", ["jacobian", "exact_constant"])
+def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance):
+    """Gaussian data N(m, vI) and E(x) = ½k‖x - a‖²: the target is N(m', v'I), v' = 1/(1/v + βk),
+    m' = v'(m/v + βka). The posterior is Gaussian with covariance v·σ²/(α²v + σ²)·I, which the
+    Jacobian estimator recovers exactly from the exact model, so (3) is exact: the guided output
+    is the target's own noise model, at a β where (1) is far off."""
+    k, beta = 2.0, 4.0
+    a = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    v_target = 1 / (1 / V + beta * k)
+    target = GaussianMixture.gaussian(v_target * (M_DATA / V + beta * k * a), v_target)
+
+    def quadratic(x):
+        return 0.5 * k * (x - a.to(x)).pow(2).sum(1)
+
+    scheduler = make_scheduler(name)
+    scheduler.set_timesteps(10)
+    model = data_model().noise_model(scheduler)
+    x_t = torch.randn(16, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for t in scheduler.timesteps[1:]:
+        alpha, sigma = noise_level(scheduler, t)
+        if variance == "exact_constant":  # the exact posterior variance, as a per-step constant
+            chosen = Constant(float(V * sigma**2 / (alpha**2 * V + sigma**2)))
+        else:
+            chosen = variance
+        second = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, variance=chosen, order=2)
+        first = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, variance=chosen, order=1)
+        expected = target.noise_model(scheduler)(x_t, t.expand(16))
+        torch.testing.assert_close(second.guided_model_output(x_t, t), expected, rtol=1e-8, atol=1e-9)
+        if float(sigma / alpha) > 1:  # at high noise the paper's form is visibly wrong here
+            assert (first.guided_model_output(x_t, t) - expected).abs().max() > 0.1
