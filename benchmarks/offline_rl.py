@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from energy_guidance.checkpoints import atomic_write, write_json
-from recipes.aepo import LABELS, parse_args, run
+from recipes.aepo import label, parse_args, run
 
 
 def summarise(results: list[dict]) -> dict:
@@ -55,7 +55,7 @@ def to_markdown(summary: dict, command: str, seeds: list[int]) -> str:
     ]
     for name, entry in summary["policies"].items():
         per_seed = ", ".join(f"{v:.1f}" for v in entry["per_seed"])
-        lines.append(f"| {LABELS.get(name, name)} | {entry['mean']:.1f} ± {entry['std']:.1f} | {per_seed} |")
+        lines.append(f"| {label(name)} | {entry['mean']:.1f} ± {entry['std']:.1f} | {per_seed} |")
     lines += ["", "| phase | wall time per seed (s) |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary["phase_seconds"].items()]
     total = sum(summary["phase_seconds"].values())

@@ -53,6 +53,7 @@ from energy_guidance import (
     sample,
 )
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
+from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
 
@@ -66,7 +67,7 @@ from .data import (
     reference_scores,
 )
 from .evaluation import evaluate
-from .runfolder import RunFolder, Settings
+from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 
 CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
 Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
@@ -88,7 +89,7 @@ class AEPOConfig:
     progress: bool = True  # tqdm progress bars
     batch_size: int = 256  # for the critic, the behaviour policy and the energy network
     checkpoint_every: int = 1000  # steps between periodic checkpoints of a training phase
-    # 1. critic: CRITICS[critic], configured by the field of the same name
+    # 1. critic: CRITICS[critic], configured by the field of the same name (critic_settings)
     critic: CriticName = "iql"  # the offline-RL critic (and its own policy)
     critic_steps: int = 10_000  # gradient steps of the critic (and its own policy)
     iql: IQLConfig = field(default_factory=IQLConfig)
@@ -160,26 +161,38 @@ def _get(config, dotted: str):
 def validate(config: AEPOConfig) -> None:
     """Reject invalid settings before any work (the command line checks choices too; a config
     built in code is checked here)."""
+    if config.critic not in CRITICS:  # the live registry, which the command line's choices copy
+        raise ValueError(f"critic must be one of {tuple(CRITICS)}, got {config.critic!r}")
     for name, allowed in _choices(AEPOConfig):
         value = _get(config, name)
-        if value not in allowed:
+        if name != "critic" and value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    settings = getattr(config, config.critic, None)
-    if not isinstance(settings, CRITICS[config.critic].Config):
-        raise TypeError(f"AEPOConfig needs a field {config.critic!r} of type {CRITICS[config.critic].Config}")
+    critic_settings(config)
     if config.num_candidates < 1 or config.eval_episodes < 1:
         raise ValueError("num_candidates and eval_episodes must be >= 1")
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
 
 
+def critic_settings(config: AEPOConfig):
+    """The selected critic's settings: the field named like it in the registry, or its defaults
+    when AEPOConfig has no such field (a critic registered without command-line options)."""
+    cls = CRITICS[config.critic]
+    settings = getattr(config, config.critic, None)
+    if settings is None:
+        return cls.Config()
+    if not isinstance(settings, cls.Config):
+        raise TypeError(f"AEPOConfig.{config.critic} must be a {cls.Config.__name__}, got {settings!r}")
+    return settings
+
+
 def split_settings(config: AEPOConfig) -> dict[str, Settings]:
-    """``{"training", "evaluation", "runtime"}`` settings of ``config`` (nested dicts). The unused
-    critics' sections are left out: they change nothing."""
+    """``{"training", "evaluation", "runtime"}`` settings of ``config`` (nested dicts). Only the
+    selected critic's section is kept: the others change nothing."""
     training = asdict(config)
     for name in CRITICS:
-        if name != config.critic:
-            del training[name]
+        training.pop(name, None)
+    training[config.critic] = asdict(critic_settings(config))
     groups: dict[str, Settings] = {"evaluation": {}, "runtime": {}}
     for group, names in (("evaluation", EVALUATION_FIELDS), ("runtime", RUNTIME_FIELDS)):
         for dotted in names:
@@ -353,7 +366,7 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
 
     # 1. Critic.
     torch.manual_seed(config.seed)
-    critic = CRITICS[config.critic](obs_dim, act_dim, getattr(config, config.critic))
+    critic = CRITICS[config.critic](obs_dim, act_dim, critic_settings(config))
     g = torch.Generator().manual_seed(config.seed)
     critic_history = phase(
         "critic",
@@ -526,7 +539,6 @@ def plot_learning_curves(histories: dict[str, dict], scores: dict[str, dict]) ->
 LABELS = {
     "aepo": "AEPO (guided, best of N by Q)",
     "behaviour": "behaviour policy (unguided diffusion)",
-    **{cls.policy_name: cls.policy_label for cls in CRITICS.values()},
     "guided_single": "ablation: guided, 1 sample",
     "guided_single_rescale_on": "ablation: guided, 1 sample, rescale on",
     "guided_single_rescale_off": "ablation: guided, 1 sample, rescale off",
@@ -534,24 +546,33 @@ LABELS = {
 }
 
 
+def label(name: str) -> str:
+    """A policy's name in printed tables (a critic's own policy: its ``policy_label``)."""
+    labels = LABELS | {cls.policy_name: cls.policy_label for cls in CRITICS.values()}
+    return labels.get(name, name)
+
+
 def format_scores(results: dict) -> str:
     lines = [f"{results['dataset']} in {results['env']}, {results['config']['eval_episodes']} episodes each:"]
     for name, entry in results["scores"].items():
-        label = LABELS.get(name, name)
+        text = label(name)
         if "score_mean" in entry:
             lines.append(
-                f"  {label:40s} normalised score {entry['score_mean']:6.1f} ± {entry['score_std']:4.1f}"
+                f"  {text:40s} normalised score {entry['score_mean']:6.1f} ± {entry['score_std']:4.1f}"
                 f"   (return {entry['return_mean']:8.1f})"
             )
         else:
-            lines.append(f"  {label:40s} return {entry['return_mean']:8.1f} ± {entry['return_std']:.1f}")
+            lines.append(f"  {text:40s} return {entry['return_mean']:8.1f} ± {entry['return_std']:.1f}")
     seconds = results["this_invocation_seconds"]
     lines.append(f"run folder: {results['config']['run_dir']}; this invocation {seconds:.0f} s")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    results = run(parse_args(argv))
+    try:
+        results = run(parse_args(argv))
+    except (RunFolderBusy, ConfigMismatch, CorruptFileError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
     print(format_scores(results))
 
 

@@ -1,6 +1,7 @@
 """The AEPO recipe end to end on a tiny data set: its CLI, resuming (interrupt, kill -9),
 re-evaluation, refusals, and damaged files in its run folder."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import recipes.aepo as aepo
-from critics import IQL
+from critics import IQL, IQLConfig
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors
 from recipes.aepo import AEPOConfig, format_scores, parse_args, run
 from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
@@ -178,6 +179,8 @@ def test_bad_inputs_fail_clearly_and_leave_the_folder_usable(tiny_dataset, tmp_p
         run(tiny_config(folder, dataset="foo/bar-v0"))
     with pytest.raises(ValueError, match="observation_space mismatch"):
         run(tiny_config(folder, env="MountainCarContinuous-v0"))
+    with pytest.raises(SystemExit, match=r"^error: Minari dataset 'foo/bar-v0' is not present"):
+        aepo.main(["--dataset", "foo/bar-v0", "--run-dir", str(folder)])  # no traceback
     assert not (folder / "config.json").exists()
     # A later valid run in the same folder is accepted (stopped once its configuration is saved).
     monkeypatch.setattr(aepo, "_run", lambda *args: "adopted")
@@ -275,3 +278,30 @@ def test_every_registered_critic_has_its_settings_field():
 
     for name, cls in CRITICS.items():
         assert isinstance(getattr(AEPOConfig(), name), cls.Config)
+
+
+def test_cql_runs_through_the_recipe(finished_run, tmp_path):
+    results = run(tiny_config(tmp_path / "cql", "--critic", "cql", "--critic-steps", "50"))
+    assert set(results["scores"]) == {"aepo", "behaviour", "cql_actor"}
+    assert "CQL policy (SAC actor)" in format_scores(results)
+
+
+def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path, monkeypatch):
+    """A critic registered in CRITICS (no AEPOConfig field: its default settings) runs through the
+    recipe unchanged; its own policy is reported under its name."""
+    from critics import CRITICS
+
+    @dataclasses.dataclass
+    class SmallConfig(IQLConfig):
+        hidden: int = 32
+
+    class SmallIQL(IQL):
+        Config = SmallConfig
+        policy_name, policy_label = "small_iql_awr", "small IQL policy (AWR)"
+
+    monkeypatch.setitem(CRITICS, "small", SmallIQL)
+    results = run(tiny_config(tmp_path / "new", critic="small"))
+    assert set(results["scores"]) == {"aepo", "behaviour", "small_iql_awr"}
+    assert "small IQL policy (AWR)" in format_scores(results)
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())["training"]
+    assert saved["small"]["hidden"] == 32 and "iql" not in saved  # its Config() defaults, recorded
