@@ -134,6 +134,17 @@ class ClosedForm:
     the Hessian of E (d Hessian-vector products per call, d the flattened sample size) and the
     full covariance of ``variance``: meant for small d (actions, 2-D toys); ``floor`` is its
     treatment of non-convex E (module docstring).
+
+    ``gradient`` chooses how guidance gets ∇_{x_t} E_t:
+
+    - ``"autograd"`` (the paper's training-free guidance): differentiate E_t(x_t) through the
+      model, the energy and the variance estimate;
+    - ``"tweedie"``: ∇_{x_t} E_t = (α/σ²)·Σ̂·∇_{x̂0} E_t, the chain rule with the second-order
+      Tweedie identity ∂x̂0/∂x_t = (α/σ²)·Cov[x0 | x_t], and Σ̂ and ∇²E held fixed:
+      ∇_{x̂0} E_t = β·g - β²·HΣ̂g for (1) and β·(I + βHΣ̂)⁻¹g for (3). No backward pass through
+      the model (a learned model's Jacobian can be far larger than the true (α/σ²)·Cov), and with a
+      table or constant variance no model gradient at all. Exact wherever the closed form is
+      and the posterior covariance does not depend on x_t (Gaussian data).
     """
 
     energy: Energy
@@ -141,7 +152,8 @@ class ClosedForm:
     variance: VarianceEstimator
     order: int
     floor: float
-    uses_model_graph: ClassVar[bool] = True
+    gradient: str
+    needs_prediction: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -152,6 +164,7 @@ class ClosedForm:
         *,
         order: int = 1,
         floor: float = 1.0,
+        gradient: str = "autograd",
     ) -> None:
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
@@ -159,16 +172,66 @@ class ClosedForm:
             raise ValueError(f"order must be 1 (the paper's closed form) or 2, got {order}")
         if not floor > 0:
             raise ValueError(f"floor must be > 0, got {floor}")
+        if gradient not in ("autograd", "tweedie"):
+            raise ValueError(f"gradient must be 'autograd' or 'tweedie', got {gradient!r}")
         variance = variance_estimator(variance, variance_table)
-        if order == 2 and not callable(getattr(variance, "covariance", None)):
+        if (order == 2 or gradient == "tweedie") and not callable(getattr(variance, "covariance", None)):
             raise TypeError(
-                f"order=2 needs the full covariance, which {type(variance).__name__} does not give"
+                f"order=2 and the Tweedie gradient need the full covariance, which "
+                f"{type(variance).__name__} does not give"
             )
         object.__setattr__(self, "energy", energy)
         object.__setattr__(self, "beta", float(beta))
         object.__setattr__(self, "variance", variance)
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "floor", float(floor))
+        object.__setattr__(self, "gradient", gradient)
+
+    @property
+    def uses_model_graph(self) -> bool:
+        """Whether guidance must compute the model's prediction inside x_t's autograd graph."""
+        return self.gradient == "autograd" or self.variance.uses_model_graph
+
+    @property
+    def explicit_gradient(self) -> bool:
+        """Whether guidance takes ∇_{x_t} E_t from :meth:`x_t_gradient` instead of autograd."""
+        return self.gradient == "tweedie"
+
+    def x_t_gradient(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+    ) -> Tensor:
+        """∇_{x_t} E_t (shaped like x_t) by the Tweedie chain rule (class docstring)."""
+        x0 = prediction.x0.detach()
+        b = x0.shape[0]
+        d = x0[0].numel()
+        cov = self.variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t).detach().to(x0)
+
+        def times_cov(v: Tensor) -> Tensor:  # Σ̂·v for v (B, d); Σ̂ diagonal (B, d) or full (B, d, d)
+            return cov * v if cov.dim() == 2 else (cov @ v[..., None])[..., 0]
+
+        if self.order == 2:
+            _, grad, hessian = energy_grad_hessian(self.energy, x0, cond)
+            g = grad.reshape(b, d)
+            h = 0.5 * (hessian + hessian.transpose(1, 2))
+            full = _covariance_matrix(cov, b, d)
+            eye = torch.eye(d, dtype=g.dtype, device=g.device)
+            lowest = 1 + torch.linalg.eigvals(self.beta * full @ h).real.min(dim=1).values
+            shift = (self.floor - lowest).clamp(min=0)[:, None, None]
+            damped = (1 + shift) * eye + self.beta * h @ full
+            step = self.beta * torch.linalg.solve(damped, g[..., None])[..., 0]
+        else:
+            with torch.enable_grad():
+                x = x0.requires_grad_(True)
+                _, grad = energy_and_grad(self.energy, x, cond, create_graph=True)
+                g = grad.reshape(b, d)
+                w = times_cov(g).detach()
+                hw = None
+                if g.requires_grad:  # a linear E has no curvature
+                    (hw,) = torch.autograd.grad((g * w).sum(), x, allow_unused=True)
+            hw = torch.zeros_like(g) if hw is None else hw.reshape(b, d)
+            step = self.beta * g.detach() - self.beta**2 * hw
+        scale = (alpha / sigma**2).to(x0)[:, None]
+        return (scale * times_cov(step)).reshape(x0.shape)
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction

@@ -76,6 +76,9 @@ class AnalyticEnergyGuidance:
             ``"diagonal"``).
         order: 1 for the paper's first-order closed form (1), 2 for the second-order form (3)
             that is exact for quadratic energies (:mod:`energy_guidance.closed_form`).
+        gradient: ``"autograd"`` (through the model, the paper's) or ``"tweedie"`` (the Tweedie
+            chain rule with Σ̂, no backward pass through the model); see
+            :class:`~energy_guidance.closed_form.ClosedForm`.
         rescale: rescale the guided score to the unguided score's norm, per sample.
         scale: multiplies the guidance term of (2); 1 is the exact target.
     """
@@ -91,13 +94,14 @@ class AnalyticEnergyGuidance:
         variance="jacobian",
         variance_table=None,
         order: int = 1,
+        gradient: str = "autograd",
         rescale: bool = False,
         scale: float = 1.0,
     ) -> None:
         if estimator is None:
             if energy is None or beta is None:
                 raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
-            estimator = ClosedForm(energy, beta, variance, variance_table, order=order)
+            estimator = ClosedForm(energy, beta, variance, variance_table, order=order, gradient=gradient)
         elif energy is not None:
             raise ValueError("give an energy (training-free closed form) or an estimator, not both")
         estimator_beta = getattr(estimator, "beta", None)
@@ -159,6 +163,8 @@ class AnalyticEnergyGuidance:
             return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
         with torch.no_grad():
             prediction = self._predict(x_t.detach(), timestep, alpha, sigma, cond)
+        if getattr(self.estimator, "needs_prediction", False):
+            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
         return self.estimator(x_t, alpha, sigma, cond), prediction
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
@@ -175,6 +181,14 @@ class AnalyticEnergyGuidance:
 
     def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor, Tensor]:
         """(∇_{x_t} E_t, ε̂, x̂0) at x_t, all detached."""
+        if getattr(self.estimator, "explicit_gradient", False):
+            in_graph = _uses_model_graph(self.estimator)
+            with torch.enable_grad():
+                x = x_t.detach().requires_grad_(in_graph)
+                with torch.set_grad_enabled(in_graph):
+                    prediction = self._predict(x, timestep, alpha, sigma, cond)
+                grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
+            return grad.detach(), prediction.eps.detach(), prediction.x0.detach()
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             value, prediction = self._estimate(x, timestep, alpha, sigma, cond)

@@ -150,7 +150,8 @@ def test_intermediate_energy_is_exact_for_gaussian_data(name):
 @pytest.mark.parametrize("variance", ["eps_norm", "data_var", "diagonal", 0.3])
 def test_every_variance_estimator_guides_gaussian_data_exactly(variance):
     """For Gaussian data and linear E every estimate of Σ̂ depends on t only, so it shifts E_t by a
-    constant and the guided output equals that of the exact (jacobian) estimator."""
+    constant and the guided output equals that of the exact (jacobian) estimator. With the Tweedie
+    gradient the estimate matters (it replaces ∂x̂0/∂x_t): exact only with the Jacobian one."""
     scheduler = diffusers.DDIMScheduler(clip_sample=False)
     q = data_model()
     model = q.noise_model(scheduler)
@@ -399,11 +400,13 @@ def test_scheduler_thresholding_clips_vector_samples(family):
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v"])
 @pytest.mark.parametrize("variance", ["jacobian", "exact_constant"])
-def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance):
+@pytest.mark.parametrize("gradient", ["autograd", "tweedie"])
+def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance, gradient):
     """Gaussian data N(m, vI) and E(x) = ½k‖x - a‖²: the target is N(m', v'I), v' = 1/(1/v + βk),
     m' = v'(m/v + βka). The posterior is Gaussian with covariance v·σ²/(α²v + σ²)·I, which the
     Jacobian estimator recovers exactly from the exact model, so (3) is exact: the guided output
-    is the target's own noise model, at a β where (1) is far off."""
+    is the target's own noise model, at a β where (1) is far off. The Tweedie gradient (no
+    backward pass through the model) is exact here too: the posterior covariance is constant."""
     k, beta = 2.0, 4.0
     a = torch.tensor([1.0, -0.5], dtype=torch.float64)
     v_target = 1 / (1 / V + beta * k)
@@ -422,9 +425,47 @@ def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance):
             chosen = Constant(float(V * sigma**2 / (alpha**2 * V + sigma**2)))
         else:
             chosen = variance
-        second = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, variance=chosen, order=2)
-        first = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, variance=chosen, order=1)
+        kwargs = {"variance": chosen, "gradient": gradient}
+        second = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, order=2, **kwargs)
+        first = AnalyticEnergyGuidance(scheduler, model, quadratic, beta, order=1, **kwargs)
         expected = target.noise_model(scheduler)(x_t, t.expand(16))
         torch.testing.assert_close(second.guided_model_output(x_t, t), expected, rtol=1e-8, atol=1e-9)
         if float(sigma / alpha) > 1:  # at high noise the paper's form is visibly wrong here
             assert (first.guided_model_output(x_t, t) - expected).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-ancestral-v", "unipc-eps"])
+def test_tweedie_gradient_is_exact_for_gaussian_data(name):
+    """Linear E on Gaussian data: (α/σ²)·Σ̂·β·w with the Jacobian covariance is the exact
+    ∇_{x_t} E_t, the same as autograd through the model."""
+    scheduler = make_scheduler(name)
+    scheduler.set_timesteps(10)
+    model = data_model().noise_model(scheduler)
+    tweedie = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, gradient="tweedie")
+    autograd = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA)
+    x_t = torch.randn(16, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for t in scheduler.timesteps[1:]:
+        alpha, sigma = noise_level(scheduler, t)
+        expected = exact_guidance_term(alpha, sigma) / sigma
+        torch.testing.assert_close(tweedie.energy_gradient(x_t, t), expected.expand(16, 2))
+        torch.testing.assert_close(tweedie.guided_model_output(x_t, t), autograd.guided_model_output(x_t, t))
+
+
+def test_tweedie_gradient_with_a_table_variance_never_differentiates_the_model():
+    """With a table variance the Tweedie gradient needs no model gradient: a model that refuses
+    to be differentiated still guides."""
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    q = data_model()
+    exact = q.noise_model(scheduler)
+    table = estimate_variance_table(scheduler, exact, q.sample(500), num_levels=8)
+
+    def model(x_t, t):
+        assert not torch.is_grad_enabled(), "the model was evaluated with gradients on"
+        return exact(x_t, t)
+
+    guidance = AnalyticEnergyGuidance(
+        scheduler, model, linear_energy, BETA, variance="data_var", variance_table=table, gradient="tweedie"
+    )
+    assert guidance.amortized  # in the sense of: no backward pass through the model
+    x = guidance.sample((500, 2), num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
