@@ -138,6 +138,7 @@ RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every")
 
 
 def parse_args(argv: list[str] | None = None) -> AEPOConfig:
+    """The command line (``sys.argv[1:]`` when ``argv`` is None) as an :class:`AEPOConfig`, by tyro."""
     return tyro.cli(AEPOConfig, args=argv, prog="python -m recipes.aepo")
 
 
