@@ -212,48 +212,39 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class EpsNorm:
+class _Tabulated:
+    """A marginal estimator read from a :class:`VarianceTable` column (clamped as documented)."""
+
+    table: VarianceTable
+    column: ClassVar[str]
+    uses_model_graph: ClassVar[bool] = False
+
+    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
+        g, g_sq = _flat(g)
+        var = self.table.variance(self.column, alpha.to(g), sigma.to(g))
+        return (var * g.pow(2)).sum(1) if var.dim() == 2 else var * g_sq
+
+    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
+        var = self.table.variance(self.column, alpha, sigma)
+        return var if var.dim() == 2 else var[:, None].expand(-1, dim)
+
+
+class EpsNorm(_Tabulated):
     """Σ̂ = σ²/α² · (1 - E‖ε̂‖²/d) · I from a :class:`VarianceTable` (the paper's first estimator)."""
 
-    table: VarianceTable
-    uses_model_graph: ClassVar[bool] = False
-
-    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
-        g, g_sq = _flat(g)
-        return self.table.variance("eps_norm", alpha.to(g), sigma.to(g)) * g_sq
-
-    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
-        return self.table.variance("eps_norm", alpha, sigma)[:, None].expand(-1, dim)
+    column = "eps_norm"
 
 
-@dataclass(frozen=True)
-class DataVar:
+class DataVar(_Tabulated):
     """Σ̂ = (Var(x0) - E‖x̂0 - E[x0]‖²/d) · I from a :class:`VarianceTable` (the paper's second)."""
 
-    table: VarianceTable
-    uses_model_graph: ClassVar[bool] = False
-
-    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
-        g, g_sq = _flat(g)
-        return self.table.variance("data_var", alpha.to(g), sigma.to(g)) * g_sq
-
-    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
-        return self.table.variance("data_var", alpha, sigma)[:, None].expand(-1, dim)
+    column = "data_var"
 
 
-@dataclass(frozen=True)
-class Diagonal:
+class Diagonal(_Tabulated):
     """Σ̂ = diag_i(Var(x0_i) - E(x̂0_i - E[x0_i])²) from a :class:`VarianceTable` (per dimension)."""
 
-    table: VarianceTable
-    uses_model_graph: ClassVar[bool] = False
-
-    def quadratic(self, g: Tensor, alpha: Tensor, sigma: Tensor, **_) -> Tensor:
-        g, _ = _flat(g)
-        return (self.table.variance("diagonal", alpha.to(g), sigma.to(g)) * g.pow(2)).sum(1)
-
-    def covariance(self, alpha: Tensor, sigma: Tensor, *, dim: int, **_) -> Tensor:
-        return self.table.variance("diagonal", alpha, sigma)
+    column = "diagonal"
 
 
 @dataclass(frozen=True)
