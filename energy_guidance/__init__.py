@@ -27,6 +27,7 @@ from .posterior import (
 )
 from .sampling import sample
 from .schedules import from_eps_x0, noise_level, to_eps_x0
+from .smc import SMCResult, smc_sample
 
 __all__ = [
     "AnalyticEnergyGuidance",
@@ -38,6 +39,7 @@ __all__ = [
     "IntermediateEnergyEstimator",
     "IntermediateEnergyNet",
     "Jacobian",
+    "SMCResult",
     "VarianceEstimator",
     "VarianceTable",
     "estimate_variance_table",
@@ -45,6 +47,7 @@ __all__ = [
     "guide_pipeline",
     "noise_level",
     "sample",
+    "smc_sample",
     "to_eps_x0",
     "train_intermediate_energy",
 ]
