@@ -253,9 +253,24 @@ class Jacobian:
 
     Exact for any data when ε̂ is the exact noise prediction; gᵀ(∂ε̂/∂x_t)g costs one
     vector-Jacobian product through the model, no d×d matrix.
+
+    Clamped to [0, min(σ²/α², ``max_variance``)]: the quadratic form for the paper's closed form,
+    the spectrum for the full covariance. A trained model's Jacobian can be orders of magnitude off
+    at high noise (41 against 0.027 for the exact model of a 2-D mixture at t = 999), and σ²/α²
+    bounds nothing there; ``max_variance``, e.g. the largest data variance, keeps Σ̂ on the data's
+    scale (for the local posterior of multimodal data a stability choice, not an exact bound).
     """
 
+    max_variance: float | None = None
     uses_model_graph: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.max_variance is not None and not self.max_variance > 0:
+            raise ValueError(f"max_variance must be > 0, got {self.max_variance}")
+
+    def _top(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        top = sigma**2 / alpha**2
+        return top if self.max_variance is None else top.clamp(max=self.max_variance)
 
     def quadratic(
         self,
@@ -276,7 +291,7 @@ class Jacobian:
         )
         gjg = (vjp.reshape(g.shape) * g).sum(1)
         quad = scale * (g_sq - sigma.to(g) * gjg)
-        return torch.minimum(quad.clamp(min=0), scale * g_sq)
+        return torch.minimum(quad.clamp(min=0), self._top(alpha, sigma).to(g) * g_sq)
 
     def covariance(
         self,
@@ -290,8 +305,10 @@ class Jacobian:
     ) -> Tensor:
         """The full Σ̂ (B, d, d), from d vector-Jacobian products (meant for small d).
 
-        Symmetrised (the exact ∂ε̂/∂x_t is symmetric); a negative eigenvalue, which only an
-        inexact model gives, is lifted to 0 by adding a multiple of I (not differentiated).
+        Symmetrised (the exact ∂ε̂/∂x_t is symmetric). Without ``create_graph`` its eigenvalues
+        are clamped to [0, min(σ²/α², max_variance)]; with it (differentiated through, for the
+        autograd second-order form) a negative eigenvalue is lifted to 0 by adding a multiple of
+        I, which keeps the gradient finite where eigenvalues coincide.
         """
         if eps_hat is None or x_t is None:
             raise ValueError("the Jacobian variance needs eps_hat computed from x_t with autograd")
@@ -312,8 +329,13 @@ class Jacobian:
         scale = (sigma**2 / alpha**2).to(jac)[:, None, None]
         eye = torch.eye(dim, dtype=jac.dtype, device=jac.device)
         cov = scale * (eye - sigma.to(jac)[:, None, None] * 0.5 * (jac + jac.transpose(1, 2)))
-        lift = (-torch.linalg.eigvalsh(cov.detach())[:, 0]).clamp(min=0)
-        return cov + lift[:, None, None] * eye
+        if create_graph:
+            lift = (-torch.linalg.eigvalsh(cov.detach())[:, 0]).clamp(min=0)
+            return cov + lift[:, None, None] * eye
+        values, vectors = torch.linalg.eigh(cov)
+        top = self._top(alpha, sigma).to(values)[:, None]
+        values = torch.minimum(values.clamp(min=0), top)
+        return vectors @ torch.diag_embed(values) @ vectors.transpose(1, 2)
 
 
 # The string shortcuts; a table estimator is built with the table it is given.
