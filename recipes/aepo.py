@@ -51,13 +51,21 @@ from energy_guidance import (
     VarianceTable,
     estimate_variance_table,
     sample,
+    smc_sample,
 )
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
 from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
 
-from .behaviour import BehaviourConfig, NoiseMLP, diffusion_loss, sampling_scheduler, training_scheduler
+from .behaviour import (
+    BehaviourConfig,
+    NoiseMLP,
+    diffusion_loss,
+    sampling_scheduler,
+    smc_scheduler,
+    training_scheduler,
+)
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -114,6 +122,7 @@ class AEPOConfig:
     eval_episodes: int = 10  # evaluation: episodes per policy
     eval_seed: int = 10_000  # evaluation: episode i is reset with eval_seed + i
     ablations: bool = True  # evaluation: also guided/1 candidate and unguided/best-of-N by Q
+    smc: bool = True  # evaluation: also SMC selection, K = num_candidates particles per state
 
 
 # Settings that change only the evaluation (dotted paths into AEPOConfig) and those that change
@@ -127,6 +136,7 @@ EVALUATION_FIELDS = (
     "eval_episodes",
     "eval_seed",
     "ablations",
+    "smc",
     "behaviour.sampler",
     "behaviour.clip_sample",
 )
@@ -206,8 +216,9 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
 
 
 def evaluation_key(evaluation: Settings) -> Settings:
-    """What an evaluation's returns depend on, beyond the training: its settings but `ablations`."""
-    return {k: v for k, v in evaluation.items() if k != "ablations"}
+    """What an evaluation's returns depend on, beyond the training: its settings but `ablations`
+    and `smc`, which only select which policies are evaluated."""
+    return {k: v for k, v in evaluation.items() if k not in ("ablations", "smc")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +291,38 @@ class Policies:
     with several candidates the one with the highest Q is taken.
     """
 
-    def __init__(self, config, critic, model, scheduler, network, normalizer, scaler, act_dim, generator):
+    def __init__(
+        self, config, critic, model, scheduler, network, energy, normalizer, scaler, act_dim, generator
+    ):
         self.config, self.critic, self.model, self.scheduler = config, critic, model, scheduler
-        self.normalizer, self.scaler = normalizer, scaler
+        self.energy, self.normalizer, self.scaler = energy, normalizer, scaler
         self.act_dim, self.generator = act_dim, generator
         self.guidance = AnalyticEnergyGuidance(
             scheduler, model, estimator=network, rescale=config.rescale, scale=config.guidance_scale
         )
+        self.smc_guidance = self.guidance.replace(scheduler=smc_scheduler(config.behaviour, scheduler))
+
+    def smc(self, obs: np.ndarray, select: str) -> np.ndarray:
+        """One action per state from SMC with K = ``num_candidates`` particles (the network's E_t as
+        the twist, the guided DPM-Solver++ SDE step as the proposal, β·E(a | s) at the end):
+        ``select="draw"`` draws it from the final weighted particles, ``"best_weight"`` takes the
+        highest-weight particle. The model is evaluated K times per state and step, as for
+        best-of-K (plus the network's cheap twist)."""
+        states = self.normalizer(obs)
+        result = smc_sample(
+            self.smc_guidance,
+            (len(obs), self.act_dim),
+            num_particles=self.config.num_candidates,
+            cond=states,
+            num_inference_steps=self.config.inference_steps,
+            generator=self.generator,
+            resample=select == "draw",
+            energy=self.energy,
+        )
+        actions = result.samples
+        if select == "best_weight":
+            actions = actions[torch.arange(len(obs)), result.log_weights.argmax(dim=1)]
+        return self.scaler.from_unit(actions.detach().clamp(-1, 1).double().numpy())
 
     def diffusion(
         self, obs: np.ndarray, guided: bool, candidates: int, rescale: bool | None = None
@@ -329,6 +365,11 @@ class Policies:
                     o, True, 1, not rescale
                 ),
                 "unguided_best_of_n": lambda o: self.diffusion(o, False, n),
+            }
+        if self.config.smc:
+            policies |= {
+                "smc_draw": lambda o: self.smc(o, "draw"),
+                "smc_best_weight": lambda o: self.smc(o, "best_weight"),
             }
         return policies
 
@@ -452,7 +493,16 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
     scheduler = sampling_scheduler(b, train_sched)
     generator = torch.Generator().manual_seed(config.seed + 4)
     policies = Policies(
-        config, critic, model, scheduler, network, inputs.normalizer, inputs.scaler, act_dim, generator
+        config,
+        critic,
+        model,
+        scheduler,
+        network,
+        energy,
+        inputs.normalizer,
+        inputs.scaler,
+        act_dim,
+        generator,
     )
     key = evaluation_key(settings["evaluation"])
     scores, eval_seconds = {}, {}
@@ -544,6 +594,8 @@ LABELS = {
     "guided_single_rescale_on": "ablation: guided, 1 sample, rescale on",
     "guided_single_rescale_off": "ablation: guided, 1 sample, rescale off",
     "unguided_best_of_n": "ablation: unguided, best of N by Q",
+    "smc_draw": "SMC, N particles: a weighted draw",
+    "smc_best_weight": "SMC, N particles: highest weight",
 }
 
 

@@ -97,6 +97,17 @@ def sampling_scheduler(config: BehaviourConfig, train: DDPMScheduler):
     return SAMPLERS[config.sampler].from_config(train.config, **clipping)
 
 
+def smc_scheduler(config: BehaviourConfig, train: DDPMScheduler) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ SDE on the training noise schedule, for SMC selection (SMC needs a stochastic
+    step); clips x̂0 like the sampling scheduler when ``config.clip_sample``."""
+    return DPMSolverMultistepScheduler.from_config(
+        train.config,
+        algorithm_type="sde-dpmsolver++",
+        thresholding=config.clip_sample,
+        sample_max_value=1.0,
+    )
+
+
 def diffusion_loss(
     model: nn.Module,
     scheduler: DDPMScheduler,

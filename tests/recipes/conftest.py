@@ -30,7 +30,7 @@ def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
             *("--dataset", TINY, "--run-dir", str(run_dir), "--threads", "1", "--no-progress"),
             *("--critic-steps", "200", "--behaviour-steps", "200", "--energy-steps", "50"),
             *("--checkpoint-every", "100", "--batch-size", "64", "--eval-episodes", "1"),
-            *("--num-candidates", "4", "--inference-steps", "5", "--no-ablations"),
+            *("--num-candidates", "4", "--inference-steps", "5", "--no-ablations", "--no-smc"),
             *("--iql.hidden", "32", "--cql.hidden", "32", "--behaviour.hidden", "32"),
             *("--energy-hidden", "32", "--variance-samples", "256"),
             *extra,

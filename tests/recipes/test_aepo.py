@@ -3,6 +3,7 @@ re-evaluation, refusals, and damaged files in its run folder."""
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -305,3 +306,17 @@ def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path,
     assert "small IQL policy (AWR)" in format_scores(results)
     saved = json.loads((tmp_path / "new" / "config.json").read_text())["training"]
     assert saved["small"]["hidden"] == 32 and "iql" not in saved  # its Config() defaults, recorded
+
+
+def test_smc_selection_is_evaluated_beside_best_of_n(finished_run, monkeypatch):
+    """--smc adds two policies that pick one action per state from K = num_candidates SMC
+    particles (a weighted draw, the highest weight); training is reused."""
+    folder, reference = finished_run
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy")
+    results = run(tiny_config(folder, "--smc"))
+    assert {"smc_draw", "smc_best_weight"} <= set(results["scores"])
+    for name in ("smc_draw", "smc_best_weight"):
+        assert all(math.isfinite(r) for r in results["scores"][name]["returns"])
+    for name in ("aepo", "behaviour", "iql_awr"):  # cached: the same evaluation settings
+        assert results["scores"][name] == reference["scores"][name]
+    assert "SMC, N particles: a weighted draw" in format_scores(results)
