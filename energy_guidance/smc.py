@@ -438,11 +438,12 @@ def smc_sample(
 
         with torch.no_grad():
             out_model = call_model(model, x_in, t, cond_k)
-        noiseless = step(out_model, t, x, zeros)
-        _restore(scheduler, guided_state)
-        std = step(out_model, t, x, ones) - noiseless
-        _restore(scheduler, {**guided_state, **model_entries})
-        mean_model = step(out_model, t, x, zeros)  # with the model's own history
+        model_state = {**guided_state, **model_entries}  # the model's own (unguided) history
+        _restore(scheduler, model_state)
+        std = step(out_model, t, x, ones)
+        _restore(scheduler, model_state)
+        mean_model = step(out_model, t, x, zeros)
+        std = std - mean_model  # the noise's coefficient: the same for any model output
         model_entries = _particle_entries(_capture(scheduler), step.particle_shape)
         _restore(scheduler, guided_state)
 
