@@ -36,6 +36,8 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 KEEP = 2  # checkpoints kept per name: the newest and the one to fall back to
+_UMASK = os.umask(0o022)  # read the process's umask (os.umask sets and returns it) ...
+os.umask(_UMASK)  # ... and put it back
 
 
 class CorruptFileError(ValueError):
@@ -56,6 +58,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a file is created as open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

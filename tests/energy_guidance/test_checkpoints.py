@@ -29,6 +29,14 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert os.listdir(path.parent) == ["f.bin"]
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write(path, b"data")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     atomic_write(path, b"old")
