@@ -3,9 +3,10 @@
 Batch 1024 of 6-D actions conditioned on 17-D states (HalfCheetah-sized), the AEPO recipe's
 3×256 Mish MLP noise model (recipes.behaviour.NoiseMLP), an MLP critic energy, DPM-Solver++
 and DDIM at 15 and 50 steps. Guidance modes: training-free AEPO with a table variance
-(``eps_norm``) and with the local Jacobian variance, and amortized AEPO with intermediate-energy
-networks of several sizes. Reports the median of ``--repeats`` runs and the ratio to unguided
-sampling measured in the same run.
+(``eps_norm``) and with the local Jacobian variance (autograd through the model), the Tweedie
+gradient with the table variance (no backward pass through the model), and amortized AEPO with
+intermediate-energy networks of several sizes. Reports the median of ``--repeats`` runs and the
+ratio to unguided sampling measured in the same run.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def main() -> None:
     guided_modes = {
         "training-free eps_norm": {"energy": energy, "variance": "eps_norm", "variance_table": table},
         "training-free jacobian": {"energy": energy, "variance": "jacobian"},
+        "tweedie eps_norm": {
+            "energy": energy,
+            "variance": "eps_norm",
+            "variance_table": table,
+            "gradient": "tweedie",
+        },
         **{f"amortized {size}": {"estimator": net} for size, net in nets.items()},
     }
     schedulers = {

@@ -25,8 +25,9 @@ import torch
 from diffusers.models.embeddings import Timesteps
 from torch import nn
 
-from energy_guidance import AnalyticEnergyGuidance, Jacobian, sample
+from energy_guidance import AnalyticEnergyGuidance, Jacobian, from_eps_x0, noise_level, sample, to_eps_x0
 from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.schedules import prediction_type
 from energy_guidance.training import fit
 
 DATA = GaussianMixture(torch.ones(2), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.full((2, 2), 0.25))
@@ -90,6 +91,9 @@ SCHEDULERS = {
     "deis": ("epsilon", diffusers.DEISMultistepScheduler),
     "euler": ("epsilon", diffusers.EulerDiscreteScheduler),
     "euler-ancestral": ("epsilon", diffusers.EulerAncestralDiscreteScheduler),
+    "ddim-v": ("epsilon", lambda: diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction")),
+    "euler-v": ("epsilon", lambda: diffusers.EulerDiscreteScheduler(prediction_type="v_prediction")),
+    "dpm++-x0": ("epsilon", lambda: diffusers.DPMSolverMultistepScheduler(prediction_type="sample")),
     "flow-euler": ("flow", diffusers.FlowMatchEulerDiscreteScheduler),
     "dpm++-flow": (
         "flow",
@@ -135,7 +139,18 @@ def test_tweedie_guidance_with_a_trained_model_follows_its_tilted_target(trained
     kind, make = SCHEDULERS[name]
 
     def learned(scheduler):
-        return trained[kind]
+        """The trained model, its ε̂ re-expressed in the scheduler's prediction type if needed."""
+        model = trained[kind]
+        ptype = prediction_type(scheduler)
+        if kind == "flow" or ptype == "epsilon":
+            return model
+
+        def converted(x_t, t):
+            alpha, sigma = noise_level(scheduler, t)
+            eps, x0 = to_eps_x0(model(x_t, t), x_t, alpha, sigma, "epsilon")
+            return from_eps_x0(eps, x0, alpha, sigma, ptype)
+
+        return converted
 
     target, se_target = tilted_mean(make, learned)
     guided, se_guided, largest = guided_mean(make, learned)
