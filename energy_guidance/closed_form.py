@@ -37,8 +37,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .callables import Energy, energy_and_grad, energy_grad_hessian
-from .posterior import VarianceEstimator, variance_estimator
+from .callables import Energy, differentiable_energy, energy_and_grad, energy_grad_hessian
+from .posterior import Constant, VarianceEstimator, variance_estimator
 from .schedules import Prediction
 
 
@@ -145,6 +145,19 @@ class ClosedForm:
       the model (a learned model's Jacobian can be far larger than the true (α/σ²)·Cov), and with a
       table or constant variance no model gradient at all. Exact wherever the closed form is
       and the posterior covariance does not depend on x_t (Gaussian data).
+
+    Derivatives taken (attention needs the math kernel exactly where one is differentiated twice;
+    :func:`~energy_guidance.callables.double_backward_attention`):
+
+    - order 1, ``Constant(0.0)`` (DPS-style), autograd: E_t = β·E(x̂0), one backward pass
+      through energy and model; first derivatives only;
+    - order 1, any other variance: ∇E is built with ``create_graph`` (the variance term's
+      Hessian-vector product), so the energy is differentiated twice; the model once with
+      autograd, and twice with autograd and a variance read from the model's graph (the Jacobian;
+      :attr:`double_backward_model`); with ``"tweedie"`` the model at most once (the Jacobian's
+      vector-Jacobian products);
+    - order 2: the energy twice (d Hessian-vector products), three times with autograd; the model
+      as for order 1.
     """
 
     energy: Energy
@@ -193,6 +206,17 @@ class ClosedForm:
         return self.gradient == "autograd" or self.variance.uses_model_graph
 
     @property
+    def zero_variance(self) -> bool:
+        """Σ̂ = 0 (``Constant(0.0)``): no variance term, so no derivative of ∇E is ever needed."""
+        return isinstance(self.variance, Constant) and self.variance.value == 0
+
+    @property
+    def double_backward_model(self) -> bool:
+        """Whether the model's output is differentiated twice (autograd through a variance read from
+        the model's graph), so its forward pass needs the math attention kernel."""
+        return self.gradient == "autograd" and bool(self.variance.uses_model_graph)
+
+    @property
     def explicit_gradient(self) -> bool:
         """Whether guidance takes ∇_{x_t} E_t from :meth:`x_t_gradient` instead of autograd."""
         return self.gradient == "tweedie"
@@ -222,7 +246,7 @@ class ClosedForm:
         else:
             with torch.enable_grad():
                 x = x0.requires_grad_(True)
-                _, grad = energy_and_grad(self.energy, x, cond, create_graph=True)
+                _, grad = energy_and_grad(self.energy, x, cond, create_graph=not self.zero_variance)
                 g = grad.reshape(b, d)
                 w = times_cov(g).detach()
                 hw = None
@@ -247,6 +271,8 @@ class ClosedForm:
             return second_order_intermediate_energy(
                 self.beta, energy_bar, grad_bar, hessian, cov, floor=self.floor
             )
+        if self.zero_variance:  # DPS-style: E_t = β·E(x̂0), first derivatives only
+            return self.beta * differentiable_energy(self.energy, prediction.x0, cond)
         energy_bar, grad_bar = energy_and_grad(self.energy, prediction.x0, cond, create_graph=True)
         quad = self.variance.quadratic(
             grad_bar, alpha, sigma, eps_hat=prediction.eps, x_t=x_t, create_graph=True

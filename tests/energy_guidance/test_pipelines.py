@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -170,3 +171,208 @@ def test_guiding_twice_is_refused():
         with guide_pipeline(pipe, guidance):
             pass
     assert pipe.unet is unet
+
+
+# Classifier-free guidance: a real StableDiffusionPipeline from tiny local parts.
+
+
+@pytest.fixture(scope="module")
+def stable_diffusion(tmp_path_factory):
+    """(pipe, brightness): a StableDiffusionPipeline with a tiny cross-attention UNet, VAE and CLIP
+    text encoder (random weights), a CLIP tokenizer over single letters, and E(z) = the mean
+    brightness of the VAE decoding of latents z."""
+    transformers = pytest.importorskip("transformers")
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter] = len(vocab)
+        vocab[letter + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16
+    )
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def brightness(latents: torch.Tensor) -> torch.Tensor:
+        return vae.decode(latents / vae.config.scaling_factor).sample.mean((1, 2, 3))
+
+    return pipe, brightness
+
+
+def sd_latents(pipe, guidance_scale: float = 3.0, steps: int = 4, **kwargs) -> torch.Tensor:
+    return pipe(
+        ["dark", "bright"],
+        num_images_per_prompt=3,
+        height=8,
+        width=8,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    ).images
+
+
+def test_cfg_energy_sees_each_real_sample_once_with_its_prompts_condition(stable_diffusion):
+    # Two prompts × 3 images: the UNet sees 12 (CFG), the energy 6, each with its prompt's sign
+    # (+1: darker is better, -1: brighter is better); guidance moves each image its own way.
+    pipe, brightness = stable_diffusion
+    calls, model_batches = [], []
+
+    def energy(latents, sign):
+        calls.append((latents.shape[0], sign.tolist()))
+        return sign * brightness(latents)
+
+    hook = pipe.unet.register_forward_pre_hook(lambda _, args: model_batches.append(args[0].shape[0]))
+    try:
+        plain = sd_latents(pipe)
+        guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, energy, beta=20.0, variance=0.0)
+        model_batches.clear()
+        with guide_pipeline(pipe, guidance, condition=torch.tensor([1.0, -1.0])):
+            guided = sd_latents(pipe)
+            assert calls and all(call == (6, [1.0] * 3 + [-1.0] * 3) for call in calls)
+            assert set(model_batches) == {12}
+            calls.clear()
+            model_batches.clear()
+            sd_latents(pipe, guidance_scale=1.0, steps=2)  # no CFG: read from the pipeline per call
+            assert set(model_batches) == {6} and [c[0] for c in calls] == [6, 6]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        change = brightness(guided) - brightness(plain)
+    assert (change[:3] < 0).all() and (change[3:] > 0).all()
+
+
+def test_cfg_guided_halves_combine_to_the_guided_combined_prediction(stable_diffusion):
+    pipe, brightness = stable_diffusion
+    unet, w, b = pipe.unet, 3.0, 2
+    x = torch.randn(b, 4, 8, 8)
+    hidden = torch.randn(2 * b, 5, 16)  # unconditional half, then conditional half
+    t = torch.tensor(601)
+
+    def energy(latents, cond):
+        assert latents.shape[0] == b and torch.equal(cond, hidden[b:])
+        return brightness(latents) + cond.mean((1, 2))
+
+    def halves(z):
+        return unet(torch.cat([z, z]), t, encoder_hidden_states=hidden).sample.chunk(2)
+
+    def combined(z, _t, _cond=None):  # diffusers' StableDiffusionPipeline: the same formula
+        uncond, text = halves(z)
+        return uncond + w * (text - uncond)
+
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, energy, beta=5.0, variance=0.0)
+    wrapper = GuidedModel(unet, guidance, pipe, cfg_scale=w, condition="encoder_hidden_states")
+    uncond, text = wrapper(torch.cat([x, x]), t, encoder_hidden_states=hidden).sample.chunk(2)
+    expected = guidance.replace(model=combined).guided_model_output(x, t, hidden[b:])
+    torch.testing.assert_close(uncond + w * (text - uncond), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain_uncond, plain_text = halves(x)
+    torch.testing.assert_close(text - uncond, plain_text - plain_uncond, rtol=1e-5, atol=1e-5)
+    assert (expected - combined(x, t)).abs().max() > 1e-3  # the guidance is not trivial here
+    assert wrapper.last_info.x0_hat.shape == x.shape
+
+
+def test_cfg_with_zero_beta_leaves_the_pipeline_output_unchanged(stable_diffusion):
+    pipe, brightness = stable_diffusion
+    plain = sd_latents(pipe, steps=3)
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, brightness, beta=0.0, variance=0.0)
+    with guide_pipeline(pipe, guidance):
+        same = sd_latents(pipe, steps=3)
+    torch.testing.assert_close(same, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_callback_on_step_end_reads_and_switches_off_the_guidance(stable_diffusion):
+    pipe, brightness = stable_diffusion
+    calls, norms = [], []
+
+    def energy(latents):
+        calls.append(latents.shape[0])
+        return brightness(latents)
+
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        norms.append(pipe.unet.last_info.guidance_norm)
+        if step == 1:
+            pipe.unet.enabled = False  # guide the first two steps only
+        return callback_kwargs
+
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, energy, beta=5.0, variance=0.0)
+    with guide_pipeline(pipe, guidance):
+        sd_latents(pipe, steps=4, callback_on_step_end=on_step_end)
+    assert calls == [6, 6] and len(norms) == 4
+    assert norms[0].shape == (6,) and bool((norms[0] > 0).all())
+    assert norms[3] is norms[1]  # no guided evaluation after step 1
+
+
+def test_cfg_layout_is_checked():
+    unet = tiny_unet()
+    pipe = make_pipe("ddpm", unet)  # no do_classifier_free_guidance attribute
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor(500)
+    doubled = torch.cat([x, x])
+    with guide_pipeline(pipe, guidance) as wrapper, pytest.raises(ValueError, match="identical halves"):
+        wrapper(doubled, t)
+    with guide_pipeline(pipe, guidance, cfg_scale=None) as wrapper:
+        assert wrapper(doubled, t).sample.shape == doubled.shape  # independent samples, as asked
+    with guide_pipeline(pipe, guidance, cfg_scale=2.0) as wrapper:
+        with pytest.raises(ValueError, match="halves differ"):
+            wrapper(torch.randn(4, 1, 8, 8), t)
+        assert wrapper(doubled, t).sample.shape == doubled.shape
+    with guide_pipeline(pipe, guidance, condition=torch.tensor([1.0, 2.0, 3.0])) as wrapper:
+        with pytest.raises(ValueError, match="one per sample or one per prompt"):
+            wrapper(torch.randn(4, 1, 8, 8), t)
+    with pytest.raises(ValueError, match="cfg_scale"), guide_pipeline(pipe, guidance, cfg_scale="on"):
+        pass
