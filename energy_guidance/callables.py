@@ -7,14 +7,115 @@ Energies: ``energy(x0)`` or ``energy(x0, cond)`` -> Tensor (B,), lower is better
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Energy = Callable[..., Tensor]
+
+# Where non-finite values can arise in a guided step, in the order they are computed.
+MODEL_OUTPUT = "model output"
+ENERGY_VALUE = "energy value E(x̂0)"
+ENERGY_GRADIENT = "energy gradient ∇E(x̂0)"
+ENERGY_HESSIAN = "energy Hessian ∇²E(x̂0)"
+GUIDED_OUTPUT = "guided model output"
+SCHEDULER_STEP = "scheduler step (the sampler's new state)"
+
+_HINTS = {
+    MODEL_OUTPUT: "the model itself returned them (its weights, its input's scale or dtype)",
+    ENERGY_VALUE: "the energy itself returned them at the model's x̂0",
+    ENERGY_GRADIENT: "E(x̂0) was finite but its gradient is not (e.g. sqrt, norm or log at 0)",
+    GUIDED_OUTPUT: (
+        "ε̂, E_t and ∇E_t were finite, so the guidance term σ·∇E_t (times scale) or its conversion "
+        "to the prediction type overflowed: lower beta or scale, or use rescale=True"
+    ),
+    SCHEDULER_STEP: "the model output was finite, so the scheduler's update overflowed",
+}
+
+
+class NonFiniteError(FloatingPointError):
+    """Non-finite values (NaN or inf) traced to their source.
+
+    ``source`` names what produced them (:data:`MODEL_OUTPUT`, :data:`ENERGY_VALUE`,
+    :data:`ENERGY_GRADIENT`, the intermediate energy or its gradient, :data:`GUIDED_OUTPUT`,
+    :data:`SCHEDULER_STEP`), ``bad`` (B,) marks the affected samples, and ``step`` and
+    ``timestep`` say where (filled in by the sampling loop and the guidance as it propagates).
+    """
+
+    def __init__(self, source: str, bad: Tensor, detail: str = "", *, step=None, timestep=None) -> None:
+        super().__init__(source)
+        self.source = source
+        self.bad = bad
+        self.detail = detail
+        self.step = step
+        self.timestep = timestep
+
+    @property
+    def count(self) -> int:
+        """How many samples are affected."""
+        return int(self.bad.sum())
+
+    def __str__(self) -> str:
+        where = []
+        if self.step is not None:
+            where.append(f"step {self.step}")
+        if self.timestep is not None:
+            where.append(f"timestep {float(self.timestep):g}")
+        at = f" at {', '.join(where)}" if where else ""
+        count = f"{self.count} non-finite values (NaN or inf) out of {len(self.bad)} samples"
+        message = f"{self.source}: {count}{at}"
+        return f"{message}; {self.detail}" if self.detail else message
+
+
+def check_finite(
+    value: Tensor,
+    source: str,
+    *,
+    input_dtype: torch.dtype | None = None,
+    detail: str = "",
+    timestep=None,
+) -> None:
+    """Raise :class:`NonFiniteError` naming ``source`` and the affected samples (rows of ``value``)
+    unless ``value`` is finite. An inf where the input (``input_dtype``) or the value is half
+    precision is reported as a float16 (or bfloat16) overflow."""
+    finite = torch.isfinite(value.detach())
+    if bool(finite.all()):
+        return
+    bad = ~finite.reshape(len(value), -1).all(1) if value.dim() else ~finite.reshape(1)
+    half = next((d for d in (input_dtype, value.dtype) if d in (torch.float16, torch.bfloat16)), None)
+    notes = [detail or _HINTS.get(source, "")]
+    if half is not None and bool(torch.isinf(value.detach()).any()):
+        name = str(half).removeprefix("torch.")
+        largest = torch.finfo(half).max
+        overflow = f"{name} overflow: values beyond ±{largest:g} became inf; compute in float32"
+        notes.insert(0, f"{overflow} (e.g. on x.float())")
+    raise NonFiniteError(source, bad, "; ".join(n for n in notes if n), timestep=timestep)
+
+
+@contextmanager
+def located(timestep) -> Iterator[None]:
+    """Adds ``timestep`` to a :class:`NonFiniteError` raised inside (from the model or energy)."""
+    try:
+        yield
+    except NonFiniteError as error:
+        if error.timestep is None:
+            error.timestep = timestep
+        raise
+
+
+def estimator_sources(estimator, through_model: bool) -> tuple[str, str, str, str]:
+    """(source, hint) of an intermediate-energy estimator's value E_t and of its gradient
+    ∇_{x_t}E_t, for :func:`check_finite`."""
+    name = type(estimator).__name__
+    value = f"intermediate energy E_t of the estimator {name}"
+    value_hint = "the estimator returned them from finite inputs (model output, energy and its gradient)"
+    path = f"the model and {name}" if through_model else name
+    gradient = f"gradient ∇E_t with respect to x_t (backward pass through {path})"
+    gradient_hint = f"E_t was finite: differentiating {path} produced them (e.g. the model's Jacobian)"
+    return value, value_hint, gradient, gradient_hint
 
 
 def double_backward_attention(enabled: bool = True) -> AbstractContextManager:
@@ -48,6 +149,7 @@ def call_model(
         out = out[0]
     if out.shape != x_t.shape:
         raise ValueError(f"model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}")
+    check_finite(out, MODEL_OUTPUT, input_dtype=x_t.dtype)
     return out
 
 
@@ -61,11 +163,7 @@ def call_energy(energy: Energy, x0: Tensor, cond=None) -> Tensor:
         raise ValueError(
             f"energy must return shape (B,) = ({batch},), one value per sample; got {tuple(value.shape)}"
         )
-    bad = ~torch.isfinite(value)
-    if bad.any():
-        raise FloatingPointError(
-            f"energy returned {int(bad.sum())} non-finite values (NaN or inf) out of {batch}"
-        )
+    check_finite(value, ENERGY_VALUE, input_dtype=x0.dtype)
     return value
 
 
@@ -81,6 +179,7 @@ def energy_and_grad(
         x = x0 if x0.requires_grad else x0.detach().requires_grad_(True)
         value = differentiable_energy(energy, x, cond, double_backward=create_graph)
         (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
+    check_finite(grad, ENERGY_GRADIENT, input_dtype=x0.dtype)
     return value, grad
 
 
@@ -118,6 +217,7 @@ def energy_grad_hessian(
                 )
                 rows.append(torch.zeros_like(x) if row is None else row)
             hessian = torch.stack([r.reshape(len(grad), -1) for r in rows], dim=1)
+    check_finite(hessian, ENERGY_HESSIAN, input_dtype=x0.dtype)
     if not create_graph:
         value, grad = value.detach(), grad.detach()
     return value, grad, hessian

@@ -20,16 +20,17 @@ Two modes:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .callables import Energy, call_model
+from .callables import GUIDED_OUTPUT, Energy, call_model, check_finite, estimator_sources, located
 from .closed_form import ClosedForm
 from .sampling import StepInfo, sample
-from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0
+from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
 # ε -> x0 conversion divides by ~0 (only the first step of a flow-matching schedule).
@@ -81,6 +82,9 @@ class AnalyticEnergyGuidance:
             :class:`~energy_guidance.closed_form.ClosedForm`.
         rescale: rescale the guided score to the unguided score's norm, per sample.
         scale: multiplies the guidance term of (2); 1 is the exact target.
+        allow_clipping: the scheduler clips x̂0 (``clip_sample``, ``thresholding``) on purpose; without
+            it such a scheduler gets a :class:`~energy_guidance.schedules.ClippingWarning` once,
+            since clipping after guidance changes the target (docs/usage.md, schedulers).
     """
 
     def __init__(
@@ -97,7 +101,12 @@ class AnalyticEnergyGuidance:
         gradient: str = "autograd",
         rescale: bool = False,
         scale: float = 1.0,
+        allow_clipping: bool = False,
     ) -> None:
+        if beta is not None and not math.isfinite(float(beta)):
+            raise ValueError(f"beta must be finite (an inverse temperature >= 0), got {beta}")
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"scale must be finite, got {scale}")
         if estimator is None:
             if energy is None or beta is None:
                 raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
@@ -114,8 +123,8 @@ class AnalyticEnergyGuidance:
                 f"the estimator was built for beta={estimator_beta}, not beta={beta}; "
                 "retrain it or use `scale` to strengthen or weaken its guidance"
             )
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
+        if not (beta >= 0 and math.isfinite(float(beta))):
+            raise ValueError(f"beta must be >= 0 (lower energy is better) and finite, got {beta}")
         self.scheduler = scheduler
         self.model = model
         self.estimator = estimator
@@ -123,6 +132,9 @@ class AnalyticEnergyGuidance:
         self.rescale = rescale
         self.scale = float(scale)
         self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
+        self.allow_clipping = bool(allow_clipping)
+        if not self.allow_clipping:
+            warn_if_clipping(scheduler)
 
     def replace(self, **changes) -> AnalyticEnergyGuidance:
         """A new guidance with some of ``scheduler``, ``model``, ``estimator``, ``rescale``,
@@ -133,6 +145,7 @@ class AnalyticEnergyGuidance:
             "estimator": self.estimator,
             "rescale": self.rescale,
             "scale": self.scale,
+            "allow_clipping": self.allow_clipping,
         }
         unknown = set(changes) - set(fields)
         if unknown:
@@ -181,6 +194,7 @@ class AnalyticEnergyGuidance:
 
     def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor, Tensor]:
         """(∇_{x_t} E_t, ε̂, x̂0) at x_t, all detached."""
+        sources = estimator_sources(self.estimator, _uses_model_graph(self.estimator))  # diagnostics
         if getattr(self.estimator, "explicit_gradient", False):
             in_graph = _uses_model_graph(self.estimator)
             with torch.enable_grad():
@@ -188,11 +202,14 @@ class AnalyticEnergyGuidance:
                 with torch.set_grad_enabled(in_graph):
                     prediction = self._predict(x, timestep, alpha, sigma, cond)
                 grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
+            check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
             return grad.detach(), prediction.eps.detach(), prediction.x0.detach()
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             value, prediction = self._estimate(x, timestep, alpha, sigma, cond)
+            check_finite(value, sources[0], detail=sources[1], timestep=timestep)
             (grad,) = torch.autograd.grad(value.sum(), x)
+        check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
         return grad, prediction.eps.detach(), prediction.x0.detach()
 
     def guided_model_output(
@@ -205,12 +222,14 @@ class AnalyticEnergyGuidance:
         """
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
-            out = call_model(self.model, x_t, timestep, cond)
+            with located(timestep):
+                out = call_model(self.model, x_t, timestep, cond)
             if not return_info:
                 return out
             x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)[1]
             return out, StepInfo(x0_hat=x0_hat, guidance_norm=torch.zeros(len(x_t), device=x_t.device))
-        grad, eps_hat, x0_hat = self._gradient(x_t, timestep, alpha, sigma, cond)
+        with located(timestep):
+            grad, eps_hat, x0_hat = self._gradient(x_t, timestep, alpha, sigma, cond)
         shape = (-1,) + (1,) * (x_t.dim() - 1)
         eps = eps_hat + self.scale * sigma.reshape(shape) * grad
         if self.rescale:
@@ -219,6 +238,7 @@ class AnalyticEnergyGuidance:
         delta = eps - eps_hat
         x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
         guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
+        check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
         if not return_info:
             return guided
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
@@ -234,8 +254,11 @@ class AnalyticEnergyGuidance:
         dtype: torch.dtype = torch.float32,
         callback: Callable[[dict], None] | None = None,
         progress: bool = False,
-    ) -> Tensor:
-        """Draw ``shape`` samples of the guided model with this guidance's scheduler."""
+        on_nonfinite: str = "raise",
+        return_mask: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Draw ``shape`` samples of the guided model with this guidance's scheduler
+        (``on_nonfinite`` and ``return_mask``: see :func:`~energy_guidance.sampling.sample`)."""
         return sample(
             self.scheduler,
             self.model,
@@ -248,4 +271,6 @@ class AnalyticEnergyGuidance:
             dtype=dtype,
             callback=callback,
             progress=progress,
+            on_nonfinite=on_nonfinite,
+            return_mask=return_mask,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -10,7 +11,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import call_model
+from .callables import SCHEDULER_STEP, NonFiniteError, call_model, check_finite
+
+ON_NONFINITE = ("raise", "freeze", "drop")
 
 
 class StepInfo(NamedTuple):
@@ -34,20 +37,40 @@ def sample(
     dtype: torch.dtype = torch.float32,
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
-) -> Tensor:
+    on_nonfinite: str = "raise",
+    return_mask: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Run ``scheduler`` from its initial noise for ``num_inference_steps`` steps.
 
     ``model(x_t, t[, cond])`` follows :mod:`energy_guidance.callables`; with ``guidance`` (an
     :class:`~energy_guidance.AnalyticEnergyGuidance`) each step uses its guided model output
-    instead. ``x_t`` is the model input (``scheduler.scale_model_input`` applied). ``callback``
+    instead. ``x_t`` is the model input (``scheduler.scale_model_input`` applied). The loop makes
+    one model evaluation per entry of ``scheduler.timesteps``, so schedulers that evaluate twice
+    per step (Heun, KDPM2, DPM-Solver SDE; their timesteps repeat or interleave) and PNDM's
+    warm-up are guided at every evaluation. ``callback``
     receives a dict with ``step``, ``timestep``, ``sample`` (the scheduler's state after the
     step) and, when guided, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one
     timestep for the whole batch, as diffusers' ``step`` requires. The scheduler's own x̂0
     clipping applies after guidance: ``clip_sample`` (DDPM, DDIM) or ``thresholding`` (DPM-Solver,
     UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors.
+    With a ``generator``, DPM-Solver SDE's Brownian noise is seeded from it (unless the scheduler
+    has its own ``noise_sampler_seed``), so that runs reproduce like every other scheduler's.
+
+    Non-finite values (NaN or inf) in the model output, the energy, its gradient, the
+    intermediate energy or its gradient, the guided output or the scheduler's new state raise a
+    :class:`~energy_guidance.callables.NonFiniteError` naming the source, the step, the timestep
+    and how many samples are affected (``on_nonfinite="raise"``, the default). With
+    ``on_nonfinite="freeze"`` the affected samples instead keep their last finite state (the
+    scheduler's state before that step, not denoised further; the model and guidance are no
+    longer evaluated for them) and the others go on; with ``"drop"`` they are returned as NaN
+    rows. Either way a ``RuntimeWarning`` names each event, the callback's dict gains
+    ``nonfinite`` (B,), and ``return_mask=True`` returns ``(samples, nonfinite)`` with the (B,)
+    mask of the frozen or dropped samples.
     """
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
     scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
     init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma
@@ -57,20 +80,128 @@ def sample(
     # diffusers' dynamic thresholding reshapes samples to (B, C, -1) and fails on (B, d) vectors;
     # it thresholds per sample either way, so the step sees a (B, d, 1) view.
     as_image = x.dim() == 2 and bool(scheduler.config.get("thresholding", False))
-    for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
-        x_in = scale_input(x, t)
-        info = None
-        if guidance is None:
-            out = call_model(model, x_in, t, cond)
-        else:
-            out, info = guidance.guided_model_output(x_in, t, cond, return_info=True)
-        if as_image:
-            x = scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
-        else:
-            x = scheduler.step(out, t, x, **extra).prev_sample
-        if callback is not None:
-            record = {"step": i, "timestep": t, "sample": x}
-            if info is not None:
-                record.update(info._asdict())
-            callback(record)
-    return x
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # not frozen or dropped
+    evaluate = _Evaluation(model, guidance, cond, on_nonfinite, active)
+    restore_seed = _seed_brownian_noise(scheduler, generator)
+    try:
+        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+            x_in = scale_input(x, t)
+            out, info = evaluate(x_in, t, i)
+            before = x
+            if as_image:
+                x = scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
+            else:
+                x = scheduler.step(out, t, x, **extra).prev_sample
+            x = evaluate.check_state(x, before, t, i)
+            if callback is not None:
+                record = {"step": i, "timestep": t, "sample": x}
+                if info is not None:
+                    record.update(info._asdict())
+                if on_nonfinite != "raise":
+                    record["nonfinite"] = ~active
+                callback(record)
+    finally:
+        restore_seed()
+    if on_nonfinite == "drop" and not bool(active.all()):
+        x = x.clone()
+        x[~active] = torch.nan
+    return (x, ~active) if return_mask else x
+
+
+def _seed_brownian_noise(scheduler, generator: torch.Generator | None) -> Callable[[], None]:
+    """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws its
+    seed from torch's global generator); returns what puts the scheduler back."""
+    if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
+        return lambda: None
+    scheduler.noise_sampler_seed = int(
+        torch.randint(0, 2**62, (), generator=generator, device=generator.device)
+    )
+
+    def restore() -> None:
+        scheduler.noise_sampler_seed = None
+
+    return restore
+
+
+def _rows(cond, index: Tensor, batch: int):
+    """``cond`` for the samples ``index`` only: per-sample tensors (leading size B), also inside
+    lists, tuples and dicts, are indexed; anything else is shared by all samples."""
+    if isinstance(cond, Tensor):
+        return cond[index] if cond.dim() > 0 and cond.shape[0] == batch else cond
+    if isinstance(cond, dict):
+        return {key: _rows(value, index, batch) for key, value in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(_rows(value, index, batch) for value in cond)
+    return cond
+
+
+class _Evaluation:
+    """One model evaluation per step, plain or guided, on the samples still active; traces
+    non-finite values to their source and freezes or drops the affected samples on request."""
+
+    def __init__(self, model, guidance, cond, on_nonfinite: str, active: Tensor) -> None:
+        self.model, self.guidance, self.cond = model, guidance, cond
+        self.mode, self.active = on_nonfinite, active
+
+    def __call__(self, x_in: Tensor, t, step: int) -> tuple[Tensor, StepInfo | None]:
+        batch = x_in.shape[0]
+        while True:
+            if not bool(self.active.any()):  # every sample frozen: the step only keeps shapes
+                return torch.zeros_like(x_in), None
+            everyone = bool(self.active.all())
+            index = None if everyone else self.active.nonzero().squeeze(1)
+            x_part = x_in if everyone else x_in[index]
+            cond = self.cond if everyone else _rows(self.cond, index, batch)
+            try:
+                if self.guidance is None:
+                    out, info = call_model(self.model, x_part, t, cond), None
+                else:
+                    out, info = self.guidance.guided_model_output(x_part, t, cond, return_info=True)
+            except NonFiniteError as error:
+                error.step = step
+                if error.timestep is None:
+                    error.timestep = t
+                if self.mode == "raise":
+                    raise
+                bad = error.bad.to(self.active.device)
+                self._exclude(bad if everyone else index[bad], error)
+                continue
+            if everyone:
+                return out, info
+            return self._widen(out, info, index, x_in)
+
+    def _exclude(self, rows: Tensor, error: NonFiniteError) -> None:
+        self.active[rows] = False
+        what = "frozen at their last finite state" if self.mode == "freeze" else "dropped"
+        warnings.warn(f"{error.count} samples {what}: {error}", RuntimeWarning, stacklevel=4)
+
+    def _widen(self, out: Tensor, info: StepInfo | None, index: Tensor, x_in: Tensor):
+        """Outputs of the active samples placed in a full batch; inactive rows get a zero output
+        (their state is put back after the step) and NaN in the step info."""
+        full = torch.zeros(x_in.shape, dtype=out.dtype, device=out.device)
+        full[index] = out
+        if info is None:
+            return full, None
+        x0_hat = torch.full(x_in.shape, torch.nan, dtype=info.x0_hat.dtype, device=out.device)
+        x0_hat[index] = info.x0_hat
+        norm = torch.full((x_in.shape[0],), torch.nan, dtype=info.guidance_norm.dtype, device=out.device)
+        norm[index] = info.guidance_norm
+        return full, StepInfo(x0_hat=x0_hat, guidance_norm=norm)
+
+    def check_state(self, x: Tensor, before: Tensor, t, step: int) -> Tensor:
+        """The scheduler's new state, checked for the active samples; inactive ones keep theirs."""
+        if self.mode == "raise":
+            try:
+                check_finite(x, SCHEDULER_STEP)
+            except NonFiniteError as error:
+                error.step, error.timestep = step, t
+                raise
+            return x
+        finite = torch.isfinite(x).reshape(len(x), -1).all(1)
+        newly = self.active & ~finite
+        if bool(newly.any()):
+            self._exclude(newly, NonFiniteError(SCHEDULER_STEP, newly.cpu(), step=step, timestep=t))
+        if bool(self.active.all()):
+            return x
+        keep = self.active.reshape((-1,) + (1,) * (x.dim() - 1))
+        return torch.where(keep, x, before)

@@ -5,19 +5,38 @@ model sees, and it is written
 
     x_t = α_t · x0 + σ_t · ε,        ε ~ N(0, I).
 
-For variance-preserving schedulers (DDPM, DDIM, DPM-Solver++, UniPC) the model input is the
-scheduler's ``sample`` and α_t² + σ_t² = 1. Karras-style schedulers (Euler) keep ``sample`` in
-variance-exploding form x0 + s·ε and feed the model ``sample / sqrt(s² + 1)``; in model-input
-coordinates that is again VP with α = 1/sqrt(1 + s²), σ = s/sqrt(1 + s²). Flow matching uses
-x_t = (1 - s)·x0 + s·ε with s = t / num_train_timesteps, so α = 1 - s and σ = s.
+Four families of schedulers, recognised by class (a subclass belongs to its parent's family),
+each read generically:
+
+- **cumprod** (DDPM, DDIM, PNDM, LCM, TCD): the model input is the scheduler's ``sample`` and
+  α² = ``alphas_cumprod[t]`` on the integer training grid, σ² = 1 − α². PNDM's Runge–Kutta
+  warm-up evaluates the model at half steps (t − Δ/2, repeated), each at its own ``t``.
+- **sigmas** (DPM-Solver++ single/multistep and SDE, UniPC, DEIS, Euler, Euler ancestral, Heun,
+  LMS, KDPM2, KDPM2 ancestral): ``scheduler.sigmas`` holds s = σ/α. The VP solvers feed ``sample``
+  itself; the k-diffusion ones keep ``sample`` = x0 + s·ε and feed ``scale_model_input``'s
+  ``sample / sqrt(s² + 1)``. In model-input coordinates both are α = 1/sqrt(1 + s²), σ = s·α.
+- **edm** (EDM Euler, EDM DPM-Solver++): ``sample`` = x0 + s·ε and the model sees
+  ``precondition_inputs``' c_in·sample, c_in = 1/sqrt(s² + σ_d²), so α = c_in and σ = s·c_in
+  (α²·σ_d² + σ² = 1); timesteps are c_noise = ¼·log s.
+- **flow** (flow-matching Euler and Heun, and the sigma solvers with ``use_flow_sigmas``):
+  x_t = (1 − s)·x0 + s·ε with s = ``sigmas[i]`` = t / num_train_timesteps.
+
+s is read from ``scheduler.sigmas`` at the scheduler's current ``step_index`` while it samples,
+which is the level of the input actually being evaluated also where a step evaluates the model
+twice: Heun (and flow-matching Heun) evaluate at ``sigmas[step_index]`` both times (its
+``timesteps`` repeat), KDPM2 evaluates its second time at the interpolated ``sigmas_interpol``
+and DPM-Solver SDE at its midpoint sigma. Timesteps outside a sampling run are looked up in
+``scheduler.timesteps`` (or, off the schedule, in the training noise schedule).
 
 Working in model-input coordinates makes the guidance independent of the scheduler: the guided
 noise ε̃ = ε̂ + σ_t·∇_{x_t} E_t is the same whichever coordinates ``scheduler.step`` integrates in,
-because σ_VE·∇_{sample} = σ·∇_{x_t}.
+because a rescaling x ↦ c·x multiplies σ by c and the gradient by 1/c.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import NamedTuple
 
 import diffusers
@@ -25,83 +44,223 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction", "edm_epsilon", "edm_v_prediction")
 
-# How each supported scheduler family's noise level is read, matched with isinstance so that a
-# subclass of a supported scheduler is supported too:
-#   "cumprod":   α² = alphas_cumprod[t] on the integer training grid
-#   "vp_sigmas": sigmas[i] = σ/α (VP), looked up by the position of t in scheduler.timesteps
-#   "ve_sigmas": same sigmas, but the scheduler scales the model input (Euler family)
-#   "flow":      σ = t / num_train_timesteps
-_KINDS: tuple[tuple[type, str], ...] = (
-    (diffusers.DDPMScheduler, "cumprod"),
-    (diffusers.DDIMScheduler, "cumprod"),
-    (diffusers.DPMSolverMultistepScheduler, "vp_sigmas"),
-    (diffusers.DPMSolverSinglestepScheduler, "vp_sigmas"),
-    (diffusers.UniPCMultistepScheduler, "vp_sigmas"),
-    (diffusers.DEISMultistepScheduler, "vp_sigmas"),
-    (diffusers.EulerDiscreteScheduler, "ve_sigmas"),
-    (diffusers.EulerAncestralDiscreteScheduler, "ve_sigmas"),
-    (diffusers.FlowMatchEulerDiscreteScheduler, "flow"),
+# Each family's members, matched with isinstance so that a subclass is supported too. Only the
+# family is recognised by class; the noise level itself is read from the scheduler's own state.
+_FAMILIES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    (
+        "cumprod",
+        (
+            diffusers.DDPMScheduler,
+            diffusers.DDIMScheduler,
+            diffusers.PNDMScheduler,
+            diffusers.LCMScheduler,
+            diffusers.TCDScheduler,
+        ),
+    ),
+    (
+        "sigmas",
+        (
+            diffusers.DPMSolverMultistepScheduler,
+            diffusers.DPMSolverSinglestepScheduler,
+            diffusers.DPMSolverSDEScheduler,  # needs torchsde; a placeholder class without it
+            diffusers.UniPCMultistepScheduler,
+            diffusers.DEISMultistepScheduler,
+            diffusers.EulerDiscreteScheduler,
+            diffusers.EulerAncestralDiscreteScheduler,
+            diffusers.HeunDiscreteScheduler,
+            diffusers.LMSDiscreteScheduler,
+            diffusers.KDPM2DiscreteScheduler,
+            diffusers.KDPM2AncestralDiscreteScheduler,
+        ),
+    ),
+    ("edm", (diffusers.EDMEulerScheduler, diffusers.EDMDPMSolverMultistepScheduler)),
+    ("flow", (diffusers.FlowMatchEulerDiscreteScheduler, diffusers.FlowMatchHeunDiscreteScheduler)),
 )
-SUPPORTED_SCHEDULERS = tuple(cls.__name__ for cls, _ in _KINDS)
+SUPPORTED_SCHEDULERS = tuple(cls.__name__ for _, members in _FAMILIES for cls in members)
+
+# Schedulers that cannot be guided at all, and why (matched by class name along the MRO, so that
+# these optional classes need not be importable).
+_NOT_GUIDABLE = {
+    "ScoreSdeVeScheduler": (
+        "it samples with a predictor-corrector pair (step_pred/step_correct) that takes a score, "
+        "not a model output through step()"
+    ),
+    "VQDiffusionScheduler": (
+        "it is a discrete (categorical) diffusion over codebook indices: there is no Gaussian noise "
+        "level α_t, σ_t and no gradient of a continuous sample to guide with"
+    ),
+    "AmusedScheduler": (
+        "it generates masked tokens: there is no Gaussian noise level α_t, σ_t and no gradient of a "
+        "continuous sample to guide with"
+    ),
+}
 
 
-def _kind(scheduler) -> str:
-    kind = next((k for cls, k in _KINDS if isinstance(scheduler, cls)), None)
-    if kind is None:
-        raise TypeError(
-            f"{type(scheduler).__name__} is not supported by energy_guidance; supported schedulers "
-            f"(and their subclasses): {', '.join(SUPPORTED_SCHEDULERS)}."
+def _family(scheduler) -> str:
+    for family, members in _FAMILIES:
+        if isinstance(scheduler, members):
+            if family == "sigmas" and scheduler.config.get("use_flow_sigmas", False):
+                return "flow"
+            return family
+    name = type(scheduler).__name__
+    known = [_NOT_GUIDABLE[c.__name__] for c in type(scheduler).__mro__ if c.__name__ in _NOT_GUIDABLE]
+    reason = known[0] if known else None
+    if reason is None:
+        reason = (
+            "energy guidance needs the noise level (α_t, σ_t) of the model input at every model "
+            "evaluation, and it reads that level only for the scheduler families it knows"
         )
-    if kind == "vp_sigmas" and scheduler.config.get("use_flow_sigmas", False):
-        return "flow"
-    return kind
+    raise TypeError(
+        f"{name} is not supported by energy_guidance: {reason}. Supported schedulers (and their "
+        f"subclasses): {', '.join(SUPPORTED_SCHEDULERS)}."
+    )
 
 
 def prediction_type(scheduler) -> str:
-    """The scheduler's prediction type; flow-matching schedulers predict the velocity ε - x0."""
-    if _kind(scheduler) == "flow" and "prediction_type" not in scheduler.config:
+    """The scheduler's prediction type, as :func:`to_eps_x0` names it.
+
+    Flow-matching schedulers predict the velocity ε − x0 (``"flow_prediction"``). EDM schedulers
+    predict the raw network output F of Karras et al.'s preconditioning, D = c_skip·sample +
+    c_out·F, named ``"edm_epsilon"`` or ``"edm_v_prediction"`` after their config (the sign of c_out).
+    """
+    family = _family(scheduler)
+    if family == "flow" and "prediction_type" not in scheduler.config:
         return "flow_prediction"
-    return scheduler.config.get("prediction_type", "epsilon")
+    ptype = scheduler.config.get("prediction_type", "epsilon")
+    if family == "edm":
+        if ptype not in ("epsilon", "v_prediction"):
+            raise ValueError(f"EDM schedulers predict 'epsilon' or 'v_prediction', got {ptype!r}")
+        return f"edm_{ptype}"
+    return ptype
 
 
-def _training_sigmas(scheduler) -> Tensor:
-    """σ/α on the integer training grid, from alphas_cumprod (VP and VE schedulers)."""
-    acp = scheduler.alphas_cumprod.to(torch.float64)
-    return ((1 - acp) / acp).sqrt()
+class ClippingWarning(UserWarning):
+    """The scheduler clips x̂0 after guidance, which changes the guided target."""
 
 
-def _scheduled_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
-    """s = σ/α (VP, VE) or σ (flow) for each timestep in ``t``.
+_WARNED_CLIPPING: weakref.WeakSet = weakref.WeakSet()
 
-    Timesteps of the scheduler's current schedule read ``scheduler.sigmas`` (exact, also for
-    Karras or exponential sigmas); any other timestep uses the training noise schedule. During
-    sampling the scheduler's own ``step_index`` decides, since a schedule may repeat a timestep.
+
+def clipping_options(scheduler) -> dict[str, bool]:
+    """The scheduler's x̂0 clipping options that are on: ``clip_sample`` (DDPM, DDIM, LCM, TCD,
+    Heun, ...) and ``thresholding`` (dynamic thresholding: DDPM, DDIM, DPM-Solver, UniPC, DEIS)."""
+    config = scheduler.config
+    return {name: False for name in ("clip_sample", "thresholding") if config.get(name, False)}
+
+
+def warn_if_clipping(scheduler) -> None:
+    """Warn once per scheduler (a :class:`ClippingWarning`) when it clips x̂0 inside ``step``.
+
+    Guidance moves x̂0 (equation (2) of docs/math.md) and the scheduler clips it afterwards, so
+    with clipping on the samples do not follow q·exp(−β·E): a shift of x̂0 beyond the range is
+    cut off, which can erase or reverse the guidance. Opt in with
+    ``AnalyticEnergyGuidance(..., allow_clipping=True)`` or a warnings filter on this category.
+    """
+    options = clipping_options(scheduler)
+    if not options or scheduler in _WARNED_CLIPPING:
+        return
+    _WARNED_CLIPPING.add(scheduler)
+    name = type(scheduler).__name__
+    config = scheduler.config
+    what = []
+    if "clip_sample" in options:
+        what.append(f"clip_sample=True clips x̂0 to ±{config.get('clip_sample_range', 1.0):g}")
+    if "thresholding" in options:
+        limit = config.get("sample_max_value", 1.0)
+        what.append(f"thresholding=True clips x̂0 dynamically (to at most ±{limit:g})")
+    unclipped = ""
+    if isinstance(scheduler, diffusers.DDIMScheduler) and "clip_sample" in options:
+        unclipped = " DDIM's update also keeps the unclipped ε̂ beside the clipped x̂0."
+    off = ", ".join(f"{key}=False" for key in options)
+    warnings.warn(
+        f"{name}: {' and '.join(what)} inside step(), after guidance, so guided samples do not follow "
+        f"q·exp(-β·E): a guidance shift of x̂0 beyond the range is cut off, which can erase or reverse "
+        f"it.{unclipped} Turn it off with {name}.from_config(scheduler.config, {off}), or pass "
+        "allow_clipping=True if clipped samples are intended (data in the clipping range).",
+        ClippingWarning,
+        stacklevel=3,
+    )
+
+
+def _float64(values) -> Tensor:
+    return torch.as_tensor(values).detach().to("cpu", torch.float64)
+
+
+def _second_evaluation_sigmas(scheduler, sigmas: Tensor, index: Tensor) -> Tensor | None:
+    """s at the second model evaluation of a two-evaluation step, at positions ``index`` of the
+    schedule, for the schedulers that do not evaluate it at ``sigmas[index]`` (as their
+    ``scale_model_input`` does); None for every other scheduler."""
+    if isinstance(scheduler, diffusers.KDPM2AncestralDiscreteScheduler):
+        return _float64(scheduler.sigmas_interpol)[index - 1]
+    if isinstance(scheduler, diffusers.KDPM2DiscreteScheduler):
+        return _float64(scheduler.sigmas_interpol)[index]
+    if isinstance(scheduler, diffusers.DPMSolverSDEScheduler):
+        return (sigmas[index - 1] * sigmas[index]).sqrt()  # the midpoint in log sigma
+    return None
+
+
+def _live_sigma(scheduler, index: int, sigmas: Tensor) -> Tensor:
+    """s of the evaluation the scheduler is at (``step_index``), from its own state."""
+    if not getattr(scheduler, "state_in_first_order", True):
+        midpoint = getattr(scheduler, "mid_point_sigma", None)  # DPM-Solver SDE keeps it
+        if midpoint is not None:
+            return _float64(midpoint).reshape(1)
+        second = _second_evaluation_sigmas(scheduler, sigmas, torch.tensor([index]))
+        if second is not None:
+            return second
+    return sigmas[index : index + 1]
+
+
+def _evaluation_sigmas(scheduler, n: int, sigmas: Tensor) -> Tensor:
+    """s of the model evaluation at each of the n entries of ``scheduler.timesteps``: two-evaluation
+    schedulers alternate first (even positions) and second (odd positions) evaluations."""
+    table = sigmas[:n].clone()
+    odd = torch.arange(1, n, 2)
+    second = _second_evaluation_sigmas(scheduler, sigmas, odd)
+    if second is not None:
+        table[odd] = second
+    return table
+
+
+def _scheduled_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+    """s = σ/α (sigmas), the VE sigma (edm) or σ (flow) for each timestep in ``t``.
+
+    While the scheduler samples, its ``step_index`` and state decide (a schedule may repeat a
+    timestep, and a second evaluation may sit at an interpolated sigma). Otherwise timesteps of
+    the current schedule read ``scheduler.sigmas`` (exact, also for Karras or exponential sigmas)
+    and any other timestep the training noise schedule.
     """
     sigmas = getattr(scheduler, "sigmas", None)
     timesteps = getattr(scheduler, "timesteps", None)
     if sigmas is None or timesteps is None or len(timesteps) == 0:
-        return _training_ratio(scheduler, t, kind)
-    ts = timesteps.detach().to("cpu", torch.float64)
+        return _training_sigma(scheduler, t, family)
+    ts = _float64(timesteps)
+    sigmas = _float64(sigmas)
     index = getattr(scheduler, "step_index", None)
-    if len(t) == 1 and isinstance(index, int) and index < len(ts) and ts[index] == t[0]:
-        return sigmas.detach().to("cpu", torch.float64)[index : index + 1]
+    if len(t) == 1 and isinstance(index, int) and 0 <= index < len(ts) and ts[index] == t[0]:
+        return _live_sigma(scheduler, index, sigmas)
+    table = _evaluation_sigmas(scheduler, len(ts), sigmas)
     # Locate each t in the schedule by binary search (schedules may hold 1000 entries).
     order = torch.argsort(ts, stable=True)
     pos = torch.searchsorted(ts[order], t).clamp(max=len(ts) - 1)
     found = ts[order][pos] == t
-    scheduled = sigmas.detach().to("cpu", torch.float64)[order[pos]]
+    scheduled = table[order[pos]]
     if found.all():
         return scheduled
-    return torch.where(found, scheduled, _training_ratio(scheduler, t, kind))
+    return torch.where(found, scheduled, _training_sigma(scheduler, t, family))
 
 
-def _training_ratio(scheduler, t: Tensor, kind: str) -> Tensor:
-    """s of the training noise schedule, interpolated linearly in t as Euler does."""
-    if kind == "flow":
+def _training_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+    """s of the training noise schedule: σ = t/T (flow), s = exp(4·c_noise) (EDM's c_noise =
+    ¼·log s), otherwise σ/α from alphas_cumprod, interpolated linearly in t as Euler does."""
+    if family == "flow":
         return t / scheduler.config.num_train_timesteps
-    table = _training_sigmas(scheduler)
+    if family == "edm":
+        return torch.exp(4 * t)
+    acp = scheduler.alphas_cumprod.to(torch.float64)
+    table = ((1 - acp) / acp).sqrt()
     grid = np.arange(len(table), dtype=np.float64)
     return torch.from_numpy(np.interp(t.numpy(), grid, table.numpy()))
 
@@ -110,33 +269,43 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     """Coefficients (α_t, σ_t) of the model input x_t = α_t·x0 + σ_t·ε at ``timestep``.
 
     ``timestep`` is a number or a tensor of any shape; α and σ are float64 tensors of its shape.
+    During sampling (after ``scale_model_input`` or a ``step``) it is the level of the input the
+    model is evaluated at, also at the second evaluation of Heun, KDPM2 or DPM-Solver SDE steps.
     This is the single place where the package reads a scheduler's noise schedule.
     """
-    kind = _kind(scheduler)
-    t = torch.as_tensor(timestep).detach().to("cpu", torch.float64)
+    family = _family(scheduler)
+    t = _float64(timestep)
     shape = t.shape
     t = t.reshape(-1)
-    if kind == "cumprod":
+    if family == "cumprod":
         acp = scheduler.alphas_cumprod.to(torch.float64)
         if (t != t.round()).any() or (t < 0).any() or (t >= len(acp)).any():
             raise ValueError(f"{type(scheduler).__name__} needs integer timesteps in [0, {len(acp)})")
         alpha2 = acp[t.long()]
         alpha, sigma = alpha2.sqrt(), (1 - alpha2).sqrt()
-    elif kind == "flow":
-        s = _scheduled_ratio(scheduler, t, kind)
-        alpha, sigma = 1 - s, s
     else:
-        s = _scheduled_ratio(scheduler, t, kind)
-        alpha = 1 / (1 + s**2).sqrt()
-        sigma = s * alpha
+        s = _scheduled_sigma(scheduler, t, family)
+        if family == "flow":
+            alpha, sigma = 1 - s, s
+        else:
+            data_sigma = float(scheduler.config.sigma_data) if family == "edm" else 1.0
+            alpha = 1 / (s**2 + data_sigma**2).sqrt()
+            sigma = s * alpha
     return alpha.reshape(shape), sigma.reshape(shape)
 
 
 def training_timesteps(scheduler) -> Tensor:
-    """The integer training timesteps with 0 < α and 0 < σ: where training targets and variance
-    tables are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
-    Build targets with the scheduler the model was trained with (no custom sampling sigmas)."""
-    t = torch.arange(scheduler.config.num_train_timesteps)
+    """The training timesteps with 0 < α and 0 < σ: where training targets and variance tables
+    are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
+    Integers below ``num_train_timesteps``; for EDM schedulers, whose training noise is
+    continuous, the c_noise = ¼·log s of ``num_train_timesteps`` sigmas spaced evenly in log s
+    over [sigma_min, sigma_max]. Build targets with the scheduler the model was trained with (no
+    custom sampling sigmas)."""
+    config = scheduler.config
+    if _family(scheduler) == "edm":
+        low, high = np.log(config.sigma_min), np.log(config.sigma_max)
+        return 0.25 * torch.linspace(low, high, config.num_train_timesteps, dtype=torch.float64).float()
+    t = torch.arange(config.num_train_timesteps)
     alpha, sigma = noise_level(scheduler, t)
     return t[(alpha > 0) & (sigma > 0)]
 
@@ -154,6 +323,10 @@ class Prediction(NamedTuple):
     x0: Tensor
 
 
+def _edm_sign(prediction_type: str) -> float:
+    return 1.0 if prediction_type == "edm_epsilon" else -1.0
+
+
 def to_eps_x0(output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str) -> Prediction:
     """Convert a model output to (ε̂, x̂0) with x_t = α·x̂0 + σ·ε̂.
 
@@ -161,6 +334,9 @@ def to_eps_x0(output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, predict
     sample:           x̂0 = out,               ε̂ = (x_t - α·x̂0)/σ
     v_prediction:     v = α·ε - σ·x0,         x̂0 = (α·x_t - σ·v)/(α²+σ²), ε̂ = (σ·x_t + α·v)/(α²+σ²)
     flow_prediction:  v = ε - x0 (α = 1 - σ), x̂0 = x_t - σ·v,         ε̂ = x_t + α·v
+    edm_epsilon, edm_v_prediction: F with D = c_skip·sample + c_out·F (sample = x_t/α, c_out > 0
+                      for edm_epsilon, < 0 for edm_v_prediction); with k = 1 - σ² = α²·σ_d²,
+                      x̂0 = (k·x_t ± σ·√k·F)/α,  ε̂ = (x_t - α·x̂0)/σ
     """
     a, s = _expand(alpha, x_t), _expand(sigma, x_t)
     if prediction_type == "epsilon":
@@ -172,6 +348,10 @@ def to_eps_x0(output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, predict
         return Prediction((s * x_t + a * output) / norm, (a * x_t - s * output) / norm)
     if prediction_type == "flow_prediction":
         return Prediction(x_t + a * output, x_t - s * output)
+    if prediction_type in ("edm_epsilon", "edm_v_prediction"):
+        keep = 1 - s**2
+        x0 = (keep * x_t + _edm_sign(prediction_type) * s * keep.sqrt() * output) / a
+        return Prediction((x_t - a * x0) / s, x0)
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
@@ -186,6 +366,9 @@ def from_eps_x0(eps: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor, predictio
         return a * eps - s * x0
     if prediction_type == "flow_prediction":
         return eps - x0
+    if prediction_type in ("edm_epsilon", "edm_v_prediction"):
+        root = (1 - s**2).sqrt()
+        return _edm_sign(prediction_type) * (s * a * x0 / root - root * eps)
     raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 

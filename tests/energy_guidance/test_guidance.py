@@ -7,6 +7,7 @@ model is exactly the noise model of the target p = N(m - β·v·w, vI) (its ε̂
 
 import functools
 import math
+import warnings
 from types import SimpleNamespace
 
 import diffusers
@@ -47,6 +48,15 @@ from .schedulers import SCHEDULER_CONFIGS, STARTS_AT_PURE_NOISE, make_scheduler
 @functools.cache
 def sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(guided, unguided, exact target) samples of one configuration, all from the same seed."""
+    with warnings.catch_warnings():
+        # torchsde's Brownian tree (DPM-Solver SDE) warns that float32 sigmas lie outside its
+        # float64 interval; KDPM2's set_timesteps passes tensors through numpy functions.
+        warnings.filterwarnings("ignore", "Should have", UserWarning)
+        warnings.filterwarnings("ignore", "__array_wrap__", DeprecationWarning)
+        return _sampling_runs(name)
+
+
+def _sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kwargs = {"num_inference_steps": STEPS, "dtype": torch.float64}
     scheduler = make_scheduler(name)
     guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
