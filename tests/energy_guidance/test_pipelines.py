@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -376,3 +377,29 @@ def test_cfg_layout_is_checked():
             wrapper(torch.randn(4, 1, 8, 8), t)
     with pytest.raises(ValueError, match="cfg_scale"), guide_pipeline(pipe, guidance, cfg_scale="on"):
         pass
+
+
+class KeywordModel(torch.nn.Module):
+    """Called like diffusers' transformers: ``hidden_states=``, ``timestep=`` by name, and the
+    condition as the second positional parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, return_dict=True):
+        assert timestep is not None and encoder_hidden_states is not None
+        return (self.weight * hidden_states + encoder_hidden_states.mean(),)
+
+
+def test_models_called_by_keyword_are_called_back_by_keyword():
+    model = KeywordModel()
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    pipe = SimpleNamespace(scheduler=scheduler, transformer=model)
+    hidden = torch.randn(3, 4)
+    guidance = AnalyticEnergyGuidance(scheduler, model, mean_pixel, beta=2.0, variance=0.0)
+    x, t = torch.randn(3, 1, 4, 4), torch.tensor([400, 400, 400])
+    with guide_pipeline(pipe, guidance, attribute="transformer") as wrapper:
+        (out,) = wrapper(hidden_states=x, encoder_hidden_states=hidden, timestep=t, return_dict=False)
+    reference = guidance.replace(model=lambda z, _t: model(z, hidden, timestep=t)[0])
+    torch.testing.assert_close(out, reference.guided_model_output(x, t[0]))
