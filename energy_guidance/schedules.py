@@ -35,6 +35,7 @@ because a rescaling x ↦ c·x multiplies σ by c and the gradient by 1/c.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 import weakref
 from typing import NamedTuple
@@ -147,7 +148,8 @@ def clipping_options(scheduler) -> dict[str, bool]:
     """The scheduler's x̂0 clipping options that are on: ``clip_sample`` (DDPM, DDIM, LCM, TCD,
     Heun, ...) and ``thresholding`` (dynamic thresholding: DDPM, DDIM, DPM-Solver, UniPC, DEIS)."""
     config = scheduler.config
-    return {name: False for name in ("clip_sample", "thresholding") if config.get(name, False)}
+    accepted = inspect.signature(type(scheduler).__init__).parameters  # from_config may carry others'
+    return {name: False for name in ("clip_sample", "thresholding") if name in accepted and config.get(name)}
 
 
 def warn_if_clipping(scheduler) -> None:
@@ -276,7 +278,7 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     family = _family(scheduler)
     t = _float64(timestep)
     shape = t.shape
-    t = t.reshape(-1)
+    t = t.reshape(-1).contiguous()
     if family == "cumprod":
         acp = scheduler.alphas_cumprod.to(torch.float64)
         if (t != t.round()).any() or (t < 0).any() or (t >= len(acp)).any():

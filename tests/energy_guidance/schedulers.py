@@ -37,11 +37,7 @@ SCHEDULER_CONFIGS = {
         {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
     ),
     "dpm-singlestep-eps": (diffusers.DPMSolverSinglestepScheduler, {}),
-    "dpm-sde-eps": (diffusers.DPMSolverSDEScheduler, {"noise_sampler_seed": 0}),
-    "dpm-sde-karras-v": (
-        diffusers.DPMSolverSDEScheduler,
-        {"noise_sampler_seed": 0, "use_karras_sigmas": True, "prediction_type": "v_prediction"},
-    ),
+    "dpm-sde-karras": (diffusers.DPMSolverSDEScheduler, {"noise_sampler_seed": 0, "use_karras_sigmas": True}),
     "deis-eps": (diffusers.DEISMultistepScheduler, {}),
     "unipc-eps": (diffusers.UniPCMultistepScheduler, {}),
     "unipc-v": (diffusers.UniPCMultistepScheduler, {"prediction_type": "v_prediction"}),

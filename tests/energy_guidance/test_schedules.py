@@ -365,3 +365,14 @@ def test_ddim_clip_sample_warns_once_and_says_how_to_turn_it_off():
 def test_other_clipping_schedulers_warn(scheduler, option):
     with pytest.warns(ClippingWarning, match=re.escape(f"from_config(scheduler.config, {option})")):
         _guide(scheduler)
+
+
+def test_an_option_the_scheduler_does_not_have_is_not_clipping():
+    """from_config can carry a DDPM config's clip_sample=True into a DPM-Solver++ config, whose
+    step never reads it: no warning (as in the RL recipe's sampling scheduler)."""
+    train = diffusers.DDPMScheduler(num_train_timesteps=1000, clip_sample=True, prediction_type="epsilon")
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_config(train.config, thresholding=False)
+    assert scheduler.config.get("clip_sample")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClippingWarning)
+        _guide(scheduler)
