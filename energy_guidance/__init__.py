@@ -4,43 +4,36 @@ intermediate energy (Hu et al. 2025, arXiv 2505.01822).
 Conventions (stated once here and in docs/math.md): energies are lower-is-better, β ≥ 0, and
 x_t = α_t·x0 + σ_t·ε is always the model input.
 
-The public API is what a user of guidance needs; the rest lives in named modules:
-:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.checkpoints`
-(files that survive interruption), :mod:`energy_guidance.groundtruth` (exact models, Monte
-Carlo and distances, for tests and benchmarks) and :mod:`energy_guidance.baselines` (CEP,
-DPS-style guidance).
+The public API is what a user of guidance needs. The rest lives in named modules:
+:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.checkpoints` (files
+that survive interruption), :mod:`energy_guidance.groundtruth` (exact models, Monte Carlo and
+distances, for tests and benchmarks), :mod:`energy_guidance.baselines` (CEP, DPS-style
+guidance); the protocols an estimator follows are ``guidance.IntermediateEnergyEstimator`` and
+``posterior.VarianceEstimator``.
 """
 
 from .amortized import IntermediateEnergyNet, train_intermediate_energy
+from .callables import NonFiniteError
 from .closed_form import ClosedForm
-from .guidance import AnalyticEnergyGuidance, IntermediateEnergyEstimator
+from .guidance import AnalyticEnergyGuidance
 from .pipelines import guide_pipeline
-from .posterior import (
-    Constant,
-    DataVar,
-    Diagonal,
-    EpsNorm,
-    Jacobian,
-    VarianceEstimator,
-    VarianceTable,
-    estimate_variance_table,
-)
+from .posterior import Constant, DataVar, Diagonal, EpsNorm, Jacobian, VarianceTable, estimate_variance_table
 from .sampling import sample
-from .schedules import from_eps_x0, noise_level, to_eps_x0
+from .schedules import ClippingWarning, from_eps_x0, noise_level, to_eps_x0
 from .smc import SMCResult, smc_sample
 
 __all__ = [
     "AnalyticEnergyGuidance",
+    "ClippingWarning",
     "ClosedForm",
     "Constant",
     "DataVar",
     "Diagonal",
     "EpsNorm",
-    "IntermediateEnergyEstimator",
     "IntermediateEnergyNet",
     "Jacobian",
+    "NonFiniteError",
     "SMCResult",
-    "VarianceEstimator",
     "VarianceTable",
     "estimate_variance_table",
     "from_eps_x0",
