@@ -298,7 +298,12 @@ class Policies:
         self.energy, self.normalizer, self.scaler = energy, normalizer, scaler
         self.act_dim, self.generator = act_dim, generator
         self.guidance = AnalyticEnergyGuidance(
-            scheduler, model, estimator=network, rescale=config.rescale, scale=config.guidance_scale
+            scheduler,
+            model,
+            estimator=network,
+            rescale=config.rescale,
+            scale=config.guidance_scale,
+            allow_clipping=config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
         )
         self.smc_guidance = self.guidance.replace(scheduler=smc_scheduler(config.behaviour, scheduler))
 

@@ -340,7 +340,14 @@ def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, sc
         table = demo.variance_table
     energy = digit_energy(demo.classifier, digit)
     return AnalyticEnergyGuidance(
-        demo.scheduler, demo.unet, energy, beta, variance=variance, variance_table=table, scale=scale
+        demo.scheduler,
+        demo.unet,
+        energy,
+        beta,
+        variance=variance,
+        variance_table=table,
+        scale=scale,
+        allow_clipping=True,  # images live in [-1, 1]: the pipeline's clip_sample is meant
     )
 
 
