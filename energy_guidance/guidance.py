@@ -166,7 +166,8 @@ class AnalyticEnergyGuidance:
         )
 
     def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
-        out = call_model(self.model, x_t, timestep, cond)
+        twice = bool(getattr(self.estimator, "double_backward_model", False))  # math attention kernel
+        out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
         return to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:

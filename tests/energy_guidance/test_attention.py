@@ -83,8 +83,7 @@ def _table() -> VarianceTable:
 
 
 # Modes whose model is differentiated twice: their model call needs the math kernel, which the
-# guidance chooses in AnalyticEnergyGuidance._predict (guidance.py, not yet wired) and
-# guide_pipeline chooses in its wrapper.
+# guidance chooses in AnalyticEnergyGuidance._predict and guide_pipeline in its wrapper.
 TWICE_THROUGH_MODEL = {"jacobian", "order2-jacobian"}
 
 MODES = {
@@ -128,24 +127,7 @@ def _check_guided(parts, guided: torch.Tensor, *, lowers: bool = True) -> None:
             assert (brightness(plain) - brightness(guided)).mean() > 0
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the model is differentiated twice: AnalyticEnergyGuidance._predict must "
-                "pass double_backward=self.estimator.double_backward_model to call_model "
-                "(guidance.py); guide_pipeline already does (test_model_differentiated_twice_"
-                "through_a_pipeline)",
-            ),
-        )
-        if m in TWICE_THROUGH_MODEL
-        else m
-        for m in MODES
-    ],
-)
+@pytest.mark.parametrize("mode", list(MODES))
 def test_every_training_free_mode_guides_attention_model_and_energy(parts, mode):
     _check_guided(parts, _draw(parts, _guidance(parts, mode)))
 
