@@ -41,11 +41,12 @@ from the model's graph, the Jacobian), the model runs with the math attention ke
 (:func:`~energy_guidance.callables.double_backward_attention`); the energy gets it from
 :mod:`energy_guidance.callables` whenever its gradient is differentiated.
 
-``clip_sample``: DDPM and DDIM schedulers clip x̂0 to [-1, 1] by default, and DDIM then recomputes
-ε from the clipped x̂0, so guidance that pushes x̂0 outside the range is dropped. First-order
-guidance at high noise moves x̂0 by O(β·‖∇E‖/α²); on a random-weight UNet with DDIM this reversed
-the effect of guidance. Clipping suits image data and moderate guidance (the digits recipe keeps
-it); otherwise build the scheduler with ``clip_sample=False``.
+``clip_sample``: DDPM and DDIM schedulers clip x̂0 to [-1, 1] by default. DDIM then steps with
+the UNCLIPPED ε̂ unless the pipeline is called with ``use_clipped_model_output=True``; a guided ε̃
+that pushes x̂0 past the clip then moves the sample the opposite way (the guidance reverses: on
+the digits UNet, asking for darker images made them brighter). Call a guided ``DDIMPipeline``
+with ``use_clipped_model_output=True`` (``energy_guidance.sample`` does this itself), or build
+the scheduler with ``clip_sample=False`` when the data are not confined to [-1, 1].
 """
 
 from __future__ import annotations

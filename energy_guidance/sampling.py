@@ -52,7 +52,9 @@ def sample(
     step) and, when guided, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one
     timestep for the whole batch, as diffusers' ``step`` requires. The scheduler's own x̂0
     clipping applies after guidance: ``clip_sample`` (DDPM, DDIM) or ``thresholding`` (DPM-Solver,
-    UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors.
+    UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors;
+    guided DDIM steps with ``use_clipped_model_output=True``, so that clipping never reverses
+    the guidance.
     With a ``generator``, DPM-Solver SDE's Brownian noise is seeded from it (unless the scheduler
     has its own ``noise_sampler_seed``), so that runs reproduce like every other scheduler's.
 
@@ -74,8 +76,13 @@ def sample(
     scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
     init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    extra = {"generator": generator} if takes_generator else {}
+    step_parameters = inspect.signature(scheduler.step).parameters
+    extra = {"generator": generator} if "generator" in step_parameters else {}
+    if guidance is not None and "use_clipped_model_output" in step_parameters:
+        # DDIM clips x̂0 but by default steps with the unclipped ε̂; a guided ε̃ that pushes x̂0
+        # past the clip then moves the sample the opposite way (guidance reverses). Recomputing
+        # ε from the clipped x̂0 keeps the step consistent: clipped guidance saturates instead.
+        extra["use_clipped_model_output"] = True
     scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
     # diffusers' dynamic thresholding reshapes samples to (B, C, -1) and fails on (B, d) vectors;
     # it thresholds per sample either way, so the step sees a (B, d, 1) view.
