@@ -433,8 +433,11 @@ def test_shapes_reproducibility_and_dtypes():
     c = smc_sample(guidance, (4, D), resample=False, progress=True, dtype=torch.float64, **kwargs)
     assert c.samples.shape == (4, 3, D) and c.samples.dtype == torch.float64
     assert c.log_weights.shape == (4, 3)
-    scheduler = diffusers.DDPMScheduler()  # clip_sample=True: a non-linear mean, still Gaussian steps
-    images = AnalyticEnergyGuidance(scheduler, lambda x, t: 0.5 * x, lambda x: x.flatten(1).sum(1), 1.0)
+    # clip_sample=True: a non-linear step mean, but still a Gaussian step that SMC can weigh
+    scheduler = diffusers.DDPMScheduler()
+    images = AnalyticEnergyGuidance(
+        scheduler, lambda x, t: 0.5 * x, lambda x: x.flatten(1).sum(1), 1.0, allow_clipping=True
+    )
     result = smc_sample(images, (2, 1, 2, 2), num_particles=2, num_inference_steps=3)
     assert result.samples.shape == (2, 1, 2, 2) and torch.isfinite(result.log_normalizer).all()
 
