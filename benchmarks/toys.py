@@ -87,6 +87,7 @@ from energy_guidance.groundtruth import (
     EmpiricalNoiseModel,
     sliced_wasserstein,
 )
+from energy_guidance.groundtruth.metrics import weighted_quantiles
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
 from recipes.toys2d import DATASETS, DatasetName, toy_dataset
@@ -187,19 +188,6 @@ def _kernel_times(a: Tensor, b: Tensor, v: Tensor, chunk: int = 512) -> Tensor:
     return torch.cat(parts)
 
 
-def _quantiles(projected: Tensor, weights: Tensor | None, levels: Tensor) -> Tensor:
-    """Quantile functions (G, P) of the columns of ``projected`` (N, P), as in groundtruth.metrics."""
-    values, order = projected.sort(dim=0)
-    n = projected.shape[0]
-    if weights is None:
-        cum = (torch.arange(1, n + 1, dtype=torch.float64) / n)[:, None].expand(n, projected.shape[1])
-    else:
-        cum = weights.double()[order].cumsum(0)
-        cum = cum / cum[-1]
-    index = torch.searchsorted(cum.T.contiguous(), levels.expand(projected.shape[1], -1).contiguous()).T
-    return torch.gather(values, 0, index.clamp(max=n - 1))
-
-
 class Target:
     """A weighted point set (the tilted target) and the distances of samples to it.
 
@@ -222,11 +210,11 @@ class Target:
         )
         self.theta = theta / theta.norm(dim=0, keepdim=True)
         self.levels = (torch.arange(GRID, dtype=torch.float64) + 0.5) / GRID
-        self.quantiles = _quantiles(self.points @ self.theta, self.weights, self.levels)
+        self.quantiles = weighted_quantiles(self.points @ self.theta, self.weights, self.levels)
         self.self_term = float(self.weights @ _kernel_times(self.points, self.points, self.weights))
 
     def sw2(self, x: Tensor, weights: Tensor | None = None) -> float:
-        qx = _quantiles(x.reshape(len(x), -1).double() @ self.theta, weights, self.levels)
+        qx = weighted_quantiles(x.reshape(len(x), -1).double() @ self.theta, weights, self.levels)
         return float(((qx - self.quantiles) ** 2).mean().sqrt())
 
     def mmd2(self, x: Tensor, weights: Tensor | None = None) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 
-def _quantiles(projected: Tensor, weights: Tensor | None, levels: Tensor) -> Tensor:
+def weighted_quantiles(projected: Tensor, weights: Tensor | None, levels: Tensor) -> Tensor:
     """Quantile functions (G, P) of the columns of ``projected`` (N, P) at ``levels`` (G,)."""
     values, order = projected.sort(dim=0)
     n = projected.shape[0]
@@ -43,8 +43,8 @@ def sliced_wasserstein(
     theta = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     levels = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
-    qx = _quantiles(x @ theta, None, levels)
-    qy = _quantiles(y @ theta, y_weights, levels)
+    qx = weighted_quantiles(x @ theta, None, levels)
+    qy = weighted_quantiles(y @ theta, y_weights, levels)
     return float(((qx - qy) ** 2).mean().sqrt())
 
 
