@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .callables import Energy, differentiable_energy, energy_and_grad, energy_grad_hessian
+from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
 from .posterior import Constant, VarianceEstimator, variance_estimator
 from .schedules import Prediction
 
@@ -111,6 +111,8 @@ def second_order_intermediate_energy(
         value = value + (g * m).sum(1) + 0.5 * (m * hm).sum(1)
         g = g + hm
     cov = _covariance_matrix(covariance.to(g), b, d)
+    check_finite(cov, "posterior covariance")  # else the solve below fails as "singular"
+    check_finite(h, "energy Hessian")
     eye = torch.eye(d, dtype=g.dtype, device=g.device)
     sigma_h = beta * (cov @ h)  # βΣ̂H: real eigenvalues when Σ̂ is PSD (similar to βΣ̂^½HΣ̂^½)
     lowest = 1 + torch.linalg.eigvals(sigma_h.detach()).real.min(dim=1).values

@@ -303,3 +303,11 @@ def test_non_convex_curvature_is_damped_to_the_floor():
     assert float(value) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="floor must be > 0"):
         second_order_intermediate_energy(beta, e, g, h, s, floor=0.0)
+
+
+def test_second_order_names_a_non_finite_covariance():
+    """An infinite posterior variance (α → 0) is named, not reported as a singular matrix."""
+    g = torch.ones(2, 2, dtype=torch.float64)
+    h = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
+    with pytest.raises(FloatingPointError, match="posterior covariance"):
+        second_order_intermediate_energy(1.0, torch.zeros(2), g, h, torch.tensor([1.0, math.inf]))
