@@ -7,16 +7,7 @@ import torch
 from critics import CQL, IQL, CQLConfig, IQLConfig, Transitions
 from critics.networks import TanhGaussianPolicy, polyak_update
 
-
-def _transitions(n=64, obs_dim=3, act_dim=2):
-    g = torch.Generator().manual_seed(1)
-    return Transitions(
-        torch.randn(n, obs_dim, generator=g),
-        torch.rand(n, act_dim, generator=g) * 2 - 1,
-        torch.randn(n, generator=g),
-        torch.randn(n, obs_dim, generator=g),
-        (torch.rand(n, generator=g) < 0.1).float(),
-    )
+from .random_transitions import random_transitions
 
 
 def test_tanh_gaussian_log_prob_matches_torch_distributions():
@@ -43,7 +34,7 @@ def test_polyak_update_is_a_lerp():
 
 
 def test_iql_update_moves_only_the_target_by_polyak():
-    data = _transitions()
+    data = random_transitions()
     iql = IQL(3, 2, IQLConfig(hidden=16, polyak=0.1))
     target_before = copy.deepcopy(iql.q_target)
     iql.update(data)
@@ -56,7 +47,7 @@ def test_iql_update_moves_only_the_target_by_polyak():
 
 
 def test_iql_and_cql_losses_are_finite_and_policies_in_bounds():
-    data = _transitions()
+    data = random_transitions()
     g = torch.Generator().manual_seed(0)
     for agent in (IQL(3, 2, IQLConfig(hidden=16, actor="deterministic")), CQL(3, 2, CQLConfig(hidden=16))):
         for _ in range(3):
@@ -67,7 +58,7 @@ def test_iql_and_cql_losses_are_finite_and_policies_in_bounds():
 
 
 def test_transitions_reject_nan():
-    data = _transitions()
+    data = random_transitions()
     rewards = data.rewards.clone()
     rewards[3] = float("nan")
     try:
@@ -84,7 +75,7 @@ def test_iql_update_uses_the_bootstrapped_td_target_and_the_expectile_of_q_minus
     min_i Q̄_i(s,a) − V(s); terminal transitions do not bootstrap."""
     torch.manual_seed(0)
     iql = IQL(3, 2, IQLConfig(hidden=16, discount=0.9, expectile=0.8))
-    batch = _transitions(n=32)
+    batch = random_transitions(n=32)
     before = copy.deepcopy(iql)
     losses = iql.update(batch)
     with torch.no_grad():

@@ -5,19 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from critics import CRITICS, Critic, Transitions, critic_energy
+from critics import CRITICS, Critic, critic_energy
 from energy_guidance.callables import energy_and_grad
 
-
-def _transitions(n=64, obs_dim=3, act_dim=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return Transitions(
-        torch.randn(n, obs_dim, generator=g),
-        torch.rand(n, act_dim, generator=g) * 2 - 1,
-        torch.randn(n, generator=g),
-        torch.randn(n, obs_dim, generator=g),
-        (torch.rand(n, generator=g) < 0.1).float(),
-    )
+from .random_transitions import random_transitions
 
 
 def _small(cls):
@@ -28,7 +19,7 @@ def _small(cls):
 def test_registered_critic_implements_the_protocol(name):
     critic = _small(CRITICS[name])
     assert isinstance(critic, Critic) and isinstance(critic, torch.nn.Module)
-    data = _transitions()
+    data = random_transitions()
     states, actions = data.observations, data.actions
     assert critic.q_values(states, actions).shape == (2, 64)
     assert critic.baseline(states).shape == (64,)
@@ -53,7 +44,7 @@ def test_policy_names_are_distinct():
 def test_update_draws_randomness_from_the_generator_only(name):
     """Two critics built alike and updated with equally seeded generators stay bit-identical,
     whatever the global RNG does in between: what a resumed run relies on."""
-    data = _transitions()
+    data = random_transitions()
     copies = []
     for noise in (0, 1):
         torch.manual_seed(0)
