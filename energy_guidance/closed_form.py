@@ -75,6 +75,15 @@ def _covariance_matrix(covariance: Tensor, batch: int, dim: int) -> Tensor:
     return covariance
 
 
+def _damped_identity(beta: float, cov: Tensor, h: Tensor, floor: float) -> Tensor:
+    """(1 + δ)·I (B, d, d), δ ≥ 0 the smallest shift lifting every eigenvalue of I + βΣ̂H to
+    ``floor`` (the non-convex treatment of the module docstring; not differentiated). βΣ̂H has
+    real eigenvalues when Σ̂ is PSD (it is similar to βΣ̂^½HΣ̂^½)."""
+    lowest = 1 + torch.linalg.eigvals(beta * (cov @ h).detach()).real.min(dim=1).values
+    shift = (floor - lowest).clamp(min=0)[:, None, None]
+    return (1 + shift) * torch.eye(h.shape[1], dtype=h.dtype, device=h.device)
+
+
 def second_order_intermediate_energy(
     beta: float,
     energy_bar: Tensor,
@@ -113,13 +122,10 @@ def second_order_intermediate_energy(
     cov = _covariance_matrix(covariance.to(g), b, d)
     check_finite(cov, "posterior covariance")  # else the solve below fails as "singular"
     check_finite(h, "energy Hessian")
-    eye = torch.eye(d, dtype=g.dtype, device=g.device)
-    sigma_h = beta * (cov @ h)  # βΣ̂H: real eigenvalues when Σ̂ is PSD (similar to βΣ̂^½HΣ̂^½)
-    lowest = 1 + torch.linalg.eigvals(sigma_h.detach()).real.min(dim=1).values
-    shift = (floor - lowest).clamp(min=0)[:, None, None]
-    solved = torch.linalg.solve((1 + shift) * eye + beta * (h @ cov), g[..., None])  # (I + βHΣ̂)⁻¹g'
+    identity = _damped_identity(beta, cov, h, floor)
+    solved = torch.linalg.solve(identity + beta * (h @ cov), g[..., None])  # (I + βHΣ̂)⁻¹g'
     quad = (g[..., None] * (cov @ solved)).sum((1, 2))
-    logdet = torch.linalg.slogdet((1 + shift) * eye + sigma_h).logabsdet
+    logdet = torch.linalg.slogdet(identity + beta * (cov @ h)).logabsdet
     return beta * value + 0.5 * logdet - 0.5 * beta**2 * quad
 
 
@@ -240,10 +246,7 @@ class ClosedForm:
             g = grad.reshape(b, d)
             h = 0.5 * (hessian + hessian.transpose(1, 2))
             full = _covariance_matrix(cov, b, d)
-            eye = torch.eye(d, dtype=g.dtype, device=g.device)
-            lowest = 1 + torch.linalg.eigvals(self.beta * full @ h).real.min(dim=1).values
-            shift = (self.floor - lowest).clamp(min=0)[:, None, None]
-            damped = (1 + shift) * eye + self.beta * h @ full
+            damped = _damped_identity(self.beta, full, h, self.floor) + self.beta * h @ full
             step = self.beta * torch.linalg.solve(damped, g[..., None])[..., 0]
         else:
             with torch.enable_grad():

@@ -151,6 +151,8 @@ class _Evaluation:
         self.mode, self.active = on_nonfinite, active
 
     def __call__(self, x_in: Tensor, t, step: int) -> tuple[Tensor, StepInfo | None]:
+        if self.mode == "raise":  # every sample stays active: no per-step host sync on the mask
+            return self._evaluate(x_in, t, self.cond, step)
         batch = x_in.shape[0]
         while True:
             if not bool(self.active.any()):  # every sample frozen: the step only keeps shapes
@@ -160,22 +162,26 @@ class _Evaluation:
             x_part = x_in if everyone else x_in[index]
             cond = self.cond if everyone else _rows(self.cond, index, batch)
             try:
-                if self.guidance is None:
-                    out, info = call_model(self.model, x_part, t, cond), None
-                else:
-                    out, info = self.guidance.guided_model_output(x_part, t, cond, return_info=True)
+                out, info = self._evaluate(x_part, t, cond, step)
             except NonFiniteError as error:
-                error.step = step
-                if error.timestep is None:
-                    error.timestep = t
-                if self.mode == "raise":
-                    raise
                 bad = error.bad.to(self.active.device)
                 self._exclude(bad if everyone else index[bad], error)
                 continue
             if everyone:
                 return out, info
             return self._widen(out, info, index, x_in)
+
+    def _evaluate(self, x: Tensor, t, cond, step: int) -> tuple[Tensor, StepInfo | None]:
+        """The (guided) model output at x; a non-finite value raises with the step located."""
+        try:
+            if self.guidance is None:
+                return call_model(self.model, x, t, cond), None
+            return self.guidance.guided_model_output(x, t, cond, return_info=True)
+        except NonFiniteError as error:
+            error.step = step
+            if error.timestep is None:
+                error.timestep = t
+            raise
 
     def _exclude(self, rows: Tensor, error: NonFiniteError) -> None:
         self.active[rows] = False
