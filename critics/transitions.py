@@ -49,5 +49,5 @@ class Transitions:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Transitions:
         """A batch of ``batch_size`` transitions drawn uniformly with replacement."""
-        idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+        idx = torch.randint(0, len(self), (batch_size,), generator=generator).to(self.observations.device)
         return Transitions(*(getattr(self, f.name)[idx] for f in fields(self)))

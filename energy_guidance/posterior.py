@@ -121,7 +121,7 @@ def estimate_variance_table(
     valid = training_timesteps(scheduler)
     timesteps = valid[torch.linspace(0, len(valid) - 1, num_levels).round().long().unique()]
     flat = data.reshape(data.shape[0], -1).to(torch.float64)
-    mean, var = flat.mean(0), flat.var(0)
+    mean, var = flat.mean(0).cpu(), flat.var(0).cpu()  # the sums below accumulate on the CPU
     d = flat.shape[1]
     rows = []
     for t in timesteps:

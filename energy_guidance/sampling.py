@@ -54,7 +54,9 @@ def sample(
     clipping applies after guidance: ``clip_sample`` (DDPM, DDIM) or ``thresholding`` (DPM-Solver,
     UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors;
     guided DDIM steps with ``use_clipped_model_output=True``, so that clipping never reverses
-    the guidance.
+    the guidance. ``device``: of the samples (default: ``cond``'s when it is a tensor, else the
+    CPU); the initial noise is drawn on the generator's device and moved, so a seed gives the
+    same samples on any device up to the device's arithmetic.
     With a ``generator``, DPM-Solver SDE's Brownian noise is seeded from it (unless the scheduler
     has its own ``noise_sampler_seed``), so that runs reproduce like every other scheduler's.
 
@@ -73,6 +75,8 @@ def sample(
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    if device is None and isinstance(cond, torch.Tensor):
+        device = cond.device
     scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
     init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
     x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma

@@ -29,8 +29,10 @@ nor the guidance gradient; it removes the between-state spread of Q from the reg
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
+import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, field
@@ -54,6 +56,7 @@ from energy_guidance import (
     smc_sample,
 )
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
+from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
@@ -66,6 +69,7 @@ from .behaviour import (
     smc_scheduler,
     training_scheduler,
 )
+from .comparisons import COMPARISONS, Comparison, train_cql, train_qgpo
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -79,6 +83,9 @@ from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 
 CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
 Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
+Device = Literal["auto", "cpu", "cuda"]
+Rescale = Literal["auto", "on", "off"]
+Preset = Literal["auto", "default", "locomotion-cpu", "locomotion-gpu"]
 
 
 @dataclass
@@ -90,12 +97,17 @@ class AEPOConfig:
     """
 
     dataset: str = DEFAULT_DATASET  # a Minari id present under MINARI_DATASETS_PATH
+    preset: Preset = "auto"  # budgets and settings per task family (PRESETS); auto: by data set, device
     env: str = ""  # evaluation environment id; "" = the data set's own (recover_environment)
+    device: Device = "auto"  # where every network and tensor lives; auto: cuda when available
     run_dir: str = "runs/aepo"  # checkpoints, config.json, results.json, learning_curves.png
     seed: int = 0  # seeds the networks, batches and samples (not the data set)
     threads: int = 1  # torch.set_num_threads; 1 is robust when other jobs share the 2 cores
     progress: bool = True  # tqdm progress bars
     batch_size: int = 256  # for the critic, the behaviour policy and the energy network
+    # IQL's reward normalisation for locomotion: "returns" multiplies rewards by
+    # 1000 / (max − min episode return of the data set); "none" leaves them as they are
+    reward_normalization: Literal["none", "returns"] = "none"
     checkpoint_every: int = 1000  # steps between periodic checkpoints of a training phase
     # 1. critic: CRITICS[critic], configured by the field of the same name (critic_settings)
     critic: CriticName = "iql"  # the offline-RL critic (and its own policy)
@@ -114,15 +126,20 @@ class AEPOConfig:
     energy_steps: int = 10_000  # gradient steps of the intermediate-energy network
     energy_hidden: int = 64  # its width (3 layers); 64 keeps amortized sampling near unguided cost
     energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
+    qgpo_states: int = 20_000  # --compare qgpo: data states (random subset) with support samples
+    qgpo_support: int = 16  # --compare qgpo: behaviour samples per state (QGPO's M)
     # 5. evaluation
     inference_steps: int = 15  # evaluation: sampler steps per action
-    rescale: bool = False  # evaluation: AEPO guidance rescale; off: a sign flip for 1-D actions
+    rescale: Rescale = "auto"  # evaluation: AEPO's guidance rescale; auto: on for action dim >= 2
     guidance_scale: float = 1.0  # evaluation: multiplies the guidance term; 1 is the exact target
     num_candidates: int = 16  # evaluation: guided actions per state; the best by Q is taken
     eval_episodes: int = 10  # evaluation: episodes per policy
     eval_seed: int = 10_000  # evaluation: episode i is reset with eval_seed + i
     ablations: bool = True  # evaluation: also guided/1 candidate and unguided/best-of-N by Q
     smc: bool = True  # evaluation: also SMC selection, K = num_candidates particles per state
+    # evaluation: also the methods AEPO is compared with on the same data and budgets
+    # (recipes.comparisons): QGPO's contrastive energy, DPS-style guidance, CQL's actor
+    compare: tuple[Comparison, ...] = ()
 
 
 # Settings that change only the evaluation (dotted paths into AEPOConfig) and those that change
@@ -137,10 +154,59 @@ EVALUATION_FIELDS = (
     "eval_seed",
     "ablations",
     "smc",
+    "compare",
     "behaviour.sampler",
     "behaviour.clip_sample",
 )
-RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every")
+RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every", "device", "preset")
+
+
+# Settings per task family, applied by the command line before its own flags (which override
+# them). "default" is AEPOConfig as written: sized for the embedded Pendulum set on this CPU.
+# Locomotion (MuJoCo HalfCheetah, Hopper, Walker2d, Ant): IQL's reward normalisation; "-cpu" fits
+# one data set (all phases, 10 episodes per policy) in about 15 minutes on a 2-core CPU, "-gpu" is
+# sized for a GPU: IQL's published 1M critic steps (the AEPO paper's own budgets were not
+# available to us, docs/rl.md).
+PRESETS: dict[str, dict[str, typing.Any]] = {
+    "default": {},
+    "locomotion-cpu": {
+        "reward_normalization": "returns",
+        "critic_steps": 20_000,
+        "behaviour_steps": 20_000,
+        "energy_steps": 10_000,
+        "eval_episodes": 10,
+    },
+    "locomotion-gpu": {
+        "reward_normalization": "returns",
+        "critic_steps": 1_000_000,
+        "behaviour_steps": 500_000,
+        "energy_steps": 200_000,
+        "variance_samples": 65_536,
+        "checkpoint_every": 10_000,
+        "eval_episodes": 10,
+        "threads": 4,
+    },
+}
+LOCOMOTION = ("halfcheetah", "hopper", "walker2d", "ant")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
+    return torch.device(device)
+
+
+def resolve_preset(preset: str, dataset: str, device: str) -> str:
+    """``"auto"``: ``locomotion-gpu`` / ``-cpu`` (by device) for a MuJoCo locomotion data set id,
+    ``default`` otherwise; any other name is returned as it is."""
+    if preset != "auto":
+        return preset
+    if any(name in dataset.lower() for name in LOCOMOTION):
+        return "locomotion-gpu" if resolve_device(device).type == "cuda" else "locomotion-cpu"
+    return "default"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +214,21 @@ RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every")
 
 
 def parse_args(argv: list[str] | None = None) -> AEPOConfig:
-    """The command line (``sys.argv[1:]`` when ``argv`` is None) as an :class:`AEPOConfig`, by tyro."""
-    return tyro.cli(AEPOConfig, args=argv, prog="python -m recipes.aepo")
+    """The command line (``sys.argv[1:]`` when ``argv`` is None) as an :class:`AEPOConfig`, by tyro.
+
+    The preset (``--preset``, by default chosen from ``--dataset`` and ``--device``) sets the
+    defaults; every flag given overrides them. A config built in code gets no preset.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    for flag, default in (("--preset", "auto"), ("--dataset", DEFAULT_DATASET), ("--device", "auto")):
+        first.add_argument(flag, default=default)
+    known, _ = first.parse_known_args(argv)
+    preset = resolve_preset(known.preset, known.dataset, known.device)
+    if preset not in PRESETS:
+        raise SystemExit(f"error: --preset must be one of {('auto', *PRESETS)}, got {preset!r}")
+    default = dataclasses.replace(AEPOConfig(), **PRESETS[preset], preset=preset)
+    return tyro.cli(AEPOConfig, args=argv, default=default, prog="python -m recipes.aepo")
 
 
 def _choices(cls, prefix: str = "") -> typing.Iterator[tuple[str, tuple]]:
@@ -183,6 +262,12 @@ def validate(config: AEPOConfig) -> None:
         raise ValueError("num_candidates and eval_episodes must be >= 1")
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
+    unknown = [name for name in config.compare if name not in COMPARISONS]
+    if unknown:
+        raise ValueError(f"compare takes names from {COMPARISONS}, got {unknown}")
+    if config.qgpo_states < 1 or config.qgpo_support < 2:
+        raise ValueError("qgpo_states must be >= 1 and qgpo_support >= 2 (CEP contrasts M samples)")
+    resolve_device(config.device)  # "cuda" without CUDA fails here, before any work
 
 
 def critic_settings(config: AEPOConfig):
@@ -217,8 +302,8 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
 
 def evaluation_key(evaluation: Settings) -> Settings:
     """What an evaluation's returns depend on, beyond the training: its settings but `ablations`
-    and `smc`, which only select which policies are evaluated."""
-    return {k: v for k, v in evaluation.items() if k not in ("ablations", "smc")}
+    `smc` and `compare`, which only select which policies are evaluated."""
+    return {k: v for k, v in evaluation.items() if k not in ("ablations", "smc", "compare")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,13 +312,25 @@ def evaluation_key(evaluation: Settings) -> Settings:
 
 @dataclass
 class Normalizer:
-    """Observation standardisation measured on the data set."""
+    """Observation standardisation measured on the data set (on the run's device)."""
 
     mean: Tensor
     std: Tensor
 
     def __call__(self, obs) -> Tensor:
-        return (torch.as_tensor(np.asarray(obs), dtype=torch.float32) - self.mean) / self.std
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.mean.device)
+        return (obs - self.mean) / self.std
+
+
+def reward_scale(returns: np.ndarray) -> float:
+    """IQL's reward normalisation for locomotion: 1000 / (max − min episode return of the data).
+
+    It makes the scale of Q, hence the meaning of IQL's AWR temperature, the same on every data
+    set; the guidance is unaffected (β is in units of Q's spread, see the module docstring)."""
+    spread = float(np.max(returns) - np.min(returns))
+    if not spread > 0:
+        raise ValueError("reward normalisation 'returns' needs episodes of different returns")
+    return 1000.0 / spread
 
 
 @dataclass
@@ -246,29 +343,37 @@ class Inputs:
     refs: tuple[float, float] | None
     scaler: ActionScaler
     normalizer: Normalizer
+    reward_scale: float  # the rewards of ``data`` are the data set's times this
+    dataset_score: float | None  # the data set's mean episode return, normalised (None: no refs)
 
 
-def load_inputs(config: AEPOConfig) -> Inputs:
-    """Load the data set and the environment and check that they match (clear errors otherwise)."""
+def load_inputs(config: AEPOConfig, device: torch.device | str = "cpu") -> Inputs:
+    """Load the data set and the environment, check that they match (clear errors otherwise), put
+    the data on ``device``."""
     dataset = load_dataset(config.dataset)
+    returns = np.array([float(np.sum(e.rewards)) for e in dataset.iterate_episodes()])
 
     def make_env() -> gym.Env:
         return gym.make(config.env) if config.env else dataset.recover_environment()
 
     env = make_env()
     data = load_transitions(dataset, env)  # checks shapes against env and finiteness
+    data = Transitions(*(getattr(data, f.name).to(device) for f in dataclasses.fields(data)))
     normalizer = Normalizer(data.observations.mean(0), data.observations.std(0).clamp_min(1e-3))
+    scale = reward_scale(returns) if config.reward_normalization == "returns" else 1.0
     data = Transitions(
         normalizer(data.observations),
         data.actions,
-        data.rewards,
+        data.rewards * scale,
         normalizer(data.next_observations),
         data.terminals,
     )
     env_id = env.spec.id if env.spec else str(env)
     env.close()
     scaler = ActionScaler.from_space(env.action_space)
-    return Inputs(data, make_env, env_id, reference_scores(dataset), scaler, normalizer)
+    refs = reference_scores(dataset)
+    dataset_score = None if refs is None else float(normalized_score(returns, *refs).mean())
+    return Inputs(data, make_env, env_id, refs, scaler, normalizer, scale, dataset_score)
 
 
 @torch.no_grad()
@@ -278,7 +383,7 @@ def measure_q_scale(
     """mean_s std_{a ~ U[-1,1]^d} Q(s, a): the typical spread of Q over actions at one state."""
     g = torch.Generator().manual_seed(0)
     s = states.repeat_interleave(num_actions, dim=0)
-    a = torch.rand((len(s), act_dim), generator=g) * 2 - 1
+    a = (torch.rand((len(s), act_dim), generator=g) * 2 - 1).to(s)
     q = reduce_critic(critic.q_values(s, a), len(s), reduce).reshape(len(states), num_actions)
     return max(float(q.std(dim=1).mean()), 1e-6)
 
@@ -292,20 +397,36 @@ class Policies:
     """
 
     def __init__(
-        self, config, critic, model, scheduler, network, energy, normalizer, scaler, act_dim, generator
+        self,
+        config,
+        critic,
+        model,
+        scheduler,
+        network,
+        energy,
+        normalizer,
+        scaler,
+        act_dim,
+        generator,
+        qgpo_network=None,
+        cql_critic=None,
     ):
         self.config, self.critic, self.model, self.scheduler = config, critic, model, scheduler
         self.energy, self.normalizer, self.scaler = energy, normalizer, scaler
-        self.act_dim, self.generator = act_dim, generator
-        self.guidance = AnalyticEnergyGuidance(
-            scheduler,
-            model,
-            estimator=network,
-            rescale=config.rescale,
-            scale=config.guidance_scale,
-            allow_clipping=config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
-        )
+        self.act_dim, self.generator, self.cql_critic = act_dim, generator, cql_critic
+        self.rescale = resolve_rescale(config.rescale, act_dim)
+        common = {
+            "rescale": self.rescale,
+            "scale": config.guidance_scale,
+            "allow_clipping": config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
+        }
+        self.guidance = AnalyticEnergyGuidance(scheduler, model, estimator=network, **common)
         self.smc_guidance = self.guidance.replace(scheduler=smc_scheduler(config.behaviour, scheduler))
+        self.compared = {}  # --compare: name -> guidance
+        if qgpo_network is not None:
+            self.compared["qgpo"] = AnalyticEnergyGuidance(scheduler, model, estimator=qgpo_network, **common)
+        if "dps" in config.compare:
+            self.compared["dps"] = dps_guidance(scheduler, model, energy, config.beta, **common)
 
     def smc(self, obs: np.ndarray, select: str) -> np.ndarray:
         """One action per state from SMC with K = ``num_candidates`` particles (the network's E_t as
@@ -326,15 +447,13 @@ class Policies:
         )
         actions = result.samples
         if select == "best_weight":
-            actions = actions[torch.arange(len(obs)), result.log_weights.argmax(dim=1)]
-        return self.scaler.from_unit(actions.detach().clamp(-1, 1).double().numpy())
+            actions = actions[torch.arange(len(obs), device=actions.device), result.log_weights.argmax(dim=1)]
+        return self.scaler.from_unit(actions.detach().clamp(-1, 1).double().cpu().numpy())
 
     def diffusion(
-        self, obs: np.ndarray, guided: bool, candidates: int, rescale: bool | None = None
+        self, obs: np.ndarray, guidance: AnalyticEnergyGuidance | None, candidates: int
     ) -> np.ndarray:
-        guidance = None
-        if guided:
-            guidance = self.guidance if rescale is None else self.guidance.replace(rescale=rescale)
+        """``candidates`` samples per state (guided by ``guidance``, or not), the best by Q."""
         states = self.normalizer(obs).repeat_interleave(candidates, dim=0)
         with torch.no_grad():
             actions = sample(
@@ -349,34 +468,49 @@ class Policies:
             if candidates > 1:
                 q = reduce_critic(self.critic.q_values(states, actions), len(states), self.config.reduce)
                 best = q.reshape(len(obs), candidates).argmax(dim=1)
-                actions = actions.reshape(len(obs), candidates, -1)[torch.arange(len(obs)), best]
-        return self.scaler.from_unit(actions.double().numpy())
+                rows = torch.arange(len(obs), device=best.device)
+                actions = actions.reshape(len(obs), candidates, -1)[rows, best]
+        return self.scaler.from_unit(actions.double().cpu().numpy())
 
-    def critic_policy(self, obs: np.ndarray) -> np.ndarray:
-        return self.scaler.from_unit(self.critic.act(self.normalizer(obs)).double().numpy())
+    def critic_policy(self, obs: np.ndarray, critic: Critic | None = None) -> np.ndarray:
+        with torch.no_grad():
+            actions = (critic or self.critic).act(self.normalizer(obs))
+        return self.scaler.from_unit(actions.double().cpu().numpy())
 
     def evaluated(self) -> dict:
-        """name -> policy: AEPO, the behaviour policy, the critic's own policy, and the ablations."""
-        n, rescale = self.config.num_candidates, self.config.rescale
+        """name -> policy: AEPO (best of N by Q, and the paper's single guided sample), the
+        behaviour policy, the critic's own policy, and the ablations."""
+        n, guidance = self.config.num_candidates, self.guidance
+        flipped = guidance.replace(rescale=not self.rescale)
         policies = {
-            "aepo": lambda o: self.diffusion(o, True, n),
-            "behaviour": lambda o: self.diffusion(o, False, 1),
+            "aepo": lambda o: self.diffusion(o, guidance, n),
+            "guided_single": lambda o: self.diffusion(o, guidance, 1),
+            "behaviour": lambda o: self.diffusion(o, None, 1),
             self.critic.policy_name: self.critic_policy,
         }
         if self.config.ablations:
             policies |= {
-                "guided_single": lambda o: self.diffusion(o, True, 1),
-                f"guided_single_rescale_{'off' if rescale else 'on'}": lambda o: self.diffusion(
-                    o, True, 1, not rescale
+                f"guided_single_rescale_{'off' if self.rescale else 'on'}": lambda o: self.diffusion(
+                    o, flipped, 1
                 ),
-                "unguided_best_of_n": lambda o: self.diffusion(o, False, n),
+                "unguided_best_of_n": lambda o: self.diffusion(o, None, n),
             }
+        for name, compared in self.compared.items():
+            policies[name] = lambda o, g=compared: self.diffusion(o, g, n)
+        if self.cql_critic is not None:
+            policies[self.cql_critic.policy_name] = lambda o: self.critic_policy(o, self.cql_critic)
         if self.config.smc:
             policies |= {
                 "smc_draw": lambda o: self.smc(o, "draw"),
                 "smc_best_weight": lambda o: self.smc(o, "best_weight"),
             }
         return policies
+
+
+def resolve_rescale(rescale: str, act_dim: int) -> bool:
+    """AEPO's guidance rescale: ``"auto"`` turns it on for actions of dimension ≥ 2 (in 1-D it can
+    only flip the guidance's sign to the unguided score's, docs/rl.md)."""
+    return rescale == "on" or (rescale == "auto" and act_dim >= 2)
 
 
 def run(config: AEPOConfig) -> dict:
@@ -388,15 +522,25 @@ def run(config: AEPOConfig) -> dict:
     validate(config)
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     folder = RunFolder(config.run_dir)
     with folder.lock():
-        inputs = load_inputs(config)
+        inputs = load_inputs(config, device)
         settings = split_settings(config)
         folder.adopt(**settings)
-        return _run(config, folder, inputs, settings, started)
+        return _run(config, folder, inputs, settings, started, device)
 
 
-def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, started: float) -> dict:
+def _run(
+    config: AEPOConfig,
+    folder: RunFolder,
+    inputs: Inputs,
+    settings: dict,
+    started: float,
+    device: torch.device,
+) -> dict:
+    """The phases on ``device``; every generator stays on the CPU (its draws are moved), so a run
+    draws the same random numbers on any device."""
     data = inputs.data
     obs_dim, act_dim = data.obs_dim, data.act_dim
 
@@ -413,7 +557,7 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
 
     # 1. Critic.
     torch.manual_seed(config.seed)
-    critic = CRITICS[config.critic](obs_dim, act_dim, critic_settings(config))
+    critic = CRITICS[config.critic](obs_dim, act_dim, critic_settings(config)).to(device)
     g = torch.Generator().manual_seed(config.seed)
     critic_history = phase(
         "critic",
@@ -427,7 +571,7 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
     # 2. Behaviour policy.
     torch.manual_seed(config.seed + 1)
     b = config.behaviour
-    model = NoiseMLP(act_dim, obs_dim, b.hidden, b.depth, b.time_dim)
+    model = NoiseMLP(act_dim, obs_dim, b.hidden, b.depth, b.time_dim).to(device)
     train_sched = training_scheduler(b)
     optimizer = torch.optim.Adam(model.parameters(), lr=b.lr)
     g = torch.Generator().manual_seed(config.seed + 1)
@@ -453,7 +597,7 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
     if folder.finished("variance") is None or not table_path.exists():
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(config.seed + 2)
-        subset = torch.randperm(len(data), generator=g)[: config.variance_samples]
+        subset = torch.randperm(len(data), generator=g)[: config.variance_samples].to(device)
         table = estimate_variance_table(
             train_sched, model, data.actions[subset], data.observations[subset], generator=g
         )
@@ -463,7 +607,9 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
 
     # 4. Intermediate-energy network on closed-form targets (x̄ = the data action).
     torch.manual_seed(config.seed + 3)
-    network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta)
+    network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta).to(
+        device
+    )
     q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
     g = torch.Generator().manual_seed(config.seed + 3)
@@ -494,8 +640,13 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
     )
     network.eval().requires_grad_(False)
 
-    # 5. Evaluation, cached per evaluation settings.
+    # 5. Evaluation, cached per evaluation settings; first what --compare needs (trained once).
     scheduler = sampling_scheduler(b, train_sched)
+    qgpo_network = cql_critic = None
+    if "qgpo" in config.compare:
+        qgpo_network = train_qgpo(config, folder, data, model, train_sched, scheduler, energy)
+    if "cql" in config.compare and config.critic != "cql":
+        cql_critic = train_cql(config, phase, data)
     generator = torch.Generator().manual_seed(config.seed + 4)
     policies = Policies(
         config,
@@ -508,6 +659,8 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
         inputs.scaler,
         act_dim,
         generator,
+        qgpo_network,
+        cql_critic,
     )
     key = evaluation_key(settings["evaluation"])
     scores, eval_seconds = {}, {}
@@ -541,6 +694,11 @@ def _run(config: AEPOConfig, folder: RunFolder, inputs: Inputs, settings: dict, 
     phases = {name: folder.phase_seconds(name) for name in ("critic", "behaviour")}
     phases["variance"] = folder.finished("variance")["seconds"]
     phases["energy"] = folder.phase_seconds("energy")
+    if qgpo_network is not None:
+        phases["qgpo_support"] = folder.finished("qgpo_support")["seconds"]
+        phases["qgpo"] = folder.phase_seconds("qgpo")
+    if cql_critic is not None:
+        phases["critic_cql"] = folder.phase_seconds("critic_cql")
     results = {
         "dataset": config.dataset,
         "env": inputs.env_id,

@@ -116,7 +116,9 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """mean ‖ε_θ(α_t·a + σ_t·ε, t, s) − ε‖² with t uniform on the training grid."""
+    # Drawn on the generator's device (the CPU here), then moved: the same numbers on any device.
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(actions),), generator=generator)
     noise = torch.randn(actions.shape, generator=generator)
+    t, noise = t.to(actions.device), noise.to(actions)
     noisy = scheduler.add_noise(actions, noise, t)
     return (model(noisy, t, states) - noise).pow(2).mean()

@@ -20,6 +20,7 @@ the amortized AEPO network, so the two plug into guidance identically, via ``net
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -99,6 +100,9 @@ def train_contrastive_energy(
     generator: torch.Generator | None = None,
     progress: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    name: str = "contrastive energy",
+    checkpoint_every: int = 1000,
 ) -> History:
     """Train ``network`` with the CEP loss (β = ``network.beta``); returns the loss history.
 
@@ -107,7 +111,8 @@ def train_contrastive_energy(
     timestep per set, so a step sees ``batch_size·M`` noised samples. With ``regroup`` (the
     default when unconditional) the N·M samples are one pool and every step forms new sets of M
     from it. Otherwise as :func:`~energy_guidance.amortized.train_intermediate_energy`: Adam with
-    a cosine learning-rate decay (:func:`energy_guidance.training.fit`), ``log(step, means)``.
+    a cosine learning-rate decay (:func:`energy_guidance.training.fit`), ``log(step, means)``,
+    resumable checkpoints named ``name`` in ``checkpoint_dir``.
     """
     if support.dim() < 3:
         raise ValueError(
@@ -150,4 +155,15 @@ def train_contrastive_energy(
         predicted = network(x_t, alpha, sigma, c).reshape(batch_size, m)
         return contrastive_loss(predicted, e, beta)
 
-    return fit(network, loss, steps=steps, lr=lr, progress=progress, name="contrastive energy", log=log)
+    return fit(
+        network,
+        loss,
+        steps=steps,
+        lr=lr,
+        generator=generator,
+        progress=progress,
+        name=name,
+        log=log,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+    )

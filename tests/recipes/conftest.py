@@ -28,6 +28,7 @@ def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
     config = parse_args(
         [
             *("--dataset", TINY, "--run-dir", str(run_dir), "--threads", "1", "--no-progress"),
+            *("--device", "cpu"),
             *("--critic-steps", "200", "--behaviour-steps", "200", "--energy-steps", "50"),
             *("--checkpoint-every", "100", "--batch-size", "64", "--eval-episodes", "1"),
             *("--num-candidates", "4", "--inference-steps", "5", "--no-ablations", "--no-smc"),

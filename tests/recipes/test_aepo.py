@@ -75,7 +75,7 @@ def _fail_after(monkeypatch, owner, name: str, calls: int) -> list:
 
 def test_end_to_end_tiny(finished_run):
     folder, results = finished_run
-    assert set(results["scores"]) == {"aepo", "behaviour", "iql_awr"}
+    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "iql_awr"}
     refs = results["reference_scores"]
     for entry in results["scores"].values():
         (ret,) = entry["returns"]
@@ -161,7 +161,7 @@ def test_finished_run_is_reevaluated_with_new_settings_without_retraining(finish
     assert run(tiny_config(folder))["scores"] == reference["scores"]
     # Ablations only add policies: the main policies' cached results are reused.
     again = run(tiny_config(folder, *extra[:6], "--no-ablations"))
-    assert again["scores"] == {k: results["scores"][k] for k in ("aepo", "behaviour", "iql_awr")}
+    assert again["scores"] == {k: results["scores"][k] for k in ("aepo", "guided_single", "behaviour", "iql_awr")}
 
 
 def test_changed_training_settings_are_refused(finished_run, monkeypatch):
@@ -249,11 +249,11 @@ def test_invalid_choices_fail_before_any_work(tmp_path):
 
 def test_cli_parses_nested_fields_and_flags():
     config = parse_args(
-        ["--critic", "cql", "--iql.expectile", "0.9", "--no-rescale", "--behaviour.sampler", "ddim"]
+        ["--critic", "cql", "--iql.expectile", "0.9", "--rescale", "off", "--behaviour.sampler", "ddim"]
     )
     assert config.critic == "cql" and config.iql.expectile == 0.9
-    assert config.rescale is False and config.behaviour.sampler == "ddim"
-    assert parse_args([]) == AEPOConfig()
+    assert config.rescale == "off" and config.behaviour.sampler == "ddim"
+    assert parse_args([]) == AEPOConfig(preset="default")
 
 
 def test_help_lists_the_choices_of_every_option(capsys):
@@ -283,7 +283,7 @@ def test_every_registered_critic_has_its_settings_field():
 
 def test_cql_runs_through_the_recipe(finished_run, tmp_path):
     results = run(tiny_config(tmp_path / "cql", "--critic", "cql", "--critic-steps", "50"))
-    assert set(results["scores"]) == {"aepo", "behaviour", "cql_actor"}
+    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "cql_actor"}
     assert "CQL policy (SAC actor)" in format_scores(results)
 
 
@@ -302,7 +302,7 @@ def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path,
 
     monkeypatch.setitem(CRITICS, "small", SmallIQL)
     results = run(tiny_config(tmp_path / "new", critic="small"))
-    assert set(results["scores"]) == {"aepo", "behaviour", "small_iql_awr"}
+    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "small_iql_awr"}
     assert "small IQL policy (AWR)" in format_scores(results)
     saved = json.loads((tmp_path / "new" / "config.json").read_text())["training"]
     assert saved["small"]["hidden"] == 32 and "iql" not in saved  # its Config() defaults, recorded
@@ -320,3 +320,77 @@ def test_smc_selection_is_evaluated_beside_best_of_n(finished_run, monkeypatch):
     for name in ("aepo", "behaviour", "iql_awr"):  # cached: the same evaluation settings
         assert results["scores"][name] == reference["scores"][name]
     assert "SMC, N particles: a weighted draw" in format_scores(results)
+
+
+def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finished_run, monkeypatch):
+    """--compare adds QGPO (CEP network on behaviour support samples), DPS-style guidance and
+    CQL's actor on the finished run: AEPO's phases are reused, the new ones are trained once and
+    reused by the next invocation."""
+    folder, reference = finished_run
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy")
+    extra = ("--compare", "qgpo", "dps", "cql")  # QGPO's defaults: all 800 states, M = 16
+    results = run(tiny_config(folder, *extra))
+    assert {"qgpo", "dps", "cql_actor"} <= set(results["scores"])
+    for name in ("qgpo", "dps", "cql_actor"):
+        assert all(math.isfinite(r) for r in results["scores"][name]["returns"])
+    assert results["scores"]["aepo"] == reference["scores"]["aepo"]  # cached evaluation
+    assert {"qgpo_support", "qgpo", "critic_cql"} <= set(results["phase_seconds"])
+    support = load_tensors(folder / "qgpo_support.safetensors")[0]["actions"]
+    assert support.shape == (800, 16, 1) and support.abs().max() <= 1
+    assert checkpoint_steps(folder / "checkpoints", "qgpo")[0] == 50  # energy_steps
+    # A second invocation trains nothing (CQL's and CEP's updates are forbidden too).
+    from critics import CQL
+    from energy_guidance.baselines import contrastive
+
+    monkeypatch.setattr(CQL, "update", lambda *a, **k: pytest.fail("CQL retrained"))
+    monkeypatch.setattr(contrastive, "contrastive_loss", lambda *a, **k: pytest.fail("CEP retrained"))
+    _forbid(monkeypatch, "evaluation")
+    again = run(tiny_config(folder, *extra))
+    assert again["scores"] == results["scores"]
+
+
+def test_compare_rejects_unknown_methods(tmp_path):
+    with pytest.raises(ValueError, match="compare takes names from"):
+        run(tiny_config(tmp_path / "r", compare=("sfbc",)))
+
+
+def test_presets_follow_the_data_set_and_flags_override_them():
+    """A locomotion id gets the locomotion preset of the device (IQL's reward normalisation,
+    larger budgets); a flag given on the command line wins over the preset."""
+    config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu"])
+    assert config.preset == "locomotion-cpu" and config.reward_normalization == "returns"
+    assert config.critic_steps == aepo.PRESETS["locomotion-cpu"]["critic_steps"]
+    config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu", "--critic-steps", "7"])
+    assert config.critic_steps == 7 and config.preset == "locomotion-cpu"
+    config = parse_args(["--preset", "locomotion-gpu", "--device", "cpu"])
+    assert config.critic_steps == 1_000_000 and config.device == "cpu"
+    assert parse_args([]).preset == "default" and parse_args([]).reward_normalization == "none"
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "atari"])
+
+
+def test_reward_scale_is_iqls_locomotion_normalisation():
+    assert aepo.reward_scale(torch.tensor([100.0, 300.0, 2100.0]).numpy()) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="different returns"):
+        aepo.reward_scale(torch.tensor([5.0, 5.0]).numpy())
+
+
+def test_reward_normalisation_scales_the_training_rewards(tiny_dataset):
+    plain = aepo.load_inputs(tiny_config("unused"))
+    scaled = aepo.load_inputs(tiny_config("unused", "--reward-normalization", "returns"))
+    assert scaled.reward_scale != 1.0 and plain.reward_scale == 1.0
+    torch.testing.assert_close(scaled.data.rewards, plain.data.rewards * scaled.reward_scale)
+    assert plain.dataset_score is not None
+
+
+def test_rescale_is_on_for_actions_of_dimension_two_and_more():
+    assert aepo.resolve_rescale("auto", 1) is False and aepo.resolve_rescale("auto", 2) is True
+    assert aepo.resolve_rescale("off", 6) is False and aepo.resolve_rescale("on", 1) is True
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert aepo.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        run(tiny_config(tmp_path / "r", device="cuda"))
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,122 @@
+"""The methods AEPO is compared with, on the same data, critic, behaviour policy and budgets.
+
+``python -m recipes.aepo --compare qgpo dps cql`` trains what they need (once, resumably, in the
+run folder) and evaluates them beside AEPO:
+
+qgpo  QGPO (Lu et al. 2023, arXiv 2304.12824): an intermediate-energy network of AEPO's size,
+      trained with contrastive energy prediction (CEP) on ``support`` behaviour samples per state
+      for ``qgpo_states`` data states (:func:`energy_guidance.baselines.train_contrastive_energy`)
+      with the same energy, β, steps and learning rate as AEPO's network; it guides the same
+      behaviour policy, best of N by Q.
+dps   DPS-style training-free guidance: β·E(x̂0(x_t)) differentiated through the behaviour model
+      (:func:`energy_guidance.baselines.dps_guidance`, no variance term), best of N by Q.
+cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``critic_steps`` on the same batches'
+      sizes (when the run's critic is already CQL, its policy is evaluated anyway).
+
+IDQL-style selection (unguided best of N by Q) and diffusion BC (the behaviour policy) are the
+recipe's own ablations; SMC selection is ``--smc``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from critics import CRITICS, Critic, Transitions
+from energy_guidance import IntermediateEnergyNet
+from energy_guidance.baselines import draw_support, train_contrastive_energy
+from energy_guidance.checkpoints import load_tensors, save_tensors
+
+from .runfolder import RunFolder
+
+Comparison = Literal["qgpo", "dps", "cql"]
+COMPARISONS: tuple[str, ...] = get_args(Comparison)
+
+
+def qgpo_support(
+    folder: RunFolder,
+    sampler,
+    model,
+    states: Tensor,
+    act_dim: int,
+    support: int,
+    inference_steps: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """(N, M, d) behaviour samples for the N ``states``, drawn once and kept in the run folder."""
+    path = folder.path / "qgpo_support.safetensors"
+    if folder.finished("qgpo_support") is None or not path.exists():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            actions = draw_support(
+                sampler,
+                model,
+                (act_dim,),
+                support,
+                cond=states,
+                num_inference_steps=inference_steps,
+                generator=generator,
+            ).clamp(-1, 1)
+        save_tensors(path, {"actions": actions.cpu().contiguous()})
+        folder.finish("qgpo_support", seconds=time.perf_counter() - t0)
+    return load_tensors(path, states.device)[0]["actions"]
+
+
+def train_qgpo(
+    config,
+    folder: RunFolder,
+    data: Transitions,
+    model,
+    train_scheduler,
+    sampler,
+    energy: Callable,
+) -> IntermediateEnergyNet:
+    """QGPO's CEP energy network for ``config`` (an :class:`recipes.aepo.AEPOConfig`)."""
+    device = data.observations.device
+    g = torch.Generator().manual_seed(config.seed + 5)
+    idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
+    states = data.observations[idx]
+    support = qgpo_support(
+        folder, sampler, model, states, data.act_dim, config.qgpo_support, config.inference_steps, g
+    )
+    torch.manual_seed(config.seed + 5)
+    network = IntermediateEnergyNet(
+        data.act_dim, data.obs_dim, hidden=config.energy_hidden, beta=config.beta
+    ).to(device)
+    train_contrastive_energy(
+        network,
+        train_scheduler,
+        energy,
+        support,
+        states,
+        steps=config.energy_steps,
+        batch_size=max(config.batch_size // config.qgpo_support, 1),  # batch_size noised samples
+        lr=config.energy_lr,
+        generator=g,
+        progress=config.progress,
+        checkpoint_dir=folder.checkpoints,
+        name="qgpo",
+        checkpoint_every=config.checkpoint_every,
+    )
+    return network.eval().requires_grad_(False)
+
+
+def train_cql(config, phase: Callable, data: Transitions) -> Critic:
+    """A CQL critic with ``config.cql`` for ``config.critic_steps`` (phase ``critic_cql``)."""
+    device = data.observations.device
+    torch.manual_seed(config.seed + 6)
+    critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
+    g = torch.Generator().manual_seed(config.seed + 6)
+    phase(
+        "critic_cql",
+        lambda step: critic.update(data.sample(config.batch_size, g), g),
+        config.critic_steps,
+        modules={"critic": critic},
+        optimizers=critic.optimizers,
+        generator=g,
+    )
+    return critic.eval().requires_grad_(False)
