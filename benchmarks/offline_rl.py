@@ -1,12 +1,15 @@
-"""AEPO vs behaviour cloning (unguided diffusion samples) vs IQL's AWR policy, over seeds.
+"""AEPO beside the methods it is compared with, on several data sets and seeds, same budgets.
 
-    python -m benchmarks.offline_rl                       # 3 seeds of the default recipe
-    python -m benchmarks.offline_rl --seeds 0 1 2 -- --critic cql --beta 5
+    python -m benchmarks.offline_rl                                  # the MuJoCo sets, 3 seeds
+    python -m benchmarks.offline_rl --datasets energy-guidance/pendulum/mixed-v0 --seeds 0 1 2
+    python -m benchmarks.offline_rl --jobs 2 -- --critic-steps 5000  # 2 runs at once
 
-Arguments after ``--`` go to ``python -m recipes.aepo`` unchanged (any of its options). Each seed
-is a separate, resumable run folder ``<root>/seed<k>``; rerunning the command resumes unfinished
-seeds and reuses finished ones. Prints a markdown table (mean ± std over seeds of each seed's
-mean normalised score) and the wall time per phase, and writes both to ``<root>/summary.{json,md}``.
+Every (data set, seed) is a resumable run folder ``<root>/<data set>/seed<k>`` of
+``python -m recipes.aepo`` with ``--compare qgpo dps cql --smc --ablations`` and the data set's
+preset (locomotion-cpu for MuJoCo ids on this machine); arguments after ``--`` go to the recipe
+unchanged. Rerunning resumes unfinished runs and reuses finished ones. Writes
+``<root>/summary.{json,md}`` (normalised score, mean ± std over seeds of each seed's mean over
+episodes, per method and data set; wall time per phase) and ``<root>/scores.png``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,16 @@ import torch
 
 from energy_guidance.checkpoints import atomic_write, write_json
 from recipes.aepo import label, parse_args, run
+from recipes.plots import scores_figure
+
+MUJOCO = (
+    "energy-guidance/halfcheetah/medium-replay-v0",
+    "energy-guidance/hopper/medium-v0",
+    "energy-guidance/walker2d/medium-expert-v0",
+)
+COMPARED = ("--compare", "qgpo", "dps", "cql", "--smc", "--ablations")
+# The measured goal: AEPO against the best of these on each data set.
+RIVALS = ("iql_awr", "cql_actor", "qgpo", "unguided_best_of_n")
 
 
 def summarise(results: list[dict]) -> dict:
@@ -32,7 +46,7 @@ def summarise(results: list[dict]) -> dict:
     )
     policies = {}
     for name in results[0]["scores"]:
-        values = np.array([r["scores"][name][key] for r in results])
+        values = np.array([r["scores"][name][key] for r in results if name in r["scores"]])
         policies[name] = {
             "mean": float(values.mean()),
             "std": float(values.std()),
@@ -41,59 +55,128 @@ def summarise(results: list[dict]) -> dict:
     phases = {}
     for name in results[0]["phase_seconds"]:
         seconds = [r["phase_seconds"][name] for r in results if r["phase_seconds"].get(name) is not None]
-        phases[name] = float(np.mean(seconds))
-    return {"metric": key, "policies": policies, "phase_seconds": phases}
+        phases[name] = float(np.mean(seconds)) if seconds else None
+    return {
+        "metric": key,
+        "policies": policies,
+        "phase_seconds": phases,
+        "dataset_score": results[0].get("dataset_score"),
+    }
 
 
-def to_markdown(summary: dict, command: str, seeds: list[int]) -> str:
-    metric = "normalised score" if summary["metric"] == "score_mean" else "return"
+def verdict(summary: dict) -> str | None:
+    """Whether AEPO's mean is at least the best rival's (None when no rival was evaluated)."""
+    rivals = {n: summary["policies"][n]["mean"] for n in RIVALS if n in summary["policies"]}
+    if not rivals or "aepo" not in summary["policies"]:
+        return None
+    best = max(rivals, key=rivals.get)
+    aepo = summary["policies"]["aepo"]["mean"]
+    return (
+        f"AEPO {aepo:.1f} {'≥' if aepo >= rivals[best] else '<'} best rival {label(best)} {rivals[best]:.1f}"
+    )
+
+
+def to_markdown(table: dict[str, dict], command: str, seeds: list[int]) -> str:
+    datasets = list(table)
+    metric = "normalised score" if all(t["metric"] == "score_mean" for t in table.values()) else "return"
+    names = list(dict.fromkeys(n for t in table.values() for n in t["policies"]))
     lines = [
-        f"`{command}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), {metric}, mean ± std over seeds",
+        f"`{command}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), {metric}, "
+        "mean ± std over seeds of each seed's mean over episodes",
         "",
-        f"| policy | {metric} | per seed |",
-        "|---|---|---|",
+        "| policy | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
     ]
-    for name, entry in summary["policies"].items():
-        per_seed = ", ".join(f"{v:.1f}" for v in entry["per_seed"])
-        lines.append(f"| {label(name)} | {entry['mean']:.1f} ± {entry['std']:.1f} | {per_seed} |")
-    lines += ["", "| phase | wall time per seed (s) |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary["phase_seconds"].items()]
-    total = sum(summary["phase_seconds"].values())
-    lines.append(f"| total | {total:.1f} |")
+    for name in names:
+        cells = []
+        for d in datasets:
+            entry = table[d]["policies"].get(name)
+            cells.append("—" if entry is None else f"{entry['mean']:.1f} ± {entry['std']:.1f}")
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| data set (mean episode) | "
+        + " | ".join(
+            "—" if t["dataset_score"] is None else f"{t['dataset_score']:.1f}" for t in table.values()
+        )
+        + " |"
+    )
+    phases = list(dict.fromkeys(p for t in table.values() for p in t["phase_seconds"]))
+    lines += [
+        "",
+        "| phase: wall time per seed (s) | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for phase in phases:
+        cells = [table[d]["phase_seconds"].get(phase) for d in datasets]
+        lines.append(f"| {phase} | " + " | ".join("—" if c is None else f"{c:.0f}" for c in cells) + " |")
+    verdicts = [(d, verdict(t)) for d, t in table.items()]
+    lines += ["", *[f"- {d}: {v}" for d, v in verdicts if v is not None]]
     return "\n".join(lines)
+
+
+def _run_one(args: tuple[list[str], str]) -> dict:
+    recipe_args, run_dir = args
+    torch.set_num_threads(1)
+    return run(parse_args([*recipe_args, "--run-dir", run_dir]))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--datasets", nargs="+", default=list(MUJOCO))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/bench_offline_rl")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="-- then options of recipes.aepo")
     args = parser.parse_args(argv)
     recipe_args = [a for a in args.recipe_args if a != "--"]
     started = time.perf_counter()
-    results = []
-    for seed in args.seeds:
-        config = parse_args([*recipe_args, "--seed", str(seed), "--run-dir", f"{args.root}/seed{seed}"])
-        print(f"== seed {seed} ==", flush=True)
-        results.append(run(config))
-    summary = summarise(results)
+    jobs = [
+        ([*COMPARED, "--dataset", d, *recipe_args, "--seed", str(s)], f"{args.root}/{d}/seed{s}")
+        for d in args.datasets
+        for s in args.seeds
+    ]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(_run_one, jobs))
+    else:
+        results = [_run_one(job) for job in jobs]
+    table = {
+        d: summarise(
+            [
+                r
+                for r, (_, run_dir) in zip(results, jobs, strict=True)
+                if run_dir.startswith(f"{args.root}/{d}/")
+            ]
+        )
+        for d in args.datasets
+    }
     command = " ".join(
-        ["python -m benchmarks.offline_rl", "--seeds", *map(str, args.seeds), *args.recipe_args]
+        [
+            "python -m benchmarks.offline_rl",
+            "--datasets",
+            *args.datasets,
+            "--seeds",
+            *map(str, args.seeds),
+            *args.recipe_args,
+        ]
     )
-    summary |= {
+    summary = {
+        "datasets": table,
         "command": command,
         "seeds": args.seeds,
         "wall_seconds_this_invocation": time.perf_counter() - started,
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{args.jobs} job(s) of 1 thread",
         "date": time.strftime("%Y-%m-%d"),
     }
-    markdown = to_markdown(summary, command, args.seeds)
+    markdown = to_markdown(table, command, args.seeds)
     root = Path(args.root)
     write_json(root / "summary.json", summary)
     atomic_write(root / "summary.md", (markdown + "\n").encode())
+    labels = {n: label(n) for t in table.values() for n in t["policies"]}
+    atomic_write(root / "scores.png", scores_figure(table, labels))
     print(markdown)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import sys
 import time
 import typing
@@ -79,6 +78,7 @@ from .data import (
     reference_scores,
 )
 from .evaluation import evaluate
+from .plots import learning_curves
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 
 CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
@@ -705,6 +705,8 @@ def _run(
         "reference_scores": None
         if inputs.refs is None
         else {"random": inputs.refs[0], "expert": inputs.refs[1]},
+        "dataset_score": inputs.dataset_score,  # the data set's mean return, normalised
+        "reward_scale": inputs.reward_scale,
         "q_scale": q_scale,
         "scores": scores,
         "phase_seconds": phases | eval_seconds,
@@ -714,51 +716,27 @@ def _run(
     folder.write_json("results.json", results)
     folder.write_bytes(
         "learning_curves.png",
-        plot_learning_curves(
-            {"critic": critic_history, "behaviour": behaviour_history, "energy": energy_history}, scores
+        learning_curves(
+            {"critic": critic_history, "behaviour": behaviour_history, "energy": energy_history},
+            scores,
+            inputs.dataset_score,
+            {name: label(name) for name in scores},
         ),
     )
     return results
 
 
-def plot_learning_curves(histories: dict[str, dict], scores: dict[str, dict]) -> bytes:
-    """The loss histories and the scores as a PNG (bytes, for an atomic write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(histories) + 1, figsize=(4.2 * (len(histories) + 1), 3.4))
-    for ax, (phase, history) in zip(axes, histories.items(), strict=False):
-        for key, values in history.items():
-            if key != "step" and len(values) == len(history["step"]):
-                ax.plot(history["step"], values, label=key)
-        if all(v > 0 for k, vs in history.items() if k != "step" for v in vs):
-            ax.set_yscale("log")
-        ax.set(title=phase, xlabel="step")
-        ax.legend(fontsize=7)
-    ax = axes[-1]
-    names = list(scores)
-    key = "score" if all("score_mean" in s for s in scores.values()) else "return"
-    ax.bar(names, [scores[n][f"{key}_mean"] for n in names], yerr=[scores[n][f"{key}_std"] for n in names])
-    ax.set(title="normalised score" if key == "score" else "return")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 LABELS = {
     "aepo": "AEPO (guided, best of N by Q)",
-    "behaviour": "behaviour policy (unguided diffusion)",
-    "guided_single": "ablation: guided, 1 sample",
+    "behaviour": "diffusion BC (behaviour policy, unguided)",
+    "guided_single": "AEPO, 1 guided sample (the paper's policy)",
     "guided_single_rescale_on": "ablation: guided, 1 sample, rescale on",
     "guided_single_rescale_off": "ablation: guided, 1 sample, rescale off",
-    "unguided_best_of_n": "ablation: unguided, best of N by Q",
+    "unguided_best_of_n": "IDQL-style: unguided, best of N by Q",
     "smc_draw": "SMC, N particles: a weighted draw",
     "smc_best_weight": "SMC, N particles: highest weight",
+    "qgpo": "QGPO (CEP energy, best of N by Q)",
+    "dps": "DPS-style guidance (best of N by Q)",
 }
 
 
