@@ -10,12 +10,23 @@ learning-rate schedule and generator state: the result is the same, bit for bit,
 run that was never interrupted. A finished run leaves its final checkpoint (step = ``steps``),
 so calling :func:`train` again only loads the weights.
 
+Under ``torchrun`` (:mod:`energy_guidance.distributed`, after its ``setup``) the same code trains
+on several processes: :func:`gradient_step` averages the gradients over the processes before the
+optimizer steps, so every process takes the global batch's step; :func:`train` starts every
+process from rank 0's modules (all ranks resume from the same checkpoint), averages the logged
+losses over the processes, and leaves the checkpoints, the progress bar and ``log`` to rank 0.
+Each process must draw its own batches: seed its generator with
+:func:`~energy_guidance.distributed.rank_seed` and draw
+:func:`~energy_guidance.distributed.local_batch_size` examples. A checkpoint keeps every
+process's generator state, so a run resumed on as many processes continues exactly.
+
 :func:`fit` is the common case: Adam on a loss function with a cosine decay of the learning rate.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,15 +37,22 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoints import load_checkpoint, save_checkpoint
 
 History = dict[str, list[float]]  # "step" -> [step, ...], each loss -> its averages at those steps
 
 
 def gradient_step(optimizer: Optimizer, loss: Tensor) -> float:
-    """Zero the gradients of ``optimizer``'s parameters, back-propagate ``loss``, step; its value."""
+    """Zero the gradients of ``optimizer``'s parameters, back-propagate ``loss``, step; its value.
+
+    With other processes (torchrun), the gradients are averaged over them before the step
+    (:func:`~energy_guidance.distributed.average_gradients`); the value returned is this
+    process's own loss."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if distributed.active():
+        distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
     optimizer.step()
     return loss.item()
 
@@ -60,11 +78,17 @@ def train(
     and a resumed run restores; every learning-rate scheduler is stepped once after each update.
     ``log(step, means)`` receives each entry of the history as it is made (metrics loggers).
     ``checkpoint_every`` should be a multiple of ``log_every``.
+
+    With other processes (torchrun), every process calls :func:`train` with the same arguments
+    but its own ``generator``; the modules start from rank 0's, the history holds losses averaged
+    over the processes (the same on every process), and only rank 0 writes checkpoints, shows the
+    progress bar and calls ``log``.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     modules, optimizers, lr_schedulers = modules or {}, optimizers or {}, lr_schedulers or {}
     start, history, seconds = 0, {"step": []}, 0.0
+    multi, main = distributed.active(), distributed.is_main()
     if checkpoint_dir is not None:
 
         def restore(states: dict[str, Any]) -> None:
@@ -73,27 +97,43 @@ def train(
             for key, scheduler in lr_schedulers.items():
                 scheduler.load_state_dict(states["lr_schedulers"][key])
             if generator is not None:
-                generator.set_state(states["generator"])
+                state = _rank_generator_state(states, name)
+                if isinstance(state, int):
+                    generator.manual_seed(state)
+                else:
+                    generator.set_state(state)
 
         record = load_checkpoint(checkpoint_dir, name, modules, restore)
         if record is not None:
             start, history, seconds = record["step"], record["history"], record["seconds"]
             if start > steps:
                 raise ValueError(f"{checkpoint_dir} holds {name} at step {start}, beyond steps={steps}")
+    if multi:
+        starts = distributed.gather_objects(start)
+        if len(set(starts)) > 1:
+            raise RuntimeError(f"the processes resume {name} from different steps {starts}")
+        for module in modules.values():
+            distributed.broadcast_module(module)
 
     began = time.perf_counter() - seconds
 
     def checkpoint(step: int) -> None:
+        state = None if generator is None else generator.get_state()
         states = {
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "lr_schedulers": {k: s.state_dict() for k, s in lr_schedulers.items()},
-            "generator": None if generator is None else generator.get_state(),
+            "generator": state,
         }
-        record = {"history": history, "seconds": time.perf_counter() - began}
-        save_checkpoint(checkpoint_dir, name, step, modules=modules, states=states, record=record)
+        if multi and generator is not None:  # every process's state, so that each resumes its own
+            states["rank_generators"] = distributed.gather_objects(state)
+        if main:
+            record = {"history": history, "seconds": time.perf_counter() - began}
+            save_checkpoint(checkpoint_dir, name, step, modules=modules, states=states, record=record)
+        distributed.barrier()  # no process reads a checkpoint before rank 0 has written it
 
     window: dict[str, list[float]] = {}
-    with tqdm(total=steps, initial=start, desc=name, disable=not progress, mininterval=1.0) as bar:
+    show = progress and main
+    with tqdm(total=steps, initial=start, desc=name, disable=not show, mininterval=1.0) as bar:
         for step in range(start, steps):
             for key, value in update(step).items():
                 window.setdefault(key, []).append(float(value))
@@ -101,17 +141,38 @@ def train(
                 scheduler.step()
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 means = {key: sum(values) / len(values) for key, values in window.items()}
+                means = distributed.average(means)  # over the processes; as is with one
                 history["step"].append(step + 1)
                 for key, value in means.items():
                     history.setdefault(key, []).append(value)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-                if log is not None:
+                if log is not None and main:
                     log(step + 1, means)
                 window = {}
             bar.update()
             if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 checkpoint(step + 1)
     return history
+
+
+def _rank_generator_state(states: dict[str, Any], name: str) -> Tensor | int:
+    """This process's generator state in a checkpoint's ``states``: its own when the checkpoint
+    was written by as many processes; else rank 0's on rank 0 and, on other ranks, a seed mixed
+    from rank 0's state and the rank (so each still draws its own batches, though not those an
+    uninterrupted run would have drawn)."""
+    own = states.get("rank_generators")
+    r, n = distributed.rank(), distributed.world_size()
+    if own is not None and len(own) == n:
+        return own[r]
+    if r == 0:
+        return states["generator"]
+    if r == 1:
+        warnings.warn(
+            f"{name}: resuming on {n} processes a checkpoint written by "
+            f"{1 if own is None else len(own)}; the other ranks' batches are reseeded",
+            stacklevel=3,
+        )
+    return distributed.derived_seed(states["generator"], r)
 
 
 def fit(
