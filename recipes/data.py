@@ -135,7 +135,23 @@ def build_pendulum_mixed(
         )
 
 
-BUILDERS: dict[str, Callable[..., minari.MinariDataset]] = {DEFAULT_DATASET: build_pendulum_mixed}
+# D4RL-style MuJoCo locomotion sets, ``energy-guidance/<env>/<level>-v0``: recipes/datasets.py.
+MUJOCO_ENVS = ("halfcheetah", "hopper", "walker2d")
+MUJOCO_LEVELS = ("random", "medium", "medium-replay", "medium-expert", "expert")
+
+
+def build_mujoco(dataset_id: str, **kwargs) -> minari.MinariDataset:
+    """:func:`recipes.datasets.build_dataset` (imported on use: its SAC agents need the optional
+    ``mujoco`` extra, stable-baselines3)."""
+    from recipes.datasets import build_dataset
+
+    return build_dataset(dataset_id, **kwargs)
+
+
+BUILDERS: dict[str, Callable[..., minari.MinariDataset]] = {
+    DEFAULT_DATASET: build_pendulum_mixed,
+    **{f"energy-guidance/{env}/{level}-v0": build_mujoco for env in MUJOCO_ENVS for level in MUJOCO_LEVELS},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,12 +276,18 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a data set this project knows how to make")
     build.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET, choices=list(BUILDERS))
-    build.add_argument("--episodes", type=int, default=100)
+    build.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="Pendulum: episodes (default 100); MuJoCo sets: python -m recipes.datasets build --help",
+    )
     info = sub.add_parser("info", help="print a locally present data set's size and reference scores")
     info.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET)
     args = parser.parse_args(argv)
     if args.command == "build":
-        dataset = BUILDERS[args.dataset_id](args.dataset_id, episodes=args.episodes)
+        kwargs = {} if args.episodes is None else {"episodes": args.episodes}
+        dataset = BUILDERS[args.dataset_id](args.dataset_id, **kwargs)
     else:
         dataset = load_dataset(args.dataset_id, build=False)
     print(
