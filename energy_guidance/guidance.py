@@ -193,9 +193,13 @@ class AnalyticEnergyGuidance:
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
-    def _gradient(self, x_t, timestep, alpha, sigma, cond) -> tuple[Tensor, Tensor, Tensor]:
-        """(∇_{x_t} E_t, ε̂, x̂0) at x_t, all detached."""
+    def _gradient(
+        self, x_t, timestep, alpha, sigma, cond, with_value: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached; E_t only ``with_value`` (it is
+        free on the autograd path, one estimator call on the explicit-gradient one)."""
         sources = estimator_sources(self.estimator, _uses_model_graph(self.estimator))  # diagnostics
+        value = None
         if getattr(self.estimator, "explicit_gradient", False):
             in_graph = _uses_model_graph(self.estimator)
             with torch.enable_grad():
@@ -203,15 +207,36 @@ class AnalyticEnergyGuidance:
                 with torch.set_grad_enabled(in_graph):
                     prediction = self._predict(x, timestep, alpha, sigma, cond)
                 grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
+                if with_value:  # as in _estimate
+                    wants = in_graph or getattr(self.estimator, "needs_prediction", False)
+                    extra = {"prediction": prediction} if wants else {}
+                    value = self.estimator(x, alpha, sigma, cond, **extra).detach()
             check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-            return grad.detach(), prediction.eps.detach(), prediction.x0.detach()
+            return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
             value, prediction = self._estimate(x, timestep, alpha, sigma, cond)
             check_finite(value, sources[0], detail=sources[1], timestep=timestep)
             (grad,) = torch.autograd.grad(value.sum(), x)
         check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-        return grad, prediction.eps.detach(), prediction.x0.detach()
+        return grad, prediction.eps.detach(), prediction.x0.detach(), value.detach() if with_value else None
+
+    def step_parts(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor, Tensor]:
+        """(E_t (B,), the model's output, the guided output) at ``x_t`` from one evaluation of
+        the model, both outputs in the scheduler's prediction type: what a particle sampler
+        needs at every step (:func:`~energy_guidance.smc_sample`), where
+        :meth:`intermediate_energy`, the model and :meth:`guided_model_output` would evaluate
+        the model three times."""
+        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        if float(alpha.min()) < _MIN_ALPHA:  # pure noise: no guidance, as in guided_model_output
+            with located(timestep):
+                out = call_model(self.model, x_t, timestep, cond)
+            return self.intermediate_energy(x_t, timestep, cond), out, out
+        with located(timestep):
+            grad, eps_hat, x0_hat, value = self._gradient(x_t, timestep, alpha, sigma, cond, with_value=True)
+            model_output = from_eps_x0(eps_hat, x0_hat, alpha, sigma, self.prediction_type)
+            guided, _ = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
+        return value, model_output, guided
 
     def guided_model_output(
         self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
@@ -230,7 +255,12 @@ class AnalyticEnergyGuidance:
             x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)[1]
             return out, StepInfo(x0_hat=x0_hat, guidance_norm=torch.zeros(len(x_t), device=x_t.device))
         with located(timestep):
-            grad, eps_hat, x0_hat = self._gradient(x_t, timestep, alpha, sigma, cond)
+            grad, eps_hat, x0_hat, _ = self._gradient(x_t, timestep, alpha, sigma, cond)
+        guided, info = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
+        return (guided, info) if return_info else guided
+
+    def _combine(self, x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat) -> tuple[Tensor, StepInfo]:
+        """Equation (2) from ∇E_t, ε̂ and x̂0: the guided output and its :class:`StepInfo`."""
         shape = (-1,) + (1,) * (x_t.dim() - 1)
         eps = eps_hat + self.scale * sigma.reshape(shape) * grad
         if self.rescale:
@@ -240,8 +270,6 @@ class AnalyticEnergyGuidance:
         x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
         guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
         check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
-        if not return_info:
-            return guided
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
 
     def sample(

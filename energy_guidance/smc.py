@@ -114,7 +114,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import Energy, call_energy, call_model
+from .callables import Energy, call_energy
 
 RESAMPLING = ("systematic", "multinomial")
 _SDE_DPM = ("sde-dpmsolver++", "sde-dpmsolver")
@@ -395,7 +395,7 @@ def smc_sample(
         device = cond.device if cond is not None else torch.device("cpu")
     device = torch.device(device)
 
-    scheduler, model = guidance.scheduler, guidance.model
+    scheduler = guidance.scheduler
     n = b * k
     gen_device = generator.device if generator is not None else device
 
@@ -438,16 +438,17 @@ def smc_sample(
         _restore(scheduler, guided_state)
         x_in = scale_input(x, t)
         guided_state = _capture(scheduler)  # scale_model_input may set the step index
-        log_twist = -guidance.intermediate_energy(x_in, t, cond_k).to(torch.float64)
+        # One model evaluation gives the twist and both steps' outputs (copied with a resampled particle).
+        energy_t, out_model, out_guided = guidance.step_parts(x_in, t, cond_k)
+        log_twist = -energy_t.to(torch.float64)
         if weigh(pending + log_twist):
             index = ancestors(resampled_rows[-1])
             x, x_in, log_twist = x[index], x_in[index], log_twist[index]
+            out_model, out_guided = out_model[index], out_guided[index]
             guided_state = _index_entries(guided_state, index, step.particle_shape)
             model_entries = _index_entries(model_entries, index, step.particle_shape)
             _restore(scheduler, guided_state)
 
-        with torch.no_grad():
-            out_model = call_model(model, x_in, t, cond_k)
         model_state = {**guided_state, **model_entries}  # the model's own (unguided) history
         _restore(scheduler, model_state)
         std = step(out_model, t, x, ones)
@@ -465,7 +466,6 @@ def smc_sample(
             continue
         if not (std.abs() > 0).all():
             raise RuntimeError("the step's noise is zero for some elements only; cannot weigh it")
-        out_guided = guidance.guided_model_output(x_in, t, cond_k)
         _restore(scheduler, guided_state)
         mean_guided = step(out_guided, t, x, zeros)
         _restore(scheduler, guided_state)

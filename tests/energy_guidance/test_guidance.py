@@ -19,6 +19,7 @@ from energy_guidance import (
     ClosedForm,
     Constant,
     DataVar,
+    IntermediateEnergyNet,
     Jacobian,
     estimate_variance_table,
     noise_level,
@@ -379,6 +380,29 @@ def test_any_intermediate_energy_callable_guides_and_the_closed_form_is_an_estim
         torch.testing.assert_close(exact.guided_model_output(x_t, t), closed.guided_model_output(x_t, t))
     with pytest.raises(ValueError, match="not both"):
         AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, estimator=ExactLinear())
+
+
+@pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v", "flow-euler"])
+@pytest.mark.parametrize("form", ["paper", "tweedie", "jacobian", "network"])
+def test_step_parts_are_the_three_separate_calls(name, form):
+    """(E_t, model output, guided output) from one model evaluation equal intermediate_energy,
+    the model and guided_model_output (to float64 rounding), for every kind of estimator."""
+    scheduler = make_scheduler(name)
+    scheduler.set_timesteps(10)
+    model = data_model().noise_model(scheduler)
+    kwargs = {
+        "paper": {"energy": linear_energy, "beta": BETA},
+        "tweedie": {"energy": linear_energy, "beta": BETA, "gradient": "tweedie", "variance": Jacobian()},
+        "jacobian": {"energy": linear_energy, "beta": BETA, "variance": Jacobian()},
+        "network": {"estimator": IntermediateEnergyNet(2, hidden=8, beta=BETA).double()},
+    }[form]
+    guidance = AnalyticEnergyGuidance(scheduler, model, **kwargs)
+    x_t = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps[[1, 5, -1]]:  # (flow's first, α = 0: E_t is infinite)
+        value, out, guided = guidance.step_parts(x_t, t)
+        torch.testing.assert_close(value, guidance.intermediate_energy(x_t, t))
+        torch.testing.assert_close(out, model(x_t, t))
+        torch.testing.assert_close(guided, guidance.guided_model_output(x_t, t))
 
 
 @pytest.mark.parametrize("family", [diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler])

@@ -495,3 +495,20 @@ def test_the_module_example_runs():
     result = namespace["result"]
     assert result.samples.shape == (256, 2)
     assert float((result.samples[:, 0] > 0).float().mean()) > 0.99
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_one_model_evaluation_per_step(name):
+    """The twist, the model's step and the guided step share one batched model evaluation per
+    step (``guidance.step_parts``), as many as a best-of-K sampler makes."""
+    make, eta = SCHEDULERS[name]
+    scheduler = make()
+    base, calls = data_model().noise_model(scheduler), []
+
+    def model(x_t, t):
+        calls.append(len(x_t))
+        return base(x_t, t)
+
+    guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA)
+    smc_sample(guidance, (3, D), num_particles=4, num_inference_steps=6, eta=eta)
+    assert calls == [12] * len(scheduler.timesteps)

@@ -161,7 +161,8 @@ def test_finished_run_is_reevaluated_with_new_settings_without_retraining(finish
     assert run(tiny_config(folder))["scores"] == reference["scores"]
     # Ablations only add policies: the main policies' cached results are reused.
     again = run(tiny_config(folder, *extra[:6], "--no-ablations"))
-    assert again["scores"] == {k: results["scores"][k] for k in ("aepo", "guided_single", "behaviour", "iql_awr")}
+    main = ("aepo", "guided_single", "behaviour", "iql_awr")
+    assert again["scores"] == {k: results["scores"][k] for k in main}
 
 
 def test_changed_training_settings_are_refused(finished_run, monkeypatch):
