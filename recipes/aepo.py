@@ -30,6 +30,7 @@ nor the guidance gradient; it removes the between-state spread of Q from the reg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -50,6 +51,7 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     IntermediateEnergyNet,
     VarianceTable,
+    distributed,
     estimate_variance_table,
     sample,
     smc_sample,
@@ -191,12 +193,11 @@ LOCOMOTION = ("halfcheetah", "hopper", "walker2d", "ant")
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """``"auto"``: CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error. Under
+    torchrun each process gets ``cuda:LOCAL_RANK``."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
-    return torch.device(device)
+    return distributed.resolve_device(device)
 
 
 def resolve_preset(preset: str, dataset: str, device: str) -> str:
@@ -513,22 +514,31 @@ def resolve_rescale(rescale: str, act_dim: int) -> bool:
     return rescale == "on" or (rescale == "auto" and act_dim >= 2)
 
 
-def run(config: AEPOConfig) -> dict:
+def run(config: AEPOConfig) -> dict | None:
     """Run (or resume, or re-evaluate) AEPO with ``config``; returns what it writes to ``results.json``.
 
     The run folder is locked for the whole run; its ``config.json`` is written once the data set
     and the environment have loaded and matched.
+
+    Under ``torchrun --nproc-per-node N`` (:mod:`energy_guidance.distributed`) the training phases
+    run on N processes, each on ``batch_size / N`` examples with gradients averaged: the same
+    steps as one process on the whole batch. Rank 0 locks the folder, builds what is cached
+    (data set, variance table, QGPO's support) before the others load it, writes every file and
+    evaluates; the other ranks return None once training is done.
     """
     validate(config)
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    folder = RunFolder(config.run_dir)
-    with folder.lock():
-        inputs = load_inputs(config, device)
-        settings = split_settings(config)
-        folder.adopt(**settings)
-        return _run(config, folder, inputs, settings, started, device)
+    with distributed.session(resolve_device(config.device)) as device:
+        folder = RunFolder(config.run_dir)
+        with folder.lock() if distributed.is_main() else contextlib.nullcontext():
+            with distributed.main_first():  # rank 0 builds a missing data set, then the others load it
+                inputs = load_inputs(config, device)
+            settings = split_settings(config)
+            if distributed.is_main():
+                folder.adopt(**settings)
+            distributed.barrier()
+            return _run(config, folder, inputs, settings, started, device)
 
 
 def _run(
@@ -543,6 +553,10 @@ def _run(
     draws the same random numbers on any device."""
     data = inputs.data
     obs_dim, act_dim = data.obs_dim, data.act_dim
+    batch = distributed.local_batch_size(config.batch_size)  # per process; the whole batch on one
+
+    def generator(seed: int) -> torch.Generator:  # per process under torchrun (the seed itself on one)
+        return torch.Generator().manual_seed(distributed.rank_seed(seed))
 
     def phase(name, update, steps, **state):
         return train(
@@ -558,10 +572,10 @@ def _run(
     # 1. Critic.
     torch.manual_seed(config.seed)
     critic = CRITICS[config.critic](obs_dim, act_dim, critic_settings(config)).to(device)
-    g = torch.Generator().manual_seed(config.seed)
+    g = generator(config.seed)
     critic_history = phase(
         "critic",
-        lambda step: critic.update(data.sample(config.batch_size, g), g),
+        lambda step: critic.update(data.sample(batch, g), g),
         config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,
@@ -574,11 +588,11 @@ def _run(
     model = NoiseMLP(act_dim, obs_dim, b.hidden, b.depth, b.time_dim).to(device)
     train_sched = training_scheduler(b)
     optimizer = torch.optim.Adam(model.parameters(), lr=b.lr)
-    g = torch.Generator().manual_seed(config.seed + 1)
+    g = generator(config.seed + 1)
 
     def behaviour_update(step: int) -> dict[str, float]:
-        batch = data.sample(config.batch_size, g)
-        loss = diffusion_loss(model, train_sched, batch.actions, batch.observations, g)
+        drawn = data.sample(batch, g)
+        loss = diffusion_loss(model, train_sched, drawn.actions, drawn.observations, g)
         return {"diffusion_loss": gradient_step(optimizer, loss)}
 
     behaviour_history = phase(
@@ -594,15 +608,16 @@ def _run(
 
     # 3. Posterior-variance table.
     table_path = folder.path / "variance_table.safetensors"
-    if folder.finished("variance") is None or not table_path.exists():
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(config.seed + 2)
-        subset = torch.randperm(len(data), generator=g)[: config.variance_samples].to(device)
-        table = estimate_variance_table(
-            train_sched, model, data.actions[subset], data.observations[subset], generator=g
-        )
-        table.save(str(table_path))
-        folder.finish("variance", seconds=time.perf_counter() - t0)
+    with distributed.main_first():
+        if distributed.is_main() and (folder.finished("variance") is None or not table_path.exists()):
+            t0 = time.perf_counter()
+            g = torch.Generator().manual_seed(config.seed + 2)
+            subset = torch.randperm(len(data), generator=g)[: config.variance_samples].to(device)
+            table = estimate_variance_table(
+                train_sched, model, data.actions[subset], data.observations[subset], generator=g
+            )
+            table.save(str(table_path))
+            folder.finish("variance", seconds=time.perf_counter() - t0)
     table = VarianceTable.load(str(table_path))  # a damaged file raises an error naming it
 
     # 4. Intermediate-energy network on closed-form targets (x̄ = the data action).
@@ -612,7 +627,7 @@ def _run(
     )
     q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
-    g = torch.Generator().manual_seed(config.seed + 3)
+    g = generator(config.seed + 3)
     draw = closed_form_batches(
         train_sched,
         model,
@@ -623,7 +638,7 @@ def _run(
         variance=config.variance,
         variance_table=table,
         expansion=config.expansion,
-        batch_size=config.batch_size,
+        batch_size=batch,
         generator=g,
     )
     calibrate(network, draw)  # buffers; a resumed run restores them (and g) from its checkpoint
@@ -640,13 +655,15 @@ def _run(
     )
     network.eval().requires_grad_(False)
 
-    # 5. Evaluation, cached per evaluation settings; first what --compare needs (trained once).
+    # What --compare trains (once), then 5. evaluation (rank 0), cached per evaluation settings.
     scheduler = sampling_scheduler(b, train_sched)
     qgpo_network = cql_critic = None
     if "qgpo" in config.compare:
         qgpo_network = train_qgpo(config, folder, data, model, train_sched, scheduler, energy)
     if "cql" in config.compare and config.critic != "cql":
         cql_critic = train_cql(config, phase, data)
+    if not distributed.is_main():
+        return None
     generator = torch.Generator().manual_seed(config.seed + 4)
     policies = Policies(
         config,
@@ -767,7 +784,8 @@ def main(argv: list[str] | None = None) -> None:
         results = run(parse_args(argv))
     except (RunFolderBusy, ConfigMismatch, CorruptFileError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
-    print(format_scores(results))
+    if results is not None:  # None: a torchrun process other than rank 0
+        print(format_scores(results))
 
 
 if __name__ == "__main__":

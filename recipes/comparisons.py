@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from critics import CRITICS, Critic, Transitions
-from energy_guidance import IntermediateEnergyNet
+from energy_guidance import IntermediateEnergyNet, distributed
 from energy_guidance.baselines import draw_support, train_contrastive_energy
 from energy_guidance.checkpoints import load_tensors, save_tensors
 
@@ -49,7 +49,7 @@ def qgpo_support(
 ) -> Tensor:
     """(N, M, d) behaviour samples for the N ``states``, drawn once and kept in the run folder."""
     path = folder.path / "qgpo_support.safetensors"
-    if folder.finished("qgpo_support") is None or not path.exists():
+    if distributed.is_main() and (folder.finished("qgpo_support") is None or not path.exists()):
         t0 = time.perf_counter()
         with torch.no_grad():
             actions = draw_support(
@@ -77,12 +77,14 @@ def train_qgpo(
 ) -> IntermediateEnergyNet:
     """QGPO's CEP energy network for ``config`` (an :class:`recipes.aepo.AEPOConfig`)."""
     device = data.observations.device
-    g = torch.Generator().manual_seed(config.seed + 5)
+    g = torch.Generator().manual_seed(config.seed + 5)  # the same states and support on every process
     idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
     states = data.observations[idx]
-    support = qgpo_support(
-        folder, sampler, model, states, data.act_dim, config.qgpo_support, config.inference_steps, g
-    )
+    with distributed.main_first():  # rank 0 draws and stores the support, the others load it
+        support = qgpo_support(
+            folder, sampler, model, states, data.act_dim, config.qgpo_support, config.inference_steps, g
+        )
+    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 5))  # the training batches
     torch.manual_seed(config.seed + 5)
     network = IntermediateEnergyNet(
         data.act_dim, data.obs_dim, hidden=config.energy_hidden, beta=config.beta
@@ -94,7 +96,8 @@ def train_qgpo(
         support,
         states,
         steps=config.energy_steps,
-        batch_size=max(config.batch_size // config.qgpo_support, 1),  # batch_size noised samples
+        # support sets per step: batch_size noised samples in all, over the processes
+        batch_size=max(distributed.local_batch_size(config.batch_size) // config.qgpo_support, 1),
         lr=config.energy_lr,
         generator=g,
         progress=config.progress,
@@ -110,10 +113,11 @@ def train_cql(config, phase: Callable, data: Transitions) -> Critic:
     device = data.observations.device
     torch.manual_seed(config.seed + 6)
     critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
-    g = torch.Generator().manual_seed(config.seed + 6)
+    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 6))
+    batch = distributed.local_batch_size(config.batch_size)
     phase(
         "critic_cql",
-        lambda step: critic.update(data.sample(config.batch_size, g), g),
+        lambda step: critic.update(data.sample(batch, g), g),
         config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,

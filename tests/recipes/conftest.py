@@ -22,21 +22,24 @@ def tiny_dataset(minari_root):
     return build_pendulum_mixed(TINY, episodes=4, reference_episodes=4, seed=3)
 
 
+def tiny_args(run_dir, *extra: str) -> list[str]:
+    """The command line of :func:`tiny_config`."""
+    return [
+        *("--dataset", TINY, "--run-dir", str(run_dir), "--threads", "1", "--no-progress"),
+        *("--device", "cpu"),
+        *("--critic-steps", "200", "--behaviour-steps", "200", "--energy-steps", "50"),
+        *("--checkpoint-every", "100", "--batch-size", "64", "--eval-episodes", "1"),
+        *("--num-candidates", "4", "--inference-steps", "5", "--no-ablations", "--no-smc"),
+        *("--iql.hidden", "32", "--cql.hidden", "32", "--behaviour.hidden", "32"),
+        *("--energy-hidden", "32", "--variance-samples", "256"),
+        *extra,
+    ]
+
+
 def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
     """The recipe on TINY in seconds: 200 critic and behaviour steps, 50 energy steps,
     checkpoints every 100 steps, one evaluation episode, no ablations; ``extra`` are more flags."""
-    config = parse_args(
-        [
-            *("--dataset", TINY, "--run-dir", str(run_dir), "--threads", "1", "--no-progress"),
-            *("--device", "cpu"),
-            *("--critic-steps", "200", "--behaviour-steps", "200", "--energy-steps", "50"),
-            *("--checkpoint-every", "100", "--batch-size", "64", "--eval-episodes", "1"),
-            *("--num-candidates", "4", "--inference-steps", "5", "--no-ablations", "--no-smc"),
-            *("--iql.hidden", "32", "--cql.hidden", "32", "--behaviour.hidden", "32"),
-            *("--energy-hidden", "32", "--variance-samples", "256"),
-            *extra,
-        ]
-    )
+    config = parse_args(tiny_args(run_dir, *extra))
     for key, value in overrides.items():
         setattr(config, key, value)
     return config

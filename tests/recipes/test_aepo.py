@@ -20,7 +20,7 @@ from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load
 from recipes.aepo import AEPOConfig, format_scores, parse_args, run
 from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
-from .conftest import tiny_config
+from .conftest import tiny_args, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("critic", "behaviour", "energy")
@@ -395,3 +395,22 @@ def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="no CUDA device"):
         run(tiny_config(tmp_path / "r", device="cuda"))
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_writes_the_same_kind_of_run(finished_run, tmp_path):
+    """``torchrun --nproc-per-node 2 -m recipes.aepo``: two CPU processes (gloo) each train on
+    half the batch; rank 0 writes checkpoints with the single-process run's keys and shapes,
+    config.json and results.json with the same policies, and prints the scores once."""
+    folder, reference = finished_run
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "recipes.aepo", *tiny_args(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.stdout.count("normalised score") == len(reference["scores"])  # rank 0 alone prints
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert set(results["scores"]) == set(reference["scores"])
+    ours, theirs = _final_weights(tmp_path / "ddp"), _final_weights(folder)
+    for phase in PHASES:
+        assert {k: v.shape for k, v in ours[phase].items()} == {k: v.shape for k, v in theirs[phase].items()}
