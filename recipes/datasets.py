@@ -454,6 +454,13 @@ def _write(
         if dest.exists():  # only with force: the old one goes first
             shutil.rmtree(dest)
         os.replace(stage / dataset_id, dest)
+        for namespace in list(Path(dataset_id).parents)[:-1]:  # as Minari would have left them
+            src, dst = (
+                stage / namespace / "namespace_metadata.json",
+                root / namespace / "namespace_metadata.json",
+            )
+            if src.exists() and not dst.exists():
+                shutil.copyfile(src, dst)
     return minari.load_dataset(dataset_id)
 
 
