@@ -130,6 +130,7 @@ class AEPOConfig:
     energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
     qgpo_states: int = 20_000  # --compare qgpo: data states (random subset) with support samples
     qgpo_support: int = 16  # --compare qgpo: behaviour samples per state (QGPO's M)
+    cql_steps: int = 0  # --compare cql: gradient steps of the CQL critic; 0: critic_steps
     # 5. evaluation
     inference_steps: int = 15  # evaluation: sampler steps per action
     rescale: Rescale = "auto"  # evaluation: AEPO's guidance rescale; auto: on for action dim >= 2
@@ -176,6 +177,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
         "critic_steps": 20_000,
         "behaviour_steps": 20_000,
         "energy_steps": 10_000,
+        "cql_steps": 3_000,  # a CQL step costs ~10 IQL steps here (Q on 30 sampled actions per state)
         "eval_episodes": 10,
     },
     "locomotion-gpu": {
@@ -266,6 +268,8 @@ def validate(config: AEPOConfig) -> None:
     unknown = [name for name in config.compare if name not in COMPARISONS]
     if unknown:
         raise ValueError(f"compare takes names from {COMPARISONS}, got {unknown}")
+    if config.cql_steps < 0:
+        raise ValueError(f"cql_steps must be >= 0 (0: critic_steps), got {config.cql_steps}")
     if config.qgpo_states < 1 or config.qgpo_support < 2:
         raise ValueError("qgpo_states must be >= 1 and qgpo_support >= 2 (CEP contrasts M samples)")
     resolve_device(config.device)  # "cuda" without CUDA fails here, before any work

@@ -10,8 +10,10 @@ qgpo  QGPO (Lu et al. 2023, arXiv 2304.12824): an intermediate-energy network of
       behaviour policy, best of N by Q.
 dps   DPS-style training-free guidance: β·E(x̂0(x_t)) differentiated through the behaviour model
       (:func:`energy_guidance.baselines.dps_guidance`, no variance term), best of N by Q.
-cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``critic_steps`` on the same batches'
-      sizes (when the run's critic is already CQL, its policy is evaluated anyway).
+cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``cql_steps`` (default: ``critic_steps``)
+      with the same batch size (when the run's critic is already CQL, its policy is evaluated
+      anyway). The locomotion CPU preset gives it fewer steps: here a CQL step costs about ten
+      IQL steps.
 
 IDQL-style selection (unguided best of N by Q) and diffusion BC (the behaviour policy) are the
 recipe's own ablations; SMC selection is ``--smc``.
@@ -109,7 +111,8 @@ def train_qgpo(
 
 
 def train_cql(config, phase: Callable, data: Transitions) -> Critic:
-    """A CQL critic with ``config.cql`` for ``config.critic_steps`` (phase ``critic_cql``)."""
+    """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
+    ``critic_cql``)."""
     device = data.observations.device
     torch.manual_seed(config.seed + 6)
     critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
@@ -118,7 +121,7 @@ def train_cql(config, phase: Callable, data: Transitions) -> Critic:
     phase(
         "critic_cql",
         lambda step: critic.update(data.sample(batch, g), g),
-        config.critic_steps,
+        config.cql_steps or config.critic_steps,
         modules={"critic": critic},
         optimizers=critic.optimizers,
         generator=g,
