@@ -414,3 +414,15 @@ def test_torchrun_with_two_processes_writes_the_same_kind_of_run(finished_run, t
     ours, theirs = _final_weights(tmp_path / "ddp"), _final_weights(folder)
     for phase in PHASES:
         assert {k: v.shape for k, v in ours[phase].items()} == {k: v.shape for k, v in theirs[phase].items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_recipe_runs_on_cuda_with_the_cpu_runs_random_numbers(finished_run, tmp_path):
+    """--device cuda: every phase and policy on the GPU, finite returns, the CPU run's policies
+    and checkpoint format (run where a GPU is lent; skipped on this project's CPU machines)."""
+    folder, reference = finished_run
+    results = run(tiny_config(tmp_path / "cuda", device="cuda"))
+    assert set(results["scores"]) == set(reference["scores"])
+    assert all(math.isfinite(r) for entry in results["scores"].values() for r in entry["returns"])
+    ours = load_tensors(tmp_path / "cuda" / "checkpoints" / "behaviour-100.safetensors")[0]
+    assert ours.keys() == load_tensors(folder / "checkpoints" / "behaviour-100.safetensors")[0].keys()
