@@ -5,7 +5,10 @@
 
 Trains the recipe's phases (``python -m recipes.aepo``, evaluation cut to one episode of AEPO's
 policy set) once as one process and once under torchrun with N processes (gloo on CPU), in
-``<root>/{single,torchrun}``, and compares each loss of each phase over the last ``--window``
+``<root>/{single,torchrun}``. The energy network's regression targets come from the critic and
+the behaviour model, which differ between those two runs, so its phase is compared on a third
+run, ``<root>/torchrun_energy``: torchrun again, starting from the single run's critic and
+behaviour checkpoints. Each loss of each phase is compared over the last ``--window``
 logged averages (every 50 steps): mean ± standard error (the s.d. of those averages over √count,
 treating them as independent, which they nearly are 50 steps apart). Prints a markdown table
 with the difference in units of the combined standard error, and the wall time of each.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,9 +69,17 @@ def main(argv: list[str] | None = None) -> None:
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                      str(args.nproc), "-m", "recipes.aepo"],
     }  # fmt: skip
+    launchers["torchrun_energy"] = launchers["torchrun"]
     seconds, losses = {}, {}
     for name, launcher in launchers.items():
         run_dir = Path(args.root) / name
+        if name == "torchrun_energy":  # the single run's critic and behaviour: the same targets
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            for phase in ("critic", "behaviour"):
+                step = checkpoint_steps(Path(args.root) / "single" / "checkpoints", phase)[0]
+                for suffix in (".safetensors", ".pt", ".json"):
+                    source = Path(args.root) / "single" / "checkpoints" / f"{phase}-{step}{suffix}"
+                    shutil.copy(source, run_dir / "checkpoints" / source.name)
         t0 = time.perf_counter()
         subprocess.run([*launcher, *recipe, "--run-dir", str(run_dir)], cwd=ROOT, env=env, check=True)
         seconds[name] = time.perf_counter() - t0
@@ -79,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|",
     ]
     for phase in PHASES:
+        other = losses["torchrun_energy" if phase == "energy" else "torchrun"][phase]
         for key, (m1, s1) in losses["single"][phase].items():
-            m2, s2 = losses["torchrun"][phase][key]
+            m2, s2 = other[key]
             z = (m2 - m1) / max(np.hypot(s1, s2), 1e-12)
             lines.append(f"| {phase} | {key} | {m1:.4g} ± {s1:.2g} | {m2:.4g} ± {s2:.2g} | {z:+.1f} |")
     lines += [

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 import typing
@@ -631,8 +632,8 @@ def _run(
     )
     q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
-    g = generator(config.seed + 3)
-    draw = closed_form_batches(
+    targets = functools.partial(
+        closed_form_batches,
         train_sched,
         model,
         energy,
@@ -642,10 +643,13 @@ def _run(
         variance=config.variance,
         variance_table=table,
         expansion=config.expansion,
-        batch_size=batch,
-        generator=g,
     )
-    calibrate(network, draw)  # buffers; a resumed run restores them (and g) from its checkpoint
+    # The output scale from global batches of a fixed stream: the same on any number of processes
+    # (the loss is in its units); a resumed run restores it from its checkpoint.
+    g = torch.Generator().manual_seed(config.seed + 3)
+    calibrate(network, targets(batch_size=config.batch_size, generator=g))
+    g = generator(config.seed + 7)  # the training batches (seed + 4 is the evaluation's)
+    draw = targets(batch_size=batch, generator=g)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.energy_lr)
     schedule = CosineAnnealingLR(optimizer, T_max=max(config.energy_steps, 1))
     energy_history = phase(
