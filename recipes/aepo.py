@@ -15,11 +15,15 @@ run folder, see :mod:`recipes.runfolder`; a finished phase is loaded, never redo
               per evaluation settings, so changing only those re-evaluates a finished run
 
 Guided sampling draws a ~ μ(a | s)·exp(−β·E(a | s)) with the amortised guidance and DPM-Solver++
-(15 steps); AEPO's guidance rescale is available (``--rescale``) but off by default, see
-docs/rl.md. Action selection: AEPO draws ``num_candidates`` guided actions per state and takes the
+(15 steps); AEPO's guidance rescale is on for actions of dimension ≥ 2 (``--rescale auto``, see
+docs/rl.md). Action selection: AEPO draws ``num_candidates`` guided actions per state and takes the
 one with the highest Q (reduced over the critic's heads). The paper's text was not available to
 us; this is the selection rule of the methods it builds on and compares with (SfBC, QGPO, IDQL).
-``num_candidates = 1`` gives plain guided sampling (reported as an ablation).
+The paper-faithful single guided sample per state is reported beside it (``guided_single``).
+
+Presets per task family (``--preset``, chosen from the data set by default; :data:`PRESETS`),
+``--device auto|cpu|cuda``, ``torchrun`` for several training processes (:func:`run`), and the
+compared methods (``--compare``, :mod:`recipes.comparisons`) are described in docs/rl.md.
 
 β is measured in units of ``q_scale``: the mean over data states of the standard deviation of
 Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per typical Q spread. The
