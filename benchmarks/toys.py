@@ -3,6 +3,8 @@
     python benchmarks/toys.py                      # 6 data sets × β ∈ {3, 10, 20}, both parts
     python benchmarks/toys.py --quick              # smoke run: one data set, one β, tiny sizes
     python benchmarks/toys.py --datasets moons --betas 10 --parts exact --train-seconds 10
+    python benchmarks/toys.py --parts exact --methods exact --twists dps tw2_dv exact \
+        --smc-protocol populations --smc-k 64 --num-samples 500   # the SMC goal, one output per population
 
 Part 1, **exact noise model** (``--parts exact``): the model is the *exact* noise model of an
 empirical set of ``num_data`` points (:class:`~energy_guidance.groundtruth.EmpiricalNoiseModel`,
@@ -24,6 +26,7 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
     cep          the same network trained with QGPO's contrastive loss (baselines)
     smc_<twist>_K<K>   energy_guidance.smc_sample with that guidance as twist and proposal
+                       (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, exact)
 
 The learned estimators get **equal training wall time**, ``--train-seconds`` each, everything
 they need counted: the variance table for the data_var targets, CEP's support pool. The number
@@ -32,12 +35,23 @@ of steps is calibrated from a timed pilot (``train_*(steps=0)`` for the set-up, 
 uses the full cosine learning-rate schedule over those steps. The achieved steps and seconds are
 reported.
 
-SMC runs at an **equal particle budget**: each (twist, K) uses ``smc_particles`` particles in
-B = ``smc_particles``/K populations (``resample=False``). It is scored on the pooled weighted
-particles (each population's normalised weights / B): the distribution a ``resample=True``
-output is drawn from, with less noise than B single draws. Reported beside the distances: wall
-time, the mean and minimum (over steps) ESS/K, the number of resampling events per population,
-and the error of the mean log Ẑ against the exact log Z = log mean_i exp(-β·E(x_i)).
+SMC has two protocols (``--smc-protocol``):
+
+    budget       (default) an **equal particle budget**: each (twist, K) uses ``smc_particles``
+                 particles in B = ``smc_particles``/K populations (``resample=False``), scored on
+                 the pooled weighted particles (each population's normalised weights / B): the
+                 distribution a ``resample=True`` output is drawn from, with less noise than B
+                 single draws, but at K = 64 only 12 populations, collapsed onto few lineages.
+    populations  **one output per population**, the contract of ``smc_sample``: ``num_samples``
+                 outputs, each the ``resample=True`` draw of its own population of K particles,
+                 scored like any sampler's ``num_samples`` samples (same floors, same target).
+                 It costs K particles per output; populations are independent, so they run in
+                 calls of at most ``smc_chunk`` particles (one generator through the calls).
+
+Reported beside the distances: wall time, the mean and minimum (over steps) ESS/K, the number of
+resampling events per population, the error of the mean log Ẑ against the exact
+log Z = log mean_i exp(-β·E(x_i)), and the error of the mean label. The SMC goal is counted on
+the protocol that ran.
 
 Part 2, **a learned model** (``--parts learned``): a small ε-prediction MLP fitted to the same
 data (``energy_guidance.training.fit``); its target is *its own* tilted distribution, a large
@@ -110,7 +124,8 @@ Method = Literal[
     "net_cum1",
     "cep",
 ]
-Twist = Literal["dps", "cf1_dv", "cf2_dv", "net_cf2", "exact"]
+Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "exact"]
+SMCProtocol = Literal["budget", "populations"]
 METHODS: tuple[str, ...] = get_args(Method)
 TRAINING_FREE: tuple[str, ...] = get_args(TrainingFree)
 LEARNED: tuple[str, ...] = get_args(Learned)
@@ -134,9 +149,13 @@ class Config:
     methods: tuple[Method, ...] = METHODS  # part 1 samplers
     twists: tuple[Twist, ...] = TWISTS  # part 1 SMC twists (the guidance of that name)
     learned_methods: tuple[Literal["unguided", TrainingFree], ...] = LEARNED_MODEL_METHODS  # part 2
-    learned_twists: tuple[Literal["dps", "cf1_dv", "cf2_dv"], ...] = ("dps", "cf2_dv")  # part 2 SMC
+    learned_twists: tuple[Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv"], ...] = ("dps", "cf2_dv")  # part 2 SMC
     smc_k: tuple[int, ...] = (4, 16, 64)  # particles per population
-    smc_particles: int = 768  # particles per SMC run (B = smc_particles / K populations)
+    # budget: smc_particles per run, scored on the pooled weighted particles; populations:
+    # num_samples outputs, each the resampled draw of its own population of K particles
+    smc_protocol: SMCProtocol = "budget"
+    smc_particles: int = 768  # budget protocol: particles per SMC run (B = smc_particles / K)
+    smc_chunk: int = 512  # populations protocol: particles per smc_sample call (larger: more sys time)
     num_data: int = 1000  # points of the empirical behaviour distribution (and the MLP's data)
     num_samples: int = 1000  # samples per sampler
     floor_repeats: int = 10  # i.i.d. target draws for the floors and their spread
@@ -400,46 +419,62 @@ def label_of(ctx: dict, x: Tensor) -> Tensor:
 
 
 def run_smc(ctx: dict, guidance, k: int, beta: float, cfg: Config, target: Target, log_z: float) -> dict:
-    """One SMC run at the particle budget; scores of its pooled weighted particles."""
-    b = max(cfg.smc_particles // k, 1)
+    """One SMC run with K particles per population, under ``cfg.smc_protocol``.
+
+    budget: B = smc_particles/K populations in one call (``resample=False``), scored on their
+    pooled weighted particles. populations: B = num_samples populations in calls of at most
+    smc_chunk particles (``resample=True``), scored on their B outputs like any sampler's samples.
+    """
+    populations = cfg.smc_protocol == "populations"
+    b = cfg.num_samples if populations else max(cfg.smc_particles // k, 1)
+    per_call = max(cfg.smc_chunk // k, 1) if populations else b
+    g = torch.Generator().manual_seed(cfg.seed + 3)
     start = time.perf_counter()
     try:
-        result = smc_sample(
-            guidance,
-            (b, 2),
-            num_particles=k,
-            num_inference_steps=cfg.num_inference_steps,
-            generator=torch.Generator().manual_seed(cfg.seed + 3),
-            resample=False,
-            energy=ctx["energy"],
-            beta=beta,
-        )
+        results = [
+            smc_sample(
+                guidance,
+                (min(per_call, b - i), 2),
+                num_particles=k,
+                num_inference_steps=cfg.num_inference_steps,
+                generator=g,
+                resample=populations,
+                energy=ctx["energy"],
+                beta=beta,
+            )
+            for i in range(0, b, per_call)
+        ]
     except DIVERGENCE:  # non-finite weights or values inside a step
-        result = None
+        results = []
     seconds = time.perf_counter() - start
     row = {"sample_s": seconds, "populations": b, "K": k}
-    if result is None or not bool(torch.isfinite(result.samples).all()):
-        return {**row, "sw2": math.inf, "mmd2": math.inf, "diverged": True, "cloud": None}
-    x = result.samples.reshape(b * k, 2).float()
-    w_pop = result.log_weights.exp()  # (B, K), each row sums to 1
-    w = (w_pop / b).reshape(-1)
-    ess = result.ess / k  # (steps + 1, B)
-    labels = (w_pop * label_of(ctx, x).reshape(b, k)).sum(1)  # each population's estimate of E_p[ℓ]
-    return {
-        **row,
-        "sw2": target.sw2(x, w),
-        "mmd2": target.mmd2(x, w),
-        "diverged": False,
-        "label": float(labels.mean()),
-        "label_err": abs(float(labels.mean()) - target.label),
-        "label_se": float(labels.std() / math.sqrt(b)) if b > 1 else math.nan,
+    if not results or not all(bool(torch.isfinite(r.samples).all()) for r in results):
+        return {**row, **score(ctx, None, target), "cloud": None}
+    ess = torch.cat([r.ess for r in results], 1) / k  # (steps + 1, B)
+    row |= {
         "ess_mean": float(ess.mean()),
         "ess_min": float(ess.min(dim=0).values.mean()),
         "ess_final": float(ess[-1].mean()),
-        "resamplings": float(result.resampled.sum(0).double().mean()),
-        "logz_err": float(result.log_normalizer.mean()) - log_z,
-        "cloud": (x, w),
+        "resamplings": float(torch.cat([r.resampled for r in results], 1).sum(0).double().mean()),
+        "logz_err": float(torch.cat([r.log_normalizer for r in results]).mean()) - log_z,
     }
+    if populations:
+        x = torch.cat([r.samples for r in results]).float()
+        labels = label_of(ctx, x)  # one output per population: the label's spread is the sample's
+    else:
+        (result,) = results
+        x = result.samples.reshape(b * k, 2).float()
+        w_pop = result.log_weights.exp()  # (B, K), each row sums to 1
+        labels = (w_pop * label_of(ctx, x).reshape(b, k)).sum(1)  # each population's estimate of E_p[ℓ]
+    row |= {
+        "label_err": abs(float(labels.mean()) - target.label),
+        "label_se": float(labels.std() / math.sqrt(len(labels))) if len(labels) > 1 else math.nan,
+    }
+    if populations:
+        return {**row, **score(ctx, x, target), "sample": x}
+    w = (w_pop / b).reshape(-1)
+    distances = {"sw2": target.sw2(x, w), "mmd2": target.mmd2(x, w)}
+    return {**row, **distances, "diverged": False, "label": float(labels.mean()), "cloud": (x, w)}
 
 
 def score(ctx: dict, x: Tensor | None, target: Target) -> dict:
@@ -783,6 +818,15 @@ def blew_up(row: dict) -> bool:
     return not row.get("diverged") and row.get("escaped", 0.0) > 0.01
 
 
+def smc_protocol_text(cfg: Config, k: int | None = None) -> str:
+    """How the SMC runs were scored, in words (K = ``k``, or every K)."""
+    if cfg.smc_protocol == "populations":
+        return f"one output per population: {cfg.num_samples} outputs, each from its own {k or 'K'} particles"
+    if k is None:
+        return f"equal particle budget: {cfg.smc_particles} particles per run, pooled weighted particles"
+    return f"equal particle budget: {cfg.smc_particles // k} populations × {k}, pooled weighted particles"
+
+
 def goals(rows: list[dict], cfg: Config) -> str:
     """Issue 9's measured goals, counted per (data set, β)."""
     lines = []
@@ -804,7 +848,7 @@ def goals(rows: list[dict], cfg: Config) -> str:
         line(f"`{second}` ≤ its first-order form `{first}`", second, first)
     k = max(cfg.smc_k) if cfg.smc_k else None
     for twist in cfg.twists:
-        text = f"SMC `{twist}` twist, K = {k}: SW2 ≤ 1.5 × exact guidance's"
+        text = f"SMC `{twist}` twist, K = {k} ({smc_protocol_text(cfg, k)}): SW2 ≤ 1.5 × exact guidance's"
         line(text, f"smc_{twist}_K{k}", "exact", 1.5, noise=True)
     for net in ("net_cf2", "net_cf1", "net_cum1"):
         line(f"`{net}` SW2 ≤ CEP's at equal training wall time", net, "cep", noise=True)
@@ -872,8 +916,10 @@ def configure(argv=None) -> Config:
         quick = {**QUICK, "datasets": ("8gaussians",), "betas": (10.0,)}
         changes = {k: v for k, v in quick.items() if getattr(cfg, k) == getattr(defaults, k)}
         cfg = dataclasses.replace(cfg, **changes)
-    if any(k < 1 or cfg.smc_particles < k for k in cfg.smc_k):
-        raise SystemExit(f"--smc-k values must be in [1, --smc-particles={cfg.smc_particles}]")
+    if any(k < 1 for k in cfg.smc_k):
+        raise SystemExit("--smc-k values must be >= 1")
+    if cfg.smc_protocol == "budget" and any(cfg.smc_particles < k for k in cfg.smc_k):
+        raise SystemExit(f"--smc-k values must be <= --smc-particles={cfg.smc_particles}")
     if cfg.pilot_steps < 1:
         raise SystemExit("--pilot-steps must be >= 1")
     return cfg
@@ -938,8 +984,7 @@ def render(rows: list[dict], cfg: Config, walls: dict, wall: float) -> str:
             metric_table(rows, "exact", base),
             "\nMMD² × 10³ to the exact target\n",
             metric_table(rows, "exact", [m for m in base if m != "two_draws"], "mmd2", 1e3),
-            f"\nSMC, SW2 of the pooled weighted particles ({cfg.smc_particles} per run), beside exact "
-            "guidance\n",
+            f"\nSMC ({smc_protocol_text(cfg)}), SW2 beside exact guidance's\n",
             metric_table(rows, "exact", ["resampled", "exact", *smc]),
             "\nSMC runs, medians over the settings\n",
             smc_summary(rows, "exact"),
