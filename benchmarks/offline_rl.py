@@ -58,6 +58,7 @@ def summarise(results: list[dict]) -> dict:
         phases[name] = float(np.mean(seconds)) if seconds else None
     return {
         "metric": key,
+        "seeds": len(results),
         "policies": policies,
         "phase_seconds": phases,
         "dataset_score": results[0].get("dataset_score"),
@@ -81,10 +82,10 @@ def to_markdown(table: dict[str, dict], command: str, seeds: list[int]) -> str:
     metric = "normalised score" if all(t["metric"] == "score_mean" for t in table.values()) else "return"
     names = list(dict.fromkeys(n for t in table.values() for n in t["policies"]))
     lines = [
-        f"`{command}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), {metric}, "
-        "mean ± std over seeds of each seed's mean over episodes",
+        f"`{command}` — {metric}, mean ± std over seeds (of {', '.join(map(str, seeds))}; the count "
+        "under each data set) of each seed's mean over episodes",
         "",
-        "| policy | " + " | ".join(datasets) + " |",
+        "| policy | " + " | ".join(f"{d} ({table[d]['seeds']} seeds)" for d in datasets) + " |",
         "|---|" + "---|" * len(datasets),
     ]
     for name in names:
@@ -128,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/bench_offline_rl")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one process each)")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="summarise the runs that have finished (results.json), train nothing; the table "
+        "then gives each data set's own seed count",
+    )
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="-- then options of recipes.aepo")
     args = parser.parse_args(argv)
     recipe_args = [a for a in args.recipe_args if a != "--"]
@@ -137,11 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         for d in args.datasets
         for s in args.seeds
     ]
+    if args.finished_only:
+        jobs = [job for job in jobs if (Path(job[1]) / "results.json").exists()]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(_run_one, jobs))
     else:
         results = [_run_one(job) for job in jobs]
+    done = {d for _, run_dir in jobs for d in args.datasets if run_dir.startswith(f"{args.root}/{d}/")}
     table = {
         d: summarise(
             [
@@ -151,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
         for d in args.datasets
+        if d in done
     }
     command = " ".join(
         [

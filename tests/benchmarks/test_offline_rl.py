@@ -2,6 +2,7 @@
 method), writes its table and figure, and summarises over seeds correctly."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,3 +49,19 @@ def test_verdict_compares_aepo_with_the_best_rival():
     summary["policies"]["aepo"]["mean"] = 60.0
     assert "≥" in offline_rl.verdict(summary)
     assert offline_rl.verdict({"policies": {"aepo": {"mean": 1.0}}}) is None
+
+
+def test_finished_only_summarises_what_has_finished_and_trains_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "bench"
+    (root / "a" / "seed1").mkdir(parents=True)
+    result = {"scores": {"aepo": {"score_mean": 5.0}}, "phase_seconds": {"critic": 1.0}, "dataset_score": 2.0}
+    (root / "a" / "seed1" / "results.json").write_text(json.dumps(result))
+
+    def finished(job):  # a job without results.json would have to train: it must not be started
+        return json.loads((Path(job[1]) / "results.json").read_text())
+
+    monkeypatch.setattr(offline_rl, "_run_one", finished)
+    offline_rl.main(["--datasets", "a", "b", "--seeds", "0", "1", "--root", str(root), "--finished-only"])
+    summary = json.loads((root / "summary.json").read_text())
+    assert list(summary["datasets"]) == ["a"] and summary["datasets"]["a"]["seeds"] == 1
+    assert "a (1 seeds)" in (root / "summary.md").read_text()
