@@ -20,7 +20,7 @@ Ids ``energy-guidance/<env>/<level>-v0`` with env ``halfcheetah`` (HalfCheetah-v
     the episode running at the medium point ends there, marked truncated.
 ``expert``
     ``steps`` transitions of the *expert* agent, stochastic actions: SAC continued from the medium
-    point to ``expert_steps`` in all, the agent with the best evaluation along the way.
+    point to ``expert_steps`` in all, the agent with the best evaluation from the medium point on.
 ``medium-expert``
     The medium and expert data sets' episodes together (``minari.combine_datasets``; both are
     built, and kept, first).
@@ -46,8 +46,9 @@ SB3 SAC (one gradient step of batch 256 per environment step) runs at about 260 
 steps per second with the default (64, 64) networks and about 80 with SB3's own (256, 256), on
 HalfCheetah-v5, Hopper-v5 and Walker2d-v5 alike (the gradient step dominates); a roll-out of the
 stochastic policy for data collection at about 2,000 steps per second. So an agent costs about
-(SAC steps) / 260 seconds, at most 13 minutes to the medium cap (200k steps) and 20 minutes to
-the expert (300k), and each 100k-step data set about a minute more. The agents' scores and the
+(SAC steps) / 260 seconds of one core: measured, 14 minutes for HalfCheetah's 200k steps and 26
+for Walker2d's medium-expert (300k steps and two 100k-step sets), more wall time on a loaded
+machine. The agents' scores and the
 measured build times are in docs/benchmarks.md ("MuJoCo data sets built on this machine"). At
 these budgets the "expert" stays well short of D4RL's expert (normalised 100, an agent trained
 for millions of steps); the score it reached is stored with the data set (``agent_score``).
