@@ -56,7 +56,12 @@ def learning_curves(
     (``results.json``'s ``scores``): normalised with reference lines when every policy has one."""
     plt = _pyplot()
     labels = labels or {}
-    fig, axes = plt.subplots(1, len(histories) + 1, figsize=(4.2 * (len(histories) + 1), 3.6))
+    fig, axes = plt.subplots(
+        1,
+        len(histories) + 1,
+        figsize=(4.2 * (len(histories) + 1), 3.6),
+        gridspec_kw={"width_ratios": [1] * len(histories) + [1.6]},  # room for the policies' names
+    )
     for ax, (phase, history) in zip(axes, histories.items(), strict=False):
         for key, values in history.items():
             if key != "step" and len(values) == len(history["step"]):
