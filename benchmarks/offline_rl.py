@@ -65,16 +65,16 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
-def verdict(summary: dict) -> str | None:
-    """Whether AEPO's mean is at least the best rival's (None when no rival was evaluated)."""
+def verdict(summary: dict, policy: str = "aepo") -> str | None:
+    """Whether ``policy``'s mean is at least the best rival's (None when it or every rival is
+    missing)."""
     rivals = {n: summary["policies"][n]["mean"] for n in RIVALS if n in summary["policies"]}
-    if not rivals or "aepo" not in summary["policies"]:
+    if not rivals or policy not in summary["policies"]:
         return None
     best = max(rivals, key=rivals.get)
-    aepo = summary["policies"]["aepo"]["mean"]
-    return (
-        f"AEPO {aepo:.1f} {'≥' if aepo >= rivals[best] else '<'} best rival {label(best)} {rivals[best]:.1f}"
-    )
+    mean = summary["policies"][policy]["mean"]
+    sign = "≥" if mean >= rivals[best] else "<"
+    return f"{label(policy)} {mean:.1f} {sign} best rival {label(best)} {rivals[best]:.1f}"
 
 
 def to_markdown(table: dict[str, dict], command: str, seeds: list[int]) -> str:
@@ -110,7 +110,7 @@ def to_markdown(table: dict[str, dict], command: str, seeds: list[int]) -> str:
     for phase in phases:
         cells = [table[d]["phase_seconds"].get(phase) for d in datasets]
         lines.append(f"| {phase} | " + " | ".join("—" if c is None else f"{c:.0f}" for c in cells) + " |")
-    verdicts = [(d, verdict(t)) for d, t in table.items()]
+    verdicts = [(d, verdict(t, p)) for d, t in table.items() for p in ("aepo", "guided_single")]
     lines += ["", *[f"- {d}: {v}" for d, v in verdicts if v is not None]]
     return "\n".join(lines)
 

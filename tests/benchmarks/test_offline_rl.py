@@ -45,10 +45,11 @@ def test_offline_rl_benchmark_end_to_end(tmp_path, monkeypatch):
 
 def test_verdict_compares_aepo_with_the_best_rival():
     summary = {"policies": {"aepo": {"mean": 50.0}, "qgpo": {"mean": 60.0}, "iql_awr": {"mean": 40.0}}}
-    assert offline_rl.verdict(summary).startswith("AEPO 50.0 < best rival QGPO")
+    assert offline_rl.verdict(summary).startswith("AEPO (guided, best of N by Q) 50.0 < best rival QGPO")
     summary["policies"]["aepo"]["mean"] = 60.0
     assert "≥" in offline_rl.verdict(summary)
     assert offline_rl.verdict({"policies": {"aepo": {"mean": 1.0}}}) is None
+    assert offline_rl.verdict(summary, "guided_single") is None
 
 
 def test_finished_only_summarises_what_has_finished_and_trains_nothing(tmp_path, monkeypatch):
