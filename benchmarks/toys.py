@@ -520,6 +520,18 @@ def floors(target: Target, cfg: Config) -> tuple[dict, dict]:
 # --- part 1: the exact noise model -------------------------------------------------------------
 
 
+def collect(found: dict, part: str, name: str, beta: float, rows: list, samples: dict) -> None:
+    """Move each method's result into ``rows`` and its picture into ``samples``; a weighted
+    particle cloud is pictured by draws from it."""
+    for method, result in found.items():
+        shown = result.pop("sample", None)
+        cloud = result.pop("cloud", None)
+        if cloud is not None:
+            shown = draws_from(*cloud)
+        samples[(beta, method)] = shown
+        rows.append({"part": part, "dataset": name, "beta": beta, "method": method, **result})
+
+
 def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
     """Rows for every β and sampler on the exact noise model of ``name``; samples for the plots."""
     ds = toy_dataset(name)
@@ -572,13 +584,7 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
                     guidances[twist] = training_free(twist, ctx, beta)
             for k in cfg.smc_k:
                 found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidances[twist], k, beta, cfg, target, log_z)
-        for method, result in found.items():
-            shown = result.pop("sample", None)
-            cloud = result.pop("cloud", None)
-            if cloud is not None:  # a picture of the weighted particles: draws from them
-                shown = draws_from(*cloud)
-            samples[(beta, method)] = shown
-            rows.append({"part": "exact", "dataset": name, "beta": beta, "method": method, **result})
+        collect(found, "exact", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(data, weights)
         log(
             f"[exact] {name:>12} β={beta:<4g} | "
@@ -693,13 +699,7 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
             guidance = guidances.get(twist) or training_free(twist, ctx, beta)
             for k in cfg.smc_k:
                 found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidance, k, beta, cfg, target, log_z)
-        for method, result in found.items():
-            shown = result.pop("sample", None)
-            cloud = result.pop("cloud", None)
-            if cloud is not None:
-                shown = draws_from(*cloud)
-            samples[(beta, method)] = shown
-            rows.append({"part": "learned", "dataset": name, "beta": beta, "method": method, **result})
+        collect(found, "learned", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(pool, weights)
         log(
             f"[learned] {name:>12} β={beta:<4g} target ESS {found['resampled']['target_ess']:.0f} | "

@@ -172,14 +172,16 @@ class AnalyticEnergyGuidance:
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
         """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
-        if _uses_model_graph(self.estimator):
-            prediction = self._predict(x_t, timestep, alpha, sigma, cond)
-            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
-        with torch.no_grad():
-            prediction = self._predict(x_t.detach(), timestep, alpha, sigma, cond)
-        if getattr(self.estimator, "needs_prediction", False):
-            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
-        return self.estimator(x_t, alpha, sigma, cond), prediction
+        in_graph = _uses_model_graph(self.estimator)
+        with torch.set_grad_enabled(in_graph):
+            prediction = self._predict(x_t if in_graph else x_t.detach(), timestep, alpha, sigma, cond)
+        return self._call_estimator(x_t, alpha, sigma, cond, prediction), prediction
+
+    def _call_estimator(self, x_t: Tensor, alpha, sigma, cond, prediction: Prediction) -> Tensor:
+        """E_t from the estimator, handed the prediction when it reads it (in x_t's graph or not)."""
+        if _uses_model_graph(self.estimator) or getattr(self.estimator, "needs_prediction", False):
+            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction)
+        return self.estimator(x_t, alpha, sigma, cond)
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
@@ -207,10 +209,8 @@ class AnalyticEnergyGuidance:
                 with torch.set_grad_enabled(in_graph):
                     prediction = self._predict(x, timestep, alpha, sigma, cond)
                 grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
-                if with_value:  # as in _estimate
-                    wants = in_graph or getattr(self.estimator, "needs_prediction", False)
-                    extra = {"prediction": prediction} if wants else {}
-                    value = self.estimator(x, alpha, sigma, cond, **extra).detach()
+                if with_value:
+                    value = self._call_estimator(x, alpha, sigma, cond, prediction).detach()
             check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
             return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
         with torch.enable_grad():
