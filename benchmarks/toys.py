@@ -25,8 +25,12 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     net_cf2      ... on the second-order targets (order 2, data_var, x̄ = x0)
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
     cep          the same network trained with QGPO's contrastive loss (baselines)
+    classifier   the same network trained as a classifier of noised target (data resampled by
+                 softmax(-β·E)) against noised data samples: exact targets, no model calls
+                 (energy_guidance.classifier)
     smc_<twist>_K<K>   energy_guidance.smc_sample with that guidance as twist and proposal
-                       (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, exact)
+                       (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, exact; a suffix ``_t``
+                       tempers it: ``smc_sample(temper=--temper)``, docs/math.md (5))
 
 The learned estimators get **equal training wall time**, ``--train-seconds`` each, everything
 they need counted: the variance table for the data_var targets, CEP's support pool. The number
@@ -96,6 +100,7 @@ from energy_guidance import (
 )
 from energy_guidance.baselines import dps_guidance, draw_support, train_contrastive_energy
 from energy_guidance.checkpoints import atomic_write
+from energy_guidance.classifier import train_classifier_energy
 from energy_guidance.groundtruth import (
     EmpiricalIntermediateEnergy,
     EmpiricalNoiseModel,
@@ -108,7 +113,7 @@ from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
 Part = Literal["exact", "learned"]
 TrainingFree = Literal["dps", "cf1_dv", "cf1_jac", "cf2_dv", "cf2_jac", "tw1_dv", "tw2_dv"]
-Learned = Literal["net_cf1", "net_cf2", "net_cum1", "cep"]
+Learned = Literal["net_cf1", "net_cf2", "net_cum1", "cep", "classifier"]
 Method = Literal[
     "unguided",
     "exact",
@@ -123,8 +128,11 @@ Method = Literal[
     "net_cf2",
     "net_cum1",
     "cep",
+    "classifier",
 ]
-Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "exact"]
+Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "exact", "dps_t", "tw2_dv_t"]
+LearnedTwist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "dps_t", "tw2_dv_t"]
+TEMPERED = "_t"  # a twist's suffix: smc_sample(..., temper=cfg.temper)
 SMCProtocol = Literal["budget", "populations"]
 METHODS: tuple[str, ...] = get_args(Method)
 TRAINING_FREE: tuple[str, ...] = get_args(TrainingFree)
@@ -149,7 +157,8 @@ class Config:
     methods: tuple[Method, ...] = METHODS  # part 1 samplers
     twists: tuple[Twist, ...] = TWISTS  # part 1 SMC twists (the guidance of that name)
     learned_methods: tuple[Literal["unguided", TrainingFree], ...] = LEARNED_MODEL_METHODS  # part 2
-    learned_twists: tuple[Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv"], ...] = ("dps", "cf2_dv")  # part 2 SMC
+    learned_twists: tuple[LearnedTwist, ...] = ("dps", "cf2_dv", "dps_t")  # part 2 SMC
+    temper: float = 3.0  # the power p of the tempered twists (suffix _t), docs/math.md (5)
     smc_k: tuple[int, ...] = (4, 16, 64)  # particles per population
     # budget: smc_particles per run, scored on the pooled weighted particles; populations:
     # num_samples outputs, each the resampled draw of its own population of K particles
@@ -345,6 +354,20 @@ def train_learned(
                 progress=False,
             )
 
+    elif method == "classifier":
+
+        def train(net, steps, seed):
+            train_classifier_energy(
+                net,
+                scheduler,
+                energy,
+                data,
+                steps=steps,
+                batch_size=cfg.batch_size,
+                generator=torch.Generator().manual_seed(cfg.seed + seed),
+                progress=False,
+            )
+
     else:
         variance, order = TARGETS[method]
         if variance == "data_var":
@@ -418,8 +441,11 @@ def label_of(ctx: dict, x: Tensor) -> Tensor:
         return -ctx["energy"](x.double()).double()
 
 
-def run_smc(ctx: dict, guidance, k: int, beta: float, cfg: Config, target: Target, log_z: float) -> dict:
-    """One SMC run with K particles per population, under ``cfg.smc_protocol``.
+def run_smc(
+    ctx: dict, guidance, k: int, beta: float, cfg: Config, target: Target, log_z: float, temper: float = 0.0
+) -> dict:
+    """One SMC run with K particles per population, under ``cfg.smc_protocol`` (``temper``: p of
+    the tempered twist, 0 for the guidance as it is).
 
     budget: B = smc_particles/K populations in one call (``resample=False``), scored on their
     pooled weighted particles. populations: B = num_samples populations in calls of at most
@@ -441,6 +467,7 @@ def run_smc(ctx: dict, guidance, k: int, beta: float, cfg: Config, target: Targe
                 resample=populations,
                 energy=ctx["energy"],
                 beta=beta,
+                temper=temper,
             )
             for i in range(0, b, per_call)
         ]
@@ -475,6 +502,13 @@ def run_smc(ctx: dict, guidance, k: int, beta: float, cfg: Config, target: Targe
     w = (w_pop / b).reshape(-1)
     distances = {"sw2": target.sw2(x, w), "mmd2": target.mmd2(x, w)}
     return {**row, **distances, "diverged": False, "label": float(labels.mean()), "cloud": (x, w)}
+
+
+def untempered(twist: str, cfg: Config) -> tuple[str, float]:
+    """(the guidance a twist is built from, its tempering power): ``dps_t`` -> ("dps", cfg.temper)."""
+    if twist.endswith(TEMPERED):
+        return twist.removesuffix(TEMPERED), cfg.temper
+    return twist, 0.0
 
 
 def score(ctx: dict, x: Tensor | None, target: Target) -> dict:
@@ -574,16 +608,19 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
             x, seconds = draw(ctx, guidance, cfg.num_samples, cfg)
             found[method] = {**score(ctx, x, target), "sample_s": seconds, "sample": x, **record}
         for twist in cfg.twists:
-            if twist not in guidances:  # a twist whose sampler was not asked for
-                if twist == "exact":
-                    guidances[twist] = AnalyticEnergyGuidance(scheduler, model, estimator=exact)
-                elif twist == "net_cf2":
-                    net, _ = train_learned(twist, ctx, beta, cfg, validation)
-                    guidances[twist] = AnalyticEnergyGuidance(scheduler, model, estimator=net)
+            base, temper = untempered(twist, cfg)
+            if base not in guidances:  # a twist whose sampler was not asked for
+                if base == "exact":
+                    guidances[base] = AnalyticEnergyGuidance(scheduler, model, estimator=exact)
+                elif base == "net_cf2":
+                    net, _ = train_learned(base, ctx, beta, cfg, validation)
+                    guidances[base] = AnalyticEnergyGuidance(scheduler, model, estimator=net)
                 else:
-                    guidances[twist] = training_free(twist, ctx, beta)
+                    guidances[base] = training_free(base, ctx, beta)
             for k in cfg.smc_k:
-                found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidances[twist], k, beta, cfg, target, log_z)
+                found[f"smc_{twist}_K{k}"] = run_smc(
+                    ctx, guidances[base], k, beta, cfg, target, log_z, temper
+                )
         collect(found, "exact", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(data, weights)
         log(
@@ -696,9 +733,10 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
                 x, seconds = draw(ctx, guidances[method], cfg.num_samples, cfg)
             found[method] = {**score(ctx, x, target), "sample_s": seconds, "sample": x}
         for twist in cfg.learned_twists:
-            guidance = guidances.get(twist) or training_free(twist, ctx, beta)
+            base, temper = untempered(twist, cfg)
+            guidance = guidances.get(base) or training_free(base, ctx, beta)
             for k in cfg.smc_k:
-                found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidance, k, beta, cfg, target, log_z)
+                found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidance, k, beta, cfg, target, log_z, temper)
         collect(found, "learned", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(pool, weights)
         log(
@@ -850,7 +888,7 @@ def goals(rows: list[dict], cfg: Config) -> str:
     for twist in cfg.twists:
         text = f"SMC `{twist}` twist, K = {k} ({smc_protocol_text(cfg, k)}): SW2 ≤ 1.5 × exact guidance's"
         line(text, f"smc_{twist}_K{k}", "exact", 1.5, noise=True)
-    for net in ("net_cf2", "net_cf1", "net_cum1"):
+    for net in ("net_cf2", "net_cf1", "net_cum1", "classifier"):
         line(f"`{net}` SW2 ≤ CEP's at equal training wall time", net, "cep", noise=True)
     learned = _by(rows, "learned")
     for second in ("cf2_dv", "cf2_jac", "tw2_dv"):

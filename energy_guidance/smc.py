@@ -115,6 +115,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .callables import Energy, call_energy
+from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
 _SDE_DPM = ("sde-dpmsolver++", "sde-dpmsolver")
@@ -332,6 +333,7 @@ def smc_sample(
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
     eta: float | None = None,
+    temper: float = 0.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -359,6 +361,11 @@ def smc_sample(
             1: whenever its weights are not uniform).
         resampling: "systematic" (default, lower variance) or "multinomial".
         eta: DDIM's η (default 1); an error for other schedulers.
+        temper: p > 0 tempers the twist and the proposal's guidance by λ_t = (α²/(α²+σ²))^p
+            (:class:`~energy_guidance.tempering.Tempered`): the target is unchanged, and a twist
+            that is poor at high noise (DPS-style, the closed forms) moves the particles less far
+            from the model's steps. 0 (default) uses the guidance as it is; leave it at 0 for an
+            exact or near-exact twist.
         device, dtype: of the particles (default CPU, or ``cond``'s device; float32).
         progress: show a progress bar.
 
@@ -382,6 +389,8 @@ def smc_sample(
             raise TypeError(f"cond must be a tensor (B, ...) or None, got {type(cond).__name__}")
         if cond.shape[0] != b:
             raise ValueError(f"cond has {cond.shape[0]} rows; expected one per population (B = {b})")
+    if temper:
+        guidance = guidance.replace(estimator=Tempered(guidance.estimator, temper))
     beta = guidance.beta if beta is None else float(beta)
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")

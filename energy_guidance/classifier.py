@@ -1,0 +1,140 @@
+"""The intermediate energy learned as a noise-conditional classifier: exact targets, no model calls.
+
+Let p̃(x0) = q(x0)·exp(-β·E(x0))/Z be the target and q_t, p̃_t the marginals of x_t = α_t·x0 + σ_t·ε
+under q and p̃. Since p̃_t(x_t) = q_t(x_t)·E_q[exp(-β·E(x0)) | x_t]/Z,
+
+    E_t(x_t) = -log E_q[exp(-β·E(x0)) | x_t] = -log(p̃_t(x_t)/q_t(x_t)) - log Z:          (6)
+
+the intermediate energy is, up to a constant, minus the log density ratio of the noised target
+and the noised model distribution. A classifier that tells noised tilted samples from noised
+model samples, with balanced classes and logit -E_Θ(x_t), minimises the logistic loss
+
+    ℓ = E_{x0 ~ p̃}[softplus(E_Θ(x_t))] + E_{x0 ~ q}[softplus(-E_Θ(x_t))],                  (C)
+
+whose minimiser over functions is E_Θ = E_t + log Z exactly (the Bayes-optimal logit is the log
+density ratio). Samples of p̃ are the data resampled by the weights softmax(-β·E(x0)), so
+training needs the energy of each data point once, and neither the model nor a closed form: no
+expansion of E (the closed-form targets are exact only for linear or quadratic E), and no
+support sets of M model samples per condition (CEP). Its cost is the spread of the weights: at
+high β few data points carry the target and the classifier sees them again and again.
+
+Conditions. With ``cond`` the weights are normalised over the whole data set (the tilt of the
+joint distribution of (cond, x0)); the ratio (6) is then taken at each condition, and the constant
+becomes a function of the condition, which guidance (a gradient in x_t) does not see. A
+``baseline(cond)`` (B,) subtracted from E before weighting (e.g. -V(s) for E = -Q(s, a)) spreads
+the weights evenly over conditions and changes E_Θ by a function of the condition only.
+
+The network is an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, used by guidance and
+:func:`~energy_guidance.smc_sample` like any other estimator. Related: discriminator guidance
+(Kim et al. 2022, arXiv 2211.17091) trains such a time-dependent classifier between data and
+model samples to correct a model's score; here the two classes are the target and the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.functional import softplus
+
+from .amortized import IntermediateEnergyNet
+from .callables import Energy, call_energy
+from .schedules import add_noise, noise_level, training_timesteps
+from .training import History, fit
+
+
+def classifier_loss(tilted: Tensor, base: Tensor) -> Tensor:
+    """Equation (C): E_Θ (B,) at noised target samples and (B',) at noised model samples."""
+    return softplus(tilted).mean() + softplus(-base).mean()
+
+
+@torch.no_grad()
+def tilt_log_weights(
+    energy: Energy,
+    data: Tensor,
+    beta: float,
+    cond: Tensor | None = None,
+    baseline: Callable[[Tensor], Tensor] | None = None,
+    chunk: int = 4096,
+) -> Tensor:
+    """Normalised log-weights (N,) float64 of the data under the tilt: log softmax(-β·(E - baseline))."""
+    parts = []
+    for i in range(0, data.shape[0], chunk):
+        c = None if cond is None else cond[i : i + chunk]
+        e = call_energy(energy, data[i : i + chunk], c).double()
+        if baseline is not None:
+            e = e - baseline(c).double().reshape(e.shape)
+        parts.append(e)
+    return torch.log_softmax(-float(beta) * torch.cat(parts), dim=0)
+
+
+def train_classifier_energy(
+    network: IntermediateEnergyNet,
+    scheduler,
+    energy: Energy,
+    data: Tensor,
+    cond: Tensor | None = None,
+    *,
+    baseline: Callable[[Tensor], Tensor] | None = None,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    generator: torch.Generator | None = None,
+    checkpoint_dir: str | Path | None = None,
+    name: str = "classifier energy",
+    checkpoint_every: int = 1000,
+    progress: bool = True,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+) -> History:
+    """Train ``network`` on (C) at β = ``network.beta``; returns the loss history.
+
+    ``data`` (N, ...) are samples of the model's distribution q (for a behaviour model, its
+    training data), with conditions ``cond`` (N, ...); ``baseline(cond)`` see the module docstring.
+    Each step draws ``batch_size`` data points uniformly (class q) and ``batch_size`` by their
+    tilt weights (class p̃), each with its own training timestep and noise, from ``generator``.
+    The rest is :func:`energy_guidance.training.fit` (Adam, cosine decay, resumable checkpoints
+    named ``name`` in ``checkpoint_dir``, ``log(step, means)``).
+    """
+    if data.shape[0] < 2:
+        raise ValueError(f"need at least 2 data points, got {data.shape[0]}")
+    if cond is not None and cond.shape[0] != data.shape[0]:
+        raise ValueError(f"cond has {cond.shape[0]} rows for {data.shape[0]} data points")
+    beta = float(network.beta)
+    log_w = tilt_log_weights(energy, data, beta, cond, baseline)
+    weights = log_w.exp()
+    n = data.shape[0]
+    valid = training_timesteps(scheduler)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    with torch.no_grad():
+        # Unit-scale outputs: the log ratio at t = 0 spans the log-weights' spread. No shift: the
+        # loss is not invariant to one.
+        network.target_mean.fill_(0.0)
+        network.target_scale.fill_(max(float(log_w.std()), 1.0))
+
+    def noised(idx: Tensor) -> Tensor:
+        idx = idx.to(data.device)
+        x0 = data[idx]
+        t = valid[torch.randint(0, len(valid), (len(idx),), generator=generator)]
+        alpha, sigma = (v.to(x0) for v in noise_level(scheduler, t))
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
+        return network(add_noise(x0, noise, alpha, sigma), alpha, sigma, None if cond is None else cond[idx])
+
+    def loss() -> Tensor:
+        base = torch.randint(0, n, (batch_size,), generator=generator, device=gen_device)
+        tilted = torch.multinomial(weights.to(gen_device), batch_size, replacement=True, generator=generator)
+        return classifier_loss(noised(tilted), noised(base))
+
+    return fit(
+        network,
+        loss,
+        steps=steps,
+        lr=lr,
+        generator=generator,
+        checkpoint_dir=checkpoint_dir,
+        name=name,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        log=log,
+    )

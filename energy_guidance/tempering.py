@@ -1,0 +1,73 @@
+"""A tempered twist: the intermediate energy switched on as the noise falls.
+
+    Ẽ_t(x_t) = λ_t·E_t(x_t),   λ_t = (α_t² / (α_t² + σ_t²))^p,   p ≥ 0.              (5)
+
+λ_t rises from 0 (pure noise) to 1 (σ_t = 0); α²/(α² + σ²) is the share of a unit-variance
+x0's variance that x_t explains (Var[x̂0]/Var[x0] for Gaussian data), and the power p makes the
+switch later and sharper.
+
+Why. In :func:`~energy_guidance.smc_sample` the twist only has to *steer*: the final correction
+exp(-β·E(x0))/exp(-Ẽ_{t_last}) makes the target exact whatever the twist, and λ_t → 1 leaves
+that correction small. What costs particles is a twist that is wrong at high noise and moves them
+far from the model's steps: DPS-style β·E(x̂0), with x̂0 a blurred mean of far-apart modes,
+pushes the proposal hard where the estimate is worst, and 64 particles cannot reweight the
+damage away. Tempering keeps the early proposals near the model's own steps and hands the
+energy over as x̂0 becomes accurate. Measured on QGPO's 2-D toys with the exact noise model
+(docs/benchmarks.md, "SMC with a tempered twist").
+
+Tempering changes the path, not SMC's target; used for plain guided sampling (no weights) it
+samples a different distribution than p ∝ q·exp(-β·E).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+
+def _forwarded(name: str, default) -> property:
+    """The wrapped estimator's attribute ``name`` (``default`` where it has none)."""
+    return property(lambda self: getattr(self.estimator, name, default))
+
+
+class Tempered:
+    """An :class:`~energy_guidance.guidance.IntermediateEnergyEstimator` that returns (5), λ_t·E_t
+    of ``estimator`` (and λ_t·∇E_t for an estimator with an explicit gradient).
+
+    It forwards what guidance reads from its estimator (``beta``, ``energy``, whether it reads
+    the model's prediction and how to differentiate it), so it wraps any estimator: the closed
+    form, DPS-style, a network, CEP, an exact one. ``power`` is p of (5); 0 is the estimator
+    itself.
+    """
+
+    def __init__(self, estimator, power: float = 3.0) -> None:
+        power = float(power)
+        if not (power >= 0 and math.isfinite(power)):
+            raise ValueError(f"power must be finite and >= 0, got {power}")
+        self.estimator = estimator
+        self.power = power
+
+    # what guidance reads from an estimator, forwarded
+    beta = _forwarded("beta", None)
+    energy = _forwarded("energy", None)
+    uses_model_graph = _forwarded("uses_model_graph", False)
+    needs_prediction = _forwarded("needs_prediction", False)
+    double_backward_model = _forwarded("double_backward_model", False)
+    explicit_gradient = _forwarded("explicit_gradient", False)
+
+    def weight(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """λ_t of (5), (B,) from per-sample α, σ (B,)."""
+        return (alpha**2 / (alpha**2 + sigma**2)) ** self.power
+
+    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
+        """λ_t·E_t (B,); ``kwargs`` (``prediction=``) go to the estimator."""
+        return self.weight(alpha, sigma).to(x_t) * self.estimator(x_t, alpha, sigma, cond, **kwargs)
+
+    def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
+        """λ_t·∇_{x_t}E_t, shaped like x_t, for an estimator with ``explicit_gradient``."""
+        grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
+        return self.weight(alpha, sigma).to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
+
+    def __repr__(self) -> str:
+        return f"Tempered({self.estimator!r}, power={self.power:g})"
