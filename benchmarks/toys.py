@@ -52,6 +52,9 @@ SMC has two protocols (``--smc-protocol``):
                  It costs K particles per output; populations are independent, so they run in
                  calls of at most ``smc_chunk`` particles (one generator through the calls).
 
+SMC steps DDPM with ``--smc-spacing`` (default "leading", as every other sampler; "trailing"
+is what ``smc_sample``'s docstring recommends) on the same model and estimator.
+
 Reported beside the distances: wall time, the mean and minimum (over steps) ESS/K, the number of
 resampling events per population, the error of the mean log Ẑ against the exact
 log Z = log mean_i exp(-β·E(x_i)), and the error of the mean label. The SMC goal is counted on
@@ -159,6 +162,9 @@ class Config:
     learned_methods: tuple[Literal["unguided", TrainingFree], ...] = LEARNED_MODEL_METHODS  # part 2
     learned_twists: tuple[LearnedTwist, ...] = ("dps", "cf2_dv", "dps_t")  # part 2 SMC
     temper: float = 3.0  # the power p of the tempered twists (suffix _t), docs/math.md (5)
+    # DDPM's timestep spacing for SMC (the other samplers keep "leading"); smc.py recommends
+    # "trailing": "leading" ends with a stochastic step from t = 20 whose narrow kernel starves weights
+    smc_spacing: Literal["leading", "trailing"] = "leading"
     smc_k: tuple[int, ...] = (4, 16, 64)  # particles per population
     # budget: smc_particles per run, scored on the pooled weighted particles; populations:
     # num_samples outputs, each the resampled draw of its own population of K particles
@@ -504,6 +510,17 @@ def run_smc(
     return {**row, **distances, "diverged": False, "label": float(labels.mean()), "cloud": (x, w)}
 
 
+def smc_guidance(guidance: AnalyticEnergyGuidance, cfg: Config) -> AnalyticEnergyGuidance:
+    """The guidance SMC steps with: the same model and estimator on a DDPM scheduler with
+    ``cfg.smc_spacing`` (the models here take any training timestep, so only the spacing changes)."""
+    if cfg.smc_spacing == "leading":
+        return guidance
+    spacing = cfg.smc_spacing
+    return guidance.replace(
+        scheduler=DDPMScheduler(num_train_timesteps=1000, clip_sample=False, timestep_spacing=spacing)
+    )
+
+
 def untempered(twist: str, cfg: Config) -> tuple[str, float]:
     """(the guidance a twist is built from, its tempering power): ``dps_t`` -> ("dps", cfg.temper)."""
     if twist.endswith(TEMPERED):
@@ -619,7 +636,7 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
                     guidances[base] = training_free(base, ctx, beta)
             for k in cfg.smc_k:
                 found[f"smc_{twist}_K{k}"] = run_smc(
-                    ctx, guidances[base], k, beta, cfg, target, log_z, temper
+                    ctx, smc_guidance(guidances[base], cfg), k, beta, cfg, target, log_z, temper
                 )
         collect(found, "exact", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(data, weights)
@@ -734,7 +751,7 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
             found[method] = {**score(ctx, x, target), "sample_s": seconds, "sample": x}
         for twist in cfg.learned_twists:
             base, temper = untempered(twist, cfg)
-            guidance = guidances.get(base) or training_free(base, ctx, beta)
+            guidance = smc_guidance(guidances.get(base) or training_free(base, ctx, beta), cfg)
             for k in cfg.smc_k:
                 found[f"smc_{twist}_K{k}"] = run_smc(ctx, guidance, k, beta, cfg, target, log_z, temper)
         collect(found, "learned", name, beta, rows, samples)
@@ -858,11 +875,12 @@ def blew_up(row: dict) -> bool:
 
 def smc_protocol_text(cfg: Config, k: int | None = None) -> str:
     """How the SMC runs were scored, in words (K = ``k``, or every K)."""
+    spacing = "" if cfg.smc_spacing == "leading" else f"; DDPM with {cfg.smc_spacing} spacing"
     if cfg.smc_protocol == "populations":
-        return f"one output per population: {cfg.num_samples} outputs, each from its own {k or 'K'} particles"
-    if k is None:
-        return f"equal particle budget: {cfg.smc_particles} particles per run, pooled weighted particles"
-    return f"equal particle budget: {cfg.smc_particles // k} populations × {k}, pooled weighted particles"
+        outputs = f"{cfg.num_samples} outputs, each from its own {k or 'K'} particles"
+        return f"one output per population: {outputs}{spacing}"
+    runs = f"{cfg.smc_particles // k} populations × {k}" if k else f"{cfg.smc_particles} particles per run"
+    return f"equal particle budget: {runs}, pooled weighted particles{spacing}"
 
 
 def goals(rows: list[dict], cfg: Config) -> str:
