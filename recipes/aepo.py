@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import math
 import sys
 import time
 import typing
@@ -145,6 +146,9 @@ class AEPOConfig:
     eval_seed: int = 10_000  # evaluation: episode i is reset with eval_seed + i
     ablations: bool = True  # evaluation: also guided/1 candidate and unguided/best-of-N by Q
     smc: bool = True  # evaluation: also SMC selection, K = num_candidates particles per state
+    # evaluation: with smc, also SMC with the twist tempered by this power p (smc_sample(temper=p));
+    # 0: none. The policy's name carries p, so its cached evaluation is p's own.
+    smc_temper: float = 3.0
     # evaluation: also the methods AEPO is compared with on the same data and budgets
     # (recipes.comparisons): QGPO's contrastive energy, DPS-style guidance, CQL's actor
     compare: tuple[Comparison, ...] = ()
@@ -162,6 +166,7 @@ EVALUATION_FIELDS = (
     "eval_seed",
     "ablations",
     "smc",
+    "smc_temper",
     "compare",
     "behaviour.sampler",
     "behaviour.clip_sample",
@@ -270,6 +275,8 @@ def validate(config: AEPOConfig) -> None:
         raise ValueError("num_candidates and eval_episodes must be >= 1")
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
+    if not (config.smc_temper >= 0 and math.isfinite(config.smc_temper)):
+        raise ValueError(f"smc_temper must be finite and >= 0 (0: no tempered SMC), got {config.smc_temper}")
     unknown = [name for name in config.compare if name not in COMPARISONS]
     if unknown:
         raise ValueError(f"compare takes names from {COMPARISONS}, got {unknown}")
@@ -312,8 +319,9 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
 
 def evaluation_key(evaluation: Settings) -> Settings:
     """What an evaluation's returns depend on, beyond the training: its settings but `ablations`
-    `smc` and `compare`, which only select which policies are evaluated."""
-    return {k: v for k, v in evaluation.items() if k not in ("ablations", "smc", "compare")}
+    `smc`, `smc_temper` and `compare`, which only select which policies are evaluated (a tempered
+    SMC policy's name carries its power)."""
+    return {k: v for k, v in evaluation.items() if k not in ("ablations", "smc", "smc_temper", "compare")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,12 +446,12 @@ class Policies:
         if "dps" in config.compare:
             self.compared["dps"] = dps_guidance(scheduler, model, energy, config.beta, **common)
 
-    def smc(self, obs: np.ndarray, select: str) -> np.ndarray:
+    def smc(self, obs: np.ndarray, select: str, temper: float = 0.0) -> np.ndarray:
         """One action per state from SMC with K = ``num_candidates`` particles (the network's E_t as
         the twist, the guided DPM-Solver++ SDE step as the proposal, β·E(a | s) at the end):
         ``select="draw"`` draws it from the final weighted particles, ``"best_weight"`` takes the
         highest-weight particle. The model is evaluated K times per state and step, as for
-        best-of-K (plus the network's cheap twist)."""
+        best-of-K (plus the network's cheap twist). ``temper``: p of the tempered twist (0: none)."""
         states = self.normalizer(obs)
         result = smc_sample(
             self.smc_guidance,
@@ -454,6 +462,7 @@ class Policies:
             generator=self.generator,
             resample=select == "draw",
             energy=self.energy,
+            temper=temper,
         )
         actions = result.samples
         if select == "best_weight":
@@ -514,7 +523,16 @@ class Policies:
                 "smc_draw": lambda o: self.smc(o, "draw"),
                 "smc_best_weight": lambda o: self.smc(o, "best_weight"),
             }
+            if self.config.smc_temper:
+                policies[tempered_smc_name(self.config.smc_temper)] = lambda o: self.smc(
+                    o, "draw", self.config.smc_temper
+                )
         return policies
+
+
+def tempered_smc_name(power: float) -> str:
+    """The policy name of SMC with the twist tempered by ``power`` (a weighted draw)."""
+    return f"smc_draw_temper{power:g}"
 
 
 def resolve_rescale(rescale: str, act_dim: int) -> bool:
@@ -772,6 +790,8 @@ LABELS = {
 def label(name: str) -> str:
     """A policy's name in printed tables (a critic's own policy: its ``policy_label``)."""
     labels = LABELS | {cls.policy_name: cls.policy_label for cls in CRITICS.values()}
+    if name.startswith("smc_draw_temper"):
+        return f"SMC, N particles, twist tempered (p = {name.removeprefix('smc_draw_temper')}): a draw"
     return labels.get(name, name)
 
 

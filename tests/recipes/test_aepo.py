@@ -246,6 +246,9 @@ def test_invalid_choices_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"behaviour\.sampler must be one of"):
         run(config)
     assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match="smc_temper must be finite and >= 0"):
+        run(tiny_config(tmp_path / "t", smc_temper=-1.0))
+    assert not (tmp_path / "t").exists()
 
 
 def test_cli_parses_nested_fields_and_flags():
@@ -310,17 +313,25 @@ def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path,
 
 
 def test_smc_selection_is_evaluated_beside_best_of_n(finished_run, monkeypatch):
-    """--smc adds two policies that pick one action per state from K = num_candidates SMC
-    particles (a weighted draw, the highest weight); training is reused."""
+    """--smc adds policies that pick one action per state from K = num_candidates SMC particles
+    (a weighted draw, the highest weight, a draw with the twist tempered by --smc-temper); training
+    is reused; another power is another policy, evaluated beside the cached ones."""
     folder, reference = finished_run
     _forbid(monkeypatch, "critic", "behaviour", "variance", "energy")
     results = run(tiny_config(folder, "--smc"))
-    assert {"smc_draw", "smc_best_weight"} <= set(results["scores"])
-    for name in ("smc_draw", "smc_best_weight"):
+    smc = ("smc_draw", "smc_best_weight", "smc_draw_temper3")
+    assert set(smc) <= set(results["scores"])
+    for name in smc:
         assert all(math.isfinite(r) for r in results["scores"][name]["returns"])
     for name in ("aepo", "behaviour", "iql_awr"):  # cached: the same evaluation settings
         assert results["scores"][name] == reference["scores"][name]
     assert "SMC, N particles: a weighted draw" in format_scores(results)
+    assert "twist tempered (p = 3)" in format_scores(results)
+    again = run(tiny_config(folder, "--smc", "--smc-temper", "1.5"))
+    assert "smc_draw_temper1.5" in again["scores"]
+    assert "smc_draw_temper3" not in again["scores"]
+    for name in smc[:2]:  # cached
+        assert again["scores"][name] == results["scores"][name]
 
 
 def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finished_run, monkeypatch):
