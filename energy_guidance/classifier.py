@@ -12,11 +12,22 @@ model samples, with balanced classes and logit -E_Θ(x_t), minimises the logisti
     ℓ = E_{x0 ~ p̃}[softplus(E_Θ(x_t))] + E_{x0 ~ q}[softplus(-E_Θ(x_t))],                  (C)
 
 whose minimiser over functions is E_Θ = E_t + log Z exactly (the Bayes-optimal logit is the log
-density ratio). Samples of p̃ are the data resampled by the weights softmax(-β·E(x0)), so
-training needs the energy of each data point once, and neither the model nor a closed form: no
-expansion of E (the closed-form targets are exact only for linear or quadratic E), and no
-support sets of M model samples per condition (CEP). Its cost is the spread of the weights: at
-high β few data points carry the target and the classifier sees them again and again.
+density ratio). Training needs the energy of each data point once, and neither the model nor a
+closed form: no expansion of E (the closed-form targets are exact only for linear or quadratic
+E), and no support sets of M model samples per condition (CEP).
+
+Estimating (C). With w(x0) = exp(-β·E(x0))/Z the density ratio p̃/q (on data: N times the
+softmax of -β·E over the N points, mean 1), each step draws x0 from the mixture m = ½(q + p̃)
+(half of the batch uniformly from the data, half resampled by w; each pair shares its noise
+level) and labels it softly with the probability that the mixture drew it from p̃,
+π = p̃/(q + p̃) = w/(1 + w):
+
+    ℓ_m = E_{x0 ~ m}[π·softplus(E_Θ(x_t)) + (1 - π)·softplus(-E_Θ(x_t))] = ½·ℓ.             (C')
+
+Every sample then informs both terms with a weight in [0, 1], where two separate batches (one
+from q, one from p̃) would each inform one; at equal training time on QGPO's 2-D toys the soft
+labels halved the guidance error of the two-batch estimate (docs/benchmarks.md). What remains is
+the spread of w: at high β few data points carry the target.
 
 Conditions. With ``cond`` the weights are normalised over the whole data set (the tilt of the
 joint distribution of (cond, x0)); the ratio (6) is then taken at each condition, and the constant
@@ -32,6 +43,7 @@ model samples to correct a model's score; here the two classes are the target an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,9 +57,10 @@ from .schedules import add_noise, noise_level, training_timesteps
 from .training import History, fit
 
 
-def classifier_loss(tilted: Tensor, base: Tensor) -> Tensor:
-    """Equation (C): E_Θ (B,) at noised target samples and (B',) at noised model samples."""
-    return softplus(tilted).mean() + softplus(-base).mean()
+def classifier_loss(predicted: Tensor, label: Tensor) -> Tensor:
+    """Equation (C'): E_Θ(x_t) (B,) and the soft labels π (B,) of the samples' x0 (the logit is
+    -E_Θ: label 1 is the target p̃, 0 the model q)."""
+    return (label * softplus(predicted) + (1 - label) * softplus(-predicted)).mean()
 
 
 @torch.no_grad()
@@ -88,23 +101,29 @@ def train_classifier_energy(
     progress: bool = True,
     log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> History:
-    """Train ``network`` on (C) at β = ``network.beta``; returns the loss history.
+    """Train ``network`` on (C') at β = ``network.beta``; returns the loss history.
 
     ``data`` (N, ...) are samples of the model's distribution q (for a behaviour model, its
     training data), with conditions ``cond`` (N, ...); ``baseline(cond)`` see the module docstring.
-    Each step draws ``batch_size`` data points uniformly (class q) and ``batch_size`` by their
-    tilt weights (class p̃), each with its own training timestep and noise, from ``generator``.
-    The rest is :func:`energy_guidance.training.fit` (Adam, cosine decay, resumable checkpoints
-    named ``name`` in ``checkpoint_dir``, ``log(step, means)``).
+    Each step draws ``batch_size`` // 2 data points uniformly and as many by their tilt weights,
+    one training timestep per pair and noise per sample, from ``generator``. The rest is
+    :func:`energy_guidance.training.fit` (Adam, cosine decay, resumable checkpoints named ``name``
+    in ``checkpoint_dir``, ``log(step, means)``).
     """
     if data.shape[0] < 2:
         raise ValueError(f"need at least 2 data points, got {data.shape[0]}")
+    if batch_size < 2:
+        raise ValueError(
+            f"batch_size must be >= 2 (half from the data, half from the tilt), got {batch_size}"
+        )
     if cond is not None and cond.shape[0] != data.shape[0]:
         raise ValueError(f"cond has {cond.shape[0]} rows for {data.shape[0]} data points")
     beta = float(network.beta)
     log_w = tilt_log_weights(energy, data, beta, cond, baseline)
     weights = log_w.exp()
-    n = data.shape[0]
+    n, half = data.shape[0], batch_size // 2
+    ratio = (log_w + math.log(n)).exp()  # w = p̃/q at each data point
+    label = (ratio / (1 + ratio)).to(data)  # π of (C')
     valid = training_timesteps(scheduler)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     with torch.no_grad():
@@ -113,18 +132,16 @@ def train_classifier_energy(
         network.target_mean.fill_(0.0)
         network.target_scale.fill_(max(float(log_w.std()), 1.0))
 
-    def noised(idx: Tensor) -> Tensor:
-        idx = idx.to(data.device)
+    def loss() -> Tensor:
+        base = torch.randint(0, n, (half,), generator=generator, device=gen_device)
+        tilted = torch.multinomial(weights.to(gen_device), half, replacement=True, generator=generator)
+        idx = torch.cat([base, tilted]).to(data.device)
+        t = valid[torch.randint(0, len(valid), (half,), generator=generator)].repeat(2)
         x0 = data[idx]
-        t = valid[torch.randint(0, len(valid), (len(idx),), generator=generator)]
         alpha, sigma = (v.to(x0) for v in noise_level(scheduler, t))
         noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
-        return network(add_noise(x0, noise, alpha, sigma), alpha, sigma, None if cond is None else cond[idx])
-
-    def loss() -> Tensor:
-        base = torch.randint(0, n, (batch_size,), generator=generator, device=gen_device)
-        tilted = torch.multinomial(weights.to(gen_device), batch_size, replacement=True, generator=generator)
-        return classifier_loss(noised(tilted), noised(base))
+        x_t = add_noise(x0, noise, alpha, sigma)
+        return classifier_loss(network(x_t, alpha, sigma, None if cond is None else cond[idx]), label[idx])
 
     return fit(
         network,
