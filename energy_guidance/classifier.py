@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -83,6 +84,69 @@ def tilt_log_weights(
     return torch.log_softmax(-float(beta) * torch.cat(parts), dim=0)
 
 
+class ClassifierBatch(NamedTuple):
+    """Noised mixture samples x_t (B, ...) at levels α, σ (B,), their conditions and labels π (B,)."""
+
+    x_t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    cond: Tensor | None
+    label: Tensor
+
+
+def classifier_batches(
+    scheduler,
+    energy: Energy,
+    data: Tensor,
+    cond: Tensor | None = None,
+    *,
+    beta: float,
+    baseline: Callable[[Tensor], Tensor] | None = None,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> tuple[Callable[[], ClassifierBatch], float]:
+    """(a function drawing :class:`ClassifierBatch` es of (C'), the network's output scale).
+
+    ``data`` (N, ...) are samples of the model's distribution q (for a behaviour model, its
+    training data), with conditions ``cond`` (N, ...); ``baseline(cond)`` see the module docstring.
+    Each call draws ``batch_size`` // 2 data points uniformly and as many by their tilt weights,
+    one training timestep per pair and noise per sample, from ``generator``. The scale is the
+    spread of the log-weights (at least 1): the log ratio's range at t = 0, for
+    ``IntermediateEnergyNet.target_scale``.
+    """
+    if data.shape[0] < 2:
+        raise ValueError(f"need at least 2 data points, got {data.shape[0]}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (half from the data, half tilted), got {batch_size}")
+    if cond is not None and cond.shape[0] != data.shape[0]:
+        raise ValueError(f"cond has {cond.shape[0]} rows for {data.shape[0]} data points")
+    log_w = tilt_log_weights(energy, data, beta, cond, baseline)
+    weights = log_w.exp()
+    n, half = data.shape[0], batch_size // 2
+    ratio = (log_w + math.log(n)).exp()  # w = p̃/q at each data point
+    label = (ratio / (1 + ratio)).to(data)  # π of (C')
+    valid = training_timesteps(scheduler)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+
+    def draw() -> ClassifierBatch:
+        base = torch.randint(0, n, (half,), generator=generator, device=gen_device)
+        tilted = torch.multinomial(weights.to(gen_device), half, replacement=True, generator=generator)
+        idx = torch.cat([base, tilted]).to(data.device)
+        t = valid[torch.randint(0, len(valid), (half,), generator=generator)].repeat(2)
+        x0 = data[idx]
+        alpha, sigma = (v.to(x0) for v in noise_level(scheduler, t))
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
+        c = None if cond is None else cond[idx]
+        return ClassifierBatch(add_noise(x0, noise, alpha, sigma), alpha, sigma, c, label[idx])
+
+    return draw, max(float(log_w.std()), 1.0)
+
+
+def classifier_batch_loss(network: IntermediateEnergyNet, batch: ClassifierBatch) -> Tensor:
+    """(C') of ``network`` on one batch."""
+    return classifier_loss(network(batch.x_t, batch.alpha, batch.sigma, batch.cond), batch.label)
+
+
 def train_classifier_energy(
     network: IntermediateEnergyNet,
     scheduler,
@@ -103,49 +167,26 @@ def train_classifier_energy(
 ) -> History:
     """Train ``network`` on (C') at β = ``network.beta``; returns the loss history.
 
-    ``data`` (N, ...) are samples of the model's distribution q (for a behaviour model, its
-    training data), with conditions ``cond`` (N, ...); ``baseline(cond)`` see the module docstring.
-    Each step draws ``batch_size`` // 2 data points uniformly and as many by their tilt weights,
-    one training timestep per pair and noise per sample, from ``generator``. The rest is
-    :func:`energy_guidance.training.fit` (Adam, cosine decay, resumable checkpoints named ``name``
-    in ``checkpoint_dir``, ``log(step, means)``).
+    The batches are :func:`classifier_batches`'; the rest is :func:`energy_guidance.training.fit`
+    (Adam, cosine decay, resumable checkpoints named ``name`` in ``checkpoint_dir``,
+    ``log(step, means)``).
     """
-    if data.shape[0] < 2:
-        raise ValueError(f"need at least 2 data points, got {data.shape[0]}")
-    if batch_size < 2:
-        raise ValueError(
-            f"batch_size must be >= 2 (half from the data, half from the tilt), got {batch_size}"
-        )
-    if cond is not None and cond.shape[0] != data.shape[0]:
-        raise ValueError(f"cond has {cond.shape[0]} rows for {data.shape[0]} data points")
-    beta = float(network.beta)
-    log_w = tilt_log_weights(energy, data, beta, cond, baseline)
-    weights = log_w.exp()
-    n, half = data.shape[0], batch_size // 2
-    ratio = (log_w + math.log(n)).exp()  # w = p̃/q at each data point
-    label = (ratio / (1 + ratio)).to(data)  # π of (C')
-    valid = training_timesteps(scheduler)
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    with torch.no_grad():
-        # Unit-scale outputs: the log ratio at t = 0 spans the log-weights' spread. No shift: the
-        # loss is not invariant to one.
+    draw, scale = classifier_batches(
+        scheduler,
+        energy,
+        data,
+        cond,
+        beta=float(network.beta),
+        baseline=baseline,
+        batch_size=batch_size,
+        generator=generator,
+    )
+    with torch.no_grad():  # unit-scale outputs; no shift (the loss is not invariant to one)
         network.target_mean.fill_(0.0)
-        network.target_scale.fill_(max(float(log_w.std()), 1.0))
-
-    def loss() -> Tensor:
-        base = torch.randint(0, n, (half,), generator=generator, device=gen_device)
-        tilted = torch.multinomial(weights.to(gen_device), half, replacement=True, generator=generator)
-        idx = torch.cat([base, tilted]).to(data.device)
-        t = valid[torch.randint(0, len(valid), (half,), generator=generator)].repeat(2)
-        x0 = data[idx]
-        alpha, sigma = (v.to(x0) for v in noise_level(scheduler, t))
-        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
-        x_t = add_noise(x0, noise, alpha, sigma)
-        return classifier_loss(network(x_t, alpha, sigma, None if cond is None else cond[idx]), label[idx])
-
+        network.target_scale.fill_(scale)
     return fit(
         network,
-        loss,
+        lambda: classifier_batch_loss(network, draw()),
         steps=steps,
         lr=lr,
         generator=generator,
