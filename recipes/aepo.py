@@ -65,6 +65,7 @@ from energy_guidance import (
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError
+from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
 
@@ -134,6 +135,10 @@ class AEPOConfig:
     energy_steps: int = 10_000  # gradient steps of the intermediate-energy network
     energy_hidden: int = 64  # its width (3 layers); 64 keeps amortized sampling near unguided cost
     energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
+    # how it learns E_t: "closed_form" regresses the paper's targets (variance, expansion);
+    # "classifier" the logit of a classifier of advantage-weighted data actions against the data
+    # (energy_guidance.classifier: exact targets, no behaviour-model calls)
+    energy_loss: Literal["closed_form", "classifier"] = "closed_form"
     qgpo_states: int = 20_000  # --compare qgpo: data states (random subset) with support samples
     qgpo_support: int = 16  # --compare qgpo: behaviour samples per state (QGPO's M)
     cql_steps: int = 0  # --compare cql: gradient steps of the CQL critic; 0: critic_steps
@@ -647,36 +652,53 @@ def _run(
             folder.finish("variance", seconds=time.perf_counter() - t0)
     table = VarianceTable.load(str(table_path))  # a damaged file raises an error naming it
 
-    # 4. Intermediate-energy network on closed-form targets (x̄ = the data action).
+    # 4. Intermediate-energy network on closed-form targets (x̄ = the data action), or as a classifier.
     torch.manual_seed(config.seed + 3)
     network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta).to(
         device
     )
     q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
-    targets = functools.partial(
-        closed_form_batches,
-        train_sched,
-        model,
-        energy,
-        data.actions,
-        data.observations,
-        beta=config.beta,
-        variance=config.variance,
-        variance_table=table,
-        expansion=config.expansion,
-    )
-    # The output scale from global batches of a fixed stream: the same on any number of processes
-    # (the loss is in its units); a resumed run restores it from its checkpoint.
-    g = torch.Generator().manual_seed(config.seed + 3)
-    calibrate(network, targets(batch_size=config.batch_size, generator=g))
     g = generator(config.seed + 7)  # the training batches (seed + 4 is the evaluation's)
-    draw = targets(batch_size=batch, generator=g)
+    if config.energy_loss == "classifier":
+        # energy = -(Q - V)/q_scale: the weights exp(-β·E) are advantage weights, even over states
+        actions, states = data.actions, data.observations
+        draw, scale = classifier_batches(
+            train_sched, energy, actions, states, beta=config.beta, batch_size=batch, generator=g
+        )
+        network.target_mean.fill_(0.0)  # the same on any number of processes (the whole data set's)
+        network.target_scale.fill_(scale)
+
+        def energy_loss() -> Tensor:
+            return classifier_batch_loss(network, draw())
+
+    else:
+        targets = functools.partial(
+            closed_form_batches,
+            train_sched,
+            model,
+            energy,
+            data.actions,
+            data.observations,
+            beta=config.beta,
+            variance=config.variance,
+            variance_table=table,
+            expansion=config.expansion,
+        )
+        # The output scale from global batches of a fixed stream: the same on any number of
+        # processes (the loss is in its units); a resumed run restores it from its checkpoint.
+        fixed = torch.Generator().manual_seed(config.seed + 3)
+        calibrate(network, targets(batch_size=config.batch_size, generator=fixed))
+        draw = targets(batch_size=batch, generator=g)
+
+        def energy_loss() -> Tensor:
+            return regression_loss(network, draw())
+
     optimizer = torch.optim.Adam(network.parameters(), lr=config.energy_lr)
     schedule = CosineAnnealingLR(optimizer, T_max=max(config.energy_steps, 1))
     energy_history = phase(
         "energy",
-        lambda step: {"energy_loss": gradient_step(optimizer, regression_loss(network, draw()))},
+        lambda step: {"energy_loss": gradient_step(optimizer, energy_loss())},
         config.energy_steps,
         modules={"network": network},
         optimizers={"network": optimizer},

@@ -16,7 +16,7 @@ import torch
 
 import recipes.aepo as aepo
 from critics import IQL, IQLConfig
-from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors
+from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
 from recipes.aepo import AEPOConfig, format_scores, parse_args, run
 from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
@@ -437,3 +437,19 @@ def test_the_recipe_runs_on_cuda_with_the_cpu_runs_random_numbers(finished_run, 
     assert all(math.isfinite(r) for entry in results["scores"].values() for r in entry["returns"])
     ours = load_tensors(tmp_path / "cuda" / "checkpoints" / "behaviour-100.safetensors")[0]
     assert ours.keys() == load_tensors(folder / "checkpoints" / "behaviour-100.safetensors")[0].keys()
+
+
+def test_the_energy_network_can_be_trained_as_a_classifier(tiny_dataset, tmp_path, monkeypatch):
+    """--energy-loss classifier trains the intermediate-energy network on (C') of
+    energy_guidance.classifier (advantage-weighted data actions against the data) instead of the
+    closed-form targets, and guides with it; the config records the choice."""
+    _forbid(monkeypatch, "energy")  # the closed-form regression is never run
+    folder = tmp_path / "classifier"
+    results = run(tiny_config(folder, "--energy-loss", "classifier"))
+    for name in ("aepo", "guided_single"):
+        assert all(math.isfinite(r) for r in results["scores"][name]["returns"])
+    saved = json.loads((folder / "config.json").read_text())["training"]
+    assert saved["energy_loss"] == "classifier"
+    step = checkpoint_steps(folder / "checkpoints", "energy")[0]
+    history = read_json(folder / "checkpoints" / f"energy-{step}.json")["history"]["energy_loss"]
+    assert step == 50 and all(math.isfinite(v) for v in history)
