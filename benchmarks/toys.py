@@ -25,9 +25,9 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     net_cf2      ... on the second-order targets (order 2, data_var, x̄ = x0)
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
     cep          the same network trained with QGPO's contrastive loss (baselines)
-    classifier   the same network trained as a classifier of noised target (data resampled by
-                 softmax(-β·E)) against noised data samples: exact targets, no model calls
-                 (energy_guidance.classifier)
+    classifier   the same network trained as a classifier of the noised target (data resampled by
+                 softmax(-β·E)) against the noised data, soft labels on a mixture batch: exact
+                 targets, no model calls (energy_guidance.classifier)
     smc_<twist>_K<K>   energy_guidance.smc_sample with that guidance as twist and proposal
                        (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, exact; a suffix ``_t``
                        tempers it: ``smc_sample(temper=--temper)``, docs/math.md (5))

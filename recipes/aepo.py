@@ -535,9 +535,12 @@ class Policies:
         return policies
 
 
+TEMPERED_SMC = "smc_draw_temper"  # + the power: the name of SMC with a tempered twist (a draw)
+
+
 def tempered_smc_name(power: float) -> str:
     """The policy name of SMC with the twist tempered by ``power`` (a weighted draw)."""
-    return f"smc_draw_temper{power:g}"
+    return f"{TEMPERED_SMC}{power:g}"
 
 
 def resolve_rescale(rescale: str, act_dim: int) -> bool:
@@ -812,8 +815,8 @@ LABELS = {
 def label(name: str) -> str:
     """A policy's name in printed tables (a critic's own policy: its ``policy_label``)."""
     labels = LABELS | {cls.policy_name: cls.policy_label for cls in CRITICS.values()}
-    if name.startswith("smc_draw_temper"):
-        return f"SMC, N particles, twist tempered (p = {name.removeprefix('smc_draw_temper')}): a draw"
+    if name.startswith(TEMPERED_SMC):
+        return f"SMC, N particles, twist tempered (p = {name.removeprefix(TEMPERED_SMC)}): a draw"
     return labels.get(name, name)
 
 
