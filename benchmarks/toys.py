@@ -29,7 +29,7 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
                  softmax(-β·E)) against the noised data, soft labels on a mixture batch: exact
                  targets, no model calls (energy_guidance.classifier)
     smc_<twist>_K<K>   energy_guidance.smc_sample with that guidance as twist and proposal
-                       (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, exact; a suffix ``_t``
+                       (twists: dps, cf1_dv, cf2_dv, tw2_dv, net_cf2, classifier, exact; a suffix ``_t``
                        tempers it: ``smc_sample(temper=--temper)``, docs/math.md (5))
 
 The learned estimators get **equal training wall time**, ``--train-seconds`` each, everything
@@ -133,7 +133,7 @@ Method = Literal[
     "cep",
     "classifier",
 ]
-Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "exact", "dps_t", "tw2_dv_t"]
+Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "classifier", "exact", "dps_t", "tw2_dv_t"]
 LearnedTwist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "dps_t", "tw2_dv_t"]
 TEMPERED = "_t"  # a twist's suffix: smc_sample(..., temper=cfg.temper)
 SMCProtocol = Literal["budget", "populations"]
@@ -629,7 +629,7 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
             if base not in guidances:  # a twist whose sampler was not asked for
                 if base == "exact":
                     guidances[base] = AnalyticEnergyGuidance(scheduler, model, estimator=exact)
-                elif base == "net_cf2":
+                elif base in LEARNED:  # a network trained for the twist (at the methods' budget)
                     net, _ = train_learned(base, ctx, beta, cfg, validation)
                     guidances[base] = AnalyticEnergyGuidance(scheduler, model, estimator=net)
                 else:
