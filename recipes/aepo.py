@@ -137,7 +137,8 @@ class AEPOConfig:
     energy_lr: float = 1e-3  # its Adam learning rate, decayed to 0 on a cosine
     # how it learns E_t: "closed_form" regresses the paper's targets (variance, expansion);
     # "classifier" the logit of a classifier of advantage-weighted data actions against the data
-    # (energy_guidance.classifier: exact targets, no behaviour-model calls)
+    # (energy_guidance.classifier: exact targets, no behaviour-model calls; better on the MuJoCo
+    # sets, far worse on the embedded Pendulum set: docs/benchmarks.md)
     energy_loss: Literal["closed_form", "classifier"] = "closed_form"
     qgpo_states: int = 20_000  # --compare qgpo: data states (random subset) with support samples
     qgpo_support: int = 16  # --compare qgpo: behaviour samples per state (QGPO's M)
