@@ -25,9 +25,12 @@ level) and labels it softly with the probability that the mixture drew it from p
     ℓ_m = E_{x0 ~ m}[π·softplus(E_Θ(x_t)) + (1 - π)·softplus(-E_Θ(x_t))] = ½·ℓ.             (C')
 
 Every sample then informs both terms with a weight in [0, 1], where two separate batches (one
-from q, one from p̃) would each inform one; at equal training time on QGPO's 2-D toys the soft
-labels halved the guidance error of the two-batch estimate (docs/benchmarks.md). What remains is
-the spread of w: at high β few data points carry the target.
+from q, one from p̃) would each inform one: on the Gaussian test the soft labels halved the
+guidance error of the two-batch estimate, and on QGPO's 2-D toys at equal training time the
+two-batch version lost to CEP on 8 of 17 settings, this one on 1 of 18 (docs/benchmarks.md).
+What remains is the spread of w: where few data points carry the target (high β; in offline RL
+with weights normalised over all states, docs/benchmarks.md) the classifier sees them again and
+again and extrapolates elsewhere.
 
 Conditions. With ``cond`` the weights are normalised over the whole data set (the tilt of the
 joint distribution of (cond, x0)); the ratio (6) is then taken at each condition, and the constant
