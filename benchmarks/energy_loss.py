@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from energy_guidance.checkpoints import atomic_write, checkpoint_steps
+from energy_guidance.checkpoints import atomic_write, copy_checkpoint
 from recipes.aepo import label, parse_args, run
 
 POLICIES = ("aepo", "guided_single")
@@ -33,15 +32,6 @@ REFERENCES = ("unguided_best_of_n", "iql_awr", "behaviour")  # read from the sou
 def sources(root: Path) -> list[Path]:
     """The finished run folders (with results.json) under ``root``, sorted."""
     return sorted(p.parent for p in root.glob("**/seed*/results.json"))
-
-
-def start_from(source: Path, target: Path) -> None:
-    """Copy the last critic and behaviour checkpoints of ``source`` into ``target``'s checkpoints."""
-    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for phase in ("critic", "behaviour"):
-        step = checkpoint_steps(source / "checkpoints", phase)[0]
-        for suffix in (".safetensors", ".pt", ".json"):
-            shutil.copy(source / "checkpoints" / f"{phase}-{step}{suffix}", target / "checkpoints")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         config = reference["config"]
         relative = source.relative_to(source_root)
         target = root / relative
-        if not (target / "checkpoints").exists():
-            start_from(source, target)
+        if not (target / "checkpoints").exists():  # start from the source's critic and behaviour
+            for phase in ("critic", "behaviour"):
+                copy_checkpoint(source / "checkpoints", target / "checkpoints", phase)
         recipe = [
             *("--dataset", config["dataset"], "--seed", str(config["seed"]), "--run-dir", str(target)),
             *("--energy-loss", "classifier", "--no-ablations", "--no-smc", "--no-progress"),

@@ -139,30 +139,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     recipe_args = [a for a in args.recipe_args if a != "--"]
     started = time.perf_counter()
-    jobs = [
-        ([*COMPARED, "--dataset", d, *recipe_args, "--seed", str(s)], f"{args.root}/{d}/seed{s}")
-        for d in args.datasets
-        for s in args.seeds
-    ]
+    runs = [(d, f"{args.root}/{d}/seed{s}", s) for d in args.datasets for s in args.seeds]
     if args.finished_only:
-        jobs = [job for job in jobs if (Path(job[1]) / "results.json").exists()]
+        runs = [run for run in runs if (Path(run[1]) / "results.json").exists()]
+    jobs = [([*COMPARED, "--dataset", d, *recipe_args, "--seed", str(s)], run_dir) for d, run_dir, s in runs]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(_run_one, jobs))
     else:
         results = [_run_one(job) for job in jobs]
-    done = {d for _, run_dir in jobs for d in args.datasets if run_dir.startswith(f"{args.root}/{d}/")}
-    table = {
-        d: summarise(
-            [
-                r
-                for r, (_, run_dir) in zip(results, jobs, strict=True)
-                if run_dir.startswith(f"{args.root}/{d}/")
-            ]
-        )
-        for d in args.datasets
-        if d in done
-    }
+    by_dataset: dict[str, list[dict]] = {}  # in --datasets order, only those with a run
+    for (d, _, _), result in zip(runs, results, strict=True):
+        by_dataset.setdefault(d, []).append(result)
+    table = {d: summarise(rs) for d, rs in by_dataset.items()}
     command = " ".join(
         [
             "python -m benchmarks.offline_rl",

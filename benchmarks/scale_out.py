@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from energy_guidance.checkpoints import checkpoint_steps, read_json
+from energy_guidance.checkpoints import checkpoint_steps, copy_checkpoint, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("critic", "behaviour", "energy")
@@ -74,12 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, launcher in launchers.items():
         run_dir = Path(args.root) / name
         if name == "torchrun_energy":  # the single run's critic and behaviour: the same targets
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             for phase in ("critic", "behaviour"):
-                step = checkpoint_steps(Path(args.root) / "single" / "checkpoints", phase)[0]
-                for suffix in (".safetensors", ".pt", ".json"):
-                    source = Path(args.root) / "single" / "checkpoints" / f"{phase}-{step}{suffix}"
-                    shutil.copy(source, run_dir / "checkpoints" / source.name)
+                copy_checkpoint(Path(args.root) / "single" / "checkpoints", run_dir / "checkpoints", phase)
         t0 = time.perf_counter()
         subprocess.run([*launcher, *recipe, "--run-dir", str(run_dir)], cwd=ROOT, env=env, check=True)
         seconds[name] = time.perf_counter() - t0

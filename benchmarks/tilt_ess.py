@@ -23,7 +23,7 @@ from torch import nn
 import recipes.aepo as aepo
 from critics import CRITICS
 from critics.energy import critic_energy
-from energy_guidance.checkpoints import checkpoint_steps, load_tensors
+from energy_guidance.checkpoints import checkpoint_steps, load_modules
 from energy_guidance.classifier import tilt_log_weights
 from energy_guidance.training import fit
 
@@ -66,10 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
         critic = CRITICS[config.critic](obs_dim, act_dim, aepo.critic_settings(config))
         step = checkpoint_steps(run_dir / "checkpoints", "critic")[0]
-        tensors = load_tensors(run_dir / "checkpoints" / f"critic-{step}.safetensors")[0]
-        critic.load_state_dict(
-            {k.removeprefix("critic."): v for k, v in tensors.items() if k.startswith("critic.")}
-        )
+        load_modules(run_dir / "checkpoints" / f"critic-{step}.safetensors", {"critic": critic})
         critic.eval()
         q_scale = aepo.measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)
         energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)

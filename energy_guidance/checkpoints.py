@@ -173,6 +173,20 @@ def save_checkpoint(
         remove_checkpoint(directory, name, old)
 
 
+def copy_checkpoint(source: str | Path, target: str | Path, name: str) -> int:
+    """Copy the newest complete checkpoint of ``name`` from directory ``source`` into ``target``
+    (created if needed; its JSON record last, so the copy is complete exactly when it exists), so
+    that a new run starts from it; returns its step."""
+    source, target = Path(source), Path(target)
+    steps = checkpoint_steps(source, name)
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint {name!r} in {source}")
+    for suffix in (".safetensors", ".pt", ".json"):  # each file atomically, the record last
+        path = _state_path(source, name, steps[0], suffix)
+        atomic_write(_state_path(target, name, steps[0], suffix), path.read_bytes())
+    return steps[0]
+
+
 def remove_checkpoint(directory: str | Path, name: str, step: int) -> None:
     directory = Path(directory)
     _state_path(directory, name, step, ".json").unlink(missing_ok=True)  # first: it marks completeness

@@ -46,7 +46,6 @@ model samples to correct a model's score; here the two classes are the target an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -126,7 +125,7 @@ def classifier_batches(
     log_w = tilt_log_weights(energy, data, beta, cond, baseline)
     weights = log_w.exp()
     n, half = data.shape[0], batch_size // 2
-    ratio = (log_w + math.log(n)).exp()  # w = p̃/q at each data point
+    ratio = weights * n  # w = p̃/q at each data point
     label = (ratio / (1 + ratio)).to(data)  # π of (C')
     valid = training_timesteps(scheduler)
     gen_device = generator.device if generator is not None else torch.device("cpu")

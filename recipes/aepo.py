@@ -572,7 +572,8 @@ def run(config: AEPOConfig) -> dict | None:
                 inputs = load_inputs(config, device)
             settings = split_settings(config)
             if distributed.is_main():
-                folder.adopt(**settings)
+                defaults = split_settings(dataclasses.replace(AEPOConfig(), critic=config.critic))
+                folder.adopt(**settings, defaults=defaults["training"])
             distributed.barrier()
             return _run(config, folder, inputs, settings, started, device)
 

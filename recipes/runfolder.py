@@ -98,9 +98,15 @@ class RunFolder:
 
     # -- configuration ---------------------------------------------------------------------------
 
-    def adopt(self, training: Settings, evaluation: Settings, runtime: Settings) -> None:
+    def adopt(
+        self, training: Settings, evaluation: Settings, runtime: Settings, defaults: Settings | None = None
+    ) -> None:
         """Check ``training`` against the folder's ``config.json`` (if any), then write all three
-        groups to it. Call it only once the inputs are known to be valid."""
+        groups to it. Call it only once the inputs are known to be valid.
+
+        A training field missing from the saved config (added to the recipe after that run was
+        made) counts as its value in ``defaults``, the recipe's defaults, which reproduce what the
+        older recipe did: so a new option does not orphan the runs made before it existed."""
         path = self.path / "config.json"
         if path.exists():
             saved = read_json(path)
@@ -109,7 +115,8 @@ class RunFolder:
                     f"{path} was written by an older version of the recipe; choose another --run-dir "
                     "or delete the folder"
                 )
-            old, new = flatten(saved["training"]), flatten(training)
+            old, new, known = flatten(saved["training"]), flatten(training), flatten(defaults or {})
+            old |= {k: known[k] for k in new.keys() - old.keys() if k in known}
             differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if differ:
                 raise ConfigMismatch(

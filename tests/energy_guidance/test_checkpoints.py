@@ -11,6 +11,7 @@ from energy_guidance.checkpoints import (
     CorruptFileError,
     atomic_write,
     checkpoint_steps,
+    copy_checkpoint,
     load_checkpoint,
     load_modules,
     load_tensors,
@@ -127,3 +128,16 @@ def test_checkpoints_keep_the_two_newest_and_fall_back_past_a_damaged_one(tmp_pa
         assert load_checkpoint(tmp_path, "phase", {"net": net}, restored.update) is None
     messages = " ".join(str(w.message) for w in warned)
     assert "phase-30.safetensors" in messages and "phase-20.pt" in messages
+
+
+def test_copy_checkpoint_copies_the_newest_complete_one(tmp_path):
+    """A new run starts from another run's phase: the copy loads like the original."""
+    for step in (10, 20):
+        _save(tmp_path / "a", step, float(step))
+    assert copy_checkpoint(tmp_path / "a", tmp_path / "b" / "checkpoints", "phase") == 20
+    assert checkpoint_steps(tmp_path / "b" / "checkpoints", "phase") == [20]
+    restored, net = {}, nn.Linear(2, 1)
+    record = load_checkpoint(tmp_path / "b" / "checkpoints", "phase", {"net": net}, restored.update)
+    assert record["step"] == 20 and restored == {"value": 20.0} and float(net.weight.detach()[0, 0]) == 20.0
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint 'other'"):
+        copy_checkpoint(tmp_path / "a", tmp_path / "c", "other")

@@ -453,3 +453,19 @@ def test_the_energy_network_can_be_trained_as_a_classifier(tiny_dataset, tmp_pat
     step = checkpoint_steps(folder / "checkpoints", "energy")[0]
     history = read_json(folder / "checkpoints" / f"energy-{step}.json")["history"]["energy_loss"]
     assert step == 50 and all(math.isfinite(v) for v in history)
+
+
+def test_a_run_made_before_a_training_option_existed_still_resumes(finished_run, monkeypatch):
+    """A run folder whose config.json predates a training field (here energy_loss) is adopted
+    when the field keeps its default, and retrains nothing; another value is a mismatch."""
+    folder, reference = finished_run
+    path = folder / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["training"]["energy_loss"]
+    path.write_text(json.dumps(saved))
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy", "evaluation")
+    assert run(tiny_config(folder))["scores"] == reference["scores"]
+    assert json.loads(path.read_text())["training"]["energy_loss"] == "closed_form"
+    path.write_text(json.dumps(saved))  # without the field again
+    with pytest.raises(ConfigMismatch, match=r"energy_loss"):
+        run(tiny_config(folder, "--energy-loss", "classifier"))

@@ -56,6 +56,11 @@ def test_adopt_compares_training_settings_only(tmp_path):
     changed = {"beta": 3.0, "iql": {"hidden": 64, "lr": 3e-4}, "seed": 1}
     with pytest.raises(ConfigMismatch, match=r"fields \['iql\.hidden', 'seed'\]"):
         folder.adopt(changed, {}, {})
+    # a field added to the recipe after the run: its default stands in for the missing value
+    with pytest.raises(ConfigMismatch, match=r"fields \['loss'\]"):
+        folder.adopt({**training, "loss": "new"}, {}, {}, defaults={"loss": "old"})
+    folder.adopt({**training, "loss": "old"}, {}, {}, defaults={"loss": "old"})
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["loss"] == "old"
     (tmp_path / "config.json").write_text(json.dumps({"beta": 3.0}))  # an older, flat format
     with pytest.raises(ConfigMismatch, match="older version"):
         folder.adopt(training, {}, {})
