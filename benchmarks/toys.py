@@ -21,6 +21,9 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     cf2_jac      (3) with "jacobian"
     tw1_dv       (1) with the Tweedie gradient (4) (gradient="tweedie"), "data_var"
     tw2_dv       (3) with the Tweedie gradient, "data_var"
+    tw1_jac, tw2_jac   (1), (3) with the Tweedie gradient and "jacobian"
+    gh3_dv, gh3_jac, gh5_jac   the quadrature (7) of the Gaussian posterior (GaussianQuadrature),
+                 3 or 5 Gauss-Hermite points per dimension, "data_var" or "jacobian"
     net_cf1      IntermediateEnergyNet regressed on the paper's targets (order 1, data_var, x̄ = x0)
     net_cf2      ... on the second-order targets (order 2, data_var, x̄ = x0)
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
@@ -110,12 +113,26 @@ from energy_guidance.groundtruth import (
     sliced_wasserstein,
 )
 from energy_guidance.groundtruth.metrics import weighted_quantiles
+from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
 from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
 Part = Literal["exact", "learned"]
-TrainingFree = Literal["dps", "cf1_dv", "cf1_jac", "cf2_dv", "cf2_jac", "tw1_dv", "tw2_dv"]
+TrainingFree = Literal[
+    "dps",
+    "cf1_dv",
+    "cf1_jac",
+    "cf2_dv",
+    "cf2_jac",
+    "tw1_dv",
+    "tw2_dv",
+    "tw1_jac",
+    "tw2_jac",
+    "gh3_dv",
+    "gh3_jac",
+    "gh5_jac",
+]
 Learned = Literal["net_cf1", "net_cf2", "net_cum1", "cep", "classifier"]
 Method = Literal[
     "unguided",
@@ -127,14 +144,31 @@ Method = Literal[
     "cf2_jac",
     "tw1_dv",
     "tw2_dv",
+    "tw1_jac",
+    "tw2_jac",
+    "gh3_dv",
+    "gh3_jac",
+    "gh5_jac",
     "net_cf1",
     "net_cf2",
     "net_cum1",
     "cep",
     "classifier",
 ]
-Twist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "net_cf2", "classifier", "exact", "dps_t", "tw2_dv_t"]
-LearnedTwist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "dps_t", "tw2_dv_t"]
+Twist = Literal[
+    "dps",
+    "cf1_dv",
+    "cf2_dv",
+    "tw2_dv",
+    "net_cf2",
+    "classifier",
+    "exact",
+    "dps_t",
+    "tw2_dv_t",
+    "gh3_jac",
+    "gh3_jac_t",
+]
+LearnedTwist = Literal["dps", "cf1_dv", "cf2_dv", "tw2_dv", "dps_t", "tw2_dv_t", "gh3_jac", "gh3_jac_t"]
 TEMPERED = "_t"  # a twist's suffix: smc_sample(..., temper=cfg.temper)
 SMCProtocol = Literal["budget", "populations"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -161,6 +195,7 @@ class Config:
     twists: tuple[Twist, ...] = TWISTS  # part 1 SMC twists (the guidance of that name)
     learned_methods: tuple[Literal["unguided", TrainingFree], ...] = LEARNED_MODEL_METHODS  # part 2
     learned_twists: tuple[LearnedTwist, ...] = ("dps", "cf2_dv", "dps_t")  # part 2 SMC
+    floor: float = 1.0  # the second-order forms' smallest eigenvalue of I + βΣ̂H (closed_form.py)
     temper: float = 3.0  # the power p of the tempered twists (suffix _t), docs/math.md (5)
     # DDPM's timestep spacing for SMC (the other samplers keep "leading"); smc.py recommends
     # "trailing": "leading" ends with a stochastic step from t = 20 whose narrow kernel starves weights
@@ -429,6 +464,9 @@ def training_free(name: str, ctx: dict, beta: float) -> AnalyticEnergyGuidance:
     if name == "dps":
         return dps_guidance(scheduler, model, energy, beta)
     variance = {"dv": "data_var", "jac": "jacobian"}[name.split("_")[1]]
+    if name.startswith("gh"):  # gh<points>_<variance>: the quadrature (7)
+        estimator = GaussianQuadrature(energy, beta, variance, table, points=int(name[2]))
+        return AnalyticEnergyGuidance(scheduler, model, estimator=estimator)
     return AnalyticEnergyGuidance(
         scheduler,
         model,
@@ -438,6 +476,7 @@ def training_free(name: str, ctx: dict, beta: float) -> AnalyticEnergyGuidance:
         variance_table=table,
         order=int(name[2]),
         gradient="tweedie" if name.startswith("tw") else "autograd",
+        floor=ctx["floor"],
     )
 
 
@@ -592,7 +631,14 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     model = EmpiricalNoiseModel(data, scheduler)
     table, table_s = timed(lambda: estimate_variance_table(scheduler, model, data, generator=gen))
-    ctx = {"scheduler": scheduler, "model": model, "energy": ds.energy, "data": data, "table": table}
+    ctx = {
+        "scheduler": scheduler,
+        "model": model,
+        "energy": ds.energy,
+        "data": data,
+        "table": table,
+        "floor": cfg.floor,
+    }
     ctx["table_s"] = table_s
     unguided = draw(ctx, None, cfg.num_samples, cfg) if "unguided" in cfg.methods else None
     rows, samples = [], {"data": data}
@@ -705,7 +751,14 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
     scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     model, fit_s = fit_noise_model(data, scheduler, cfg)
     table = estimate_variance_table(scheduler, model, data, generator=gen)
-    ctx = {"scheduler": scheduler, "model": model, "energy": ds.energy, "data": data, "table": table}
+    ctx = {
+        "scheduler": scheduler,
+        "model": model,
+        "energy": ds.energy,
+        "data": data,
+        "table": table,
+        "floor": cfg.floor,
+    }
     pool, pool_s = timed(
         lambda: sample(
             scheduler,

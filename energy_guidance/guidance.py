@@ -77,6 +77,8 @@ class AnalyticEnergyGuidance:
             ``"diagonal"``).
         order: 1 for the paper's first-order closed form (1), 2 for the second-order form (3)
             that is exact for quadratic energies (:mod:`energy_guidance.closed_form`).
+        floor: order 2 only: the smallest eigenvalue I + βΣ̂H may keep (its treatment of
+            non-convex energies, :mod:`energy_guidance.closed_form`).
         gradient: ``"autograd"`` (through the model, the paper's) or ``"tweedie"`` (the Tweedie
             chain rule with Σ̂, no backward pass through the model); see
             :class:`~energy_guidance.closed_form.ClosedForm`.
@@ -98,6 +100,7 @@ class AnalyticEnergyGuidance:
         variance="jacobian",
         variance_table=None,
         order: int = 1,
+        floor: float = 1.0,
         gradient: str = "autograd",
         rescale: bool = False,
         scale: float = 1.0,
@@ -110,7 +113,9 @@ class AnalyticEnergyGuidance:
         if estimator is None:
             if energy is None or beta is None:
                 raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
-            estimator = ClosedForm(energy, beta, variance, variance_table, order=order, gradient=gradient)
+            estimator = ClosedForm(
+                energy, beta, variance, variance_table, order=order, floor=floor, gradient=gradient
+            )
         elif energy is not None:
             raise ValueError("give an energy (training-free closed form) or an estimator, not both")
         estimator_beta = getattr(estimator, "beta", None)

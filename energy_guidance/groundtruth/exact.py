@@ -19,13 +19,11 @@ Pair them with the matching exact noise model: :class:`EmpiricalNoiseModel` for 
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..callables import Energy, call_energy
+from ..quadrature import gauss_hermite_rule
 from ..schedules import from_eps_x0, noise_level, prediction_type
 from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
@@ -101,19 +99,6 @@ class EmpiricalIntermediateEnergy(nn.Module):
         return -log_potential.to(x_t.dtype)
 
 
-def gauss_hermite_nodes(dim: int, order: int) -> tuple[Tensor, Tensor]:
-    """Tensor-product Gauss-Hermite rule for N(0, I_dim): nodes (Q, dim), log-weights (Q,).
-
-    Q = order**dim; exact for polynomials of degree ≤ 2·order - 1 in each coordinate.
-    """
-    z, w = np.polynomial.hermite_e.hermegauss(order)  # weight exp(-z²/2)
-    z = torch.from_numpy(z)
-    log_w = torch.from_numpy(np.log(w / math.sqrt(2 * math.pi)))
-    grids = torch.meshgrid(*([torch.arange(order)] * dim), indexing="ij")
-    index = torch.stack([g.reshape(-1) for g in grids], dim=1)
-    return z[index], log_w[index].sum(1)
-
-
 class GaussianMixtureIntermediateEnergy(nn.Module):
     """Exact E_t for data given as a :class:`GaussianMixture` and any differentiable energy.
 
@@ -145,7 +130,7 @@ class GaussianMixtureIntermediateEnergy(nn.Module):
                 f"order {order} in dimension {mixture.dim} needs {order**mixture.dim} nodes per "
                 f"component (max_nodes={max_nodes}); lower the order"
             )
-        nodes, log_weights = gauss_hermite_nodes(mixture.dim, order)
+        nodes, log_weights = gauss_hermite_rule(mixture.dim, order)
         self.register_buffer("nodes", nodes)
         self.register_buffer("log_weights", log_weights)
 

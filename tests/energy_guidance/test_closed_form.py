@@ -11,11 +11,13 @@ Expanding (Σ⁻¹ + βA)⁻¹ = Σ_k (-βΣA)^k Σ, the μ-dependent part of R 
 
 import math
 
+import diffusers
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from energy_guidance import AnalyticEnergyGuidance
 from energy_guidance.closed_form import analytic_intermediate_energy, second_order_intermediate_energy
 from energy_guidance.groundtruth import gaussian_log_potential_mc
 
@@ -303,6 +305,14 @@ def test_non_convex_curvature_is_damped_to_the_floor():
     assert float(value) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="floor must be > 0"):
         second_order_intermediate_energy(beta, e, g, h, s, floor=0.0)
+    # a lower floor lets the concave direction amplify (δ = 5.5 lifts -5 to 0.5), also via guidance
+    expected = 0.5 * math.log(0.5 * 8.5) - 0.5 * beta**2 * float(s) / 0.5
+    low = second_order_intermediate_energy(beta, e, g, h, s, floor=0.5)
+    assert float(low) == pytest.approx(expected, rel=1e-12)
+    guidance = AnalyticEnergyGuidance(
+        diffusers.DDPMScheduler(clip_sample=False), None, lambda x: x[:, 0], beta, order=2, floor=0.5
+    )
+    assert guidance.estimator.floor == 0.5
 
 
 def test_second_order_names_a_non_finite_covariance():

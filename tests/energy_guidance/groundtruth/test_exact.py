@@ -17,7 +17,7 @@ from energy_guidance.groundtruth import (
     empirical_log_potential,
     empirical_mixture,
 )
-from energy_guidance.groundtruth.exact import gauss_hermite_nodes
+from energy_guidance.quadrature import gauss_hermite_rule
 from energy_guidance.schedules import noise_level
 
 
@@ -41,7 +41,7 @@ def levels(t: int, n: int, scheduler=None):
 
 
 def test_gauss_hermite_rule_integrates_polynomials_exactly():
-    nodes, log_w = gauss_hermite_nodes(2, 4)  # exact up to degree 7 per coordinate
+    nodes, log_w = gauss_hermite_rule(2, 4)  # exact up to degree 7 per coordinate
     w = log_w.exp()
     assert nodes.shape == (16, 2) and torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
     z1, z2 = nodes[:, 0], nodes[:, 1]
