@@ -5,7 +5,8 @@ Conventions (stated once here and in docs/math.md): energies are lower-is-better
 x_t = α_t·x0 + σ_t·ε is always the model input.
 
 The public API is what a user of guidance needs. The rest lives in named modules:
-:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.classifier` (the
+:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.quadrature` (the
+intermediate energy by quadrature of the Gaussian posterior), :mod:`energy_guidance.classifier` (the
 intermediate energy learned as a classifier), :mod:`energy_guidance.tempering` (a tempered twist),
 :mod:`energy_guidance.checkpoints` (files that survive interruption),
 :mod:`energy_guidance.groundtruth` (exact models, Monte Carlo and distances, for tests and

@@ -69,15 +69,17 @@ def cubature_rule(dim: int) -> tuple[Tensor, Tensor]:
     return nodes, torch.full((2 * dim,), -math.log(2 * dim), dtype=torch.float64)
 
 
-def _root(covariance: Tensor, batch: int, dim: int) -> Tensor:
-    """A square root R (B, d, d) with R·Rᵀ = Σ̂, from Σ̂ as (B,), (B, d) or (B, d, d) (PSD part)."""
+def _offsets(covariance: Tensor, nodes: Tensor) -> Tensor:
+    """Σ̂^½·ξ_j (B, Q, d) for nodes ξ (Q, d) and Σ̂ as (B,) (times I), (B, d) (diagonal) or
+    (B, d, d) (its PSD part, by eigendecomposition); the first two never form a d×d matrix."""
     covariance = covariance.to(torch.float64)
     if covariance.dim() == 1:
-        covariance = covariance[:, None].expand(batch, dim)
+        return covariance.clamp(min=0).sqrt()[:, None, None] * nodes[None]
     if covariance.dim() == 2:
-        return torch.diag_embed(covariance.clamp(min=0).sqrt())
+        return covariance.clamp(min=0).sqrt()[:, None, :] * nodes[None]
     values, vectors = torch.linalg.eigh(0.5 * (covariance + covariance.transpose(1, 2)))
-    return vectors * values.clamp(min=0).sqrt()[:, None, :]
+    root = vectors * values.clamp(min=0).sqrt()[:, None, :]
+    return torch.einsum("bij,qj->bqi", root, nodes)
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,10 @@ class GaussianQuadrature:
         x0 = prediction.x0.detach()
         b, d = x0.shape[0], x0[0].numel()
         cov = self.variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t)
-        root = _root(cov.detach(), b, d)
-        z, log_w = self.nodes(d)
-        z, log_w = z.to(root.device), log_w.to(root.device)
+        z, log_w = (v.to(x0.device) for v in self.nodes(d))
         q = len(log_w)
         centre = x0.reshape(b, 1, d).to(torch.float64)
-        points = centre + torch.einsum("bij,qj->bqi", root, z)
+        points = centre + _offsets(cov.detach().to(x0.device), z)
         cond_q = None if cond is None else cond.repeat_interleave(q, dim=0)
         with torch.no_grad():
             try:

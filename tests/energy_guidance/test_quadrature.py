@@ -219,6 +219,43 @@ def test_smc_with_the_quadrature_twist_returns_the_tilted_gaussian():
     assert float(result.ess.mean()) > 0.9 * 64
 
 
+@pytest.mark.parametrize("rule", ["gauss_hermite", "cubature"])
+def test_scalar_and_diagonal_covariances_equal_their_matrices(rule):
+    """Σ̂ given as c (B,) or diag (B, d) places the nodes as the full matrix would (no d×d formed)."""
+
+    @dataclass(frozen=True)
+    class Diagonal:
+        values: torch.Tensor
+        uses_model_graph: ClassVar[bool] = False
+
+        def quadratic(self, g, alpha, sigma, **_):
+            return (g.reshape(len(g), -1) ** 2 * self.values).sum(1)
+
+        def covariance(self, alpha, sigma, *, dim, **_):
+            return (
+                self.values.expand(len(alpha), dim) if self.values.dim() else self.values.expand(len(alpha))
+            )
+
+    x0 = torch.tensor([[0.3, -0.5, 0.1], [1.0, 0.2, -0.4]], dtype=torch.float64)
+    one = torch.ones(2, dtype=torch.float64)
+
+    def energy(x):
+        return torch.sigmoid(3 * x[:, 0] - x[:, 1]) + x[:, 2] ** 2
+
+    for values in (
+        torch.tensor(0.7, dtype=torch.float64),
+        torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64),
+    ):
+        full = Fixed(torch.diag(values.expand(3)))
+        a = GaussianQuadrature(energy, 4.0, Diagonal(values), rule=rule)
+        b = GaussianQuadrature(energy, 4.0, full, rule=rule)
+        kwargs = {"prediction": posterior(x0)}
+        torch.testing.assert_close(
+            a.x_t_gradient(x0, one, one, **kwargs), b.x_t_gradient(x0, one, one, **kwargs)
+        )
+        torch.testing.assert_close(a(x0, one, one, **kwargs), b(x0, one, one, **kwargs))
+
+
 def test_non_finite_energies_at_the_nodes_are_named():
     def energy(x):
         return torch.where(x[:, 0] > 0, float("nan"), 0.0) + x[:, 1]
