@@ -5,7 +5,7 @@
     python -m benchmarks.offline_rl --jobs 2 -- --critic-steps 5000  # 2 runs at once
 
 Every (data set, seed) is a resumable run folder ``<root>/<data set>/seed<k>`` of
-``python -m recipes.aepo`` with ``--compare qgpo dps cql --smc --ablations`` and the data set's
+``python -m recipes.aepo`` with ``--compare qgpo dps cql quadrature --smc --ablations`` and the data set's
 preset (locomotion-cpu for MuJoCo ids on this machine); arguments after ``--`` go to the recipe
 unchanged. Rerunning resumes unfinished runs and reuses finished ones. Writes
 ``<root>/summary.{json,md}`` (normalised score, mean ± std over seeds of each seed's mean over
@@ -32,7 +32,7 @@ MUJOCO = (
     "energy-guidance/hopper/medium-v0",
     "energy-guidance/walker2d/medium-expert-v0",
 )
-COMPARED = ("--compare", "qgpo", "dps", "cql", "--smc", "--ablations")
+COMPARED = ("--compare", "qgpo", "dps", "cql", "quadrature", "--smc", "--ablations")
 # The measured goal: AEPO against the best of these on each data set.
 RIVALS = ("iql_awr", "cql_actor", "qgpo", "unguided_best_of_n")
 

@@ -67,6 +67,7 @@ from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
+from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.training import gradient_step, train
 
 from .behaviour import (
@@ -77,7 +78,7 @@ from .behaviour import (
     smc_scheduler,
     training_scheduler,
 )
-from .comparisons import COMPARISONS, Comparison, train_cql, train_qgpo
+from .comparisons import COMPARISONS, Comparison, quadrature_rule, train_cql, train_qgpo
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
@@ -434,6 +435,7 @@ class Policies:
         generator,
         qgpo_network=None,
         cql_critic=None,
+        variance_table=None,
     ):
         self.config, self.critic, self.model, self.scheduler = config, critic, model, scheduler
         self.energy, self.normalizer, self.scaler = energy, normalizer, scaler
@@ -451,6 +453,13 @@ class Policies:
             self.compared["qgpo"] = AnalyticEnergyGuidance(scheduler, model, estimator=qgpo_network, **common)
         if "dps" in config.compare:
             self.compared["dps"] = dps_guidance(scheduler, model, energy, config.beta, **common)
+        if "quadrature" in config.compare:
+            quadrature = GaussianQuadrature(
+                energy, config.beta, config.variance, variance_table, rule=quadrature_rule(act_dim)
+            )
+            self.compared["quadrature"] = AnalyticEnergyGuidance(
+                scheduler, model, estimator=quadrature, **common
+            )
 
     def smc(self, obs: np.ndarray, select: str, temper: float = 0.0) -> np.ndarray:
         """One action per state from SMC with K = ``num_candidates`` particles (the network's E_t as
@@ -735,6 +744,7 @@ def _run(
         generator,
         qgpo_network,
         cql_critic,
+        table,
     )
     key = evaluation_key(settings["evaluation"])
     scores, eval_seconds = {}, {}
@@ -811,6 +821,7 @@ LABELS = {
     "smc_best_weight": "SMC, N particles: highest weight",
     "qgpo": "QGPO (CEP energy, best of N by Q)",
     "dps": "DPS-style guidance (best of N by Q)",
+    "quadrature": "Gaussian-quadrature guidance (best of N by Q)",
 }
 
 
@@ -824,15 +835,16 @@ def label(name: str) -> str:
 
 def format_scores(results: dict) -> str:
     lines = [f"{results['dataset']} in {results['env']}, {results['config']['eval_episodes']} episodes each:"]
+    width = max(len(label(name)) for name in results["scores"])
     for name, entry in results["scores"].items():
-        text = label(name)
+        text = label(name).ljust(width)
         if "score_mean" in entry:
             lines.append(
-                f"  {text:40s} normalised score {entry['score_mean']:6.1f} ± {entry['score_std']:4.1f}"
+                f"  {text} normalised score {entry['score_mean']:6.1f} ± {entry['score_std']:4.1f}"
                 f"   (return {entry['return_mean']:8.1f})"
             )
         else:
-            lines.append(f"  {text:40s} return {entry['return_mean']:8.1f} ± {entry['return_std']:.1f}")
+            lines.append(f"  {text} return {entry['return_mean']:8.1f} ± {entry['return_std']:.1f}")
     seconds = results["this_invocation_seconds"]
     lines.append(f"run folder: {results['config']['run_dir']}; this invocation {seconds:.0f} s")
     return "\n".join(lines)

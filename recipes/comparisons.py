@@ -10,6 +10,10 @@ qgpo  QGPO (Lu et al. 2023, arXiv 2304.12824): an intermediate-energy network of
       behaviour policy, best of N by Q.
 dps   DPS-style training-free guidance: β·E(x̂0(x_t)) differentiated through the behaviour model
       (:func:`energy_guidance.baselines.dps_guidance`, no variance term), best of N by Q.
+quadrature  training-free guidance by the Gaussian quadrature (7)
+      (:class:`energy_guidance.quadrature.GaussianQuadrature`, the recipe's ``variance``): only
+      values of Q at the nodes, no backward pass through the model; best of N by Q. Rule:
+      :func:`quadrature_rule`.
 cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``cql_steps`` (default: ``critic_steps``)
       with the same batch size (when the run's critic is already CQL, its policy is evaluated
       anyway). The locomotion CPU preset gives it fewer steps: here a CQL step costs about ten
@@ -35,8 +39,15 @@ from energy_guidance.checkpoints import load_tensors, save_tensors
 
 from .runfolder import RunFolder
 
-Comparison = Literal["qgpo", "dps", "cql"]
+Comparison = Literal["qgpo", "dps", "cql", "quadrature"]
 COMPARISONS: tuple[str, ...] = get_args(Comparison)
+
+
+def quadrature_rule(act_dim: int) -> str:
+    """Gauss-Hermite (3 nodes) for one-dimensional actions, otherwise the cubature rule (2·d nodes):
+    every node is a critic evaluation per sample and step, and 3^d nodes (729 at d = 6) would
+    make evaluation hundreds of times slower than best of N."""
+    return "gauss_hermite" if act_dim == 1 else "cubature"
 
 
 def qgpo_support(

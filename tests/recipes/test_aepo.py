@@ -335,15 +335,15 @@ def test_smc_selection_is_evaluated_beside_best_of_n(finished_run, monkeypatch):
 
 
 def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finished_run, monkeypatch):
-    """--compare adds QGPO (CEP network on behaviour support samples), DPS-style guidance and
-    CQL's actor on the finished run: AEPO's phases are reused, the new ones are trained once and
-    reused by the next invocation."""
+    """--compare adds QGPO (CEP network on behaviour support samples), DPS-style and
+    Gaussian-quadrature guidance and CQL's actor on the finished run: AEPO's phases are reused,
+    the new ones are trained once and reused by the next invocation."""
     folder, reference = finished_run
     _forbid(monkeypatch, "critic", "behaviour", "variance", "energy")
-    extra = ("--compare", "qgpo", "dps", "cql")  # QGPO's defaults: all 800 states, M = 16
+    extra = ("--compare", "qgpo", "dps", "cql", "quadrature")  # QGPO's defaults: all 800 states, M = 16
     results = run(tiny_config(folder, *extra))
-    assert {"qgpo", "dps", "cql_actor"} <= set(results["scores"])
-    for name in ("qgpo", "dps", "cql_actor"):
+    assert {"qgpo", "dps", "cql_actor", "quadrature"} <= set(results["scores"])
+    for name in ("qgpo", "dps", "cql_actor", "quadrature"):
         assert all(math.isfinite(r) for r in results["scores"][name]["returns"])
     assert results["scores"]["aepo"] == reference["scores"]["aepo"]  # cached evaluation
     assert {"qgpo_support", "qgpo", "critic_cql"} <= set(results["phase_seconds"])
