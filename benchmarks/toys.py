@@ -951,8 +951,10 @@ def goals(rows: list[dict], cfg: Config) -> str:
             extra = f" ({soft}/{total} within 2 s.d. of the floor's noise)"
         lines.append(f"- {text}: {hits}/{total}{extra}")
 
-    for second in ("cf2_dv", "cf2_jac", "tw2_dv"):
+    for second in ("cf2_dv", "cf2_jac", "tw2_dv", "tw2_jac"):
         line(f"second-order `{second}` SW2 ≤ DPS-style", second, "dps", noise=True)
+    for quadrature in ("gh3_dv", "gh3_jac", "gh5_jac"):
+        line(f"quadrature `{quadrature}` SW2 ≤ DPS-style", quadrature, "dps", noise=True)
     for second, first in (("cf2_dv", "cf1_dv"), ("cf2_jac", "cf1_jac"), ("tw2_dv", "tw1_dv")):
         line(f"`{second}` ≤ its first-order form `{first}`", second, first)
     k = max(cfg.smc_k) if cfg.smc_k else None
@@ -962,7 +964,7 @@ def goals(rows: list[dict], cfg: Config) -> str:
     for net in ("net_cf2", "net_cf1", "net_cum1", "classifier"):
         line(f"`{net}` SW2 ≤ CEP's at equal training wall time", net, "cep", noise=True)
     learned = _by(rows, "learned")
-    for second in ("cf2_dv", "cf2_jac", "tw2_dv"):
+    for second in ("cf2_dv", "cf2_jac", "tw2_dv", "gh3_dv", "gh3_jac", "gh5_jac"):
         hits, total = count(learned, second, "dps")
         if total:
             lines.append(f"- learned model: `{second}` SW2 ≤ DPS-style: {hits}/{total}")
