@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, smc_sample
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.posterior import Constant
+from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.tempering import Tempered
 
 from .test_smc import (
@@ -45,7 +46,8 @@ def test_the_weight_rises_from_zero_to_one(alpha, sigma, power):
 
 
 def quadratic_guidances(scheduler, model):
-    """Guidances whose estimator is differentiated by autograd, by the Tweedie rule, and a network."""
+    """Guidances whose estimator is differentiated by autograd, by the Tweedie rule, a network, and
+    the quadrature (7)."""
     net = IntermediateEnergyNet(2, hidden=16, beta=BETA).double()
     return {
         "paper": AnalyticEnergyGuidance(scheduler, model, quadratic_energy, BETA, variance=0.1),
@@ -54,10 +56,13 @@ def quadratic_guidances(scheduler, model):
         ),
         "dps": dps_guidance(scheduler, model, quadratic_energy, BETA),
         "network": AnalyticEnergyGuidance(scheduler, model, estimator=net),
+        "quadrature": AnalyticEnergyGuidance(
+            scheduler, model, estimator=GaussianQuadrature(quadratic_energy, BETA, "jacobian")
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", ["paper", "tweedie", "dps", "network"])
+@pytest.mark.parametrize("kind", ["paper", "tweedie", "dps", "network", "quadrature"])
 def test_tempered_energy_and_gradient_are_lambda_times_the_estimators(kind):
     """λ_t does not depend on x_t, so the tempered E_t and ∇E_t are λ_t times the estimator's, and
     the guided output moves λ_t times as far from the model's (no rescale)."""
