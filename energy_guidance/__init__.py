@@ -5,8 +5,7 @@ Conventions (stated once here and in docs/math.md): energies are lower-is-better
 x_t = α_t·x0 + σ_t·ε is always the model input.
 
 The public API is what a user of guidance needs. The rest lives in named modules:
-:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.quadrature` (the
-intermediate energy by quadrature of the Gaussian posterior), :mod:`energy_guidance.classifier` (the
+:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.classifier` (the
 intermediate energy learned as a classifier), :mod:`energy_guidance.tempering` (a tempered twist),
 :mod:`energy_guidance.checkpoints` (files that survive interruption),
 :mod:`energy_guidance.groundtruth` (exact models, Monte Carlo and distances, for tests and
@@ -20,6 +19,7 @@ from .closed_form import ClosedForm
 from .guidance import AnalyticEnergyGuidance
 from .pipelines import guide_pipeline
 from .posterior import Constant, DataVar, Diagonal, EpsNorm, Jacobian, VarianceTable, estimate_variance_table
+from .quadrature import GaussianQuadrature
 from .sampling import sample
 from .schedules import ClippingWarning, from_eps_x0, noise_level, to_eps_x0
 from .smc import SMCResult, smc_sample
@@ -32,6 +32,7 @@ __all__ = [
     "DataVar",
     "Diagonal",
     "EpsNorm",
+    "GaussianQuadrature",
     "IntermediateEnergyNet",
     "Jacobian",
     "NonFiniteError",
