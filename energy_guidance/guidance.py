@@ -213,9 +213,14 @@ class AnalyticEnergyGuidance:
                 x = x_t.detach().requires_grad_(in_graph)
                 with torch.set_grad_enabled(in_graph):
                     prediction = self._predict(x, timestep, alpha, sigma, cond)
-                grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
-                if with_value:
-                    value = self._call_estimator(x, alpha, sigma, cond, prediction).detach()
+                both = getattr(self.estimator, "value_and_x_t_gradient", None) if with_value else None
+                if both is not None:  # E_t and ∇E_t from one pass (e.g. one set of quadrature nodes)
+                    value, grad = both(x, alpha, sigma, cond, prediction=prediction)
+                    value = value.detach()
+                else:
+                    grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
+                    if with_value:
+                        value = self._call_estimator(x, alpha, sigma, cond, prediction).detach()
             check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
             return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
         with torch.enable_grad():

@@ -173,7 +173,14 @@ class GaussianQuadrature:
 
     def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction) -> Tensor:
         """∇_{x_t} E_t = (α/σ²)·(x̂0 - μ̃) of (7), shaped like x_t."""
+        return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[1]
+
+    def value_and_x_t_gradient(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction
+    ) -> tuple[Tensor, Tensor]:
+        """(E_t (B,), ∇_{x_t} E_t) of (7) from one set of nodes (what an SMC step needs)."""
         x0, points, logits = self._tilt(x_t, alpha, sigma, cond, prediction)
         tilted = (torch.softmax(logits, dim=1)[..., None] * points).sum(1)
         scale = (alpha.to(torch.float64) / sigma.to(torch.float64) ** 2)[:, None]
-        return (scale * (x0 - tilted)).to(prediction.x0.dtype).reshape(prediction.x0.shape)
+        grad = (scale * (x0 - tilted)).to(prediction.x0.dtype).reshape(prediction.x0.shape)
+        return -torch.logsumexp(logits, dim=1).to(prediction.x0.dtype), grad

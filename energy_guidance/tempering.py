@@ -69,5 +69,18 @@ class Tempered:
         grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
         return self.weight(alpha, sigma).to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
 
+    def value_and_x_t_gradient(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs
+    ) -> tuple[Tensor, Tensor]:
+        """(λ_t·E_t, λ_t·∇_{x_t}E_t), in one pass where the estimator offers one."""
+        both = getattr(self.estimator, "value_and_x_t_gradient", None)
+        if both is not None:
+            value, grad = both(x_t, alpha, sigma, cond, **kwargs)
+        else:
+            value = self.estimator(x_t, alpha, sigma, cond, **kwargs)
+            grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
+        lam = self.weight(alpha, sigma)
+        return lam.to(value) * value, lam.to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
+
     def __repr__(self) -> str:
         return f"Tempered({self.estimator!r}, power={self.power:g})"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from energy_guidance import AnalyticEnergyGuidance, ClosedForm, NonFiniteError, noise_level
 from energy_guidance.quadrature import MAX_NODES, GaussianQuadrature, cubature_rule, gauss_hermite_rule
 from energy_guidance.schedules import Prediction
+from energy_guidance.tempering import Tempered
 
 from .gaussian_case import BETA, data_model, exact_guidance_term, linear_energy
 from .test_guidance import make_scheduler
@@ -254,6 +255,31 @@ def test_scalar_and_diagonal_covariances_equal_their_matrices(rule):
             a.x_t_gradient(x0, one, one, **kwargs), b.x_t_gradient(x0, one, one, **kwargs)
         )
         torch.testing.assert_close(a(x0, one, one, **kwargs), b(x0, one, one, **kwargs))
+
+
+@pytest.mark.parametrize("tempered", [False, True])
+def test_an_smc_step_evaluates_the_nodes_once(tempered):
+    """``step_parts`` (E_t and the guided output, what SMC needs) places and evaluates the nodes
+    once, with the same E_t and ∇E_t as the separate calls (also through the tempered twist)."""
+    calls = []
+
+    def energy(x):
+        calls.append(len(x))
+        return linear_energy(x)
+
+    scheduler = make_scheduler("ddpm-eps")
+    scheduler.set_timesteps(10)
+    model = data_model().noise_model(scheduler)
+    estimator = GaussianQuadrature(energy, BETA, "jacobian")
+    if tempered:
+        estimator = Tempered(estimator, 2.0)
+    guidance = AnalyticEnergyGuidance(scheduler, model, estimator=estimator)
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = scheduler.timesteps[5]
+    value, _, guided = guidance.step_parts(x_t, t)
+    assert calls == [4 * 9]
+    torch.testing.assert_close(value, guidance.intermediate_energy(x_t, t))
+    torch.testing.assert_close(guided, guidance.guided_model_output(x_t, t))
 
 
 def test_non_finite_energies_at_the_nodes_are_named():
