@@ -447,7 +447,7 @@ class Policies:
             "allow_clipping": config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
         }
         self.guidance = AnalyticEnergyGuidance(scheduler, model, estimator=network, **common)
-        self.smc_guidance = self.guidance.replace(scheduler=smc_scheduler(config.behaviour, scheduler))
+        self.smc_scheduler = smc_scheduler(config.behaviour, scheduler)
         self.compared = {}  # --compare: name -> guidance
         if qgpo_network is not None:
             self.compared["qgpo"] = AnalyticEnergyGuidance(scheduler, model, estimator=qgpo_network, **common)
@@ -461,15 +461,22 @@ class Policies:
                 scheduler, model, estimator=quadrature, **common
             )
 
-    def smc(self, obs: np.ndarray, select: str, temper: float = 0.0) -> np.ndarray:
+    def smc(
+        self,
+        obs: np.ndarray,
+        select: str,
+        temper: float = 0.0,
+        guidance: AnalyticEnergyGuidance | None = None,
+    ) -> np.ndarray:
         """One action per state from SMC with K = ``num_candidates`` particles (the network's E_t as
         the twist, the guided DPM-Solver++ SDE step as the proposal, β·E(a | s) at the end):
         ``select="draw"`` draws it from the final weighted particles, ``"best_weight"`` takes the
         highest-weight particle. The model is evaluated K times per state and step, as for
-        best-of-K (plus the network's cheap twist). ``temper``: p of the tempered twist (0: none)."""
+        best-of-K (plus the network's cheap twist). ``temper``: p of the tempered twist (0: none);
+        ``guidance``: another twist and proposal (its scheduler is replaced by SMC's)."""
         states = self.normalizer(obs)
         result = smc_sample(
-            self.smc_guidance,
+            (guidance or self.guidance).replace(scheduler=self.smc_scheduler),
             (len(obs), self.act_dim),
             num_particles=self.config.num_candidates,
             cond=states,
@@ -542,15 +549,25 @@ class Policies:
                 policies[tempered_smc_name(self.config.smc_temper)] = lambda o: self.smc(
                     o, "draw", self.config.smc_temper
                 )
+            if "quadrature" in self.compared:  # training-free SMC: the quadrature as twist and proposal
+                policies[quadrature_smc_name(self.config.smc_temper)] = lambda o: self.smc(
+                    o, "draw", self.config.smc_temper, self.compared["quadrature"]
+                )
         return policies
 
 
 TEMPERED_SMC = "smc_draw_temper"  # + the power: the name of SMC with a tempered twist (a draw)
+QUADRATURE_SMC = "smc_quadrature_draw_temper"  # + the power: --smc --compare quadrature, its SMC
 
 
 def tempered_smc_name(power: float) -> str:
     """The policy name of SMC with the twist tempered by ``power`` (a weighted draw)."""
     return f"{TEMPERED_SMC}{power:g}"
+
+
+def quadrature_smc_name(power: float) -> str:
+    """The policy name of SMC with the Gaussian quadrature as twist and proposal, tempered by ``power``."""
+    return f"{QUADRATURE_SMC}{power:g}"
 
 
 def resolve_rescale(rescale: str, act_dim: int) -> bool:
@@ -830,6 +847,8 @@ def label(name: str) -> str:
     labels = LABELS | {cls.policy_name: cls.policy_label for cls in CRITICS.values()}
     if name.startswith(TEMPERED_SMC):
         return f"SMC, N particles, twist tempered (p = {name.removeprefix(TEMPERED_SMC)}): a draw"
+    if name.startswith(QUADRATURE_SMC):
+        return f"SMC, N particles, quadrature twist (p = {name.removeprefix(QUADRATURE_SMC)}): a draw"
     return labels.get(name, name)
 
 

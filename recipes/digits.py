@@ -2,6 +2,7 @@
 
     python -m recipes.digits                  # digit 3, caches weights, writes outputs/digits/
     python -m recipes.digits --digit 7 --beta 2 --variance jacobian
+    python -m recipes.digits --sweep 0.0 data_var quadrature   # all ten digits, per estimator
 
 The behaviour model is a small ``UNet2DModel`` DDPM trained on scikit-learn's 8×8 digits
 (``load_digits``, bundled with scikit-learn, no download), scaled to [-1, 1]. The energy is a
@@ -46,6 +47,7 @@ from energy_guidance import (
     guide_pipeline,
 )
 from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_tensors, save_tensors
+from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.training import History, fit
 
 
@@ -55,9 +57,9 @@ class DigitsConfig:
 
     digit: Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] = 3  # the digit to guide toward
     beta: float = 1.0  # inverse temperature of the target q(x)·p_A(digit | x)^β
-    variance: str = (
-        "0.0"  # posterior variance: a number (0.0 = DPS-style) or eps_norm, data_var, diagonal, jacobian
-    )
+    # posterior variance: a number (0.0 = DPS-style) or eps_norm, data_var, diagonal, jacobian; or
+    # "quadrature": the Gaussian quadrature (7) with data_var and the cubature rule (128 nodes)
+    variance: str = "0.0"
     scale: float = 1.0  # multiplies the guidance term
     num_samples: int = 64  # images per sampler
     num_inference_steps: int = 100  # DDPM steps of the pipeline
@@ -330,7 +332,8 @@ def draw(demo: Demo, guidance: AnalyticEnergyGuidance | None = None) -> tuple[Te
 
 
 def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, scale: float = 1.0):
-    """Guidance toward ``digit``; table estimators share one table estimated from the data."""
+    """Guidance toward ``digit``; table estimators (and the quadrature's data_var) share one table
+    estimated from the data."""
     table = None
     if isinstance(variance, str) and variance != "jacobian":
         if demo.variance_table is None:
@@ -339,6 +342,11 @@ def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, sc
             )
         table = demo.variance_table
     energy = digit_energy(demo.classifier, digit)
+    if variance == "quadrature":  # 2·64 nodes: the cubature rule (Gauss-Hermite would need 3^64)
+        quadrature = GaussianQuadrature(energy, beta, "data_var", table, rule="cubature")
+        return AnalyticEnergyGuidance(
+            demo.scheduler, demo.unet, estimator=quadrature, scale=scale, allow_clipping=True
+        )
     return AnalyticEnergyGuidance(
         demo.scheduler,
         demo.unet,

@@ -332,6 +332,11 @@ def test_smc_selection_is_evaluated_beside_best_of_n(finished_run, monkeypatch):
     assert "smc_draw_temper3" not in again["scores"]
     for name in smc[:2]:  # cached
         assert again["scores"][name] == results["scores"][name]
+    # with --compare quadrature, SMC also runs training-free with the quadrature as its twist
+    quadrature = run(tiny_config(folder, "--smc", "--compare", "quadrature"))
+    assert {"quadrature", "smc_quadrature_draw_temper3"} <= set(quadrature["scores"])
+    assert all(math.isfinite(r) for r in quadrature["scores"]["smc_quadrature_draw_temper3"]["returns"])
+    assert "quadrature twist (p = 3)" in format_scores(quadrature)
 
 
 def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finished_run, monkeypatch):
