@@ -18,9 +18,9 @@ posterior {x_j} reweighted by exp(-β·E). Properties (docs/math.md (7)):
   through the model's Jacobian for ``variance="jacobian"``);
 - the guidance can neither reverse nor overshoot: μ̃ lies in the convex hull of the nodes, and
   Σ_j π_j·E(x_j) ≤ Σ_j w_j·E(x_j) (reweighting by exp(-β·E) lowers the mean energy), whatever β;
-- for small β, μ̃ - x̂0 = -β·Σ̂·E[∇E] + O(β²) (Stein's lemma, with the rule's average of ∇E over
-  the posterior): the first-order form with a smoothed gradient, the same as the first-order form
-  for a quadratic E (the rules integrate quadratics exactly);
+- for small β, μ̃ - x̂0 = -β·Σ_j w_j·(x_j - x̂0)·E(x_j) + O(β²), the rule's value of
+  -β·Cov(x0, E(x0)) = -β·Σ̂·E[∇E] (Stein's lemma): the first-order form with ∇E averaged over
+  the posterior, which for a quadratic E agrees with (1) to first order in β;
 - as the rule's order grows it converges to the exact Gaussian integral, for any E.
 
 Rules: ``"gauss_hermite"`` (tensor product, ``points`` per dimension, points**d nodes, exact for
