@@ -27,6 +27,7 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     net_cf1      IntermediateEnergyNet regressed on the paper's targets (order 1, data_var, x̄ = x0)
     net_cf2      ... on the second-order targets (order 2, data_var, x̄ = x0)
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
+    net_gh3      ... on the quadrature (7)'s E_t at x̂0(x_t) (data_var, 3 points per dimension)
     cep          the same network trained with QGPO's contrastive loss (baselines)
     classifier   the same network trained as a classifier of the noised target (data resampled by
                  softmax(-β·E)) against the noised data, soft labels on a mixture batch: exact
@@ -133,7 +134,7 @@ TrainingFree = Literal[
     "gh3_jac",
     "gh5_jac",
 ]
-Learned = Literal["net_cf1", "net_cf2", "net_cum1", "cep", "classifier"]
+Learned = Literal["net_cf1", "net_cf2", "net_cum1", "net_gh3", "cep", "classifier"]
 Method = Literal[
     "unguided",
     "exact",
@@ -152,6 +153,7 @@ Method = Literal[
     "net_cf1",
     "net_cf2",
     "net_cum1",
+    "net_gh3",
     "cep",
     "classifier",
 ]
@@ -181,7 +183,12 @@ DIVERGENCE = (FloatingPointError, torch.linalg.LinAlgError)
 MAX_STEPS = 100_000  # a bound on the calibrated training steps
 LEARNED_MODEL_METHODS: tuple[str, ...] = ("unguided", *TRAINING_FREE)
 # The regression targets of the amortized networks: (variance, order) of the closed form at x̄ = x0.
-TARGETS = {"net_cf1": ("data_var", 1), "net_cf2": ("data_var", 2), "net_cum1": (Constant(0.0), 1)}
+TARGETS = {
+    "net_cf1": ("data_var", 1),
+    "net_cf2": ("data_var", 2),
+    "net_cum1": (Constant(0.0), 1),
+    "net_gh3": ("data_var", "gh3"),  # the quadrature (7) at x̂0(x_t)
+}
 
 
 @dataclass
@@ -413,6 +420,8 @@ def train_learned(
         variance, order = TARGETS[method]
         if variance == "data_var":
             extra_s = ctx["table_s"]  # the variance table is part of these targets' cost
+        # order "gh3": the quadrature (7)'s E_t as the targets, 3 points per dimension
+        targets = GaussianQuadrature(energy, beta, variance, ctx["table"]) if order == "gh3" else None
 
         def train(net, steps, seed):
             train_intermediate_energy(
@@ -423,7 +432,8 @@ def train_learned(
                 data,
                 variance=variance,
                 variance_table=ctx["table"],
-                order=order,
+                order=1 if targets is not None else order,
+                targets=targets,
                 steps=steps,
                 batch_size=cfg.batch_size,
                 generator=torch.Generator().manual_seed(cfg.seed + seed),
@@ -961,7 +971,7 @@ def goals(rows: list[dict], cfg: Config) -> str:
     for twist in cfg.twists:
         text = f"SMC `{twist}` twist, K = {k} ({smc_protocol_text(cfg, k)}): SW2 ≤ 1.5 × exact guidance's"
         line(text, f"smc_{twist}_K{k}", "exact", 1.5, noise=True)
-    for net in ("net_cf2", "net_cf1", "net_cum1", "classifier"):
+    for net in ("net_cf2", "net_cf1", "net_cum1", "net_gh3", "classifier"):
         line(f"`{net}` SW2 ≤ CEP's at equal training wall time", net, "cep", noise=True)
     learned = _by(rows, "learned")
     for second in ("cf2_dv", "cf2_jac", "tw2_dv", "gh3_dv", "gh3_jac", "gh5_jac"):

@@ -8,6 +8,8 @@ the expansion point x̄ = x0 (the clean sample; ``expansion="posterior_mean"`` u
 
 With x̄ = x0 the target is noisy given x_t, but its regression E[target | x_t] is the same
 closed form; in exchange E(x0) and ∇E(x0) are computed once per data point, not per step.
+Any training-free estimator can give the targets instead (``targets=``, :func:`estimator_batches`):
+e.g. the Gaussian quadrature (7), evaluated at x̂0(x_t), one model call per target.
 The network takes the noise level (α, σ) instead of t, so it serves any scheduler.
 """
 
@@ -207,9 +209,7 @@ def closed_form_batches(
             pre_hessian = torch.cat([c[2] for c in chunks]).detach()
 
     def draw() -> TargetBatch:
-        idx = torch.randint(0, n, (batch_size,), generator=generator).to(data.device)
-        t = valid[torch.randint(0, len(valid), (batch_size,), generator=generator)].to(data.device)
-        noise = torch.randn(data[idx].shape, generator=generator).to(data)
+        idx, t, noise = _draw_noised(data, valid, batch_size, generator)
         x_t, target = closed_form_targets(
             scheduler,
             model,
@@ -229,6 +229,51 @@ def closed_form_batches(
         return TargetBatch(x_t, alpha, sigma, _rows(cond, idx), target)
 
     return draw
+
+
+def estimator_batches(
+    scheduler,
+    model: Callable,
+    estimator,
+    data: Tensor,
+    cond: Tensor | None = None,
+    *,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> Callable[[], TargetBatch]:
+    """Like :func:`closed_form_batches`, with the targets E_t(x_t) of a training-free ``estimator``
+    that reads the model's prediction (a :class:`~energy_guidance.GaussianQuadrature`, or a
+    :class:`~energy_guidance.ClosedForm`, then at x̄ = x̂0): one model call per target."""
+    if not getattr(estimator, "needs_prediction", False):
+        raise TypeError(
+            f"{type(estimator).__name__} does not read the model's prediction; give a training-free one"
+        )
+    valid = training_timesteps(scheduler)
+    in_graph = bool(getattr(estimator, "uses_model_graph", False))
+
+    def draw() -> TargetBatch:
+        idx, t, noise = _draw_noised(data, valid, batch_size, generator)
+        alpha, sigma = (c.to(data) for c in noise_level(scheduler, t))
+        x_t = add_noise(data[idx], noise, alpha, sigma)
+        rows = _rows(cond, idx)
+        with torch.set_grad_enabled(in_graph):
+            x_in = x_t.detach().requires_grad_(in_graph)
+            out = call_model(model, x_in, t, rows)
+            prediction = to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
+            target = estimator(x_in, alpha, sigma, rows, prediction=prediction)
+        return TargetBatch(x_t, alpha, sigma, rows, target.detach())
+
+    return draw
+
+
+def _draw_noised(
+    data: Tensor, valid: Tensor, batch_size: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Data rows, training timesteps (uniform over ``valid``) and noise for one batch."""
+    idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator).to(data.device)
+    t = valid[torch.randint(0, len(valid), (batch_size,), generator=generator)].to(data.device)
+    noise = torch.randn(data[idx].shape, generator=generator).to(data)
+    return idx, t, noise
 
 
 def _rows(values: Tensor | None, index) -> Tensor | None:
@@ -261,6 +306,7 @@ def train_intermediate_energy(
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     order: int = 1,
+    targets=None,
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -272,24 +318,33 @@ def train_intermediate_energy(
     """Regress ``network`` on closed-form targets (β = ``network.beta``); returns the loss history.
 
     ``data`` (N, ...) are clean samples of the model's distribution (with conditions ``cond``
-    (N, ...)); see :func:`closed_form_batches` for the targets. The optimisation is
+    (N, ...)); see :func:`closed_form_batches` for the targets, or give ``targets``, a training-free
+    estimator at ``network.beta`` whose E_t are regressed instead (:func:`estimator_batches`; then
+    ``energy``, ``variance``, ``expansion`` and ``order`` are unused). The optimisation is
     :func:`energy_guidance.training.fit` (Adam, cosine decay); with ``checkpoint_dir`` it is
     resumable (pass the same ``generator`` seed), and ``log(step, means)`` sees the history.
     """
-    draw = closed_form_batches(
-        scheduler,
-        model,
-        energy,
-        data,
-        cond,
-        beta=network.beta,
-        variance=variance,
-        variance_table=variance_table,
-        expansion=expansion,
-        order=order,
-        batch_size=batch_size,
-        generator=generator,
-    )
+    if targets is not None:
+        if float(getattr(targets, "beta", network.beta)) != float(network.beta):
+            raise ValueError(f"the targets are for beta={targets.beta}, the network for beta={network.beta}")
+        draw = estimator_batches(
+            scheduler, model, targets, data, cond, batch_size=batch_size, generator=generator
+        )
+    else:
+        draw = closed_form_batches(
+            scheduler,
+            model,
+            energy,
+            data,
+            cond,
+            beta=network.beta,
+            variance=variance,
+            variance_table=variance_table,
+            expansion=expansion,
+            order=order,
+            batch_size=batch_size,
+            generator=generator,
+        )
     calibrate(network, draw)  # a resumed run overwrites these buffers from its checkpoint
     return fit(
         network,

@@ -8,6 +8,7 @@ import torch
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
+    GaussianQuadrature,
     IntermediateEnergyNet,
     estimate_variance_table,
     from_eps_x0,
@@ -16,7 +17,12 @@ from energy_guidance import (
     to_eps_x0,
     train_intermediate_energy,
 )
-from energy_guidance.amortized import closed_form_batches, closed_form_targets, regression_loss
+from energy_guidance.amortized import (
+    closed_form_batches,
+    closed_form_targets,
+    estimator_batches,
+    regression_loss,
+)
 from energy_guidance.callables import energy_and_grad, energy_grad_hessian
 from energy_guidance.schedules import prediction_type, training_timesteps
 
@@ -33,6 +39,7 @@ from .gaussian_case import (
     linear_energy,
 )
 from .schedulers import make_scheduler
+from .test_quadrature import gh_bounds
 
 # --- targets -----------------------------------------------------------------------------------
 
@@ -58,6 +65,42 @@ def test_closed_form_targets_are_exact_for_gaussian_data(name, expansion):
     exact = -q.linear_log_potential(x_t, alpha, sigma, W, BETA)
     torch.testing.assert_close(target, exact, rtol=1e-9, atol=1e-9)
     assert not target.requires_grad
+
+
+@pytest.mark.parametrize("name", ["ddpm-eps", "dpm++-v"])
+def test_estimator_targets_are_the_estimators_value_at_the_noised_data(name):
+    """``estimator_batches`` with the Gaussian quadrature: x_t = α·x0 + σ·ε for drawn data, and the
+    target is the quadrature's E_t there; for linear E and Gaussian data (12 points, Jacobian
+    covariance) it is the exact -log E[exp(-β·wᵀx0) | x_t] up to the rule's error, bounded as in
+    test_quadrature at the largest |c_i| = β·√v·‖w‖."""
+    scheduler = make_scheduler(name)
+    q = data_model()
+    model = q.noise_model(scheduler)
+    data = q.sample(256, generator=torch.Generator().manual_seed(0)).double()
+    quadrature = GaussianQuadrature(linear_energy, BETA, "jacobian", points=12)
+    draw = estimator_batches(scheduler, model, quadrature, data, batch_size=64, generator=torch.Generator())
+    batch = draw()
+    assert batch.x_t.shape == (64, 2) and not batch.target.requires_grad
+    exact = -q.linear_log_potential(batch.x_t, batch.alpha, batch.sigma, W, BETA)
+    v = float(q.variances[0, 0])
+    value_bound, _ = gh_bounds(torch.full((2,), BETA * math.sqrt(v) * float(W.norm())), 12)
+    assert (batch.target - exact).abs().max() <= value_bound + 1e-9  # + the Jacobian's float64 rounding
+    with pytest.raises(TypeError, match="training-free"):
+        estimator_batches(scheduler, model, IntermediateEnergyNet(2, beta=BETA), data)
+
+
+def test_training_on_quadrature_targets_reduces_the_loss_and_checks_beta():
+    scheduler = make_scheduler("ddpm-eps")
+    q = data_model()
+    net = IntermediateEnergyNet(2, hidden=32, depth=2, beta=BETA)
+    args = (scheduler, q.noise_model(scheduler), None, q.sample(1024))
+    quadrature = GaussianQuadrature(linear_energy, BETA, "jacobian")
+    kwargs = {"steps": 200, "batch_size": 128, "progress": False}
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    history = train_intermediate_energy(net, *args, targets=quadrature, **kwargs)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    with pytest.raises(ValueError, match="beta"):
+        train_intermediate_energy(net, *args, targets=GaussianQuadrature(linear_energy, 2 * BETA), **kwargs)
 
 
 # --- the network -------------------------------------------------------------------------------
