@@ -22,8 +22,9 @@ compare against that weighted set itself. Samplers (all DDPM, ``num_inference_st
     tw1_dv       (1) with the Tweedie gradient (4) (gradient="tweedie"), "data_var"
     tw2_dv       (3) with the Tweedie gradient, "data_var"
     tw1_jac, tw2_jac   (1), (3) with the Tweedie gradient and "jacobian"
-    gh3_dv, gh3_jac, gh5_jac   the quadrature (7) of the Gaussian posterior (GaussianQuadrature),
-                 3 or 5 Gauss-Hermite points per dimension, "data_var" or "jacobian"
+    gh3_dv, gh3_jac, gh5_jac, gh25_jac   the quadrature (7) of the Gaussian posterior
+                 (GaussianQuadrature), 3, 5 or 25 Gauss-Hermite points per dimension (25: the
+                 Gaussian integral itself, to plotting accuracy), "data_var" or "jacobian"
     net_cf1      IntermediateEnergyNet regressed on the paper's targets (order 1, data_var, x̄ = x0)
     net_cf2      ... on the second-order targets (order 2, data_var, x̄ = x0)
     net_cum1     ... on the first cumulant β·E(x̄) + β·gᵀ(x̂0 - x̄) (variance Constant(0.0))
@@ -133,6 +134,7 @@ TrainingFree = Literal[
     "gh3_dv",
     "gh3_jac",
     "gh5_jac",
+    "gh25_jac",
 ]
 Learned = Literal["net_cf1", "net_cf2", "net_cum1", "net_gh3", "cep", "classifier"]
 Method = Literal[
@@ -150,6 +152,7 @@ Method = Literal[
     "gh3_dv",
     "gh3_jac",
     "gh5_jac",
+    "gh25_jac",
     "net_cf1",
     "net_cf2",
     "net_cum1",
@@ -475,7 +478,8 @@ def training_free(name: str, ctx: dict, beta: float) -> AnalyticEnergyGuidance:
         return dps_guidance(scheduler, model, energy, beta)
     variance = {"dv": "data_var", "jac": "jacobian"}[name.split("_")[1]]
     if name.startswith("gh"):  # gh<points>_<variance>: the quadrature (7)
-        estimator = GaussianQuadrature(energy, beta, variance, table, points=int(name[2]))
+        points = int(name.split("_")[0].removeprefix("gh"))
+        estimator = GaussianQuadrature(energy, beta, variance, table, points=points)
         return AnalyticEnergyGuidance(scheduler, model, estimator=estimator)
     return AnalyticEnergyGuidance(
         scheduler,
