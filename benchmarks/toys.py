@@ -100,6 +100,7 @@ from torch import Tensor, nn
 from energy_guidance import (
     AnalyticEnergyGuidance,
     Constant,
+    GaussianQuadrature,
     IntermediateEnergyNet,
     estimate_variance_table,
     sample,
@@ -115,7 +116,6 @@ from energy_guidance.groundtruth import (
     sliced_wasserstein,
 )
 from energy_guidance.groundtruth.metrics import weighted_quantiles
-from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
 from recipes.toys2d import DATASETS, DatasetName, toy_dataset
@@ -185,7 +185,8 @@ TWISTS: tuple[str, ...] = get_args(Twist)
 DIVERGENCE = (FloatingPointError, torch.linalg.LinAlgError)
 MAX_STEPS = 100_000  # a bound on the calibrated training steps
 LEARNED_MODEL_METHODS: tuple[str, ...] = ("unguided", *TRAINING_FREE)
-# The regression targets of the amortized networks: (variance, order) of the closed form at x̄ = x0.
+# The regression targets of the amortized networks: (variance, order) of the closed form at x̄ = x0,
+# or (variance, "gh3"): the quadrature (7) at x̂0(x_t) with 3 points per dimension.
 TARGETS = {
     "net_cf1": ("data_var", 1),
     "net_cf2": ("data_var", 2),
@@ -423,7 +424,6 @@ def train_learned(
         variance, order = TARGETS[method]
         if variance == "data_var":
             extra_s = ctx["table_s"]  # the variance table is part of these targets' cost
-        # order "gh3": the quadrature (7)'s E_t as the targets, 3 points per dimension
         targets = GaussianQuadrature(energy, beta, variance, ctx["table"]) if order == "gh3" else None
 
         def train(net, steps, seed):

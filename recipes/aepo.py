@@ -55,6 +55,7 @@ from critics import CRITICS, CQLConfig, Critic, IQLConfig, Transitions, critic_e
 from critics.energy import Reduction
 from energy_guidance import (
     AnalyticEnergyGuidance,
+    GaussianQuadrature,
     IntermediateEnergyNet,
     VarianceTable,
     distributed,
@@ -67,7 +68,6 @@ from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
-from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.training import gradient_step, train
 
 from .behaviour import (

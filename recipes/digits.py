@@ -42,12 +42,12 @@ from torch import Tensor, nn
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
+    GaussianQuadrature,
     VarianceTable,
     estimate_variance_table,
     guide_pipeline,
 )
 from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_tensors, save_tensors
-from energy_guidance.quadrature import GaussianQuadrature
 from energy_guidance.training import History, fit
 
 
