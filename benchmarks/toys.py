@@ -137,29 +137,7 @@ TrainingFree = Literal[
     "gh25_jac",
 ]
 Learned = Literal["net_cf1", "net_cf2", "net_cum1", "net_gh3", "cep", "classifier"]
-Method = Literal[
-    "unguided",
-    "exact",
-    "dps",
-    "cf1_dv",
-    "cf1_jac",
-    "cf2_dv",
-    "cf2_jac",
-    "tw1_dv",
-    "tw2_dv",
-    "tw1_jac",
-    "tw2_jac",
-    "gh3_dv",
-    "gh3_jac",
-    "gh5_jac",
-    "gh25_jac",
-    "net_cf1",
-    "net_cf2",
-    "net_cum1",
-    "net_gh3",
-    "cep",
-    "classifier",
-]
+Method = Literal["unguided", "exact", TrainingFree, Learned]  # nested Literals flatten
 Twist = Literal[
     "dps",
     "cf1_dv",

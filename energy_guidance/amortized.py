@@ -134,9 +134,7 @@ def closed_form_targets(
     x_t = add_noise(x0, noise, alpha, sigma)
     needs_graph = variance.uses_model_graph
     with torch.set_grad_enabled(needs_graph):
-        x_in = x_t.detach().requires_grad_(needs_graph)
-        out = call_model(model, x_in, timestep.to(x0.device), cond)
-        eps_hat, x0_hat = to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
+        x_in, (eps_hat, x0_hat) = _predict(scheduler, model, x_t, timestep, alpha, sigma, cond, needs_graph)
         if energy_bar is None:
             if order == 2:
                 energy_bar, grad_bar, hessian_bar = energy_grad_hessian(energy, x0_hat.detach(), cond)
@@ -257,13 +255,20 @@ def estimator_batches(
         x_t = add_noise(data[idx], noise, alpha, sigma)
         rows = _rows(cond, idx)
         with torch.set_grad_enabled(in_graph):
-            x_in = x_t.detach().requires_grad_(in_graph)
-            out = call_model(model, x_in, t, rows)
-            prediction = to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
+            x_in, prediction = _predict(scheduler, model, x_t, t, alpha, sigma, rows, in_graph)
             target = estimator(x_in, alpha, sigma, rows, prediction=prediction)
         return TargetBatch(x_t, alpha, sigma, rows, target.detach())
 
     return draw
+
+
+def _predict(scheduler, model, x_t: Tensor, timestep: Tensor, alpha, sigma, cond, in_graph: bool):
+    """(x_t as the model's input, its prediction (ε̂, x̂0)); with ``in_graph`` the input requires
+    grad, so a variance read from the model's graph can differentiate it (call under
+    ``torch.set_grad_enabled(in_graph)``)."""
+    x_in = x_t.detach().requires_grad_(in_graph)
+    out = call_model(model, x_in, timestep.to(x_t.device), cond)
+    return x_in, to_eps_x0(out, x_in, alpha, sigma, prediction_type(scheduler))
 
 
 def _draw_noised(

@@ -164,9 +164,9 @@ class VarianceEstimator(Protocol):
     per-sample α, σ (B,). ``uses_model_graph`` says whether it needs ε̂ computed from x_t inside
     autograd (then ``eps_hat`` and ``x_t`` are given); the others ignore them.
 
-    The second-order closed form also needs the matrix itself: ``covariance(alpha, sigma,
-    dim=d, ...)`` -> (B, d) (a diagonal) or (B, d, d). All estimators here provide it; a new one
-    needs it only for ``order=2``.
+    The second-order closed form, the Tweedie gradient and the Gaussian quadrature also need the
+    matrix itself: ``covariance(alpha, sigma, dim=d, ...)`` -> (B, d) (a diagonal) or (B, d, d).
+    All estimators here provide it; a new one needs it only for those.
     """
 
     uses_model_graph: bool

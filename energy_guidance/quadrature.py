@@ -168,8 +168,7 @@ class GaussianQuadrature:
     def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction) -> Tensor:
         """E_t (B,) of (7) at x_t (B, ...), per-sample α, σ (B,); not differentiable (guidance
         uses :meth:`x_t_gradient`)."""
-        _, _, logits = self._tilt(x_t, alpha, sigma, cond, prediction)
-        return -torch.logsumexp(logits, dim=1).to(prediction.x0.dtype)
+        return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
     def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction) -> Tensor:
         """∇_{x_t} E_t = (α/σ²)·(x̂0 - μ̃) of (7), shaped like x_t."""

@@ -74,11 +74,11 @@ class Tempered:
     ) -> tuple[Tensor, Tensor]:
         """(λ_t·E_t, λ_t·∇_{x_t}E_t), in one pass where the estimator offers one."""
         both = getattr(self.estimator, "value_and_x_t_gradient", None)
-        if both is not None:
-            value, grad = both(x_t, alpha, sigma, cond, **kwargs)
-        else:
-            value = self.estimator(x_t, alpha, sigma, cond, **kwargs)
-            grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
+        if both is None:
+            return self(x_t, alpha, sigma, cond, **kwargs), self.x_t_gradient(
+                x_t, alpha, sigma, cond, **kwargs
+            )
+        value, grad = both(x_t, alpha, sigma, cond, **kwargs)
         lam = self.weight(alpha, sigma)
         return lam.to(value) * value, lam.to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
 
