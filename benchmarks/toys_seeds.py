@@ -44,7 +44,8 @@ def load(folder: str) -> dict:
 
 
 def pool(runs: list[dict]) -> tuple[list[dict], list[int], list[str]]:
-    """Rows with SW2 averaged over seeds, the seeds, and the methods left out (absent at some seed)."""
+    """Rows with SW2 averaged over seeds, the seeds, and the methods left out (``part/method``:
+absent at some seed)."""
     first = runs[0]["config"]
     for run in runs[1:]:
         differs = [k for k in PROTOCOL if run["config"][k] != first[k]]
@@ -57,10 +58,10 @@ def pool(runs: list[dict]) -> tuple[list[dict], list[int], list[str]]:
             if "beta" in r and "sw2" in r:  # a method run in two folders at one seed is the same draw
                 per_seed.setdefault((r["part"], r["dataset"], r["beta"], r["method"]), {})[seed] = r
     seeds = sorted({run["config"]["seed"] for run in runs})
-    missing = sorted({key[3] for key, found in per_seed.items() if len(found) < len(seeds)})
+    missing = sorted({f"{key[0]}/{key[3]}" for key, found in per_seed.items() if len(found) < len(seeds)})
     rows = []
     for (part, dataset, beta, method), found in per_seed.items():
-        if method in missing:
+        if f"{part}/{method}" in missing:
             continue
         values = [found[s]["sw2"] for s in seeds]
         mean = sum(values) / len(values)

@@ -26,7 +26,7 @@ def test_means_standard_errors_and_goals(tmp_path):
 
     rows = {r["method"]: r for r in result["rows"]}
     assert result["seeds"] == [0, 1]
-    assert result["missing"] == ["dps"]  # present at seed 0 only
+    assert result["missing"] == ["exact/dps"]  # present at seed 0 only
     assert rows["smc_dps_t_K64"]["sw2"] == pytest.approx(0.17)
     assert rows["smc_dps_t_K64"]["sw2_se"] == pytest.approx(0.03)  # s.d. 0.03·√2 over 2 seeds, / √2
     assert rows["resampled"]["sw2_sd"] == pytest.approx(0.03 / math.sqrt(2))  # mean spread / √seeds
