@@ -45,7 +45,7 @@ def load(folder: str) -> dict:
 
 def pool(runs: list[dict]) -> tuple[list[dict], list[int], list[str]]:
     """Rows with SW2 averaged over seeds, the seeds, and the methods left out (``part/method``:
-absent at some seed)."""
+    absent at some seed)."""
     first = runs[0]["config"]
     for run in runs[1:]:
         differs = [k for k in PROTOCOL if run["config"][k] != first[k]]
