@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import diffusers
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
@@ -466,6 +468,35 @@ def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance, g
         torch.testing.assert_close(second.guided_model_output(x_t, t), expected, rtol=1e-8, atol=1e-9)
         if float(sigma / alpha) > 1:  # at high noise the paper's form is visibly wrong here
             assert (first.guided_model_output(x_t, t) - expected).abs().max() > 0.1
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.floats(-4.0, 4.0), beta=st.floats(0.1, 10.0), step=st.integers(1, 9))
+def test_second_order_tweedie_gradient_equals_autograd_also_where_damped(k, beta, step):
+    """Gaussian data, E = ½k‖x - a‖² of either curvature, Σ̂ the exact posterior variance (a
+    per-step constant, so ∂x̂0/∂x_t = (α/σ²)·Σ̂ exactly): the Tweedie gradient of (3) is the
+    derivative of (3)'s value, so it equals autograd's through the exact model, including the
+    non-convex case, where the value is damped by δ ≥ 0 (δ = 0 for k ≥ 0)."""
+    a = torch.tensor([1.0, -0.5], dtype=torch.float64)
+
+    def quadratic(x):
+        return 0.5 * k * (x - a.to(x)).pow(2).sum(1)
+
+    scheduler = make_scheduler("ddpm-eps")
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[step]
+    alpha, sigma = noise_level(scheduler, t)
+    exact = Constant(float(V * sigma**2 / (alpha**2 * V + sigma**2)))
+    model = data_model().noise_model(scheduler)
+    x_t = torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    guidance = {
+        gradient: AnalyticEnergyGuidance(
+            scheduler, model, quadratic, beta, order=2, variance=exact, gradient=gradient
+        )
+        for gradient in ("autograd", "tweedie")
+    }
+    expected = guidance["autograd"].energy_gradient(x_t, t)
+    torch.testing.assert_close(guidance["tweedie"].energy_gradient(x_t, t), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-ancestral-v", "unipc-eps"])
