@@ -149,8 +149,12 @@ class ClosedForm:
       model, the energy and the variance estimate;
     - ``"tweedie"``: ∇_{x_t} E_t = (α/σ²)·Σ̂·∇_{x̂0} E_t, the chain rule with the second-order
       Tweedie identity ∂x̂0/∂x_t = (α/σ²)·Cov[x0 | x_t], and Σ̂ and ∇²E held fixed:
-      ∇_{x̂0} E_t = β·g - β²·HΣ̂g for (1) and β·(I + βHΣ̂)⁻¹g for (3) (damped: β·(1 + δ)·((1 + δ)·I
-      + βHΣ̂)⁻¹g, the derivative of the damped value, as autograd takes it). No backward pass through
+      ∇_{x̂0} E_t = β·g - β²·HΣ̂g for (1) and β·(I + βHΣ̂)⁻¹g for (3), i.e. Tweedie's step to the
+      tilted Gaussian's mean x̂0 - β·Σ̂·(I + βHΣ̂)⁻¹g. Where (3) is damped the step keeps this
+      form, β·((1 + δ)·I + βHΣ̂)⁻¹g: it is *not* the derivative of the damped value, which is
+      1 + δ times larger for an isotropic H (what ``"autograd"`` follows), since concave
+      curvature then amplifies the step (measured worse on the 2-D toys, docs/benchmarks.md).
+      No backward pass through
       the model (a learned model's Jacobian can be far larger than the true (α/σ²)·Cov), and with a
       table or constant variance no model gradient at all. Exact wherever the closed form is
       and the posterior covariance does not depend on x_t (Gaussian data).
@@ -247,10 +251,9 @@ class ClosedForm:
             g = grad.reshape(b, d)
             h = 0.5 * (hessian + hessian.transpose(1, 2))
             full = _covariance_matrix(cov, b, d)
-            identity = _damped_identity(self.beta, full, h, self.floor)  # (1 + δ)·I
-            # ∇_{x̂0} of the damped (3), H and δ held fixed: β·(1 + δ)·((1 + δ)·I + βHΣ̂)⁻¹g
-            solved = torch.linalg.solve(identity + self.beta * h @ full, g[..., None])
-            step = self.beta * (identity @ solved)[..., 0]
+            # the damped tilted mean's shift, not the derivative of the damped value (docstring)
+            damped = _damped_identity(self.beta, full, h, self.floor) + self.beta * h @ full
+            step = self.beta * torch.linalg.solve(damped, g[..., None])[..., 0]
         else:
             with torch.enable_grad():
                 x = x0.requires_grad_(True)

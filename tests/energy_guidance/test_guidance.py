@@ -472,11 +472,12 @@ def test_second_order_guidance_is_exact_for_a_quadratic_energy(name, variance, g
 
 @settings(max_examples=25, deadline=None)
 @given(k=st.floats(-4.0, 4.0), beta=st.floats(0.1, 10.0), step=st.integers(1, 9))
-def test_second_order_tweedie_gradient_equals_autograd_also_where_damped(k, beta, step):
-    """Gaussian data, E = ½k‖x - a‖² of either curvature, Σ̂ the exact posterior variance (a
-    per-step constant, so ∂x̂0/∂x_t = (α/σ²)·Σ̂ exactly): the Tweedie gradient of (3) is the
-    derivative of (3)'s value, so it equals autograd's through the exact model, including the
-    non-convex case, where the value is damped by δ ≥ 0 (δ = 0 for k ≥ 0)."""
+def test_second_order_tweedie_gradient_is_the_damped_tilted_mean_step(k, beta, step):
+    """Gaussian data, E = ½k‖x - a‖² of either curvature, Σ̂ = c·I the exact posterior variance (a
+    per-step constant, so autograd's ∂x̂0/∂x_t = (α/σ²)·Σ̂ exactly). Where (3) is undamped
+    (k ≥ 0) the Tweedie gradient is the derivative of its value, autograd's; where it is damped
+    (k < 0, δ = -β·c·k with floor 1) it is the damped tilted mean's step, and autograd's
+    derivative of the damped value is exactly 1 + δ times larger (docs/math.md (4))."""
     a = torch.tensor([1.0, -0.5], dtype=torch.float64)
 
     def quadratic(x):
@@ -486,17 +487,19 @@ def test_second_order_tweedie_gradient_equals_autograd_also_where_damped(k, beta
     scheduler.set_timesteps(10)
     t = scheduler.timesteps[step]
     alpha, sigma = noise_level(scheduler, t)
-    exact = Constant(float(V * sigma**2 / (alpha**2 * V + sigma**2)))
+    c = float(V * sigma**2 / (alpha**2 * V + sigma**2))
     model = data_model().noise_model(scheduler)
     x_t = torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    guidance = {
+    gradients = {
         gradient: AnalyticEnergyGuidance(
-            scheduler, model, quadratic, beta, order=2, variance=exact, gradient=gradient
-        )
+            scheduler, model, quadratic, beta, order=2, variance=Constant(c), gradient=gradient
+        ).energy_gradient(x_t, t)
         for gradient in ("autograd", "tweedie")
     }
-    expected = guidance["autograd"].energy_gradient(x_t, t)
-    torch.testing.assert_close(guidance["tweedie"].energy_gradient(x_t, t), expected, rtol=1e-9, atol=1e-12)
+    delta = max(0.0, -beta * c * k)
+    torch.testing.assert_close(
+        gradients["autograd"], (1 + delta) * gradients["tweedie"], rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-ancestral-v", "unipc-eps"])
