@@ -6,8 +6,10 @@ the expansion point x̄ = x0 (the clean sample; ``expansion="posterior_mean"`` u
 
     target = β·E(x̄) + β·∇E(x̄)ᵀ(x̂0 - x̄) - ½·β²·∇E(x̄)ᵀ Σ̂ ∇E(x̄).
 
-With x̄ = x0 the target is noisy given x_t, but its regression E[target | x_t] is the same
-closed form; in exchange E(x0) and ∇E(x0) are computed once per data point, not per step.
+With x̄ = x0 the target is noisy given x_t and its regression E[target | x_t] is the closed
+form at x̂0 only for a linear E: for a curved one it carries -½β·tr(H·Cov[x0 | x_t]) at first
+order in β (docs/math.md, "Amortized mode"); in exchange E(x0) and ∇E(x0) are computed once per
+data point, not per step.
 Any training-free estimator can give the targets instead (``targets=``, :func:`estimator_batches`):
 e.g. the Gaussian quadrature (7), evaluated at x̂0(x_t), one model call per target.
 The network takes the noise level (α, σ) instead of t, so it serves any scheduler.

@@ -33,10 +33,10 @@ with weights normalised over all states, docs/benchmarks.md) the classifier sees
 again and extrapolates elsewhere.
 
 Conditions. With ``cond`` the weights are normalised over the whole data set (the tilt of the
-joint distribution of (cond, x0)); the ratio (6) is then taken at each condition, and the constant
-becomes a function of the condition, which guidance (a gradient in x_t) does not see. A
-``baseline(cond)`` (B,) subtracted from E before weighting (e.g. -V(s) for E = -Q(s, a)) spreads
-the weights evenly over conditions and changes E_Θ by a function of the condition only.
+joint distribution of (cond, x0)); the ratio (6) is then taken at each condition, with one global
+constant log Z. A ``baseline(cond)`` (B,) subtracted from E before weighting (e.g. -V(s) for
+E = -Q(s, a)) spreads the weights evenly over conditions and changes E_Θ by a function of the
+condition only (-β·baseline), which guidance (a gradient in x_t) does not see.
 
 The network is an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, used by guidance and
 :func:`~energy_guidance.smc_sample` like any other estimator. Related: discriminator guidance
@@ -134,7 +134,8 @@ def classifier_batches(
         base = torch.randint(0, n, (half,), generator=generator, device=gen_device)
         tilted = torch.multinomial(weights.to(gen_device), half, replacement=True, generator=generator)
         idx = torch.cat([base, tilted]).to(data.device)
-        t = valid[torch.randint(0, len(valid), (half,), generator=generator)].repeat(2)
+        pick = torch.randint(0, len(valid), (half,), generator=generator, device=gen_device)
+        t = valid[pick.to(valid.device)].repeat(2)
         x0 = data[idx]
         alpha, sigma = (v.to(x0) for v in noise_level(scheduler, t))
         noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)

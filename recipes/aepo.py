@@ -25,8 +25,9 @@ Presets per task family (``--preset``, chosen from the data set by default; :dat
 ``--device auto|cpu|cuda``, ``torchrun`` for several training processes (:func:`run`), and the
 compared methods (``--compare``, :mod:`recipes.comparisons`) are described in docs/rl.md.
 
-β is measured in units of ``q_scale``: the mean over data states of the standard deviation of
-Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per typical Q spread. The
+β is measured in units of ``q_scale``: the mean over data states (the data set's first 2,048, in
+file order) of the standard deviation of Q(s, a) over uniformly random actions, so that β = 1
+tilts μ by e per typical Q spread. The
 critic's state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes neither the target policy
 nor the guidance gradient; it removes the between-state spread of Q from the regression targets.
 """
