@@ -77,7 +77,8 @@ def train(
     ``modules``, ``optimizers``, ``lr_schedulers`` and ``generator`` are what a checkpoint saves
     and a resumed run restores; every learning-rate scheduler is stepped once after each update.
     ``log(step, means)`` receives each entry of the history as it is made (metrics loggers).
-    ``checkpoint_every`` should be a multiple of ``log_every``.
+    A checkpoint keeps the losses since the last history entry, so a resumed run's history is
+    the uninterrupted run's whatever ``checkpoint_every`` and ``log_every`` are.
 
     With other processes (torchrun), every process calls :func:`train` with the same arguments
     but its own ``generator``; the modules start from rank 0's, the history holds losses averaged
@@ -88,6 +89,7 @@ def train(
         raise ValueError(f"steps must be >= 0, got {steps}")
     modules, optimizers, lr_schedulers = modules or {}, optimizers or {}, lr_schedulers or {}
     start, history, seconds = 0, {"step": []}, 0.0
+    window: dict[str, list[float]] = {}  # losses since the last history entry
     multi, main = distributed.active(), distributed.is_main()
     if checkpoint_dir is not None:
 
@@ -106,6 +108,7 @@ def train(
         record = load_checkpoint(checkpoint_dir, name, modules, restore)
         if record is not None:
             start, history, seconds = record["step"], record["history"], record["seconds"]
+            window = record.get("window", {})  # a checkpoint between two history entries
             if start > steps:
                 raise ValueError(f"{checkpoint_dir} holds {name} at step {start}, beyond steps={steps}")
     if multi:
@@ -127,11 +130,10 @@ def train(
         if multi and generator is not None:  # every process's state, so that each resumes its own
             states["rank_generators"] = distributed.gather_objects(state)
         if main:
-            record = {"history": history, "seconds": time.perf_counter() - began}
+            record = {"history": history, "seconds": time.perf_counter() - began, "window": window}
             save_checkpoint(checkpoint_dir, name, step, modules=modules, states=states, record=record)
         distributed.barrier()  # no process reads a checkpoint before rank 0 has written it
 
-    window: dict[str, list[float]] = {}
     show = progress and main
     with tqdm(total=steps, initial=start, desc=name, disable=not show, mininterval=1.0) as bar:
         for step in range(start, steps):

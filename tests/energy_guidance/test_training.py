@@ -11,7 +11,7 @@ class Interrupted(Exception):
     pass
 
 
-def _run(directory, interrupt_at=None, steps=40):
+def _run(directory, interrupt_at=None, steps=40, checkpoint_every=10):
     """Regress a small MLP on noisy data drawn from a generator, checkpointing every 10 steps."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
@@ -26,7 +26,7 @@ def _run(directory, interrupt_at=None, steps=40):
         return (net(x)[:, 0] - x.sum(1)).pow(2).mean()
 
     history = fit(net, loss, steps=steps, lr=1e-2, generator=g, checkpoint_dir=directory,
-                  checkpoint_every=10, log_every=5, progress=False)  # fmt: skip
+                  checkpoint_every=checkpoint_every, log_every=5, progress=False)  # fmt: skip
     return net, history, calls
 
 
@@ -41,6 +41,19 @@ def test_an_interrupted_run_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     assert history == reference_history
     assert history["step"] == list(range(5, 41, 5))
+
+
+def test_a_checkpoint_between_history_entries_resumes_the_same_history(tmp_path):
+    """Checkpoints every 7 steps, history entries every 5: the checkpoint at step 21 holds the
+    loss of step 21 (step 20 closed an entry), which the resumed run must average into step 25's."""
+    reference, reference_history, _ = _run(tmp_path / "straight", checkpoint_every=7)
+    with pytest.raises(Interrupted):
+        _run(tmp_path / "resumed", interrupt_at=24, checkpoint_every=7)
+    resumed, history, calls = _run(tmp_path / "resumed", checkpoint_every=7)
+    assert len(calls) == 19  # steps 21..39
+    assert history == reference_history
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
