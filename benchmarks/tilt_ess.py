@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         step = checkpoint_steps(run_dir / "checkpoints", "critic")[0]
         load_modules(run_dir / "checkpoints" / f"critic-{step}.safetensors", {"critic": critic})
         critic.eval()
-        q_scale = aepo.measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)
+        q_scale = aepo.measure_q_scale(critic, data.observations, act_dim, config.reduce)
         energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
         log_w = tilt_log_weights(energy, data.actions, config.beta, data.observations)
         u = per_state_log_partition(log_w, data.observations, args.steps, config.seed)

@@ -25,9 +25,9 @@ Presets per task family (``--preset``, chosen from the data set by default; :dat
 ``--device auto|cpu|cuda``, ``torchrun`` for several training processes (:func:`run`), and the
 compared methods (``--compare``, :mod:`recipes.comparisons`) are described in docs/rl.md.
 
-β is measured in units of ``q_scale``: the mean over data states (the data set's first 2,048, in
-file order) of the standard deviation of Q(s, a) over uniformly random actions, so that β = 1
-tilts μ by e per typical Q spread. The
+β is measured in units of ``q_scale``: the mean over data states (a fixed random 2,048 of them) of
+the standard deviation of Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per
+typical Q spread. The
 critic's state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes neither the target policy
 nor the guidance gradient; it removes the between-state spread of Q from the regression targets.
 """
@@ -404,10 +404,17 @@ def load_inputs(config: AEPOConfig, device: torch.device | str = "cpu") -> Input
 
 @torch.no_grad()
 def measure_q_scale(
-    critic: Critic, states: Tensor, act_dim: int, reduce: str, num_actions: int = 64
+    critic: Critic, states: Tensor, act_dim: int, reduce: str, num_actions: int = 64, max_states: int = 2048
 ) -> float:
-    """mean_s std_{a ~ U[-1,1]^d} Q(s, a): the typical spread of Q over actions at one state."""
+    """mean_s std_{a ~ U[-1,1]^d} Q(s, a): the typical spread of Q over actions at one state.
+
+    The mean is over a fixed random subset of at most ``max_states`` of ``states`` (the same on
+    every run and process): data sets are stored episode by episode, and their first states can be
+    untypical (a medium-replay set starts with near-random episodes, where Q's spread is half).
+    """
     g = torch.Generator().manual_seed(0)
+    if len(states) > max_states:
+        states = states[torch.randperm(len(states), generator=g)[:max_states].to(states.device)]
     s = states.repeat_interleave(num_actions, dim=0)
     a = (torch.rand((len(s), act_dim), generator=g) * 2 - 1).to(s)
     q = reduce_critic(critic.q_values(s, a), len(s), reduce).reshape(len(states), num_actions)
@@ -689,7 +696,7 @@ def _run(
     network = IntermediateEnergyNet(act_dim, obs_dim, hidden=config.energy_hidden, beta=config.beta).to(
         device
     )
-    q_scale = measure_q_scale(critic, data.observations[:2048], act_dim, config.reduce)  # deterministic
+    q_scale = measure_q_scale(critic, data.observations, act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
     g = generator(config.seed + 7)  # the training batches (seed + 4 is the evaluation's)
     if config.energy_loss == "classifier":
