@@ -154,10 +154,10 @@ class ClosedForm:
       form, β·((1 + δ)·I + βHΣ̂)⁻¹g: it is *not* the derivative of the damped value, which is
       1 + δ times larger for an isotropic H (what ``"autograd"`` follows), since concave
       curvature then amplifies the step (measured worse on the 2-D toys, docs/benchmarks.md).
-      No backward pass through
-      the model (a learned model's Jacobian can be far larger than the true (α/σ²)·Cov), and with a
-      table or constant variance no model gradient at all. Exact wherever the closed form is
-      and the posterior covariance does not depend on x_t (Gaussian data).
+      No backward pass through the model (a learned model's Jacobian can be far larger than the
+      true (α/σ²)·Cov), and with a table or constant variance no model gradient at all. Exact
+      wherever the closed form is and the posterior covariance does not depend on x_t (Gaussian
+      data).
 
     Derivatives taken (attention needs the math kernel exactly where one is differentiated twice;
     :func:`~energy_guidance.callables.double_backward_attention`):

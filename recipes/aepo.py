@@ -27,9 +27,9 @@ compared methods (``--compare``, :mod:`recipes.comparisons`) are described in do
 
 β is measured in units of ``q_scale``: the mean over data states (a fixed random 2,048 of them) of
 the standard deviation of Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per
-typical Q spread. The
-critic's state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes neither the target policy
-nor the guidance gradient; it removes the between-state spread of Q from the regression targets.
+typical Q spread. The critic's state-only baseline b(s) (IQL: V(s); CQL: Q(s, π(s))) changes
+neither the target policy nor the guidance gradient; it removes the between-state spread of Q
+from the regression targets.
 """
 
 from __future__ import annotations
@@ -410,7 +410,8 @@ def measure_q_scale(
 
     The mean is over a fixed random subset of at most ``max_states`` of ``states`` (the same on
     every run and process): data sets are stored episode by episode, and their first states can be
-    untypical (a medium-replay set starts with near-random episodes, where Q's spread is half).
+    untypical (on HalfCheetah medium-replay, whose first episodes are near-random, the first 2,048
+    give half the spread of a random 2,048).
     """
     g = torch.Generator().manual_seed(0)
     if len(states) > max_states:

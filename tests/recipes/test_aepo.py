@@ -480,8 +480,9 @@ def test_q_scale_averages_over_a_random_subset_of_states_not_the_first():
     """Q(s, a) = s₀·a₀ has spread |s₀|/√3 at a state (a₀ ~ U[-1, 1]). With the data stored as
     1,000 states of s₀ = 1 then 1,000 of s₀ = 3 (an early and a late half, as in a replay set), a
     random subset of 200 holds a fraction f ≈ ½ of the s₀ = 3 states: q_scale·√3 = 1 + 2f. Each
-    state's std from 64 actions has a relative s.e. of about 1/√126, so the mean over 200 states
-    one of 0.6 %; f's s.e. is √(¼/200). Both checks allow 5 s.e."""
+    state's std from 64 actions has a relative s.e. below 1/√126 (the Gaussian value; a uniform's
+    is smaller), so the mean over 200 states one below 0.6 %; f's s.e. is at most √(¼/200). Both
+    checks allow 5 s.e."""
     critic = type("Critic", (), {"q_values": staticmethod(lambda s, a: s[:, 0] * a[:, 0])})()
     states = torch.cat([torch.ones(1000, 2), 3 * torch.ones(1000, 2)])
     per_state_se = 1 / math.sqrt(126) / math.sqrt(200)
