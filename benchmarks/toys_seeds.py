@@ -76,18 +76,24 @@ def pool(runs: list[dict]) -> tuple[list[dict], list[int], list[str]]:
 
 
 def render(rows: list[dict], seeds: list[int], missing: list[str], cfg: toys.Config) -> str:
-    methods = sorted({r["method"] for r in rows} - {"resampled", "two_draws"})
-    methods.sort(key=lambda m: (m.startswith("smc_"), m))
-    floor = ["resampled", "two_draws"] if any(r["method"] == "two_draws" for r in rows) else ["resampled"]
     sections = [
         f"Mean SW2 over seeds {', '.join(map(str, seeds))} ({cfg.num_samples} samples per sampler; "
-        "the floor ± its s.d. over repeats / √seeds)\n",
-        toys.metric_table(rows, "exact", [*floor, *methods]),
-        "\nStandard error of each mean over the seeds\n",
-        toys.metric_table(rows, "exact", methods, key="sw2_se"),
-        "\n## Goals (issue 9), counted on the means\n",
-        toys.goals(rows, cfg),
+        "the floor ± its s.d. over repeats / √seeds)"
     ]
+    for part, title in (("exact", "Part 1: exact noise model"), ("learned", "Part 2: learned model")):
+        found = [r for r in rows if r["part"] == part]
+        if not found:
+            continue
+        methods = sorted({r["method"] for r in found} - {"resampled", "two_draws"})
+        methods.sort(key=lambda m: (m.startswith("smc_"), m))
+        floor = [m for m in ("resampled", "two_draws") if any(r["method"] == m for r in found)]
+        sections += [
+            f"\n## {title}\n",
+            toys.metric_table(rows, part, [*floor, *methods]),
+            "\nStandard error of each mean over the seeds\n",
+            toys.metric_table(rows, part, methods, key="sw2_se"),
+        ]
+    sections += ["\n## Goals (issue 9), counted on the means\n", toys.goals(rows, cfg)]
     if missing:
         sections.append(f"\nLeft out (absent at some seed): {', '.join(missing)}")
     return "\n".join(sections)

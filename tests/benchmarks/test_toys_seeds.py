@@ -33,6 +33,7 @@ def test_means_standard_errors_and_goals(tmp_path):
     # 0.17 > 1.5 × 0.11 = 0.165, but within 2 × 0.0212 of it
     assert "1.5 × exact guidance's: 0/1 (1/1 within 2 s.d." in result["text"]
     assert (tmp_path / "out" / "results.md").read_text() == result["text"]
+    assert "Part 1: exact noise model" in result["text"] and "Part 2" not in result["text"]
 
 
 def test_runs_of_different_protocols_are_refused(tmp_path):
