@@ -85,6 +85,7 @@ def _sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 PURE_NOISE_XFAIL = pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # the known deviation, not any error
     reason=(
         "Known limitation: at α = 0 (the first flow-matching step, σ = 1) guided_model_output sets the "
         "guidance to 0 and returns the unguided x̂0 = E_q[x0], but the guided velocity needs the tilted "

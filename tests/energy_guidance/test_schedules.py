@@ -1,5 +1,6 @@
 """schedules.py: (scheduler, timestep) -> (α_t, σ_t) and the prediction-type conversions."""
 
+import math
 import re
 import warnings
 
@@ -20,6 +21,7 @@ from energy_guidance.schedules import (
     training_timesteps,
 )
 
+from .gaussian_case import Z
 from .schedulers import DETERMINISTIC, SCHEDULER_CONFIGS, make_scheduler
 
 # KDPM2's and DPM-Solver SDE's set_timesteps pass torch tensors through numpy functions.
@@ -76,6 +78,7 @@ def test_noise_level_matches_the_schedulers_own_noising(name):
 
 PLMS_V_XFAIL = pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # the known deviation, not any error
     reason=(
         "diffusers' PLMS (PNDMScheduler) combines the raw model outputs of up to four timesteps "
         "linearly and converts the combination to ε with the current timestep's α; for v-prediction "
@@ -120,8 +123,10 @@ def test_noise_level_is_that_of_every_model_evaluation(name):
             dtype=torch.float64,
         )
     assert len(ratios) == len(scheduler.timesteps)  # one evaluation per entry, repeated ones too
+    # 1 % for the schedules' float32 rounding; a stochastic sampler's mean of 8192 squared normals
+    # adds Z standard errors, √(2/8192) each
+    tol = 1e-2 if name in DETERMINISTIC else 1e-2 + Z * math.sqrt(2 / eps0.numel())
     for k, ratio in enumerate(ratios):
-        tol = 1e-2 if name in DETERMINISTIC else 0.1
         assert (ratio - 1).abs().max() < tol, f"evaluation {k} at t = {scheduler.timesteps[k]}"
 
 

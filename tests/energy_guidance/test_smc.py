@@ -330,32 +330,30 @@ def test_smc_returns_the_tilted_gaussian(name, energy_name):
 
 @pytest.mark.parametrize(("name", "energy_name"), CASES)
 def test_log_normalizer_matches_the_exact_value(name, energy_name):
-    """log mean_b Ẑ_b = log Z̃ within Z SE; and log Z of q itself within that plus the
-    discretisation gap log Z̃ - log Z (computed, not estimated)."""
+    """log mean_b Ẑ_b = log Z̃ within Z SE, Z̃ the normaliser of the *discretised* sampler's tilted
+    marginal (what SMC is exact for; its gap to the continuous log Z is the discretisation's)."""
     result, (_, _, log_z_tilde) = tilted_run(name, energy_name)
     estimate, se = log_mean_z(result)
     assert abs(estimate - log_z_tilde) <= Z * se, (estimate, log_z_tilde, se)
-    exact = (tilted_linear if energy_name == "linear" else tilted_quadratic)(M, V, BETA)[2]
-    assert abs(estimate - exact) <= Z * se + abs(log_z_tilde - exact)
     assert torch.isfinite(result.log_normalizer).all()
 
 
 def test_the_error_falls_as_particles_grow():
     """A poor twist (a β = 0 guidance: unguided proposals, no twist, all correction at the end).
-    The bias of SMC is O(1/K): the distance of the resampled draws' mean to the target falls
-    from K = 4 to K = 64 by more than 3×, and at K = 64 it is within Z SE."""
+    The bias of SMC is O(1/K): at K = 4 the resampled draws' mean is off the target by more than
+    Z standard errors (the bias is resolved), at K = 64 it is within Z SE."""
     name = "ddpm"
     m, v = discretised_gaussian(name)
     mean, _, _ = tilted_linear(m, v, BETA)
-    errors = {}
+    errors, ses = {}, {}
     for k in (4, 64):
         guidance, eta = guidance_for(name, linear_energy, 0.0)
         result = run(guidance, eta, b=512, k=k, energy=linear_energy, beta=BETA, resample=True)
         assert result.samples.shape == (512, D)
         errors[k] = float((result.samples.mean(0) - mean).norm())
-        se = float(result.samples.std(0).norm()) / math.sqrt(512)
-    assert errors[64] < errors[4] / 3, errors
-    assert errors[64] <= Z * se
+        ses[k] = float(result.samples.std(0).norm()) / math.sqrt(512)
+    assert errors[4] > Z * ses[4], (errors, ses)
+    assert errors[64] <= Z * ses[64], (errors, ses)
 
 
 def test_resampling_every_step_and_multinomial_resampling_stay_exact():
