@@ -10,9 +10,16 @@ from hypothesis import strategies as st
 from torch.nn.functional import softplus
 
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet
-from energy_guidance.classifier import classifier_loss, tilt_log_weights, train_classifier_energy
+from energy_guidance.classifier import (
+    classifier_batches,
+    classifier_loss,
+    tilt_log_weights,
+    train_classifier_energy,
+)
 from energy_guidance.groundtruth import GaussianMixture
 from energy_guidance.schedules import noise_level
+
+from .gaussian_case import Z
 
 
 def noised(mixture: GaussianMixture, alpha: float, sigma: float) -> GaussianMixture:
@@ -93,6 +100,37 @@ def test_the_soft_labelled_mixture_loss_is_half_the_two_class_loss(energies, bet
     assert float(classifier_loss(f, label)) == pytest.approx(
         float((label * softplus(f) + (1 - label) * softplus(-f)).mean()), rel=1e-12
     )
+
+
+def test_batches_draw_the_mixture_with_its_labels_and_paired_timesteps():
+    """classifier_batches draws half its x0 uniformly from the data and half by the tilt weights,
+    so each data point's frequency is ½(1/N + p̃_i) (binomial: within Z s.e.), each carries its
+    label π_i = w_i/(1 + w_i), the mean label is ½·Σ_i p̃_i = ½ (within Z s.e.), the two halves
+    share their timesteps pairwise, and x_t = α·x0 + σ·ε with ε standard normal."""
+    data = torch.arange(6, dtype=torch.float64)[:, None]
+    beta, n = 0.7, 6
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    gen = torch.Generator().manual_seed(0)
+    draw, _ = classifier_batches(scheduler, lambda x: x[:, 0], data, beta=beta, batch_size=64, generator=gen)
+    p_tilde = torch.softmax(-beta * data[:, 0], 0)
+    label_of = (n * p_tilde) / (1 + n * p_tilde)  # distinct: they identify the data point
+    labels, noises, indices = [], [], []
+    for _ in range(400):
+        batch = draw()
+        torch.testing.assert_close(batch.alpha[:32], batch.alpha[32:])
+        index = (batch.label[:, None] - label_of[None]).abs().argmin(1)
+        torch.testing.assert_close(batch.label, label_of[index])
+        noises.append((batch.x_t - batch.alpha[:, None] * data[index]) / batch.sigma[:, None])
+        labels.append(batch.label)
+        indices.append(index)
+    labels, noise, index = torch.cat(labels), torch.cat(noises), torch.cat(indices)
+    m = len(labels)
+    frequency = torch.bincount(index, minlength=n).double() / m
+    expected = 0.5 * (1 / n + p_tilde)
+    assert ((frequency - expected).abs() <= Z * (expected * (1 - expected) / m).sqrt()).all()
+    assert abs(float(labels.mean()) - 0.5) <= Z * float(labels.std()) / math.sqrt(m)
+    assert abs(float(noise.mean())) <= Z / math.sqrt(m)
+    assert abs(float(noise.pow(2).mean()) - 1) <= Z * math.sqrt(2 / m)
 
 
 def test_tilt_weights_subtract_the_baseline_per_condition():
