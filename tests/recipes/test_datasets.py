@@ -12,7 +12,6 @@ import torch
 from recipes import data, datasets
 from recipes.datasets import AgentConfig, build_dataset, train_agent
 
-SAC = pytest.importorskip("stable_baselines3").SAC  # the optional `mujoco` extra
 # Tiny agents never reach the medium score; the agent at medium_steps is then the medium one.
 pytestmark = pytest.mark.filterwarnings("ignore:SAC on hopper reached normalised score")
 
@@ -38,7 +37,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def sac():
+    """SB3's SAC (the optional `mujoco` extra): the tests that train agents skip without it."""
+    return pytest.importorskip("stable_baselines3").SAC
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sac):
     """Hopper's five levels built once (one agent) under a temporary Minari root."""
     root = tmp_path_factory.mktemp("datasets") / "minari"
     with pytest.MonkeyPatch.context() as patch:
@@ -129,7 +134,7 @@ def test_medium_replay_is_the_agents_replay_buffer_up_to_medium(built):
     assert terminated.sum() >= 1  # tiny Hopper agents fall
 
 
-def test_cached_agent_and_data_set_are_not_rebuilt(built, monkeypatch):
+def test_cached_agent_and_data_set_are_not_rebuilt(built, sac, monkeypatch):
     root, sets = built
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     folder = agent_folder(root)
@@ -141,7 +146,7 @@ def test_cached_agent_and_data_set_are_not_rebuilt(built, monkeypatch):
     def no_rollout(*args, **kwargs):
         raise AssertionError("rollout called: the cached data set was not reused")
 
-    monkeypatch.setattr(SAC, "learn", no_training)
+    monkeypatch.setattr(sac, "learn", no_training)
     # A present data set loads as it is.
     monkeypatch.setattr(datasets, "rollout", no_rollout)
     again = build_dataset("energy-guidance/hopper/medium-v0", **TINY)
@@ -149,14 +154,14 @@ def test_cached_agent_and_data_set_are_not_rebuilt(built, monkeypatch):
     # Rebuilding it (force) collects new episodes but trains nothing: the agent is cached.
     monkeypatch.undo()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    monkeypatch.setattr(SAC, "learn", no_training)
+    monkeypatch.setattr(sac, "learn", no_training)
     rebuilt = build_dataset("energy-guidance/hopper/expert-v0", force=True, **TINY)
     for a, b in zip(episodes(rebuilt), episodes(sets["expert"]), strict=True):  # same seeds: same data
         np.testing.assert_array_equal(a.observations, b.observations)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
 
 
-def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, monkeypatch):
+def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, sac, monkeypatch):
     agents = minari_root.parent / "agents-resume"
     config = AgentConfig(**{**AGENT.__dict__, "expert_steps": 300})
     with pytest.warns(UserWarning, match="that agent is the medium one"):
@@ -164,13 +169,13 @@ def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, monkeypatc
     assert (folder / "medium.json").exists() and not (folder / "expert-300.json").exists()
     medium_zip = (folder / "medium.zip").stat().st_mtime_ns
     calls = []
-    learn = SAC.learn
+    learn = sac.learn
 
     def counting(self, total_timesteps, **kwargs):
         calls.append((self.num_timesteps, self.replay_buffer.size()))
         return learn(self, total_timesteps, **kwargs)
 
-    monkeypatch.setattr(SAC, "learn", counting)
+    monkeypatch.setattr(sac, "learn", counting)
     train_agent("hopper", config, agents, until="expert", progress=False)
     # It went on from step 200 with the 200 transitions of the replay buffer restored.
     assert calls == [(AGENT.medium_steps, AGENT.medium_steps)]
@@ -179,6 +184,7 @@ def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, monkeypatc
     assert expert["final_steps"] == 300
 
 
+@pytest.mark.usefixtures("sac")
 def test_interrupted_write_leaves_nothing_loadable(minari_root, monkeypatch):
     real = minari.create_dataset_from_buffers
 
@@ -197,6 +203,7 @@ def test_interrupted_write_leaves_nothing_loadable(minari_root, monkeypatch):
     assert build_dataset("energy-guidance/hopper/random-v0", steps=20, progress=False).total_steps == 20
 
 
+@pytest.mark.usefixtures("sac")
 def test_project_ids_build_on_first_use_through_load_dataset(minari_root, monkeypatch):
     assert "energy-guidance/walker2d/medium-replay-v0" in data.BUILDERS
     monkeypatch.setitem(build_dataset.__kwdefaults__, "steps", 30)
@@ -207,6 +214,7 @@ def test_project_ids_build_on_first_use_through_load_dataset(minari_root, monkey
     assert (minari_root / "energy-guidance" / "walker2d" / "random-v0").is_dir()
 
 
+@pytest.mark.usefixtures("sac")
 def test_a_set_stored_under_a_real_minari_id_loads_with_its_reference_scores(minari_root):
     """As a downloaded ``mujoco/hopper/medium-v0`` would: it is not one of the project's ids."""
     assert "mujoco/hopper/medium-v0" not in data.BUILDERS
