@@ -60,14 +60,18 @@ class Tempered:
         """λ_t of (5), (B,) from per-sample α, σ (B,)."""
         return (alpha**2 / (alpha**2 + sigma**2)) ** self.power
 
+    def _weighted(self, alpha: Tensor, sigma: Tensor, values: Tensor) -> Tensor:
+        """λ_t times ``values`` (B, ...), per sample."""
+        lam = self.weight(alpha, sigma).to(values)
+        return lam.reshape((-1,) + (1,) * (values.dim() - 1)) * values
+
     def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
         """λ_t·E_t (B,); ``kwargs`` (``prediction=``) go to the estimator."""
-        return self.weight(alpha, sigma).to(x_t) * self.estimator(x_t, alpha, sigma, cond, **kwargs)
+        return self._weighted(alpha, sigma, self.estimator(x_t, alpha, sigma, cond, **kwargs))
 
     def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
         """λ_t·∇_{x_t}E_t, shaped like x_t, for an estimator with ``explicit_gradient``."""
-        grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
-        return self.weight(alpha, sigma).to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
+        return self._weighted(alpha, sigma, self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs))
 
     def value_and_x_t_gradient(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs
@@ -75,12 +79,11 @@ class Tempered:
         """(λ_t·E_t, λ_t·∇_{x_t}E_t), in one pass where the estimator offers one."""
         both = getattr(self.estimator, "value_and_x_t_gradient", None)
         if both is None:
-            return self(x_t, alpha, sigma, cond, **kwargs), self.x_t_gradient(
-                x_t, alpha, sigma, cond, **kwargs
-            )
-        value, grad = both(x_t, alpha, sigma, cond, **kwargs)
-        lam = self.weight(alpha, sigma)
-        return lam.to(value) * value, lam.to(grad).reshape((-1,) + (1,) * (grad.dim() - 1)) * grad
+            value = self.estimator(x_t, alpha, sigma, cond, **kwargs)
+            grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
+        else:
+            value, grad = both(x_t, alpha, sigma, cond, **kwargs)
+        return self._weighted(alpha, sigma, value), self._weighted(alpha, sigma, grad)
 
     def __repr__(self) -> str:
         return f"Tempered({self.estimator!r}, power={self.power:g})"
