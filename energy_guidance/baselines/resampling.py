@@ -1,0 +1,197 @@
+"""Importance resampling of unguided samples: the baseline every guided sampler must beat.
+
+Draw a pool of N unguided samples x_i ~ q (the model's own distribution), weigh them by
+w_i ∝ exp(-β·E(x_i)) and resample with replacement: as N → ∞ the draws follow
+
+    p(x) ∝ q(x)·exp(-β·E(x)),
+
+the guided samplers' target, with no guidance, no gradient and no approximation beyond the
+pool's size; the weights' effective sample size ESS = 1/Σ w_i² (normalised w) says how much of
+the pool is left. With a condition per output row (RL states), each row has its own pool of N
+candidates drawn for its condition and picks among them only: as β → ∞ this is best-of-N
+selection (IDQL-style, the lowest energy of N). A guided sampler is worth its cost only if it
+beats this baseline given the same budget: :func:`equal_cost_pool` converts a method's measured
+:class:`~.cost.Cost` into the pool size the baseline could have drawn with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..callables import Energy, call_energy
+from ..sampling import _rows, sample
+from .cost import Cost
+
+MAX_CHUNK = 4096  # pool samples drawn per call of the sampler, to bound memory
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """The result of :func:`importance_resampling`.
+
+    samples:      (B, ...) the resampled points, ``shape``.
+    log_weights:  the pool's normalised log weights log w_i = -β·E(x_i) - logsumexp(-β·E),
+                  (pool,), or (B, pool) with a condition (row b: its own candidates).
+    ess:          Kish's effective sample size 1/Σ w_i² of the pool, () or (B,).
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    ess: Tensor
+
+    @property
+    def ess_fraction(self) -> Tensor:
+        """``ess / pool``, in (0, 1]: 1 for equal weights, 1/pool when one sample takes all."""
+        return self.ess / self.log_weights.shape[-1]
+
+
+def effective_sample_size(log_weights: Tensor, dim: int = -1) -> Tensor:
+    """Kish's effective sample size (Σ w)² / Σ w² along ``dim`` from unnormalised log weights,
+    computed as exp(2·logsumexp(log w) - logsumexp(2·log w)) in float64, so that neither large
+    nor very negative log weights overflow (adding a constant to them changes nothing). Weights
+    of -inf count as zero; the result lies in [1, n] for n weights along ``dim``."""
+    log_w = log_weights.to(torch.float64)
+    return torch.exp(2 * torch.logsumexp(log_w, dim=dim) - torch.logsumexp(2 * log_w, dim=dim))
+
+
+def importance_resampling(
+    scheduler,
+    model: Callable,
+    shape: tuple[int, ...],
+    energy: Energy,
+    beta: float,
+    *,
+    pool: int,
+    cond=None,
+    num_inference_steps: int = 25,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> Resampled:
+    """``shape[0]`` samples of q·exp(-β·E) by importance resampling of unguided samples.
+
+    Without ``cond``: draws ``pool`` unguided samples (``pool`` may be smaller or larger than
+    ``shape[0]``) with :func:`~energy_guidance.sample`, evaluates ``energy`` on them (no grad;
+    ``energy(x)``), and draws ``shape[0]`` of them with replacement with probabilities
+    softmax(-β·E).
+
+    With ``cond`` (one row per output sample: a tensor of leading size ``shape[0]``, or a dict,
+    list or tuple whose per-sample tensors have that leading size; other entries are shared):
+    ``pool`` candidates PER output row, drawn for that row's condition, and each row draws one of
+    its own candidates with probabilities softmax(-β·E(x, cond)) over them. As β grows each row
+    takes its lowest-energy candidate: best of ``pool`` (IDQL-style selection).
+
+    The sampler and the energy run without autograd. The pool is drawn in calls of at most
+    :data:`MAX_CHUNK` samples, in order; with ``cond`` candidate j of row b is pool sample
+    b·pool + j (the rows' conditions repeated ``pool`` times each), so a seeded ``generator``
+    gives the same pool as one call of :func:`~energy_guidance.sample` of that size where the
+    pool fits one chunk. The resampling indices are drawn from ``generator`` too (after the
+    pool). ``scheduler``, ``model``, ``num_inference_steps``, ``device``, ``dtype`` and
+    ``progress`` are passed to :func:`~energy_guidance.sample`.
+    """
+    if len(shape) < 1 or int(shape[0]) < 1:
+        raise ValueError(f"shape[0] (the number of output samples) must be >= 1, got shape {tuple(shape)}")
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool must be an integer >= 1, got {pool!r}")
+    beta = float(beta)
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+    batch = int(shape[0])
+    if isinstance(cond, Tensor) and (cond.dim() == 0 or cond.shape[0] != batch):
+        rows = "a scalar" if cond.dim() == 0 else f"{cond.shape[0]} rows"
+        raise ValueError(f"cond must have one row per output sample, shape[0] = {batch}; got {rows}")
+    if device is None and isinstance(cond, Tensor):
+        device = cond.device
+
+    total = pool if cond is None else batch * pool
+    chunks, energies = [], []
+    with torch.no_grad():
+        for start in range(0, total, MAX_CHUNK):
+            stop = min(start + MAX_CHUNK, total)
+            rows = None
+            if cond is not None:
+                index = torch.arange(start, stop) // pool
+                if isinstance(cond, Tensor):
+                    index = index.to(cond.device)
+                rows = _rows(cond, index, batch)
+            x = sample(
+                scheduler,
+                model,
+                (stop - start, *shape[1:]),
+                cond=rows,
+                num_inference_steps=num_inference_steps,
+                generator=generator,
+                device=device,
+                dtype=dtype,
+                progress=progress,
+            )
+            chunks.append(x)
+            energies.append(call_energy(energy, x, rows).detach().to(torch.float64))
+    candidates = torch.cat(chunks)
+    log_weights = -beta * torch.cat(energies)
+    if cond is not None:
+        log_weights = log_weights.reshape(batch, pool)
+    log_weights = torch.log_softmax(log_weights, dim=-1)
+    probabilities = log_weights.exp()
+    if generator is not None:
+        probabilities = probabilities.to(generator.device)
+    if cond is None:
+        index = torch.multinomial(probabilities, batch, replacement=True, generator=generator)
+    else:
+        picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+        index = torch.arange(batch, device=picked.device) * pool + picked
+    samples = candidates[index.to(candidates.device)]
+    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+
+
+def equal_cost_pool(cost: Cost, unguided_per_sample: Cost, batch: int, *, per_condition: bool = False) -> int:
+    """The pool size whose unguided cost equals ``cost``, a method's measured cost for ``batch``
+    output samples: how many unguided samples the same budget buys.
+
+    ``unguided_per_sample`` is the cost of ONE unguided sample (a measured unguided run's
+    :class:`~.cost.Cost` divided by its sample count: passes = the number of model evaluations
+    per sample, ``num_inference_steps`` for :func:`~energy_guidance.sample`). The budget is
+    converted twice, by wall time, floor(cost.seconds / unguided_per_sample.seconds), and by
+    model passes, floor(cost.passes / unguided_per_sample.passes), and the LARGER is returned:
+    deliberately, the baseline gets the benefit of the doubt (a guided method that backpropagates
+    through the model may be cheap in seconds on one machine and dear in passes, or the other way
+    round; it has to beat the baseline under whichever measure favours the baseline). A measure
+    whose per-sample cost is 0 (not measured) is left out. The result is at least ``batch``: the
+    baseline draws at least one candidate per output.
+
+    ``per_condition=True``: the pool per output row, as :func:`importance_resampling` takes it
+    with ``cond``: the total divided by ``batch`` (rounded down), at least 1.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    for name, value in (("cost", cost), ("unguided_per_sample", unguided_per_sample)):
+        if not all(math.isfinite(v) and v >= 0 for v in (value.seconds, value.passes)):
+            raise ValueError(f"{name} must have finite seconds and passes >= 0, got {value}")
+    if unguided_per_sample.seconds == 0 and unguided_per_sample.passes == 0:
+        raise ValueError(f"unguided_per_sample must have seconds or passes > 0, got {unguided_per_sample}")
+    pools = [
+        _units(spent, unit)
+        for spent, unit in (
+            (cost.seconds, unguided_per_sample.seconds),
+            (cost.passes, unguided_per_sample.passes),
+        )
+        if unit > 0
+    ]
+    total = max(batch, *pools)
+    return max(1, total // batch) if per_condition else total
+
+
+def _units(spent: float, unit: float) -> int:
+    """floor(spent / unit), exact for integers and forgiving of binary rounding for floats
+    (0.3 s / 0.1 s is 2.9999999999999996: 3 units)."""
+    if isinstance(spent, int) and isinstance(unit, int):
+        return spent // unit
+    ratio = spent / unit
+    nearest = round(ratio)
+    return nearest if math.isclose(ratio, nearest, rel_tol=1e-9) else math.floor(ratio)
