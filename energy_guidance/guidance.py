@@ -6,35 +6,74 @@ which in noise-prediction form is
     ε̃(x_t) = ε̂(x_t) + scale · σ_t · ∇_{x_t} E_t(x_t).                         (2)
 
 ε̃ is converted back to the scheduler's prediction type and handed to ``scheduler.step``
-unchanged, so any supported scheduler integrates the guided model. With ``rescale=True`` the
-guided score is rescaled per sample to the norm of the unguided one (AEPO's guidance rescale):
-ε̃ ← ε̃ · ‖ε̂‖ / ‖ε̃‖.
+unchanged, so any supported scheduler integrates the guided model.
 
-Two modes:
-- training-free (an ``energy``): E_t is the closed form (1) with x̄ = x̂0
-  (:class:`~energy_guidance.closed_form.ClosedForm`), differentiated through the noise model,
-  the energy and the variance estimate with autograd;
-- amortized (``estimator=`` an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, or
-  any :class:`IntermediateEnergyEstimator`): only the estimator is differentiated.
+Estimators of E_t:
+- the default (an ``energy`` and nothing else): :class:`~energy_guidance.importance.ImportanceTilt`,
+  importance sampling of the Gaussian posterior around a safeguarded Newton step, the guided x̂0
+  kept within the data's range; its posterior variance and range come from ``variance_table``
+  or, without one, from the model's own samples (:mod:`energy_guidance.calibration`, once);
+- the paper's closed form (an ``energy`` with any of ``variance``, ``order``, ``gradient``,
+  ``floor``, or ``estimator=ClosedForm(energy, beta)``): (1) or (3) with x̄ = x̂0, by default
+  differentiated through the model with autograd (:class:`~energy_guidance.closed_form.ClosedForm`);
+- amortized (``estimator=`` an :class:`~energy_guidance.amortized.IntermediateEnergyNet`, or any
+  :class:`IntermediateEnergyEstimator`): only the estimator is differentiated.
+
+``rescale`` bounds the guidance term: ``True`` caps ‖ε̃ - ε̂‖ at ‖ε̂‖ per sample (a positive
+multiple of the guidance, so it can only shorten the step toward lower energy); ``"paper"`` is
+AEPO's guidance rescale ε̃ ← ε̃·‖ε̂‖/‖ε̃‖, which also shrinks the model's own denoising direction
+and can raise the energy (docs/math.md).
+
+A guided step whose change to ε̂ exceeds :data:`EXPLOSION_RATIO` times ‖ε̂‖ raises a
+:class:`GuidanceExplosionWarning` naming the step and the fix.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from .calibration import calibrate
 from .callables import GUIDED_OUTPUT, Energy, call_model, check_finite, estimator_sources, located
 from .closed_form import ClosedForm
+from .importance import ImportanceTilt
 from .sampling import StepInfo, sample
 from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
 # ε -> x0 conversion divides by ~0 (only the first step of a flow-matching schedule).
 _MIN_ALPHA = 1e-6
+
+# A guided change to ε̂ larger than this many times ‖ε̂‖ is reported (GuidanceExplosionWarning).
+EXPLOSION_RATIO = 100.0
+RESCALE = (False, True, "paper")
+
+
+class GuidanceExplosionWarning(RuntimeWarning):
+    """A guided step changed the model's prediction by far more than the prediction itself."""
+
+
+def _check_beta(beta) -> float:
+    """β as a float, or a one-line error naming it."""
+    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
+        beta = beta.item()
+    if isinstance(beta, bool) or not isinstance(beta, int | float):
+        raise TypeError(
+            f"beta must be a number (an inverse temperature >= 0), got {type(beta).__name__} {beta!r}"
+        )
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0 (lower energy is better), got {beta}")
+    return float(beta)
+
+
+def _number(timestep) -> str:
+    value = timestep.item() if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 else timestep
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 class IntermediateEnergyEstimator(Protocol):
@@ -59,10 +98,13 @@ def _uses_model_graph(estimator) -> bool:
 class AnalyticEnergyGuidance:
     """Energy guidance for a diffusers scheduler and a noise/velocity/sample-prediction model.
 
-    Training-free: ``AnalyticEnergyGuidance(scheduler, model, energy, beta, variance=...)`` builds
-    the estimator :class:`~energy_guidance.closed_form.ClosedForm` (energy, β, variance).
-    Any other estimator: ``AnalyticEnergyGuidance(scheduler, model, estimator=net)``; β is the
-    estimator's own (``net.beta``).
+    ``AnalyticEnergyGuidance(scheduler, model, energy, beta)`` is the safe default: the
+    estimator :class:`~energy_guidance.importance.ImportanceTilt`, calibrated once from the
+    model's own samples unless ``variance_table`` is given. Giving any of ``variance``,
+    ``order``, ``gradient`` or ``floor`` selects the paper's closed form
+    :class:`~energy_guidance.closed_form.ClosedForm` instead (the others at the paper's values:
+    ``variance="jacobian"``, ``order=1``, ``gradient="autograd"``). Any other estimator:
+    ``AnalyticEnergyGuidance(scheduler, model, estimator=net)``; β is the estimator's own.
 
     Args:
         scheduler: a supported diffusers scheduler (:data:`SUPPORTED_SCHEDULERS`) or a subclass.
@@ -70,19 +112,19 @@ class AnalyticEnergyGuidance:
             prediction type (tensor, or object with ``.sample``).
         energy: ``energy(x0)`` or ``energy(x0, cond)`` -> (B,), lower is better, differentiable.
         beta: inverse temperature β ≥ 0 of the target q(x)·exp(-β·E(x)).
-        estimator: an :class:`IntermediateEnergyEstimator`; replaces ``energy`` and ``variance``.
-        variance: posterior-variance estimator of the closed form, an object of
+        estimator: an :class:`IntermediateEnergyEstimator`; replaces ``energy`` and the options below.
+        variance: the closed form's posterior-variance estimator, an object of
             :mod:`energy_guidance.posterior` or its shortcut (a name, or a number c for c·I).
-        variance_table: the table a variance named by string reads (``"eps_norm"``, ``"data_var"``,
-            ``"diagonal"``).
-        order: 1 for the paper's first-order closed form (1), 2 for the second-order form (3)
-            that is exact for quadratic energies (:mod:`energy_guidance.closed_form`).
-        floor: order 2 only: the smallest eigenvalue I + βΣ̂H may keep (its treatment of
-            non-convex energies, :mod:`energy_guidance.closed_form`).
-        gradient: ``"autograd"`` (through the model, the paper's) or ``"tweedie"`` (the Tweedie
-            chain rule with Σ̂, no backward pass through the model); see
-            :class:`~energy_guidance.closed_form.ClosedForm`.
-        rescale: rescale the guided score to the unguided score's norm, per sample.
+        variance_table: a :class:`~energy_guidance.posterior.VarianceTable` from the user's data:
+            the default estimator's variance and range (instead of calibrating from the model),
+            or the table a closed-form variance named by string reads.
+        order: the closed form's order: 1 for the paper's (1), 2 for (3), exact for quadratic
+            energies (:mod:`energy_guidance.closed_form`).
+        floor: order 2 only: the smallest eigenvalue I + βΣ̂H may keep.
+        gradient: the closed form's ∇_{x_t}E_t: ``"autograd"`` (through the model, the paper's)
+            or ``"tweedie"`` (the Tweedie chain rule, no backward pass through the model).
+        rescale: ``True`` caps the guidance term at the norm of ε̂ per sample; ``"paper"`` is
+            AEPO's guidance rescale (module docstring); ``False`` (default) neither.
         scale: multiplies the guidance term of (2); 1 is the exact target.
         allow_clipping: the scheduler clips x̂0 (``clip_sample``, ``thresholding``) on purpose; without
             it such a scheduler gets a :class:`~energy_guidance.schedules.ClippingWarning` once,
@@ -97,39 +139,65 @@ class AnalyticEnergyGuidance:
         beta: float | None = None,
         *,
         estimator: IntermediateEnergyEstimator | None = None,
-        variance="jacobian",
+        variance=None,
         variance_table=None,
-        order: int = 1,
-        floor: float = 1.0,
-        gradient: str = "autograd",
-        rescale: bool = False,
+        order: int | None = None,
+        floor: float | None = None,
+        gradient: str | None = None,
+        rescale: bool | str = False,
         scale: float = 1.0,
         allow_clipping: bool = False,
     ) -> None:
-        if beta is not None and not math.isfinite(float(beta)):
-            raise ValueError(f"beta must be finite (an inverse temperature >= 0), got {beta}")
-        if not math.isfinite(float(scale)):
-            raise ValueError(f"scale must be finite, got {scale}")
+        if beta is not None:
+            beta = _check_beta(beta)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
+        if rescale not in RESCALE or (rescale is not True and rescale is not False and rescale != "paper"):
+            raise ValueError(
+                f"rescale must be False, True (cap the guidance at ‖ε̂‖) or 'paper', got {rescale!r}"
+            )
+        if estimator is not None and not callable(estimator):
+            raise TypeError(
+                f"estimator must be an intermediate-energy estimator (a callable such as ClosedForm or an "
+                f"IntermediateEnergyNet), got {type(estimator).__name__}"
+            )
+        closed_form_options = {"variance": variance, "order": order, "floor": floor, "gradient": gradient}
         if estimator is None:
             if energy is None or beta is None:
                 raise ValueError("give an energy and beta (training-free) or an estimator (e.g. a network)")
-            estimator = ClosedForm(
-                energy, beta, variance, variance_table, order=order, floor=floor, gradient=gradient
-            )
+            if not callable(energy):
+                raise TypeError(
+                    f"energy must be a callable energy(x0[, cond]) -> (B,), got {type(energy).__name__}"
+                )
+            if all(v is None for v in closed_form_options.values()):
+                estimator = ImportanceTilt(energy, beta, variance_table)
+            else:
+                estimator = ClosedForm(
+                    energy,
+                    beta,
+                    "jacobian" if variance is None else variance,
+                    variance_table,
+                    order=1 if order is None else order,
+                    floor=1.0 if floor is None else floor,
+                    gradient="autograd" if gradient is None else gradient,
+                )
         elif energy is not None:
-            raise ValueError("give an energy (training-free closed form) or an estimator, not both")
+            raise ValueError("give an energy (training-free) or an estimator, not both")
+        elif any(v is not None for v in closed_form_options.values()):
+            given = sorted(k for k, v in closed_form_options.items() if v is not None)
+            raise ValueError(
+                f"{', '.join(given)} configure the closed form built from an energy, not an estimator"
+            )
         estimator_beta = getattr(estimator, "beta", None)
         if beta is None:
             if estimator_beta is None:
                 raise ValueError(f"{type(estimator).__name__} has no .beta; pass beta=")
-            beta = estimator_beta
+            beta = _check_beta(estimator_beta)
         elif estimator_beta is not None and float(estimator_beta) != float(beta):
             raise ValueError(
                 f"the estimator was built for beta={estimator_beta}, not beta={beta}; "
                 "retrain it or use `scale` to strengthen or weaken its guidance"
             )
-        if not (beta >= 0 and math.isfinite(float(beta))):
-            raise ValueError(f"beta must be >= 0 (lower energy is better) and finite, got {beta}")
         self.scheduler = scheduler
         self.model = model
         self.estimator = estimator
@@ -138,6 +206,7 @@ class AnalyticEnergyGuidance:
         self.scale = float(scale)
         self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
         self.allow_clipping = bool(allow_clipping)
+        self._warned_explosion = False
         if not self.allow_clipping:
             warn_if_clipping(scheduler)
 
@@ -161,6 +230,14 @@ class AnalyticEnergyGuidance:
     def amortized(self) -> bool:
         """True when only the estimator is differentiated (no backward pass through the model)."""
         return not _uses_model_graph(self.estimator)
+
+    def _ready(self, x_t: Tensor, cond) -> None:
+        """Calibrate the default estimator from the model's own samples on first use (once; the
+        table is shared with every :meth:`replace` copy, which holds the same estimator)."""
+        if isinstance(self.estimator, ImportanceTilt) and self.estimator.table is None:
+            self.estimator.table = calibrate(
+                self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
+            )
 
     def _levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample (α, σ) of shape (B,), on ``like``'s device and dtype."""
@@ -190,6 +267,7 @@ class AnalyticEnergyGuidance:
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
+        self._ready(x_t, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         with torch.enable_grad():
             value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
@@ -197,6 +275,7 @@ class AnalyticEnergyGuidance:
 
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
+        self._ready(x_t, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
@@ -237,6 +316,7 @@ class AnalyticEnergyGuidance:
         needs at every step (:func:`~energy_guidance.smc_sample`), where
         :meth:`intermediate_energy`, the model and :meth:`guided_model_output` would evaluate
         the model three times."""
+        self._ready(x_t, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: no guidance, as in guided_model_output
             with located(timestep):
@@ -256,6 +336,7 @@ class AnalyticEnergyGuidance:
         ``x_t`` is the model input (after ``scheduler.scale_model_input``). With ``return_info``
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
+        self._ready(x_t, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
             with located(timestep):
@@ -272,15 +353,48 @@ class AnalyticEnergyGuidance:
     def _combine(self, x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat) -> tuple[Tensor, StepInfo]:
         """Equation (2) from ∇E_t, ε̂ and x̂0: the guided output and its :class:`StepInfo`."""
         shape = (-1,) + (1,) * (x_t.dim() - 1)
-        eps = eps_hat + self.scale * sigma.reshape(shape) * grad
-        if self.rescale:
-            norm = eps_hat.flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)
-            eps = eps * norm.reshape(shape)
-        delta = eps - eps_hat
+        delta = self.scale * sigma.reshape(shape) * grad
+        own = eps_hat.flatten(1).norm(dim=1)
+        size = delta.flatten(1).norm(dim=1)
+        self._check_explosion(size, own, eps_hat[0].numel(), timestep)
+        if self.rescale is True:  # cap ‖ε̃ - ε̂‖ at ‖ε̂‖: a positive multiple of the guidance
+            delta = delta * (own / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp(max=1).reshape(shape)
+        elif self.rescale == "paper":  # AEPO: ε̃ ← ε̃·‖ε̂‖/‖ε̃‖
+            eps = eps_hat + delta
+            eps = eps * (own / eps.flatten(1).norm(dim=1).clamp_min(1e-12)).reshape(shape)
+            delta = eps - eps_hat
+        eps = eps_hat + delta
         x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
         guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
         check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
+
+    def _check_explosion(self, size: Tensor, own: Tensor, dim: int, timestep) -> None:
+        """Warn (once per guidance) when the guidance term ‖σ·∇E_t‖ is over :data:`EXPLOSION_RATIO`
+        times the model's own ‖ε̂‖, or √d where ‖ε̂‖ is smaller (ε̂ estimates unit-variance noise, so
+        a sample whose ε̂ happens to be near 0 is not flagged for a modest step)."""
+        if self._warned_explosion:
+            return
+        ratio = size / own.clamp_min(math.sqrt(dim))
+        worst = float(ratio.max()) if ratio.numel() else 0.0
+        if not worst > EXPLOSION_RATIO:
+            return
+        count = int((ratio > EXPLOSION_RATIO).sum())
+        self._warned_explosion = True
+        if isinstance(self.estimator, ClosedForm) and self.estimator.gradient == "autograd":
+            fix = (
+                "the paper's closed form differentiated through a learned model is unstable: use the default "
+                "(AnalyticEnergyGuidance(scheduler, model, energy, beta) with no variance/order/gradient), "
+                "or gradient='tweedie'"
+            )
+        else:
+            fix = "lower beta or scale, use the default estimator, or rescale=True to cap the guidance at ‖ε̂‖"
+        warnings.warn(
+            f"guidance exploded at timestep {_number(timestep)}: the guided change to ε̂ is {worst:.3g}× the "
+            f"model's own ‖ε̂‖ for {count} of {ratio.numel()} samples; {fix}",
+            GuidanceExplosionWarning,
+            stacklevel=2,
+        )
 
     def sample(
         self,

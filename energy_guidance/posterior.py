@@ -49,8 +49,10 @@ class VarianceTable:
 
     Rows are sorted by log-SNR λ = log(α²/σ²); lookups interpolate linearly in λ, so a table
     built with one scheduler serves any other. Shapes: ``log_snr`` (L,), ``eps_norm`` (L,),
-    ``data_var`` (L,), ``diagonal`` (L, d) with d the flattened sample size, and the per-dimension
-    data variance ``data_variance`` (d,), the upper bound of every marginal estimate.
+    ``data_var`` (L,), ``diagonal`` (L, d) with d the flattened sample size, the per-dimension
+    data variance ``data_variance`` (d,), the upper bound of every marginal estimate, and the
+    per-dimension data range ``data_low``, ``data_high`` (d,) (the default estimator's box,
+    :mod:`energy_guidance.importance`).
     """
 
     log_snr: Tensor
@@ -58,6 +60,8 @@ class VarianceTable:
     data_var: Tensor
     diagonal: Tensor
     data_variance: Tensor | None = None
+    data_low: Tensor | None = None
+    data_high: Tensor | None = None
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
@@ -87,7 +91,8 @@ class VarianceTable:
         return value if bound is None else torch.minimum(value, bound)
 
     def save(self, path: str) -> None:
-        names = ("log_snr", *TABLE_METHODS) + (() if self.data_variance is None else ("data_variance",))
+        optional = ("data_variance", "data_low", "data_high")
+        names = ("log_snr", *TABLE_METHODS, *(k for k in optional if getattr(self, k) is not None))
         save_tensors(
             path,
             {k: getattr(self, k) for k in names},
@@ -154,6 +159,8 @@ def estimate_variance_table(
         data_var=torch.tensor([r[2] for r in rows], dtype=torch.float32),
         diagonal=torch.stack([r[3] for r in rows]).float(),
         data_variance=var.float(),
+        data_low=flat.min(0).values.float().cpu(),
+        data_high=flat.max(0).values.float().cpu(),
     )
 
 

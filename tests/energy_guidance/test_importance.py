@@ -1,0 +1,125 @@
+"""importance.py: the default estimator, ImportanceTilt, against closed forms.
+
+A VarianceTable with a constant ratio r stands for the posterior N(x̂0, Σ̂), Σ̂ = r·σ²/α²·I, so
+that every expectation below is over a known Gaussian.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from energy_guidance import VarianceTable
+from energy_guidance.importance import RANGE_MARGIN, ImportanceTilt
+from energy_guidance.schedules import Prediction
+
+D = 3
+
+
+def table(ratio: float, low: float = -50.0, high: float = 50.0, d: int = D) -> VarianceTable:
+    """Σ̂ = ratio·σ²/α²·I at every level (no data-variance bound), data range [low, high]^d."""
+    return VarianceTable(
+        log_snr=torch.tensor([-20.0, 20.0]),
+        eps_norm=torch.full((2,), ratio),
+        data_var=torch.full((2,), ratio),
+        diagonal=torch.full((2, d), ratio),
+        data_low=torch.full((d,), low),
+        data_high=torch.full((d,), high),
+    )
+
+
+def call(estimator: ImportanceTilt, x0: torch.Tensor, s: float):
+    """(E_t, ∇_{x_t}E_t, tilted mean) at x̂0 with α = 1, σ² = s (so Σ̂ = ratio·s·I)."""
+    b = x0.shape[0]
+    alpha, sigma = torch.ones(b, dtype=x0.dtype), torch.full((b,), math.sqrt(s), dtype=x0.dtype)
+    value, grad = estimator.value_and_x_t_gradient(
+        x0, alpha, sigma, prediction=Prediction(eps=torch.zeros_like(x0), x0=x0)
+    )
+    return value, grad, x0 - (sigma**2 / alpha)[:, None] * grad  # m̃ = x̂0 - (σ²/α)·∇_{x_t}E_t
+
+
+@settings(deadline=None, max_examples=30)
+@given(beta=st.floats(0.01, 30.0), s=st.floats(0.01, 4.0), seed=st.integers(0, 2**16))
+def test_linear_energy_is_exact(beta, s, seed):
+    """E = wᵀx over N(x̂0, sI): m̃ = x̂0 - β·s·w and E_t = β·wᵀx̂0 - ½β²·s·‖w‖², whatever the draws
+    (the Newton step is the tilted mean, so every importance weight is equal)."""
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    est = ImportanceTilt(lambda x: x @ w, beta, table(1.0, -1e6, 1e6), seed=seed)
+    x0 = torch.randn(16, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    value, _, mean = call(est, x0, s)
+    torch.testing.assert_close(mean, x0 - beta * s * w, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(value, beta * x0 @ w - 0.5 * beta**2 * s * w.dot(w), rtol=1e-9, atol=1e-9)
+
+
+@settings(deadline=None, max_examples=30)
+@given(beta=st.floats(0.01, 30.0), k=st.floats(0.1, 20.0), s=st.floats(0.01, 4.0))
+def test_newton_step_is_the_tilted_mean_of_an_isotropic_quadratic(beta, k, s):
+    """E = ½k‖x - c‖² over N(x̂0, sI): the tilted posterior is Gaussian with mean
+    (x̂0 + β·s·k·c)/(1 + β·s·k), which is the proposal's centre x̂0 + Δ."""
+    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    est = ImportanceTilt(lambda x: 0.5 * k * (x - c).pow(2).sum(1), beta, table(1.0))
+    x0 = torch.randn(8, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    shift = est._newton_shift(x0, x0, torch.full_like(x0, s), None)
+    torch.testing.assert_close(x0 + shift, (x0 + beta * s * k * c) / (1 + beta * s * k), rtol=1e-9, atol=1e-9)
+
+
+def test_tilted_mean_of_an_isotropic_quadratic_is_exact():
+    """E = ½k‖x - c‖²: the proposal is centred on the exact tilted mean and the draws come in
+    antithetic pairs, on which the importance weights are equal (the weight depends on ‖z‖ only),
+    so m̃ is exact whatever the draws."""
+    k, beta, s = 4.0, 2.0, 0.5
+    c = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)
+    est = ImportanceTilt(lambda x: 0.5 * k * (x - c).pow(2).sum(1), beta, table(1.0))
+    x0 = torch.randn(64, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, _, mean = call(est, x0, s)
+    torch.testing.assert_close(mean, (x0 + beta * s * k * c) / (1 + beta * s * k), rtol=1e-9, atol=1e-9)
+
+
+def test_plateau_energy_moves_toward_the_low_side():
+    """A step E = sigmoid(κ(a - x₁)) with no gradient at x̂0: the draws find the step. Exact tilted
+    mean of x₁ over N(0, s) for the hard step (κ → ∞): E[x₁·w]/E[w] with w = e^{-β} below a,
+    1 above; the estimate averaged over R calls must be within Z SE of the smooth step's own
+    value, which lies between the untilted 0 and the hard step's mean."""
+    beta, s, a, repeats, z = 5.0, 1.0, 1.0, 400, 5.0
+    est = ImportanceTilt(lambda x: torch.sigmoid(50 * (a - x[:, 0])), beta, table(1.0))
+    x0 = torch.zeros(repeats, D, dtype=torch.float64)
+    _, _, mean = call(est, x0, s)
+    normal = torch.distributions.Normal(0.0, math.sqrt(s))
+    above = 1 - float(normal.cdf(torch.tensor(a)))
+    density = float(normal.log_prob(torch.tensor(a)).exp())
+    hard = (1 - math.exp(-beta)) * s * density / (math.exp(-beta) * (1 - above) + above)
+    estimate, se = float(mean[:, 0].mean()), float(mean[:, 0].std()) / math.sqrt(repeats)
+    assert estimate > z * se  # it moved
+    assert abs(estimate - hard) < 0.15 * hard + z * se, (estimate, hard)  # 0.15: the step's width 1/50
+
+
+@settings(deadline=None, max_examples=40)
+@given(beta=st.floats(0.1, 100.0), scale=st.floats(0.1, 100.0), s=st.floats(0.01, 10.0))
+def test_accepted_newton_step_never_overshoots_a_bounded_energy(beta, scale, s):
+    """The safeguard: an accepted step satisfies ½ΔᵀΣ̂⁻¹Δ ≤ β(E(x̂0) - E(x̂0 + Δ)) ≤ β·range(E),
+    here for a sigmoid step of any steepness (range 1)."""
+    est = ImportanceTilt(lambda x: torch.sigmoid(scale * (1 - x[:, 0])), beta, table(1.0))
+    x0 = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None].expand(61, D).contiguous()
+    var = torch.full_like(x0, s)
+    shift = est._newton_shift(x0, x0, var, None)
+    assert (0.5 * (shift**2 / var).sum(1) <= beta * (1 + 1e-9)).all()
+
+
+def test_tilted_mean_stays_in_the_data_range():
+    """A linear energy at β = 1000 would move m̃ by 1000·s; it stops at the widened data box."""
+    est = ImportanceTilt(lambda x: -x.sum(1), 1000.0, table(1.0, -1.0, 1.0))
+    x0 = torch.zeros(4, D, dtype=torch.float64)
+    _, _, mean = call(est, x0, 1.0)
+    torch.testing.assert_close(mean, torch.full_like(mean, 1 + 2 * RANGE_MARGIN))
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="beta"):
+        ImportanceTilt(lambda x: x.sum(1), -1.0)
+    with pytest.raises(ValueError, match="num_pairs"):
+        ImportanceTilt(lambda x: x.sum(1), 1.0, num_pairs=0)
+    est = ImportanceTilt(lambda x: x.sum(1), 1.0)
+    with pytest.raises(RuntimeError, match="VarianceTable"):
+        call(est, torch.zeros(2, D), 1.0)
