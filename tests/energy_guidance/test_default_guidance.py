@@ -1,0 +1,213 @@
+"""The default guidance, ``AnalyticEnergyGuidance(scheduler, model, energy, beta)``, as a user meets it.
+
+Issue 17's bar for the default, checked with a TRAINED model (the small ε-MLP of
+test_trained_models.py, 1,500 Adam steps on the two-mode mixture) and with the exact model of a
+32-D mixture under a sharp quadratic:
+
+- finite, and inside the data's range (|x| ≤ 8; the data lie within |x| < 4.5);
+- at least half of the unguided energy gap closed: E_un − E_guided ≥ ½·(E_un − E_target) − Z·SE,
+  the SE combining the Monte Carlo errors of the three means (the target's by its importance
+  weights, Σw²(E − Ē)²);
+- no farther from the target than unguided sampling: SW2(guided, target) < SW2(unguided, target),
+  both with the same number of samples and the same projections.
+
+The target is the model's own tilted target: its unguided samples weighted by exp(−β·E) (for the
+trained model), or the exact tilted mixture (for the exact one).
+"""
+
+import math
+import warnings
+
+import diffusers
+import pytest
+import torch
+
+from energy_guidance import AnalyticEnergyGuidance, NonFiniteError, sample
+from energy_guidance.groundtruth import GaussianMixture, sliced_wasserstein
+from energy_guidance.guidance import GuidanceExplosionWarning
+from energy_guidance.training import fit
+
+from .schedulers import make_scheduler
+from .test_trained_models import DATA, MLP, adapted
+
+GUIDED, REFERENCE, STEPS, Z, BOUND = 1000, 20000, 20, 5.0, 8.0
+C = torch.tensor([1.0, 1.5])
+ENERGIES = {
+    "distance": lambda x: (x - C.to(x)).norm(dim=1),
+    "sharp quadratic": lambda x: 5 * (x - C.to(x)).pow(2).sum(1),
+}
+
+
+@pytest.fixture(scope="module")
+def eps_model():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    pool = DATA.sample(50_000, generator=g)
+    ddpm = diffusers.DDPMScheduler(clip_sample=False)
+    model = MLP()
+
+    def loss():
+        i = torch.randint(0, len(pool), (256,), generator=g)
+        t = torch.randint(0, 1000, (256,), generator=g)
+        noise = torch.randn(256, 2, generator=g)
+        return (model(ddpm.add_noise(pool[i], noise, t), t) - noise).pow(2).mean()
+
+    fit(model, loss, steps=1500, lr=2e-3, progress=False)
+    return model.requires_grad_(False)
+
+
+_REFERENCES: dict[str, torch.Tensor] = {}
+
+
+def reference(name: str, model) -> torch.Tensor:
+    """REFERENCE unguided samples of the trained model on scheduler ``name`` (cached)."""
+    if name not in _REFERENCES:
+        scheduler = make_scheduler(name)
+        _REFERENCES[name] = sample(
+            scheduler,
+            adapted(model, "epsilon", scheduler),
+            (REFERENCE, 2),
+            num_inference_steps=STEPS,
+            generator=torch.Generator().manual_seed(1),
+        )
+    return _REFERENCES[name]
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
+    mean = float(weights @ values)
+    return mean, math.sqrt(float((weights**2 * (values - mean) ** 2).sum()))
+
+
+def check_bar(guided, unguided, target, weights, energy):
+    """The three parts of the bar (module docstring); ``weights`` None for an unweighted target."""
+    assert bool(torch.isfinite(guided).all())
+    assert float(guided.abs().max()) <= BOUND, float(guided.abs().max())
+    e_g, e_u, e_t = energy(guided).double(), energy(unguided).double(), energy(target).double()
+    if weights is None:
+        weights = torch.full((len(target),), 1 / len(target), dtype=torch.float64)
+    target_mean, target_se = weighted_mean(e_t, weights)
+    se = math.sqrt(e_g.var() / len(e_g) + e_u.var() / len(e_u) + target_se**2)
+    gap, closed = float(e_u.mean()) - target_mean, float(e_u.mean() - e_g.mean())
+    assert closed >= 0.5 * gap - Z * se, (float(e_g.mean()), float(e_u.mean()), target_mean, se)
+    gen = torch.Generator().manual_seed(3)
+    sw_guided = sliced_wasserstein(guided, target, generator=gen, y_weights=weights)
+    gen = torch.Generator().manual_seed(3)
+    sw_unguided = sliced_wasserstein(unguided, target, generator=gen, y_weights=weights)
+    assert sw_guided < sw_unguided, (sw_guided, sw_unguided)
+
+
+def run_case(eps_model, name: str, energy_name: str, beta: float):
+    energy = ENERGIES[energy_name]
+    ref = reference(name, eps_model)
+    weights = torch.softmax(-beta * energy(ref).double(), 0)
+    scheduler = make_scheduler(name)
+    guidance = AnalyticEnergyGuidance(scheduler, adapted(eps_model, "epsilon", scheduler), energy, beta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuidanceExplosionWarning)
+        guided = guidance.sample(
+            (GUIDED, 2), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(2)
+        )
+    check_bar(guided, ref[-GUIDED:], ref, weights, energy)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0, 5.0, 20.0])
+@pytest.mark.parametrize("energy_name", sorted(ENERGIES))
+def test_default_with_a_trained_model_meets_the_bar_on_dpm_solver(eps_model, energy_name, beta):
+    run_case(eps_model, "dpm++-eps", energy_name, beta)
+
+
+# One configuration per scheduler family (ε models; flow models are in test_trained_models.py).
+FAMILIES = [
+    "ddpm-eps", "ddim-v", "pndm-eps", "lcm-eps", "dpm-singlestep-eps", "deis-eps", "unipc-v",
+    "euler-eps", "euler-ancestral-eps", "lms-eps", "heun-eps", "kdpm2-eps", "edm-euler-eps",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_default_with_a_trained_model_meets_the_bar_on_every_family(eps_model, name):
+    run_case(eps_model, name, "distance", 5.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [0.1, 20.0])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_default_with_a_trained_model_meets_the_bar_on_every_family_mild_and_sharp(eps_model, name, beta):
+    run_case(eps_model, name, "sharp quadratic", beta)
+
+
+def quadratic_tilt(mixture: GaussianMixture, centre: torch.Tensor, k: float, beta: float) -> GaussianMixture:
+    """q(x)·exp(−β·½k‖x − c‖²)/Z for a diagonal mixture: each component N(μ, v) becomes
+    N(v'(μ/v + βk·c), v') with v' = v/(1 + βkv), weighted by π·N(c; μ, v + 1/(βk))."""
+    c = centre.to(torch.float64)
+    lam = beta * k
+    v = mixture.variances
+    new_var = v / (1 + lam * v)
+    new_mean = new_var * (mixture.means / v + lam * c)
+    spread = v + 1 / lam
+    log_w = torch.log(mixture.weights) - 0.5 * (
+        (c - mixture.means) ** 2 / spread + torch.log(2 * math.pi * spread)
+    ).sum(1)
+    return GaussianMixture(torch.softmax(log_w, 0), new_mean, new_var)
+
+
+def test_default_with_the_exact_32d_model_and_a_sharp_quadratic():
+    """The case where the paper's form reached |x| ≈ 6,000: d = 32, four components, exact noise
+    model, E = ½k‖x − c‖² with βk = 20, c near the lightest component."""
+    d = 32
+    g = torch.Generator().manual_seed(0)
+    means = 2 * torch.randn(4, d, generator=g, dtype=torch.float64)
+    variances = 0.1 + 0.4 * torch.rand(4, d, generator=g, dtype=torch.float64)
+    mixture = GaussianMixture(torch.tensor([0.4, 0.3, 0.2, 0.1]), means, variances)
+    centre = (means[3] + 0.5 * torch.randn(d, generator=g, dtype=torch.float64)).float()
+    k, beta = 10.0, 2.0
+
+    def energy(x):
+        return 0.5 * k * (x - centre.to(x)).pow(2).sum(1)
+
+    target = quadratic_tilt(mixture, centre, k, beta).sample(4 * GUIDED, generator=g)
+    scheduler = diffusers.DPMSolverMultistepScheduler()
+    model = mixture.noise_model(scheduler)
+    gen = torch.Generator().manual_seed(1)
+    unguided = sample(scheduler, model, (GUIDED, d), num_inference_steps=25, generator=gen)
+    guidance = AnalyticEnergyGuidance(scheduler, model, energy, beta)
+    guided = guidance.sample((GUIDED, d), num_inference_steps=25, generator=torch.Generator().manual_seed(2))
+    bound = float(mixture.sample(100_000, generator=g).abs().max())
+    assert float(guided.abs().max()) <= bound
+    global BOUND
+    saved, BOUND = BOUND, bound
+    try:
+        check_bar(guided, unguided, target, None, energy)
+    finally:
+        BOUND = saved
+
+
+def test_the_explosion_detector_names_the_papers_form_with_a_trained_model(eps_model):
+    """The paper's form differentiated through the trained model explodes (issue 17); the warning
+    fires and names the fix, before or instead of a non-finite error."""
+    scheduler = make_scheduler("dpm++-eps")
+    guidance = AnalyticEnergyGuidance(
+        scheduler, adapted(eps_model, "epsilon", scheduler), ENERGIES["distance"], 5.0, variance="jacobian"
+    )
+    with pytest.warns(GuidanceExplosionWarning, match="default"):
+        try:
+            guidance.sample((256, 2), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(2))
+        except NonFiniteError:
+            pass
+
+
+def test_capped_rescale_never_raises_the_energy(eps_model):
+    """rescale=True shortens the guidance term only, so the mean energy stays below unguided's
+    (within Monte Carlo error); AEPO's rescale ("paper") is what raised it (issue 17)."""
+    name, energy, beta = "dpm++-eps", ENERGIES["distance"], 5.0
+    ref = reference(name, eps_model)
+    scheduler = make_scheduler(name)
+    guidance = AnalyticEnergyGuidance(
+        scheduler, adapted(eps_model, "epsilon", scheduler), energy, beta, rescale=True
+    )
+    guided = guidance.sample(
+        (GUIDED, 2), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(2)
+    )
+    e_g, e_u = energy(guided).double(), energy(ref).double()
+    se = math.sqrt(e_g.var() / len(e_g) + e_u.var() / len(e_u))
+    assert float(e_g.mean()) <= float(e_u.mean()) + Z * se
+    assert float(e_g.mean()) < float(e_u.mean()) - Z * se  # and it still guides
