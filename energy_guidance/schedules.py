@@ -172,15 +172,19 @@ def warn_if_clipping(scheduler) -> None:
     if "thresholding" in options:
         limit = config.get("sample_max_value", 1.0)
         what.append(f"thresholding=True clips x̂0 dynamically (to at most ±{limit:g})")
-    unclipped = ""
-    if isinstance(scheduler, diffusers.DDIMScheduler) and "clip_sample" in options:
-        unclipped = " DDIM's update also keeps the unclipped ε̂ beside the clipped x̂0."
+    fix = ""
+    if "use_clipped_model_output" in inspect.signature(scheduler.step).parameters:
+        fix = (
+            " energy_guidance.sample, smc_sample and guide_pipeline step with use_clipped_model_output=True,"
+            " so there clipping saturates the guidance instead of reversing it; in a loop of your own pass"
+            " use_clipped_model_output=True to step()."
+        )
     off = ", ".join(f"{key}=False" for key in options)
     warnings.warn(
         f"{name}: {' and '.join(what)} inside step(), after guidance, so guided samples do not follow "
-        f"q·exp(-β·E): a guidance shift of x̂0 beyond the range is cut off, which can erase or reverse "
-        f"it.{unclipped} Turn it off with {name}.from_config(scheduler.config, {off}), or pass "
-        "allow_clipping=True if clipped samples are intended (data in the clipping range).",
+        f"q·exp(-β·E): a guidance shift of x̂0 beyond the range is cut off.{fix} For the exact target "
+        f"turn clipping off with {name}.from_config(scheduler.config, {off}) (data outside the range need "
+        "it off anyway); pass allow_clipping=True if clipped samples are intended.",
         ClippingWarning,
         stacklevel=3,
     )

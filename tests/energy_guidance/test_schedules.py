@@ -341,13 +341,14 @@ def _guide(scheduler, **kwargs):
     return AnalyticEnergyGuidance(scheduler, lambda x, t: x, lambda x: x.sum(1), beta=1.0, **kwargs)
 
 
-def test_ddim_clip_sample_warns_once_and_says_how_to_turn_it_off():
+def test_ddim_clip_sample_warns_once_and_names_the_fix():
     scheduler = diffusers.DDIMScheduler()  # diffusers' default: clip_sample=True
     with pytest.warns(ClippingWarning) as record:
         guidance = _guide(scheduler)
     assert len(record) == 1
     message = str(record[0].message)
-    assert "clip_sample=True" in message and "unclipped ε̂" in message
+    assert "clip_sample=True" in message and "use_clipped_model_output=True" in message
+    assert "guide_pipeline" in message
     assert "DDIMScheduler.from_config(scheduler.config, clip_sample=False)" in message
     assert "allow_clipping=True" in message
     with warnings.catch_warnings():
