@@ -129,10 +129,10 @@ def test_default_with_a_trained_model_meets_the_bar_on_every_family(eps_model, n
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("beta", [0.1, 20.0])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_default_with_a_trained_model_meets_the_bar_on_every_family_mild_and_sharp(eps_model, name, beta):
-    run_case(eps_model, name, "sharp quadratic", beta)
+def test_default_with_a_trained_model_meets_the_bar_on_every_family_sharp(eps_model, name):
+    """β = 20 on the sharp quadratic (β = 0.1 passed on every family too, 2026-12-06; not kept, for time)."""
+    run_case(eps_model, name, "sharp quadratic", 20.0)
 
 
 def quadratic_tilt(mixture: GaussianMixture, centre: torch.Tensor, k: float, beta: float) -> GaussianMixture:
