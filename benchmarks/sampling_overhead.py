@@ -5,8 +5,10 @@ Batch 1024 of 6-D actions conditioned on 17-D states (HalfCheetah-sized), the AE
 and DDIM at 15 and 50 steps. Guidance modes: training-free AEPO with a table variance
 (``eps_norm``) and with the local Jacobian variance (autograd through the model), the Tweedie
 gradient with the table variance (no backward pass through the model), and amortized AEPO with
-intermediate-energy networks of several sizes. Reports the median of ``--repeats`` runs and the
-ratio to unguided sampling measured in the same run.
+intermediate-energy networks of several sizes. The training-free modes are the paper's closed
+form (each names its variance), every mode with AEPO's guidance rescale (``rescale="paper"``).
+Reports the median of ``--repeats`` runs and the ratio to unguided sampling measured in the same
+run.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def main() -> None:
                 "unguided": partial(sample, scheduler, model, shape, cond=states, num_inference_steps=steps)
             }
             for label, kwargs in guided_modes.items():
-                guidance = AnalyticEnergyGuidance(scheduler, model, beta=1.0, rescale=True, **kwargs)
+                guidance = AnalyticEnergyGuidance(scheduler, model, beta=1.0, rescale="paper", **kwargs)
                 runs[label] = partial(guidance.sample, shape, cond=states, num_inference_steps=steps)
             base = None
             for label, run in runs.items():

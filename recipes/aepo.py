@@ -531,7 +531,7 @@ class Policies:
         """name -> policy: AEPO (best of N by Q, and the paper's single guided sample), the
         behaviour policy, the critic's own policy, and the ablations."""
         n, guidance = self.config.num_candidates, self.guidance
-        flipped = guidance.replace(rescale=not self.rescale)
+        flipped = guidance.replace(rescale=False if self.rescale else "paper")  # AEPO's rescale, or none
         policies = {
             "aepo": lambda o: self.diffusion(o, guidance, n),
             "guided_single": lambda o: self.diffusion(o, guidance, 1),
@@ -579,10 +579,12 @@ def quadrature_smc_name(power: float) -> str:
     return f"{QUADRATURE_SMC}{power:g}"
 
 
-def resolve_rescale(rescale: str, act_dim: int) -> bool:
-    """AEPO's guidance rescale: ``"auto"`` turns it on for actions of dimension ≥ 2 (in 1-D it can
-    only flip the guidance's sign to the unguided score's, docs/rl.md)."""
-    return rescale == "on" or (rescale == "auto" and act_dim >= 2)
+def resolve_rescale(rescale: str, act_dim: int) -> str | bool:
+    """AEPO's guidance rescale ε̃ ← ε̃·‖ε̂‖/‖ε̃‖, as ``AnalyticEnergyGuidance(rescale=...)`` takes it:
+    ``"paper"`` where it is on, ``False`` where it is off (``True`` would cap the guidance term at
+    ‖ε̂‖ instead, the library's own rescale). ``"auto"`` turns it on for actions of dimension ≥ 2
+    (in 1-D it can only flip the guidance's sign to the unguided score's, docs/rl.md)."""
+    return "paper" if rescale == "on" or (rescale == "auto" and act_dim >= 2) else False
 
 
 def run(config: AEPOConfig) -> dict | None:

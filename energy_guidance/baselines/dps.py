@@ -15,6 +15,7 @@ from ..posterior import Constant
 
 
 def dps_guidance(scheduler, model: Callable, energy: Energy, beta: float, **kwargs) -> AnalyticEnergyGuidance:
-    """:class:`~energy_guidance.AnalyticEnergyGuidance` with ``variance=Constant(0.0)``;
-    ``kwargs`` (``rescale``, ``scale``) are passed on."""
+    """:class:`~energy_guidance.AnalyticEnergyGuidance` with ``variance=Constant(0.0)``: the paper's
+    closed form (order 1, autograd through the model) with Σ̂ = 0, not the library's default
+    estimator; ``kwargs`` (``rescale``, ``scale``) are passed on."""
     return AnalyticEnergyGuidance(scheduler, model, energy, beta, variance=Constant(0.0), **kwargs)

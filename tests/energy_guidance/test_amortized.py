@@ -8,6 +8,7 @@ import torch
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
+    ClosedForm,
     GaussianQuadrature,
     IntermediateEnergyNet,
     estimate_variance_table,
@@ -299,7 +300,8 @@ def test_amortized_guidance_after_a_short_training(name):
     unguided = sample(
         make_scheduler(name), model, (N, 2), generator=torch.Generator().manual_seed(seed), **kwargs
     )
-    exact_guided = AnalyticEnergyGuidance(make_scheduler(name), model, linear_energy, BETA).sample(
+    paper = ClosedForm(linear_energy, BETA)  # the paper's closed form: exact guidance here
+    exact_guided = AnalyticEnergyGuidance(make_scheduler(name), model, estimator=paper).sample(
         (N, 2), generator=torch.Generator().manual_seed(seed), **kwargs
     )
     zero = [torch.zeros(2, dtype=torch.float64)] * STEPS

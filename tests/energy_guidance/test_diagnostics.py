@@ -185,7 +185,7 @@ def test_beta_and_scale_must_be_finite(value):
     model = exact_model()
     with pytest.raises(ValueError, match="beta must be finite"):
         AnalyticEnergyGuidance(ddim(), model, linear_energy, beta=value)
-    with pytest.raises(ValueError, match="scale must be finite"):
+    with pytest.raises(ValueError, match="scale must be a finite number"):
         AnalyticEnergyGuidance(ddim(), model, linear_energy, beta=1.0, scale=value)
 
     class Net(_NanEstimator):

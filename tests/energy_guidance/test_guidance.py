@@ -1,8 +1,11 @@
 """guidance.py: AnalyticEnergyGuidance on every supported scheduler configuration.
 
 Ground truth: Gaussian data q = N(m, vI), the exact noise model and the linear energy E(x) = wᵀx.
-The posterior q(x0 | x_t) is Gaussian and E linear, so the closed form is exact and the guided
-model is exactly the noise model of the target p = N(m - β·v·w, vI) (its ε̂ is affine in x_t).
+The posterior q(x0 | x_t) is Gaussian and E linear, so the paper's closed form is exact and the
+guided model is exactly the noise model of the target p = N(m - β·v·w, vI) (its ε̂ is affine in
+x_t). The tests of that exactness ask for the paper's form explicitly
+(``estimator=ClosedForm(energy, beta)``): ``AnalyticEnergyGuidance(scheduler, model, energy, beta)``
+alone builds the default estimator (:class:`~energy_guidance.importance.ImportanceTilt`).
 """
 
 import functools
@@ -50,7 +53,8 @@ from .schedulers import SCHEDULER_CONFIGS, STARTS_AT_PURE_NOISE, make_scheduler
 
 @functools.cache
 def sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(guided, unguided, exact target) samples of one configuration, all from the same seed."""
+    """(guided by the paper's closed form, unguided, exact target) samples of one configuration, all
+    from the same seed."""
     with warnings.catch_warnings():
         # torchsde's Brownian tree (DPM-Solver SDE) warns that float32 sigmas lie outside its
         # float64 interval; KDPM2's set_timesteps passes tensors through numpy functions.
@@ -62,7 +66,8 @@ def sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _sampling_runs(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kwargs = {"num_inference_steps": STEPS, "dtype": torch.float64}
     scheduler = make_scheduler(name)
-    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
+    paper = ClosedForm(linear_energy, BETA)
+    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), estimator=paper)
     guided = guidance.sample((N, 2), generator=torch.Generator().manual_seed(0), **kwargs)
     scheduler = make_scheduler(name)
     unguided = sample(
@@ -103,7 +108,7 @@ PURE_NOISE_XFAIL = pytest.mark.xfail(
     ],
 )
 def test_guided_sampling_equals_the_exact_target_model_pathwise(name):
-    """Training-free guidance reproduces the target's own noise model step by step, so from the
+    """The paper's closed form reproduces the target's own noise model step by step, so from the
     same seed the guided samples equal the target model's samples up to rounding. The models run
     in float64 (differences ~1e-16), but the DPM-Solver, Euler and flow-matching steps round the
     state to float32, where such a difference can flip a rounding: at most 1 ulp per step, which
@@ -139,12 +144,14 @@ def test_guided_samples_follow_the_tilted_gaussian(name):
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v", "flow-euler"])
 def test_intermediate_energy_is_exact_for_gaussian_data(name):
-    """E_t(x_t) = -log E[exp(-β·wᵀx0) | x_t] exactly (jacobian variance is exact here), in every
-    prediction type; the guided output decodes to the target's exact ε̂ and x̂0."""
+    """The paper's closed form: E_t(x_t) = -log E[exp(-β·wᵀx0) | x_t] exactly (jacobian variance is
+    exact here), in every prediction type; the guided output decodes to the target's exact ε̂ and x̂0."""
     scheduler = make_scheduler(name)
     scheduler.set_timesteps(10)
     q, p = data_model(), target_model()
-    guidance = AnalyticEnergyGuidance(scheduler, q.noise_model(scheduler), linear_energy, BETA)
+    guidance = AnalyticEnergyGuidance(
+        scheduler, q.noise_model(scheduler), estimator=ClosedForm(linear_energy, BETA)
+    )
     gen = torch.Generator().manual_seed(1)
     for t in scheduler.timesteps[1:]:
         x_t = torch.randn(16, 2, generator=gen, dtype=torch.float64)
@@ -183,11 +190,11 @@ def test_every_variance_estimator_guides_gaussian_data_exactly(variance):
 
 @pytest.mark.parametrize("name", ["ddim-eps", "dpm++-v"])
 def test_rescale_keeps_the_unguided_score_norm_per_sample(name):
-    """rescale=True: ‖ε̃‖ = ‖ε̂‖ for every sample (scores are -ε/σ, so the same holds for them),
-    while the direction still changes; and sampling with it runs and stays finite."""
+    """rescale="paper" (AEPO's rescale): ‖ε̃‖ = ‖ε̂‖ for every sample (scores are -ε/σ, so the same
+    holds for them), while the direction still changes; and sampling with it runs and stays finite."""
     scheduler = make_scheduler(name)
     model = data_model().noise_model(scheduler)
-    guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, beta=3.0, rescale=True)
+    guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, beta=3.0, rescale="paper")
     ptype = prediction_type(scheduler)
     scheduler.set_timesteps(8)
     gen = torch.Generator().manual_seed(2)
@@ -217,7 +224,8 @@ def test_scale_multiplies_the_guidance_term():
 
 
 def test_conditional_model_and_energy_receive_cond():
-    """model(x, t, cond) and energy(x0, cond): each row is guided by its own w = cond[b]."""
+    """model(x, t, cond) and energy(x0, cond): each row is guided by its own w = cond[b] (the
+    paper's closed form, exact here)."""
     scheduler = diffusers.DDIMScheduler(clip_sample=False)
     q = data_model()
     base = q.noise_model(scheduler)
@@ -232,7 +240,7 @@ def test_conditional_model_and_energy_receive_cond():
         return (x0 * cond.to(x0)).sum(1)
 
     ws = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64)
-    guidance = AnalyticEnergyGuidance(scheduler, model, energy, BETA)
+    guidance = AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, BETA))
     x_t, t = torch.randn(3, 2, dtype=torch.float64), torch.tensor(300)
     out = guidance.guided_model_output(x_t, t, ws)
     assert seen["model"] is ws and seen["energy"] is ws
@@ -244,8 +252,10 @@ def test_conditional_model_and_energy_receive_cond():
 
 
 def test_sampling_callback_reports_each_step():
+    """The reported guidance norm is the exact one: the paper's closed form is exact here."""
     scheduler = diffusers.DPMSolverMultistepScheduler()
-    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
+    paper = ClosedForm(linear_energy, BETA)
+    guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), estimator=paper)
     records = []
     guidance.sample((5, 2), num_inference_steps=6, callback=records.append, dtype=torch.float64)
     assert [r["step"] for r in records] == list(range(6))
@@ -296,7 +306,7 @@ def test_model_output_of_the_wrong_shape_is_a_clear_error():
 
 def test_constructor_rejects_negative_beta_and_missing_energy():
     scheduler = diffusers.DDIMScheduler()
-    with pytest.raises(ValueError, match="beta must be >= 0"):
+    with pytest.raises(ValueError, match="beta must be finite and >= 0"):
         AnalyticEnergyGuidance(scheduler, lambda x, t: x, linear_energy, beta=-0.1)
     with pytest.raises(ValueError, match="give an energy"):
         AnalyticEnergyGuidance(scheduler, lambda x, t: x, None, beta=1.0)
@@ -394,7 +404,7 @@ def test_step_parts_are_the_three_separate_calls(name, form):
     scheduler.set_timesteps(10)
     model = data_model().noise_model(scheduler)
     kwargs = {
-        "paper": {"energy": linear_energy, "beta": BETA},
+        "paper": {"estimator": ClosedForm(linear_energy, BETA)},
         "tweedie": {"energy": linear_energy, "beta": BETA, "gradient": "tweedie", "variance": Jacobian()},
         "jacobian": {"energy": linear_energy, "beta": BETA, "variance": Jacobian()},
         "network": {"estimator": IntermediateEnergyNet(2, hidden=8, beta=BETA).double()},
@@ -506,12 +516,12 @@ def test_second_order_tweedie_gradient_is_the_damped_tilted_mean_step(k, beta, s
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-ancestral-v", "unipc-eps"])
 def test_tweedie_gradient_is_exact_for_gaussian_data(name):
     """Linear E on Gaussian data: (α/σ²)·Σ̂·β·w with the Jacobian covariance is the exact
-    ∇_{x_t} E_t, the same as autograd through the model."""
+    ∇_{x_t} E_t, the same as autograd through the model (the paper's closed form)."""
     scheduler = make_scheduler(name)
     scheduler.set_timesteps(10)
     model = data_model().noise_model(scheduler)
     tweedie = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, gradient="tweedie")
-    autograd = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA)
+    autograd = AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(linear_energy, BETA))
     x_t = torch.randn(16, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     for t in scheduler.timesteps[1:]:
         alpha, sigma = noise_level(scheduler, t)
@@ -542,13 +552,21 @@ def test_tweedie_gradient_with_a_table_variance_never_differentiates_the_model()
 
 @pytest.mark.parametrize("beta", [10.0, 50.0])
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"variance": 0.0}, {"variance": Jacobian(max_variance=0.3), "gradient": "tweedie"}]
+    "kwargs",
+    [
+        {},
+        {"variance": "jacobian"},  # the paper's closed form
+        {"variance": 0.0},
+        {"variance": Jacobian(max_variance=0.3), "gradient": "tweedie"},
+    ],
+    ids=["default", "paper", "dps", "tweedie"],
 )
 def test_ddim_clipping_does_not_reverse_guidance(beta, kwargs):
     """Data in [-1, 1] (modes at ±0.5), asking for darker samples strongly enough that x̂0 is
     pushed past -1: DDIM clips it, and with diffusers' default step (unclipped ε̂) the samples got
-    brighter instead (mean energy 0.00 -> +0.66 at β = 10 with the default closed form).
-    Guided DDIM now steps with ε recomputed from the clipped x̂0: the guidance saturates."""
+    brighter instead (mean energy 0.00 -> +0.66 at β = 10 with the paper's closed form).
+    Guided DDIM now steps with ε recomputed from the clipped x̂0: the guidance saturates. Checked
+    for the default estimator, the paper's closed form, DPS-style and the Tweedie gradient."""
     data = GaussianMixture(torch.ones(2), torch.tensor([[-0.5] * 4, [0.5] * 4]), torch.full((2, 4), 0.05))
 
     def darkness(x):

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import energy_guidance
-from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, SMCResult, smc_sample
+from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEnergyNet, SMCResult, smc_sample
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.groundtruth import GaussianMixture
 from energy_guidance.smc import _index_entries, _Stepper
@@ -102,13 +102,17 @@ def tilted_quadratic(m, v, beta):
     return mean, 1 / precision, log_z
 
 
-def guidance_for(name: str, energy, beta: float, *, dps: bool = False) -> tuple:
-    """(guidance on the Gaussian data with the exact model, DDIM's eta or None)."""
+def guidance_for(name: str, energy, beta: float, *, dps: bool = False, paper: bool = False) -> tuple:
+    """(guidance on the Gaussian data with the exact model, DDIM's eta or None): DPS-style
+    (``dps``), the paper's closed form ``ClosedForm(energy, beta)`` (``paper``), or else the
+    library's default estimator."""
     make, eta = SCHEDULERS[name]
     scheduler = make()
     model = data_model().noise_model(scheduler)
     if dps:
         return dps_guidance(scheduler, model, energy, beta), eta
+    if paper:
+        return AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta)), eta
     return AnalyticEnergyGuidance(scheduler, model, energy, beta), eta
 
 
@@ -301,9 +305,9 @@ CASES = [(name, "linear") for name in sorted(SCHEDULERS) if name != "ddpm-traili
 
 @functools.cache
 def tilted_run(name: str, energy_name: str) -> tuple[SMCResult, tuple]:
-    """SMC with an imperfect twist: for the linear energy the closed form built for β/2 (twist and
-    proposal too weak; B = 128, K = 64), for the quadratic one DPS-style guidance (no variance
-    term; B = 128, K = 128).
+    """SMC with an imperfect twist: for the linear energy the paper's closed form built for β/2
+    (twist and proposal too weak; B = 128, K = 64), for the quadratic one DPS-style guidance (no
+    variance term; B = 128, K = 128).
 
     The quadratic case runs DDPM with "trailing" spacing: with the default "leading" spacing the
     last stochastic step jumps from t = 20 to t = 0 (noise variance ÷ 24) and DPS's guided mean
@@ -312,7 +316,7 @@ def tilted_run(name: str, energy_name: str) -> tuple[SMCResult, tuple]:
     0.004 with "trailing" and 0.022, 0.009, 0.002 with DPM-Solver++ SDE)."""
     m, v = discretised_gaussian(name)
     if energy_name == "linear":
-        guidance, eta = guidance_for(name, linear_energy, BETA / 2)
+        guidance, eta = guidance_for(name, linear_energy, BETA / 2, paper=True)
         return run(guidance, eta, beta=BETA), tilted_linear(m, v, BETA)
     guidance, eta = guidance_for(name, quadratic_energy, BETA, dps=True)
     return run(guidance, eta, k=128, beta=BETA), tilted_quadratic(m, v, BETA)
@@ -358,11 +362,12 @@ def test_the_error_falls_as_particles_grow():
 
 def test_resampling_every_step_and_multinomial_resampling_stay_exact():
     """ess_threshold = 1 resamples wherever the weights are not uniform (permuting DPM-Solver's
-    per-particle history each time); multinomial resampling: both still return the tilted Gaussian."""
+    per-particle history each time); multinomial resampling: both still return the tilted Gaussian.
+    The twist and proposal: the paper's closed form built for β/2."""
     name = "dpm++-sde"
     m, v = discretised_gaussian(name)
     mean, var, _ = tilted_linear(m, v, BETA)
-    guidance, eta = guidance_for(name, linear_energy, BETA / 2)
+    guidance, eta = guidance_for(name, linear_energy, BETA / 2, paper=True)
     for kwargs in ({"ess_threshold": 1.0}, {"resampling": "multinomial"}):
         result = run(guidance, eta, beta=BETA, **kwargs)
         if "ess_threshold" in kwargs:
@@ -510,7 +515,8 @@ def test_the_module_example_runs():
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_one_model_evaluation_per_step(name):
     """The twist, the model's step and the guided step share one batched model evaluation per
-    step (``guidance.step_parts``), as many as a best-of-K sampler makes."""
+    step (``guidance.step_parts``), as many as a best-of-K sampler makes. The paper's closed form:
+    the default estimator also samples the model once beforehand (its calibration)."""
     make, eta = SCHEDULERS[name]
     scheduler = make()
     base, calls = data_model().noise_model(scheduler), []
@@ -519,6 +525,6 @@ def test_one_model_evaluation_per_step(name):
         calls.append(len(x_t))
         return base(x_t, t)
 
-    guidance = AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA)
+    guidance = AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(linear_energy, BETA))
     smc_sample(guidance, (3, D), num_particles=4, num_inference_steps=6, eta=eta)
     assert calls == [12] * len(scheduler.timesteps)

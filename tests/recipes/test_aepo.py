@@ -401,8 +401,9 @@ def test_reward_normalisation_scales_the_training_rewards(tiny_dataset):
 
 
 def test_rescale_is_on_for_actions_of_dimension_two_and_more():
-    assert aepo.resolve_rescale("auto", 1) is False and aepo.resolve_rescale("auto", 2) is True
-    assert aepo.resolve_rescale("off", 6) is False and aepo.resolve_rescale("on", 1) is True
+    """On is AEPO's rescale, ``rescale="paper"`` (``True`` would cap the guidance term instead)."""
+    assert aepo.resolve_rescale("auto", 1) is False and aepo.resolve_rescale("auto", 2) == "paper"
+    assert aepo.resolve_rescale("off", 6) is False and aepo.resolve_rescale("on", 1) == "paper"
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path):
