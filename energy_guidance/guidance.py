@@ -44,6 +44,7 @@ from .closed_form import ClosedForm
 from .importance import ImportanceTilt
 from .sampling import StepInfo, sample
 from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
+from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
 # ε -> x0 conversion divides by ~0 (only the first step of a flow-matching schedule).
@@ -231,11 +232,16 @@ class AnalyticEnergyGuidance:
         """True when only the estimator is differentiated (no backward pass through the model)."""
         return not _uses_model_graph(self.estimator)
 
-    def _ready(self, x_t: Tensor, cond) -> None:
+    def _ready(self, x_t: Tensor, timestep, cond) -> None:
         """Calibrate the default estimator from the model's own samples on first use (once; the
         table is shared with every :meth:`replace` copy, which holds the same estimator)."""
-        if isinstance(self.estimator, ImportanceTilt) and self.estimator.table is None:
-            self.estimator.table = calibrate(
+        inner = self.estimator
+        while isinstance(inner, Tempered):
+            inner = inner.estimator
+        if isinstance(inner, ImportanceTilt) and inner.table is None:
+            # the caller's own batch first, so that a bad model is reported at its shapes
+            call_model(self.model, x_t, timestep, cond)
+            inner.table = calibrate(
                 self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
             )
 
@@ -267,7 +273,7 @@ class AnalyticEnergyGuidance:
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
-        self._ready(x_t, cond)
+        self._ready(x_t, timestep, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         with torch.enable_grad():
             value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
@@ -275,7 +281,7 @@ class AnalyticEnergyGuidance:
 
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
-        self._ready(x_t, cond)
+        self._ready(x_t, timestep, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
@@ -316,7 +322,7 @@ class AnalyticEnergyGuidance:
         needs at every step (:func:`~energy_guidance.smc_sample`), where
         :meth:`intermediate_energy`, the model and :meth:`guided_model_output` would evaluate
         the model three times."""
-        self._ready(x_t, cond)
+        self._ready(x_t, timestep, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: no guidance, as in guided_model_output
             with located(timestep):
@@ -336,7 +342,7 @@ class AnalyticEnergyGuidance:
         ``x_t`` is the model input (after ``scheduler.scale_model_input``). With ``return_info``
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
-        self._ready(x_t, cond)
+        self._ready(x_t, timestep, cond)
         alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
             with located(timestep):
@@ -383,10 +389,12 @@ class AnalyticEnergyGuidance:
         self._warned_explosion = True
         if isinstance(self.estimator, ClosedForm) and self.estimator.gradient == "autograd":
             fix = (
-                "the paper's closed form differentiated through a learned model is unstable: use the default "
-                "(AnalyticEnergyGuidance(scheduler, model, energy, beta) with no variance/order/gradient), "
-                "or gradient='tweedie'"
+                "the paper's closed form is differentiated through the model, whose Jacobian a trained model "
+                "gets far wrong at high noise: use the default (AnalyticEnergyGuidance(scheduler, model, "
+                "energy, beta) with no variance/order/gradient), or gradient='tweedie'"
             )
+        elif isinstance(self.estimator, ImportanceTilt):
+            fix = "lower beta or scale, or pass rescale=True to cap the guidance at ‖ε̂‖"
         else:
             fix = "lower beta or scale, use the default estimator, or rescale=True to cap the guidance at ‖ε̂‖"
         warnings.warn(

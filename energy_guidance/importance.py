@@ -57,7 +57,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Energy, call_energy, energy_and_grad
+from .callables import Energy, NonFiniteError, call_energy, energy_and_grad
 from .posterior import VarianceTable
 from .schedules import Prediction
 
@@ -99,7 +99,7 @@ class ImportanceTilt:
         self.beta = float(beta)
         self.table = table
         self.num_pairs = num_pairs
-        self._generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
@@ -125,14 +125,13 @@ class ImportanceTilt:
         x0 = prediction.x0.detach()
         b, d = x0.shape[0], x0[0].numel()
         xf = x0.reshape(b, d)
-        var = self.table.variance("diagonal", alpha.to(xf), sigma.to(xf))
-        var = (var if var.dim() == 2 else var[:, None].expand(b, d)).to(xf)
-        if var.shape[1] != d:
-            raise ValueError(f"the VarianceTable is for samples of {var.shape[1]} values, these have {d}")
-        live = (var > 0).all(1) & (self.beta > 0)
+        var = self._variance(alpha.to(xf), sigma.to(xf), b, d)
+        live = (var > 0).any(1) & (self.beta > 0)
         if not bool(live.any()):
             return torch.zeros(b, dtype=xf.dtype, device=xf.device), torch.zeros_like(x0)
-        var = torch.where(live[:, None], var, torch.ones_like(var))  # rows with Σ̂ = 0 are left unguided
+        # a dimension with Σ̂ = 0 (a constant pixel, the last step) does not move; a row with none
+        # left is unguided
+        var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
         shift = self._newton_shift(x0, xf, var, cond)
         value, mean = self._tilt(x0, xf, var, shift, cond)
         target = self._within_range(mean, xf)
@@ -140,6 +139,20 @@ class ImportanceTilt:
         value = torch.where(live, value, torch.zeros_like(value))
         scale = (alpha / sigma**2).to(xf)[:, None]
         return value, (-scale * delta).reshape(x0.shape)
+
+    def _variance(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> Tensor:
+        """Σ̂ (B, d): the table's per-dimension marginal variance; where that estimate is 0 (it is a
+        difference Var(x0) - Var(x̂0) that rounding and model error push below 0 at high noise), the
+        posterior variance of Gaussian data of the same variance, (1/Var(x0) + α²/σ²)⁻¹."""
+        var = self.table.variance("diagonal", alpha, sigma)
+        var = var if var.dim() == 2 else var[:, None].expand(b, d)
+        if var.shape[1] != d:
+            raise ValueError(f"the VarianceTable is for samples of {var.shape[1]} values, these have {d}")
+        data = self.table.data_variance
+        if data is None:
+            return var
+        gaussian = 1 / (1 / data.to(var).reshape(1, -1) + (alpha**2 / sigma**2)[:, None])
+        return torch.where(var > 0, var, gaussian)
 
     def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, cond) -> Tensor:
         """Δ (B, d): the safeguarded Newton step along Σ̂·g (module docstring)."""
@@ -177,20 +190,30 @@ class ImportanceTilt:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
         m = self.num_pairs
-        z = torch.randn(m, b, d, generator=self._generator, dtype=xf.dtype).to(xf.device)
-        z = torch.cat([z, -z])  # (2M, B, d), antithetic
         std = var.sqrt()
+        z = torch.randn(m, b, d, generator=self._draws_generator(std), dtype=xf.dtype).to(xf.device)
+        z = torch.cat([z, -z])  # (2M, B, d), antithetic
         draws = (xf + shift)[None] + std[None] * z
         with torch.no_grad():
-            energies = call_energy(
-                self.energy, draws.reshape(2 * m * b, *x0.shape[1:]), _repeat(cond, 2 * m, b)
-            ).reshape(2 * m, b)
+            try:
+                energies = call_energy(
+                    self.energy, draws.reshape(2 * m * b, *x0.shape[1:]), _repeat(cond, 2 * m, b)
+                ).reshape(2 * m, b)
+            except NonFiniteError as error:  # name the samples whose draws failed, not the draws
+                error.bad = error.bad.reshape(2 * m, b).any(0)
+                raise
         # log N(y; x̂0, Σ̂) - log N(y; x̂0 + Δ, Σ̂) with y - x̂0 - Δ = Σ̂^½·z
         log_ratio = -0.5 * (shift * shift / var).sum(1)[None] - (shift[None] * z / std[None]).sum(2)
         log_w = -self.beta * energies.to(xf.dtype) + log_ratio
         value = -(torch.logsumexp(log_w, 0) - math.log(2 * m))
         weights = torch.softmax(log_w, 0)
         return value, (weights[..., None] * draws).sum(0)
+
+    def _draws_generator(self, std: Tensor) -> torch.Generator:
+        """The draws' generator, seeded by ``seed`` and the noise level: a run is reproducible and
+        its result does not depend on how many steps or runs came before."""
+        level = float(std.detach().double().mean())
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(level * 1e9) % 2**40)
 
     def _within_range(self, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0
