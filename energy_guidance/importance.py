@@ -42,12 +42,16 @@ Why this, and not the paper's (1), is the default (docs/math.md, "the default es
 - it needs values and gradients of E only, not the expansion (1), whose variance term reverses
   the guidance once β·Σ̂·∇²E > 1.
 
-Σ̂ is the per-dimension marginal posterior variance of a
-:class:`~energy_guidance.posterior.VarianceTable` (the paper's second estimator, per
-dimension). The table also bounds m̃: every posterior mean, tilted or not, lies in the convex
-hull of the data, so m̃ is clamped to the table's data range (its box, widened by
-:data:`RANGE_MARGIN` of its width on each side). Without a table from the user's data the
-guidance builds both from the model's own samples (:func:`~energy_guidance.calibration.calibrate`).
+Σ̂ comes from a :class:`~energy_guidance.posterior.VarianceTable`. Where the table holds the
+data covariance C (samples of up to 512 values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior
+covariance of Gaussian data with covariance C, so that the tilt follows the data's directions
+(toward the modes the energy prefers) and not ∇E alone; the draws and the Newton step are
+taken in C's eigenbasis, where Σ̂ is diagonal. Otherwise Σ̂ is the per-dimension marginal
+posterior variance (the paper's second estimator, per dimension). The table also bounds m̃:
+every posterior mean, tilted or not, lies in the convex hull of the data, so m̃ is clamped to
+the table's data range (its box, widened by :data:`RANGE_MARGIN` of its width on each side).
+Without a table from the user's data the guidance builds one from the model's own samples
+(:func:`~energy_guidance.calibration.calibrate`).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class ImportanceTilt:
         self.table = table
         self.num_pairs = num_pairs
         self.seed = int(seed)
+        self._frame: tuple[Tensor, Tensor] | None = None
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
@@ -125,20 +130,41 @@ class ImportanceTilt:
         x0 = prediction.x0.detach()
         b, d = x0.shape[0], x0[0].numel()
         xf = x0.reshape(b, d)
-        var = self._variance(alpha.to(xf), sigma.to(xf), b, d)
+        frame, var = self._posterior(alpha.to(xf), sigma.to(xf), b, d)
         live = (var > 0).any(1) & (self.beta > 0)
         if not bool(live.any()):
             return torch.zeros(b, dtype=xf.dtype, device=xf.device), torch.zeros_like(x0)
         # a dimension with Σ̂ = 0 (a constant pixel, the last step) does not move; a row with none
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
-        shift = self._newton_shift(x0, xf, var, cond)
-        value, mean = self._tilt(x0, xf, var, shift, cond)
+        shift = self._newton_shift(x0, xf, var, frame, cond)
+        value, mean = self._tilt(x0, xf, var, frame, shift, cond)
         target = self._within_range(mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
         scale = (alpha / sigma**2).to(xf)[:, None]
         return value, (-scale * delta).reshape(x0.shape)
+
+    def _posterior(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> tuple[Tensor | None, Tensor]:
+        """(V, the eigenvalues of Σ̂ (B, d)) with Σ̂ = V·diag(·)·Vᵀ, or (None, the diagonal of Σ̂).
+
+        With the data covariance C = V·diag(λ)·Vᵀ in the table (samples of up to
+        ``MAX_COVARIANCE_DIM`` values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior covariance of Gaussian
+        data with covariance C: it points the tilt along the data's own directions (toward the
+        modes the energy prefers), where a diagonal Σ̂ points it along ∇E only. Otherwise Σ̂ is the
+        table's per-dimension marginal variance (:meth:`_variance`)."""
+        cov = self.table.data_covariance
+        if cov is None:
+            return None, self._variance(alpha, sigma, b, d)
+        if cov.shape != (d, d):
+            raise ValueError(f"the VarianceTable is for samples of {cov.shape[0]} values, these have {d}")
+        frame = self._frame
+        if frame is None or frame[0].dtype != alpha.dtype or frame[0].device != alpha.device:
+            lam, vectors = torch.linalg.eigh(cov.to(torch.float64))
+            frame = self._frame = (vectors.to(alpha), lam.clamp(min=0).to(alpha))
+        vectors, lam = frame
+        r = (alpha**2 / sigma**2)[:, None]
+        return vectors, lam[None] / (1 + r * lam[None])
 
     def _variance(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> Tensor:
         """Σ̂ (B, d): the table's per-dimension marginal variance; where that estimate is 0 (it is a
@@ -154,19 +180,21 @@ class ImportanceTilt:
         gaussian = 1 / (1 / data.to(var).reshape(1, -1) + (alpha**2 / sigma**2)[:, None])
         return torch.where(var > 0, var, gaussian)
 
-    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, cond) -> Tensor:
+    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond) -> Tensor:
         """Δ (B, d): the safeguarded Newton step along Σ̂·g (module docstring)."""
         b, d = xf.shape
         with torch.enable_grad():
             x = x0.detach().requires_grad_(True)
             e0, grad = energy_and_grad(self.energy, x, cond, create_graph=True)
             g = grad.reshape(b, d)
-            u = (var * g).detach()
+            g_frame = g.detach() if frame is None else g.detach() @ frame
+            u_frame = var * g_frame  # Σ̂g in Σ̂'s eigenbasis
+            u = u_frame if frame is None else u_frame @ frame.T
             hu = None
             if g.requires_grad:  # a linear energy has no curvature
                 (hu,) = torch.autograd.grad((g * u).sum(), x, allow_unused=True)
         e0, g = e0.detach(), g.detach()
-        q = (g * u).sum(1)  # gᵀΣ̂g = uᵀΣ̂⁻¹u
+        q = (g_frame * u_frame).sum(1)  # gᵀΣ̂g = uᵀΣ̂⁻¹u
         curvature = torch.zeros_like(q) if hu is None else (hu.reshape(b, d) * u).sum(1)
         beta = self.beta
         tau = beta * q / (q + beta * curvature.clamp(min=0)).clamp_min(torch.finfo(q.dtype).tiny)
@@ -179,21 +207,24 @@ class ImportanceTilt:
             step = -tau[:, None] * u
             with torch.no_grad():
                 e1 = call_energy(self.energy, (xf + step).reshape(x0.shape), cond)
-            objective = 0.5 * (step * step / var).sum(1) + beta * (e1 - e0)
+            objective = 0.5 * tau**2 * (u_frame * u_frame / var).sum(1) + beta * (e1 - e0)
             ok = pending & (objective <= -_ARMIJO * tau * beta * q)
             shift = torch.where(ok[:, None], step, shift)
             pending = pending & ~ok
             tau = tau * 0.5
         return shift
 
-    def _tilt(self, x0: Tensor, xf: Tensor, var: Tensor, shift: Tensor, cond) -> tuple[Tensor, Tensor]:
+    def _tilt(
+        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, shift: Tensor, cond
+    ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
         m = self.num_pairs
         std = var.sqrt()
         z = torch.randn(m, b, d, generator=self._draws_generator(std), dtype=xf.dtype).to(xf.device)
         z = torch.cat([z, -z])  # (2M, B, d), antithetic
-        draws = (xf + shift)[None] + std[None] * z
+        spread = std[None] * z
+        draws = (xf + shift)[None] + (spread if frame is None else spread @ frame.T)
         with torch.no_grad():
             try:
                 energies = call_energy(
@@ -203,7 +234,8 @@ class ImportanceTilt:
                 error.bad = error.bad.reshape(2 * m, b).any(0)
                 raise
         # log N(y; x̂0, Σ̂) - log N(y; x̂0 + Δ, Σ̂) with y - x̂0 - Δ = Σ̂^½·z
-        log_ratio = -0.5 * (shift * shift / var).sum(1)[None] - (shift[None] * z / std[None]).sum(2)
+        shift_frame = shift if frame is None else shift @ frame
+        log_ratio = -0.5 * (shift_frame**2 / var).sum(1)[None] - (shift_frame[None] * z / std[None]).sum(2)
         log_w = -self.beta * energies.to(xf.dtype) + log_ratio
         value = -(torch.logsumexp(log_w, 0) - math.log(2 * m))
         weights = torch.softmax(log_w, 0)

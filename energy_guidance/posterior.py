@@ -62,6 +62,7 @@ class VarianceTable:
     data_variance: Tensor | None = None
     data_low: Tensor | None = None
     data_high: Tensor | None = None
+    data_covariance: Tensor | None = None
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
@@ -91,7 +92,7 @@ class VarianceTable:
         return value if bound is None else torch.minimum(value, bound)
 
     def save(self, path: str) -> None:
-        optional = ("data_variance", "data_low", "data_high")
+        optional = ("data_variance", "data_low", "data_high", "data_covariance")
         names = ("log_snr", *TABLE_METHODS, *(k for k in optional if getattr(self, k) is not None))
         save_tensors(
             path,
@@ -102,6 +103,9 @@ class VarianceTable:
     @classmethod
     def load(cls, path: str) -> VarianceTable:
         return cls(**load_tensors(path)[0])
+
+
+MAX_COVARIANCE_DIM = 512  # the table keeps the full data covariance up to this sample size
 
 
 @torch.no_grad()
@@ -161,6 +165,7 @@ def estimate_variance_table(
         data_variance=var.float(),
         data_low=flat.min(0).values.float().cpu(),
         data_high=flat.max(0).values.float().cpu(),
+        data_covariance=torch.cov(flat.T.cpu()).reshape(d, d).float() if d <= MAX_COVARIANCE_DIM else None,
     )
 
 

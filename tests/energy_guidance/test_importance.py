@@ -61,7 +61,7 @@ def test_newton_step_is_the_tilted_mean_of_an_isotropic_quadratic(beta, k, s):
     c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     est = ImportanceTilt(lambda x: 0.5 * k * (x - c).pow(2).sum(1), beta, table(1.0))
     x0 = torch.randn(8, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    shift = est._newton_shift(x0, x0, torch.full_like(x0, s), None)
+    shift = est._newton_shift(x0, x0, torch.full_like(x0, s), None, None)
     torch.testing.assert_close(x0 + shift, (x0 + beta * s * k * c) / (1 + beta * s * k), rtol=1e-9, atol=1e-9)
 
 
@@ -103,7 +103,7 @@ def test_accepted_newton_step_never_overshoots_a_bounded_energy(beta, scale, s):
     est = ImportanceTilt(lambda x: torch.sigmoid(scale * (1 - x[:, 0])), beta, table(1.0))
     x0 = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None].expand(61, D).contiguous()
     var = torch.full_like(x0, s)
-    shift = est._newton_shift(x0, x0, var, None)
+    shift = est._newton_shift(x0, x0, var, None, None)
     assert (0.5 * (shift**2 / var).sum(1) <= beta * (1 + 1e-9)).all()
 
 
@@ -123,3 +123,30 @@ def test_bad_arguments_name_themselves():
     est = ImportanceTilt(lambda x: x.sum(1), 1.0)
     with pytest.raises(RuntimeError, match="VarianceTable"):
         call(est, torch.zeros(2, D), 1.0)
+
+
+def covariance_table(cov: torch.Tensor) -> VarianceTable:
+    """A table whose data covariance is ``cov`` (d, d): Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior
+    covariance of Gaussian data with covariance C."""
+    d = cov.shape[0]
+    t = table(1.0, -1e6, 1e6, d)
+    t.data_covariance = cov
+    return t
+
+
+@settings(deadline=None, max_examples=30)
+@given(beta=st.floats(0.01, 10.0), s=st.floats(0.01, 4.0), seed=st.integers(0, 2**16))
+def test_linear_energy_with_a_full_covariance_is_exact(beta, s, seed):
+    """With the data covariance C in the table, Σ̂ = C(I + C/s)⁻¹ (α = 1, σ² = s) and, for
+    E = wᵀx, m̃ = x̂0 - β·Σ̂·w and E_t = β·wᵀx̂0 - ½β²·wᵀΣ̂w exactly: the shift follows C's
+    directions (toward other modes of the data), not w's."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(D, dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    est = ImportanceTilt(lambda x: x @ w, beta, covariance_table(cov))
+    x0 = torch.randn(8, D, dtype=torch.float64, generator=g)
+    value, _, mean = call(est, x0, s)
+    sigma_hat = cov @ torch.linalg.inv(torch.eye(D, dtype=torch.float64) + cov / s)
+    torch.testing.assert_close(mean, x0 - beta * (sigma_hat @ w), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(value, beta * x0 @ w - 0.5 * beta**2 * w @ sigma_hat @ w, rtol=1e-7, atol=1e-7)
