@@ -104,7 +104,6 @@ class ImportanceTilt:
         self.table = table
         self.num_pairs = num_pairs
         self.seed = int(seed)
-        self._frame: tuple[Tensor, Tensor] | None = None
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
@@ -151,20 +150,16 @@ class ImportanceTilt:
         With the data covariance C = V·diag(λ)·Vᵀ in the table (samples of up to
         ``MAX_COVARIANCE_DIM`` values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior covariance of Gaussian
         data with covariance C: it points the tilt along the data's own directions (toward the
-        modes the energy prefers), where a diagonal Σ̂ points it along ∇E only. Otherwise Σ̂ is the
-        table's per-dimension marginal variance (:meth:`_variance`)."""
-        cov = self.table.data_covariance
-        if cov is None:
+        modes the energy prefers), where a diagonal Σ̂ points it along ∇E only. (The table's
+        marginal variance along C's axes, alone or as a cap, was further from the target on the
+        d = 32 sweep.) Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`)."""
+        axes, lam = self.table.principal_axes, self.table.principal_variance
+        if axes is None or lam is None:
             return None, self._variance(alpha, sigma, b, d)
-        if cov.shape != (d, d):
-            raise ValueError(f"the VarianceTable is for samples of {cov.shape[0]} values, these have {d}")
-        frame = self._frame
-        if frame is None or frame[0].dtype != alpha.dtype or frame[0].device != alpha.device:
-            lam, vectors = torch.linalg.eigh(cov.to(torch.float64))
-            frame = self._frame = (vectors.to(alpha), lam.clamp(min=0).to(alpha))
-        vectors, lam = frame
-        r = (alpha**2 / sigma**2)[:, None]
-        return vectors, lam[None] / (1 + r * lam[None])
+        if axes.shape != (d, d):
+            raise ValueError(f"the VarianceTable is for samples of {axes.shape[0]} values, these have {d}")
+        axes, lam = axes.to(alpha), lam.to(alpha)
+        return axes, lam[None] / (1 + (alpha**2 / sigma**2)[:, None] * lam[None])
 
     def _variance(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> Tensor:
         """Σ̂ (B, d): the table's per-dimension marginal variance; where that estimate is 0 (it is a

@@ -52,7 +52,9 @@ class VarianceTable:
     ``data_var`` (L,), ``diagonal`` (L, d) with d the flattened sample size, the per-dimension
     data variance ``data_variance`` (d,), the upper bound of every marginal estimate, and the
     per-dimension data range ``data_low``, ``data_high`` (d,) (the default estimator's box,
-    :mod:`energy_guidance.importance`).
+    :mod:`energy_guidance.importance`), and for samples of up to :data:`MAX_COVARIANCE_DIM`
+    values the data covariance's eigenvectors ``principal_axes`` (d, d, columns) and eigenvalues
+    ``principal_variance`` (d,).
     """
 
     log_snr: Tensor
@@ -62,7 +64,8 @@ class VarianceTable:
     data_variance: Tensor | None = None
     data_low: Tensor | None = None
     data_high: Tensor | None = None
-    data_covariance: Tensor | None = None
+    principal_axes: Tensor | None = None
+    principal_variance: Tensor | None = None
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
@@ -92,7 +95,7 @@ class VarianceTable:
         return value if bound is None else torch.minimum(value, bound)
 
     def save(self, path: str) -> None:
-        optional = ("data_variance", "data_low", "data_high", "data_covariance")
+        optional = ("data_variance", "data_low", "data_high", "principal_axes", "principal_variance")
         names = ("log_snr", *TABLE_METHODS, *(k for k in optional if getattr(self, k) is not None))
         save_tensors(
             path,
@@ -132,6 +135,10 @@ def estimate_variance_table(
     flat = data.reshape(data.shape[0], -1).to(torch.float64)
     mean, var = flat.mean(0).cpu(), flat.var(0).cpu()  # the sums below accumulate on the CPU
     d = flat.shape[1]
+    axes = principal_variance = None
+    if d <= MAX_COVARIANCE_DIM:
+        principal_variance, axes = torch.linalg.eigh(torch.cov(flat.T.cpu()).reshape(d, d))
+        principal_variance = principal_variance.clamp(min=0)
     rows = []
     for t in timesteps:
         alpha, sigma = noise_level(scheduler, t)
@@ -165,7 +172,8 @@ def estimate_variance_table(
         data_variance=var.float(),
         data_low=flat.min(0).values.float().cpu(),
         data_high=flat.max(0).values.float().cpu(),
-        data_covariance=torch.cov(flat.T.cpu()).reshape(d, d).float() if d <= MAX_COVARIANCE_DIM else None,
+        principal_axes=None if axes is None else axes.float(),
+        principal_variance=None if axes is None else principal_variance.float(),
     )
 
 

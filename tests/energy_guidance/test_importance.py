@@ -130,7 +130,8 @@ def covariance_table(cov: torch.Tensor) -> VarianceTable:
     covariance of Gaussian data with covariance C."""
     d = cov.shape[0]
     t = table(1.0, -1e6, 1e6, d)
-    t.data_covariance = cov
+    lam, axes = torch.linalg.eigh(cov)
+    t.principal_axes, t.principal_variance = axes, lam
     return t
 
 
