@@ -217,9 +217,11 @@ class ImportanceTilt:
         m = self.num_pairs
         std = var.sqrt()
         z = torch.randn(m, b, d, generator=self._draws_generator(std), dtype=xf.dtype).to(xf.device)
-        z = torch.cat([z, -z])  # (2M, B, d), antithetic
-        spread = std[None] * z
-        draws = (xf + shift)[None] + (spread if frame is None else spread @ frame.T)
+        spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
+        if frame is not None:
+            spread = spread @ frame.T
+        centre = xf + shift
+        draws = torch.cat([centre[None] + spread, centre[None] - spread])  # (2M, B, d)
         with torch.no_grad():
             try:
                 energies = call_energy(
@@ -228,13 +230,14 @@ class ImportanceTilt:
             except NonFiniteError as error:  # name the samples whose draws failed, not the draws
                 error.bad = error.bad.reshape(2 * m, b).any(0)
                 raise
-        # log N(y; x̂0, Σ̂) - log N(y; x̂0 + Δ, Σ̂) with y - x̂0 - Δ = Σ̂^½·z
+        # log N(y; x̂0, Σ̂) - log N(y; x̂0 + Δ, Σ̂) with y - x̂0 - Δ = ±Σ̂^½·z
         shift_frame = shift if frame is None else shift @ frame
-        log_ratio = -0.5 * (shift_frame**2 / var).sum(1)[None] - (shift_frame[None] * z / std[None]).sum(2)
+        linear = torch.einsum("mbd,bd->mb", z, shift_frame / std)
+        log_ratio = -0.5 * (shift_frame**2 / var).sum(1)[None] - torch.cat([linear, -linear])
         log_w = -self.beta * energies.to(xf.dtype) + log_ratio
         value = -(torch.logsumexp(log_w, 0) - math.log(2 * m))
         weights = torch.softmax(log_w, 0)
-        return value, (weights[..., None] * draws).sum(0)
+        return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
 
     def _draws_generator(self, std: Tensor) -> torch.Generator:
         """The draws' generator, seeded by ``seed`` and the noise level: a run is reproducible and
