@@ -256,6 +256,13 @@ class AnalyticEnergyGuidance:
     def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
         twice = bool(getattr(self.estimator, "double_backward_model", False))  # math attention kernel
         out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
+        if x_t.requires_grad and not out.requires_grad:
+            raise TypeError(
+                f"the model's output does not depend differentiably on x_t (wrapped in torch.no_grad(), "
+                f"detached, or through numpy?), but {type(self.estimator).__name__} differentiates through "
+                "the model: use the default estimator (no variance/order/gradient) or gradient='tweedie', "
+                "which need no model gradient"
+            )
         return to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:

@@ -211,3 +211,32 @@ def test_capped_rescale_never_raises_the_energy(eps_model):
     se = math.sqrt(e_g.var() / len(e_g) + e_u.var() / len(e_u))
     assert float(e_g.mean()) <= float(e_u.mean()) + Z * se
     assert float(e_g.mean()) < float(e_u.mean()) - Z * se  # and it still guides
+
+
+def test_a_model_that_cannot_be_differentiated_is_named_by_the_papers_form_and_runs_by_default():
+    """A model under torch.no_grad(): the paper's form (autograd through the model) used to run
+    with ∂x̂0/∂x_t = I/α and return a mean of 36 where 2.4 is right (issue 17); it now raises a
+    TypeError naming the cause, in every closed-form mode that differentiates the model, while
+    the default, which needs no model gradient, runs and tilts."""
+    scheduler = diffusers.DPMSolverMultistepScheduler()
+    exact = DATA.noise_model(scheduler)
+
+    def frozen(x, t):
+        with torch.no_grad():
+            return exact(x, t)
+
+    def energy(x):
+        return -x[:, 0]
+
+    for options in ({"variance": 0.0}, {"variance": "jacobian"}, {"order": 2}):
+        guidance = AnalyticEnergyGuidance(scheduler, frozen, energy, 1.0, **options)
+        with pytest.raises(TypeError, match="no_grad"):
+            guidance.sample((8, 2), num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    guided = AnalyticEnergyGuidance(scheduler, frozen, energy, 1.0).sample(
+        (GUIDED, 2), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)
+    )
+    unguided = sample(
+        scheduler, exact, (GUIDED, 2), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)
+    )
+    se = math.sqrt(float(guided[:, 0].var() + unguided[:, 0].var()) / GUIDED)
+    assert float(guided[:, 0].mean() - unguided[:, 0].mean()) > Z * se
