@@ -137,7 +137,7 @@ class ImportanceTilt:
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
         shift = self._newton_shift(x0, xf, var, frame, cond)
-        value, mean = self._tilt(x0, xf, var, frame, shift, cond)
+        value, mean = self._tilt(x0, xf, var, frame, shift, cond, _draw_keys(x_t, sigma))
         target = self._within_range(mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
@@ -210,13 +210,13 @@ class ImportanceTilt:
         return shift
 
     def _tilt(
-        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, shift: Tensor, cond
+        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, shift: Tensor, cond, keys: Tensor
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
         m = self.num_pairs
         std = var.sqrt()
-        z = torch.randn(m, b, d, generator=self._draws_generator(std), dtype=xf.dtype).to(xf.device)
+        z = _normal_draws(keys + torch.tensor(self.seed, dtype=torch.int64) * _GOLDEN, m, d).to(xf)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
         if frame is not None:
             spread = spread @ frame.T
@@ -238,12 +238,6 @@ class ImportanceTilt:
         value = -(torch.logsumexp(log_w, 0) - math.log(2 * m))
         weights = torch.softmax(log_w, 0)
         return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
-
-    def _draws_generator(self, std: Tensor) -> torch.Generator:
-        """The draws' generator, seeded by ``seed`` and the noise level: a run is reproducible and
-        its result does not depend on how many steps or runs came before."""
-        level = float(std.detach().double().mean())
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(level * 1e9) % 2**40)
 
     def _within_range(self, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0
@@ -269,3 +263,42 @@ def _repeat(cond, times: int, batch: int):
         f"the default estimator evaluates the energy on stacked draws and needs cond as a tensor, got "
         f"{type(cond).__name__}; pass an estimator that takes it (e.g. ClosedForm)"
     )
+
+
+# The draws are a hash of (sample, noise level, draw index), not a generator's stream: a sample's
+# draws do not depend on which other samples share its batch (frozen or dropped ones, chunks) or
+# on the steps and runs before, so runs reproduce and per-sample results are batch-invariant.
+# splitmix64 (Steele, Lea and Flood 2014) in wrapping int64 arithmetic.
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shift_right(x: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix(x: Tensor) -> Tensor:
+    z = x + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def _draw_keys(x_t: Tensor, sigma: Tensor) -> Tensor:
+    """One int64 key (B,) per sample: a hash of its state x_t's bits and of the noise level."""
+    bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).cpu().contiguous().view(torch.int64)
+    position = torch.arange(bits.shape[1], dtype=torch.int64) * _GOLDEN
+    level = torch.tensor([float(sigma.reshape(-1)[0])], dtype=torch.float64).view(torch.int64)
+    return _splitmix(_splitmix(bits + position).sum(1) + _splitmix(level))
+
+
+def _normal_draws(keys: Tensor, m: int, d: int) -> Tensor:
+    """Standard normal draws (m, B, d) as a function of the keys (B,) only (Box–Muller)."""
+    counter = (torch.arange(m * d, dtype=torch.int64) * 2).reshape(m, 1, d)
+    first = _splitmix(keys.reshape(1, -1, 1) + counter * _GOLDEN)
+    second = _splitmix(first ^ _MIX1)
+    u1 = (_shift_right(first, 11).double() + 0.5) * 2.0**-53
+    u2 = _shift_right(second, 11).double() * 2.0**-53
+    return (-2 * u1.log()).sqrt() * torch.cos(2 * math.pi * u2)

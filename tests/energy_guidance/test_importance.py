@@ -30,12 +30,14 @@ def table(ratio: float, low: float = -50.0, high: float = 50.0, d: int = D) -> V
     )
 
 
-def call(estimator: ImportanceTilt, x0: torch.Tensor, s: float):
-    """(E_t, ∇_{x_t}E_t, tilted mean) at x̂0 with α = 1, σ² = s (so Σ̂ = ratio·s·I)."""
+def call(estimator: ImportanceTilt, x0: torch.Tensor, s: float, x_t: torch.Tensor | None = None):
+    """(E_t, ∇_{x_t}E_t, tilted mean) at x̂0 with α = 1, σ² = s (so Σ̂ = ratio·s·I). The draws
+    are keyed by x_t (default x̂0): rows with equal x_t get equal draws."""
     b = x0.shape[0]
+    x_t = x0 if x_t is None else x_t
     alpha, sigma = torch.ones(b, dtype=x0.dtype), torch.full((b,), math.sqrt(s), dtype=x0.dtype)
     value, grad = estimator.value_and_x_t_gradient(
-        x0, alpha, sigma, prediction=Prediction(eps=torch.zeros_like(x0), x0=x0)
+        x_t, alpha, sigma, prediction=Prediction(eps=torch.zeros_like(x0), x0=x0)
     )
     return value, grad, x0 - (sigma**2 / alpha)[:, None] * grad  # m̃ = x̂0 - (σ²/α)·∇_{x_t}E_t
 
@@ -85,7 +87,8 @@ def test_plateau_energy_moves_toward_the_low_side():
     beta, s, a, repeats, z = 5.0, 1.0, 1.0, 400, 5.0
     est = ImportanceTilt(lambda x: torch.sigmoid(50 * (a - x[:, 0])), beta, table(1.0))
     x0 = torch.zeros(repeats, D, dtype=torch.float64)
-    _, _, mean = call(est, x0, s)
+    states = torch.randn(repeats, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _, _, mean = call(est, x0, s, x_t=states)  # independent draws per row
     normal = torch.distributions.Normal(0.0, math.sqrt(s))
     above = 1 - float(normal.cdf(torch.tensor(a)))
     density = float(normal.log_prob(torch.tensor(a)).exp())
@@ -151,3 +154,19 @@ def test_linear_energy_with_a_full_covariance_is_exact(beta, s, seed):
     sigma_hat = cov @ torch.linalg.inv(torch.eye(D, dtype=torch.float64) + cov / s)
     torch.testing.assert_close(mean, x0 - beta * (sigma_hat @ w), rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(value, beta * x0 @ w - 0.5 * beta**2 * w @ sigma_hat @ w, rtol=1e-7, atol=1e-7)
+
+
+def test_draws_are_standard_normal_and_belong_to_their_sample():
+    """The hashed draws: mean 0 and variance 1 within 5 standard errors (1/√n and √(2/n)), and a
+    sample's draws depend on its own state and level only, not on the rest of its batch."""
+    from energy_guidance.importance import _draw_keys, _normal_draws
+
+    states = torch.randn(2000, D, generator=torch.Generator().manual_seed(0))
+    z = _normal_draws(_draw_keys(states, torch.tensor([0.5])), 8, D)
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    alone = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.5])), 8, D)
+    assert torch.equal(alone[:, 0], z[:, 7])
+    other_level = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.25])), 8, D)
+    assert not torch.equal(other_level, alone)
