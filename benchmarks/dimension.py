@@ -21,7 +21,8 @@ Energies (lower is better), with their β from mild to sharp:
                                                                                 β ∈ {2, 5, 10}
 
 Ground truth: the tilted target of the TRUE mixture, p ∝ q·exp(-β·E). Linear: the tilted mixture
-(:meth:`GaussianMixture.tilted`). Quadratic: each component stays Gaussian (:func:`quadratic_tilt`:
+(:meth:`GaussianMixture.tilted`). Quadratic: each component stays Gaussian
+(:meth:`GaussianMixture.quadratic_tilted`:
 per dimension precision 1/v + βk, mean (μ + βk·v·c)/(1 + βk·v), and the component reweighted by its
 normaliser Π (1 + βk·v)^-½·exp(-βk·(μ - c)²/(2(1 + βk·v)))). Both give log Z = log E_q[exp(-β·E)]
 in closed form. Distance and plateau: self-normalised importance sampling with proposals that are
@@ -301,24 +302,6 @@ def linear_tilt(mix: GaussianMixture, w: Tensor, beta: float) -> tuple[GaussianM
     return mix.tilted(w, beta), float(torch.logsumexp(torch.log(mix.weights) + log_mgf, dim=0))
 
 
-def quadratic_tilt(mix: GaussianMixture, c: Tensor, k: float, beta: float) -> tuple[GaussianMixture, float]:
-    """The exact target of E = ½k‖x - c‖² and log Z = log E_q[exp(-β·E)].
-
-    With a = β·k, per component and dimension N(x; μ, v)·exp(-a(x - c)²/2) is a Gaussian of precision
-    1/v + a (variance v/(1 + a·v), mean (μ + a·v·c)/(1 + a·v)) times the normaliser
-    (1 + a·v)^-½·exp(-a(μ - c)²/(2(1 + a·v))): the components keep their shape and are reweighted by
-    the product of their normalisers.
-    """
-    a = float(beta) * float(k)
-    c = c.double()
-    av1 = 1 + a * mix.variances
-    means = (mix.means + a * mix.variances * c) / av1
-    variances = mix.variances / av1
-    log_norm = (-0.5 * torch.log(av1) - a * (mix.means - c) ** 2 / (2 * av1)).sum(1)
-    log_w = torch.log(mix.weights) + log_norm
-    return GaussianMixture(torch.softmax(log_w, 0), means, variances), float(torch.logsumexp(log_w, 0))
-
-
 @dataclass
 class Reference:
     """The tilted target as a (weighted) point set, and what the metrics need of it."""
@@ -356,10 +339,6 @@ class Reference:
         }
 
 
-def _kish(log_w: Tensor) -> float:
-    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)))
-
-
 def _log_diag_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """log N(x; mean, diag(var)) for x (N, d) and one mean/var (d,), float64."""
     return -0.5 * (((x - mean) ** 2 / var) + torch.log(2 * math.pi * var)).sum(1)
@@ -385,7 +364,7 @@ def snis(
     n = len(x)
     log_z = float(torch.logsumexp(log_w, 0) - math.log(n))
     w = torch.softmax(log_w, 0)
-    ess = _kish(log_w)
+    ess = float(effective_sample_size(log_w))
     log_z_se = float(torch.exp(log_w - log_z).std() / math.sqrt(n))  # s.e. of Ẑ/Z
     resampled = x[torch.multinomial(w, n, replacement=True, generator=generator)]
     return Reference(
@@ -424,7 +403,8 @@ def distance_reference(
     exp(-β·√(u + ε²)) is a Gaussian scale mixture in u = ‖x - c‖² (the Laplace transform of the
     Lévy density): exp(-β·√(u + ε²)) = ∫ λ(t)·exp(-t·(u + ε²)) dt, λ(t) = β/(2√π)·t^(-3/2)·exp(-β²/(4t)).
     For each t a component tilted by exp(-t‖x - c‖²) is the quadratic tilt with βk = 2t
-    (:func:`quadratic_tilt`: Gaussian, known normaliser), so the target is a continuous mixture over
+    (:meth:`GaussianMixture.quadratic_tilted`: Gaussian, known normaliser), so the target is a
+    continuous mixture over
     (component, t) with weights π_k·λ(t)·Z_k(t). The proposal puts ``grid`` values of log t on the
     region that carries the mass of each component (from a fine grid) and is that finite mixture of
     diagonal Gaussians; SNIS corrects the discretisation.
@@ -565,7 +545,7 @@ def build_reference(
         target, log_z = linear_tilt(mix, energy.w, beta)
         return closed_reference(target, log_z, energy, n, generator)
     if isinstance(energy, QuadraticEnergy):
-        target, log_z = quadratic_tilt(mix, energy.c, energy.k, beta)
+        target, log_z = mix.quadratic_tilted(energy.c, energy.k, beta)
         return closed_reference(target, log_z, energy, n, generator)
     if isinstance(energy, DistanceEnergy):
         return distance_reference(mix, energy, beta, n, generator, min_ess=min_ess)

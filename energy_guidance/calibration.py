@@ -54,10 +54,8 @@ def calibrate(
             f"got {type(cond).__name__}; pass variance_table=estimate_variance_table(scheduler, model, data)"
         )
     rows = None
-    if cond is not None and cond.dim() > 0:
-        rows = cond[torch.arange(num_samples, device=cond.device) % cond.shape[0]]
-    elif cond is not None:
-        rows = cond
+    if cond is not None:  # one row per pilot sample, the caller's rows in turn (a scalar is shared)
+        rows = cond.expand(num_samples) if cond.dim() == 0 else cond[torch.arange(num_samples) % len(cond)]
     logger.info(
         "calibrating the default guidance from %d of the model's own samples (%d steps, once)",
         num_samples,

@@ -7,6 +7,7 @@ Energies: ``energy(x0)`` or ``energy(x0, cond)`` -> Tensor (B,), lower is better
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -221,3 +222,16 @@ def energy_grad_hessian(
     if not create_graph:
         value, grad = value.detach(), grad.detach()
     return value, grad, hessian
+
+
+def check_beta(beta) -> float:
+    """β as a float, or a one-line error naming it."""
+    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
+        beta = beta.item()
+    if isinstance(beta, bool) or not isinstance(beta, int | float):
+        raise TypeError(
+            f"beta must be a number (an inverse temperature >= 0), got {type(beta).__name__} {beta!r}"
+        )
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0 (lower energy is better), got {beta}")
+    return float(beta)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .calibration import calibrate
-from .callables import GUIDED_OUTPUT, Energy, call_model, check_finite, estimator_sources, located
+from .callables import GUIDED_OUTPUT, Energy, call_model, check_beta, check_finite, estimator_sources, located
 from .closed_form import ClosedForm
 from .importance import ImportanceTilt
 from .sampling import StepInfo, sample
@@ -52,24 +52,10 @@ _MIN_ALPHA = 1e-6
 
 # A guided change to ε̂ larger than this many times ‖ε̂‖ is reported (GuidanceExplosionWarning).
 EXPLOSION_RATIO = 100.0
-RESCALE = (False, True, "paper")
 
 
 class GuidanceExplosionWarning(RuntimeWarning):
     """A guided step changed the model's prediction by far more than the prediction itself."""
-
-
-def _check_beta(beta) -> float:
-    """β as a float, or a one-line error naming it."""
-    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
-        beta = beta.item()
-    if isinstance(beta, bool) or not isinstance(beta, int | float):
-        raise TypeError(
-            f"beta must be a number (an inverse temperature >= 0), got {type(beta).__name__} {beta!r}"
-        )
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be finite and >= 0 (lower energy is better), got {beta}")
-    return float(beta)
 
 
 def _number(timestep) -> str:
@@ -150,10 +136,10 @@ class AnalyticEnergyGuidance:
         allow_clipping: bool = False,
     ) -> None:
         if beta is not None:
-            beta = _check_beta(beta)
+            beta = check_beta(beta)
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
-        if rescale not in RESCALE or (rescale is not True and rescale is not False and rescale != "paper"):
+        if not (rescale is True or rescale is False or rescale == "paper"):
             raise ValueError(
                 f"rescale must be False, True (cap the guidance at ‖ε̂‖) or 'paper', got {rescale!r}"
             )
@@ -193,7 +179,7 @@ class AnalyticEnergyGuidance:
         if beta is None:
             if estimator_beta is None:
                 raise ValueError(f"{type(estimator).__name__} has no .beta; pass beta=")
-            beta = _check_beta(estimator_beta)
+            beta = check_beta(estimator_beta)
         elif estimator_beta is not None and float(estimator_beta) != float(beta):
             raise ValueError(
                 f"the estimator was built for beta={estimator_beta}, not beta={beta}; "

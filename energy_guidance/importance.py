@@ -61,7 +61,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Energy, NonFiniteError, call_energy, energy_and_grad
+from .callables import Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
 from .posterior import VarianceTable
 from .schedules import Prediction
 
@@ -95,12 +95,10 @@ class ImportanceTilt:
         num_pairs: int = 8,
         seed: int = 0,
     ) -> None:
-        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0 (lower energy is better), got {beta!r}")
         if not (isinstance(num_pairs, int) and num_pairs >= 1):
             raise ValueError(f"num_pairs must be an integer >= 1, got {num_pairs!r}")
         self.energy = energy
-        self.beta = float(beta)
+        self.beta = check_beta(beta)
         self.table = table
         self.num_pairs = num_pairs
         self.seed = int(seed)
@@ -216,7 +214,7 @@ class ImportanceTilt:
         b, d = xf.shape
         m = self.num_pairs
         std = var.sqrt()
-        z = _normal_draws(keys + torch.tensor(self.seed, dtype=torch.int64) * _GOLDEN, m, d).to(xf)
+        z = _normal_draws(keys + _wrap(self.seed * _GOLDEN), m, d).to(xf)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
         if frame is not None:
             spread = spread @ frame.T
@@ -274,6 +272,11 @@ _MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 
 
+def _wrap(value: int) -> int:
+    """A Python integer as the signed 64-bit integer it wraps to."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def _shift_right(x: Tensor, k: int) -> Tensor:
     """Logical right shift of int64 bits (torch's >> is arithmetic)."""
     return (x >> k) & ((1 << (64 - k)) - 1)
@@ -287,16 +290,17 @@ def _splitmix(x: Tensor) -> Tensor:
 
 
 def _draw_keys(x_t: Tensor, sigma: Tensor) -> Tensor:
-    """One int64 key (B,) per sample: a hash of its state x_t's bits and of the noise level."""
-    bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).cpu().contiguous().view(torch.int64)
-    position = torch.arange(bits.shape[1], dtype=torch.int64) * _GOLDEN
-    level = torch.tensor([float(sigma.reshape(-1)[0])], dtype=torch.float64).view(torch.int64)
+    """One int64 key (B,) per sample, on x_t's device: a hash of its state's bits and of the noise
+    level (no host transfer: this runs at every step)."""
+    bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).contiguous().view(torch.int64)
+    position = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device) * _GOLDEN
+    level = sigma.detach().reshape(-1)[:1].to(device=bits.device, dtype=torch.float64).view(torch.int64)
     return _splitmix(_splitmix(bits + position).sum(1) + _splitmix(level))
 
 
 def _normal_draws(keys: Tensor, m: int, d: int) -> Tensor:
     """Standard normal draws (m, B, d) as a function of the keys (B,) only (Box–Muller)."""
-    counter = (torch.arange(m * d, dtype=torch.int64) * 2).reshape(m, 1, d)
+    counter = (torch.arange(m * d, dtype=torch.int64, device=keys.device) * 2).reshape(m, 1, d)
     first = _splitmix(keys.reshape(1, -1, 1) + counter * _GOLDEN)
     second = _splitmix(first ^ _MIX1)
     u1 = (_shift_right(first, 11).double() + 0.5) * 2.0**-53

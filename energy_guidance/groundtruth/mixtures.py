@@ -7,7 +7,8 @@ For data q(x0) = Σ_k π_k N(μ_k, diag(v_k)) and x_t = α·x0 + σ·ε everythi
                      m_k = μ_k + α·v_k·(x_t - α·μ_k)/(α²·v_k + σ²),  s_k = v_k·σ²/(α²·v_k + σ²)
     ε̂(x_t)         = -σ·∇log q_t(x_t) = σ·Σ_k w_k (x_t - α·μ_k)/(α²·v_k + σ²)
 
-and tilting by a linear energy E(x) = wᵀx gives another mixture (:meth:`GaussianMixture.tilted`).
+and tilting by a linear energy E(x) = wᵀx (:meth:`GaussianMixture.tilted`) or a quadratic
+½k‖x − c‖² (:meth:`GaussianMixture.quadratic_tilted`) gives another mixture.
 Used by tests, the demo and the benchmarks as ground truth.
 """
 
@@ -120,6 +121,24 @@ class GaussianMixture:
         log_mgf = -beta * self.means @ w + 0.5 * beta**2 * self.variances @ (w**2)
         weights = torch.softmax(torch.log(self.weights) + log_mgf, dim=0)
         return GaussianMixture(weights, self.means - beta * self.variances * w, self.variances)
+
+    def quadratic_tilted(self, centre, k: float, beta: float) -> tuple[GaussianMixture, float]:
+        """The exact target q(x)·exp(-β·½k‖x - c‖²) / Z and log Z = log E_q[exp(-β·E)].
+
+        With a = β·k, per component and dimension N(x; μ, v)·exp(-a(x - c)²/2) is a Gaussian of
+        precision 1/v + a (variance v/(1 + a·v), mean (μ + a·v·c)/(1 + a·v)) times the normaliser
+        (1 + a·v)^-½·exp(-a(μ - c)²/(2(1 + a·v))): the components keep their shape and are
+        reweighted by the product of their normalisers.
+        """
+        a = float(beta) * float(k)
+        c = torch.as_tensor(centre, dtype=torch.float64)
+        av1 = 1 + a * self.variances
+        means = (self.means + a * self.variances * c) / av1
+        log_norm = (-0.5 * torch.log(av1) - a * (self.means - c) ** 2 / (2 * av1)).sum(1)
+        log_w = torch.log(self.weights) + log_norm
+        return GaussianMixture(torch.softmax(log_w, 0), means, self.variances / av1), float(
+            torch.logsumexp(log_w, 0)
+        )
 
     def noise_model(self, scheduler):
         """An exact model ``model(x_t, t)`` in ``scheduler``'s prediction type."""

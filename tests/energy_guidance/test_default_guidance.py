@@ -25,10 +25,9 @@ import torch
 from energy_guidance import AnalyticEnergyGuidance, NonFiniteError, sample
 from energy_guidance.groundtruth import GaussianMixture, sliced_wasserstein
 from energy_guidance.guidance import GuidanceExplosionWarning
-from energy_guidance.training import fit
 
 from .schedulers import make_scheduler
-from .test_trained_models import DATA, MLP, adapted
+from .test_trained_models import DATA, adapted, trained  # noqa: F401 (the fixture)
 
 GUIDED, REFERENCE, STEPS, Z, BOUND = 1000, 20000, 20, 5.0, 8.0
 C = torch.tensor([1.0, 1.5])
@@ -39,39 +38,15 @@ ENERGIES = {
 
 
 @pytest.fixture(scope="module")
-def eps_model():
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    pool = DATA.sample(50_000, generator=g)
-    ddpm = diffusers.DDPMScheduler(clip_sample=False)
-    model = MLP()
-
-    def loss():
-        i = torch.randint(0, len(pool), (256,), generator=g)
-        t = torch.randint(0, 1000, (256,), generator=g)
-        noise = torch.randn(256, 2, generator=g)
-        return (model(ddpm.add_noise(pool[i], noise, t), t) - noise).pow(2).mean()
-
-    fit(model, loss, steps=1500, lr=2e-3, progress=False)
-    return model.requires_grad_(False)
+def eps_model(request):
+    """test_trained_models.py's ε-model (its ``trained`` fixture, trained once per module)."""
+    return request.getfixturevalue("trained")["epsilon"]
 
 
 @pytest.fixture(scope="module")
-def flow_model():
-    """A velocity model (x_t = (1 - s)·x0 + s·ε, target ε - x0), 1,500 Adam steps."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    pool = DATA.sample(50_000, generator=g)
-    model = MLP()
-
-    def loss():
-        i = torch.randint(0, len(pool), (256,), generator=g)
-        s = torch.rand(256, 1, generator=g)
-        noise = torch.randn(256, 2, generator=g)
-        return (model((1 - s) * pool[i] + s * noise, s[:, 0] * 1000) - (noise - pool[i])).pow(2).mean()
-
-    fit(model, loss, steps=1500, lr=2e-3, progress=False)
-    return model.requires_grad_(False)
+def flow_model(request):
+    """test_trained_models.py's flow-velocity model."""
+    return request.getfixturevalue("trained")["flow"]
 
 
 _REFERENCES: dict[str, torch.Tensor] = {}
@@ -159,21 +134,6 @@ def test_default_with_a_trained_model_meets_the_bar_on_every_family_sharp(eps_mo
     run_case(eps_model, name, "sharp quadratic", 20.0)
 
 
-def quadratic_tilt(mixture: GaussianMixture, centre: torch.Tensor, k: float, beta: float) -> GaussianMixture:
-    """q(x)·exp(−β·½k‖x − c‖²)/Z for a diagonal mixture: each component N(μ, v) becomes
-    N(v'(μ/v + βk·c), v') with v' = v/(1 + βkv), weighted by π·N(c; μ, v + 1/(βk))."""
-    c = centre.to(torch.float64)
-    lam = beta * k
-    v = mixture.variances
-    new_var = v / (1 + lam * v)
-    new_mean = new_var * (mixture.means / v + lam * c)
-    spread = v + 1 / lam
-    log_w = torch.log(mixture.weights) - 0.5 * (
-        (c - mixture.means) ** 2 / spread + torch.log(2 * math.pi * spread)
-    ).sum(1)
-    return GaussianMixture(torch.softmax(log_w, 0), new_mean, new_var)
-
-
 def test_default_with_the_exact_32d_model_and_a_sharp_quadratic():
     """The case where the paper's form reached |x| ≈ 6,000: d = 32, four components, exact noise
     model, E = ½k‖x − c‖² with βk = 20, c near the lightest component."""
@@ -188,7 +148,7 @@ def test_default_with_the_exact_32d_model_and_a_sharp_quadratic():
     def energy(x):
         return 0.5 * k * (x - centre.to(x)).pow(2).sum(1)
 
-    target = quadratic_tilt(mixture, centre, k, beta).sample(4 * GUIDED, generator=g)
+    target = mixture.quadratic_tilted(centre, k, beta)[0].sample(4 * GUIDED, generator=g)
     scheduler = diffusers.DPMSolverMultistepScheduler()
     model = mixture.noise_model(scheduler)
     gen = torch.Generator().manual_seed(1)

@@ -209,3 +209,21 @@ def test_gaussian_constructor():
     g = GaussianMixture.gaussian([1.0, -1.0, 0.0], 0.5)
     assert g.dim == 3 and g.means.shape == (1, 3) and g.variances.shape == (1, 3)
     torch.testing.assert_close(g.covariance(), 0.5 * torch.eye(3, dtype=torch.float64))
+
+
+def test_quadratic_tilt_equals_numerical_integration_in_one_dimension():
+    """Each component's normaliser, mean and variance, and log Z, against a fine grid (d = 1)."""
+    mix = GaussianMixture(
+        torch.tensor([0.7, 0.3]), torch.tensor([[-1.0], [2.0]]), torch.tensor([[0.3], [0.1]])
+    )
+    c, k, beta = torch.tensor([1.5]), 2.0, 1.7
+    target, log_z = mix.quadratic_tilted(c, k, beta)
+    x = torch.linspace(-12, 12, 400_001, dtype=torch.float64)[:, None]
+    dx = float(x[1, 0] - x[0, 0])
+    density = torch.exp(mix.log_prob(x) - beta * 0.5 * k * (x[:, 0] - c.double()) ** 2)
+    z = float(density.sum() * dx)
+    assert log_z == pytest.approx(math.log(z), abs=1e-9)
+    p = density / (density.sum() * dx)
+    assert torch.allclose(torch.exp(target.log_prob(x)), p, atol=1e-9)
+    mean = float((p * x[:, 0]).sum() * dx)
+    assert float(target.mean()[0]) == pytest.approx(mean, abs=1e-9)
