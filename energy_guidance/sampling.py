@@ -134,15 +134,15 @@ def _seed_brownian_noise(scheduler, generator: torch.Generator | None) -> Callab
     return restore
 
 
-def _rows(cond, index: Tensor, batch: int):
+def condition_rows(cond, index: Tensor, batch: int):
     """``cond`` for the samples ``index`` only: per-sample tensors (leading size B), also inside
     lists, tuples and dicts, are indexed; anything else is shared by all samples."""
     if isinstance(cond, Tensor):
         return cond[index] if cond.dim() > 0 and cond.shape[0] == batch else cond
     if isinstance(cond, dict):
-        return {key: _rows(value, index, batch) for key, value in cond.items()}
+        return {key: condition_rows(value, index, batch) for key, value in cond.items()}
     if isinstance(cond, (list, tuple)):
-        return type(cond)(_rows(value, index, batch) for value in cond)
+        return type(cond)(condition_rows(value, index, batch) for value in cond)
     return cond
 
 
@@ -164,7 +164,7 @@ class _Evaluation:
             everyone = bool(self.active.all())
             index = None if everyone else self.active.nonzero().squeeze(1)
             x_part = x_in if everyone else x_in[index]
-            cond = self.cond if everyone else _rows(self.cond, index, batch)
+            cond = self.cond if everyone else condition_rows(self.cond, index, batch)
             try:
                 out, info = self._evaluate(x_part, t, cond, step)
             except NonFiniteError as error:

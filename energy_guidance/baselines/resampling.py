@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..callables import Energy, call_energy
-from ..sampling import _rows, sample
+from ..sampling import condition_rows, sample
 from .cost import Cost
 
 MAX_CHUNK = 4096  # pool samples drawn per call of the sampler, to bound memory
@@ -119,7 +119,7 @@ def importance_resampling(
                 index = torch.arange(start, stop) // pool
                 if isinstance(cond, Tensor):
                     index = index.to(cond.device)
-                rows = _rows(cond, index, batch)
+                rows = condition_rows(cond, index, batch)
             x = sample(
                 scheduler,
                 model,
