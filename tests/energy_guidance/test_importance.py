@@ -80,22 +80,27 @@ def test_tilted_mean_of_an_isotropic_quadratic_is_exact():
 
 
 def test_plateau_energy_moves_toward_the_low_side():
-    """A step E = sigmoid(κ(a - x₁)) with no gradient at x̂0: the draws find the step. Exact tilted
-    mean of x₁ over N(0, s) for the hard step (κ → ∞): E[x₁·w]/E[w] with w = e^{-β} below a,
-    1 above; the estimate averaged over R calls must be within Z SE of the smooth step's own
-    value, which lies between the untilted 0 and the hard step's mean."""
-    beta, s, a, repeats, z = 5.0, 1.0, 1.0, 400, 5.0
-    est = ImportanceTilt(lambda x: torch.sigmoid(50 * (a - x[:, 0])), beta, table(1.0))
+    """A step E = sigmoid(50(a - x₁)), no gradient at x̂0 = 0: the draws find the step. The exact
+    tilted mean μ̃ of x₁ over N(0, s) comes from a fine 1-D grid (the other coordinates do not
+    tilt). m̃ is self-normalised importance sampling with n = 2M draws, whose mean is
+    μ̃ + b/n + O(1/n²) with the first-order bias b = -E[w²(x - μ̃)]/E[w]² (w = exp(-βE)); with
+    M = 64 the O(1/n²) rest is far below the standard error, so the average of m̃ over R calls
+    must be within Z standard errors of μ̃ + b/n."""
+    beta, s, a, pairs, repeats, z = 5.0, 1.0, 1.0, 64, 400, 5.0
+    est = ImportanceTilt(lambda x: torch.sigmoid(50 * (a - x[:, 0])), beta, table(1.0), num_pairs=pairs)
     x0 = torch.zeros(repeats, D, dtype=torch.float64)
     states = torch.randn(repeats, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    _, _, mean = call(est, x0, s, x_t=states)  # independent draws per row
-    normal = torch.distributions.Normal(0.0, math.sqrt(s))
-    above = 1 - float(normal.cdf(torch.tensor(a)))
-    density = float(normal.log_prob(torch.tensor(a)).exp())
-    hard = (1 - math.exp(-beta)) * s * density / (math.exp(-beta) * (1 - above) + above)
+    _, _, mean = call(est, x0, s, x_t=states)  # draws are keyed by x_t: independent per row
+    grid = torch.linspace(-12, 12, 200_001, dtype=torch.float64)
+    density = torch.exp(-0.5 * grid**2 / s)
+    density = density / density.sum()
+    w = torch.exp(-beta * torch.sigmoid(50 * (a - grid)))
+    mass = float((density * w).sum())
+    exact = float((density * w * grid).sum()) / mass
+    bias = -float((density * w**2 * (grid - exact)).sum()) / mass**2 / (2 * pairs)
     estimate, se = float(mean[:, 0].mean()), float(mean[:, 0].std()) / math.sqrt(repeats)
-    assert estimate > z * se  # it moved
-    assert abs(estimate - hard) < 0.15 * hard + z * se, (estimate, hard)  # 0.15: the step's width 1/50
+    assert exact > 10 * z * se  # the tilt moves the mean far beyond the tolerance
+    assert abs(estimate - (exact + bias)) <= z * se, (estimate, exact, bias, se)
 
 
 @settings(deadline=None, max_examples=40)
@@ -152,8 +157,8 @@ def test_linear_energy_with_a_full_covariance_is_exact(beta, s, seed):
     x0 = torch.randn(8, D, dtype=torch.float64, generator=g)
     value, _, mean = call(est, x0, s)
     sigma_hat = cov @ torch.linalg.inv(torch.eye(D, dtype=torch.float64) + cov / s)
-    torch.testing.assert_close(mean, x0 - beta * (sigma_hat @ w), rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(value, beta * x0 @ w - 0.5 * beta**2 * w @ sigma_hat @ w, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(mean, x0 - beta * (sigma_hat @ w), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(value, beta * x0 @ w - 0.5 * beta**2 * w @ sigma_hat @ w, rtol=1e-9, atol=1e-9)
 
 
 def test_draws_are_standard_normal_and_belong_to_their_sample():
