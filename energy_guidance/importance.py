@@ -42,6 +42,25 @@ Why this, and not the paper's (1), is the default (docs/math.md, "the default es
 - it needs values and gradients of E only, not the expansion (1), whose variance term reverses
   the guidance once β·Σ̂·∇²E > 1.
 
+A Gaussian posterior has one mode, so it cannot say how a tilt moves mass BETWEEN the data's
+modes, which is decided at high noise, where the posterior spans several of them. There the
+table's samples x0_1..x0_N (the data's, or the model's own from calibration) serve as the prior:
+with k_i ∝ N(x_t; α·x0_i, σ²I) and k̃_i ∝ k_i·exp(-β·E(x0_i)) normalised over i,
+
+    E_t^s = -log Σ_i k_i·exp(-β·E(x0_i)),      m̃^s = x̂0 + Σ_i (k̃_i - k_i)·x0_i,           (7)
+
+the exact intermediate energy and the tilt's shift of the posterior mean under the samples'
+empirical distribution (the shift is added to the model's x̂0, so that the model's mean, not the
+samples', anchors it). Where few samples carry the tilted posterior this is no estimate at all,
+so the two are blended by the tilted weights' Kish ESS n = 1/Σ k̃_i²:
+
+    (E_t, m̃) = ρ·(E_t^s, m̃^s) + (1 - ρ)·(Gaussian E_t, m̃),   ρ = clip((n - 1)/(n* - 1), 0, 1),   (8)
+
+n* = :data:`SAMPLE_ESS`: the samples decide at high noise and mild tilts, the Gaussian at low
+noise and sharp tilts. The energies of the samples are computed once; a step costs a (B, N)
+kernel matrix. With a condition (``cond``) the samples are not the condition's own, and only the
+Gaussian is used.
+
 Σ̂ comes from a :class:`~energy_guidance.posterior.VarianceTable`. Where the table holds the
 data covariance C (samples of up to 512 values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior
 covariance of Gaussian data with covariance C, so that the tilt follows the data's directions
@@ -68,6 +87,7 @@ from .schedules import Prediction
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
+SAMPLE_ESS = 16.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 
 
 class ImportanceTilt:
@@ -102,6 +122,7 @@ class ImportanceTilt:
         self.table = table
         self.num_pairs = num_pairs
         self.seed = int(seed)
+        self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
 
     def __call__(
         self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
@@ -136,6 +157,8 @@ class ImportanceTilt:
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
         shift = self._newton_shift(x0, xf, var, frame, cond)
         value, mean = self._tilt(x0, xf, var, frame, shift, cond, _draw_keys(x_t, sigma))
+        if self.table.samples is not None and cond is None:
+            value, mean = self._blend_with_samples(x_t, alpha, sigma, x0, value, mean)
         target = self._within_range(mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
@@ -236,6 +259,43 @@ class ImportanceTilt:
         value = -(torch.logsumexp(log_w, 0) - math.log(2 * m))
         weights = torch.softmax(log_w, 0)
         return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
+
+    def _blend_with_samples(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, value: Tensor, mean: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(E_t, m̃) blended with those of the table's samples as the prior, (7)–(8)."""
+        samples, energies = self._samples_and_energies(x0)
+        xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
+        a, s2 = alpha.to(xt)[:, None], sigma.to(xt)[:, None] ** 2
+        distance = (xt**2).sum(1, keepdim=True) - 2 * a * (xt @ samples.T) + a**2 * (samples**2).sum(1)[None]
+        log_k = -distance / (2 * s2)  # log N(x_t; α·x0_i, σ²I) up to a constant, (B, N)
+        log_tilted = log_k - self.beta * energies[None]
+        k, tilted = torch.softmax(log_k, 1), torch.softmax(log_tilted, 1)
+        value_s = torch.logsumexp(log_k, 1) - torch.logsumexp(log_tilted, 1)
+        shift_s = (tilted - k) @ samples
+        ess = 1 / (tilted**2).sum(1)
+        weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
+        xf = x0.reshape(len(x0), -1).to(xt)
+        value = weight * value_s + (1 - weight) * value.to(xt)
+        mean = weight[:, None] * (xf + shift_s) + (1 - weight[:, None]) * mean.to(xt)
+        return value.to(x0.dtype), mean.to(x0.dtype)
+
+    def _samples_and_energies(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """The table's samples (N, d) and their energies (N,), in float64 on x0's device, computed
+        once per table; a sample where the energy is not finite gets energy +inf (weight 0)."""
+        source = self.table.samples
+        if self._samples is None or self._samples[0] is not source:
+            samples = source.to(device=x0.device, dtype=torch.float64)
+            batch = samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:])
+            with torch.no_grad():
+                try:
+                    energies = call_energy(self.energy, batch)
+                except NonFiniteError:  # checked for type and shape; only some values are not finite
+                    energies = self.energy(batch)
+            energies = energies.to(torch.float64)
+            energies = torch.where(torch.isfinite(energies), energies, torch.full_like(energies, math.inf))
+            self._samples = (source, samples, energies)
+        return self._samples[1], self._samples[2]
 
     def _within_range(self, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0

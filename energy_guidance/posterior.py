@@ -54,7 +54,8 @@ class VarianceTable:
     per-dimension data range ``data_low``, ``data_high`` (d,) (the default estimator's box,
     :mod:`energy_guidance.importance`), and for samples of up to :data:`MAX_COVARIANCE_DIM`
     values the data covariance's eigenvectors ``principal_axes`` (d, d, columns) and eigenvalues
-    ``principal_variance`` (d,).
+    ``principal_variance`` (d,); ``samples`` (N, d), up to :data:`MAX_SAMPLES` of the data's
+    samples, flattened (the default estimator's prior at high noise).
     """
 
     log_snr: Tensor
@@ -66,6 +67,7 @@ class VarianceTable:
     data_high: Tensor | None = None
     principal_axes: Tensor | None = None
     principal_variance: Tensor | None = None
+    samples: Tensor | None = None
 
     def ratio(self, method: str, lam: Tensor) -> Tensor:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
@@ -96,6 +98,7 @@ class VarianceTable:
 
     def save(self, path: str) -> None:
         optional = ("data_variance", "data_low", "data_high", "principal_axes", "principal_variance")
+        optional = (*optional, "samples")
         names = ("log_snr", *TABLE_METHODS, *(k for k in optional if getattr(self, k) is not None))
         save_tensors(
             path,
@@ -109,6 +112,7 @@ class VarianceTable:
 
 
 MAX_COVARIANCE_DIM = 512  # the table keeps the full data covariance up to this sample size
+MAX_SAMPLES = 1024  # the table keeps a random subset of at most this many of the data's samples
 
 
 @torch.no_grad()
@@ -174,7 +178,14 @@ def estimate_variance_table(
         data_high=flat.max(0).values.float().cpu(),
         principal_axes=None if axes is None else axes.float(),
         principal_variance=None if axes is None else principal_variance.float(),
+        samples=flat[_subset(len(flat), MAX_SAMPLES, generator)].float().cpu(),
     )
+
+
+def _subset(n: int, k: int, generator: torch.Generator | None) -> Tensor:
+    """Indices of a random subset of min(n, k) of n rows."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randperm(n, generator=generator, device=device)[:k].cpu()
 
 
 class VarianceEstimator(Protocol):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from energy_guidance import VarianceTable
-from energy_guidance.importance import RANGE_MARGIN, ImportanceTilt
+from energy_guidance.importance import RANGE_MARGIN, SAMPLE_ESS, ImportanceTilt
 from energy_guidance.schedules import Prediction
 
 D = 3
@@ -175,3 +175,86 @@ def test_draws_are_standard_normal_and_belong_to_their_sample():
     assert torch.equal(alone[:, 0], z[:, 7])
     other_level = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.25])), 8, D)
     assert not torch.equal(other_level, alone)
+
+
+def empirical_posterior(
+    samples: torch.Tensor, x_t: torch.Tensor, s: float, energies: torch.Tensor, beta: float
+):
+    """The exact posterior of x_t = x0 + √s·ε under the empirical prior of ``samples`` (α = 1):
+    its mean, and the tilted posterior's E_t = -log Σ p_i·exp(-β·E_i) and mean Σ p̃_i·x0_i,
+    with p_i ∝ exp(-‖x_t - x0_i‖²/2s) and p̃_i ∝ p_i·exp(-β·E_i); also the ESS of p̃."""
+    log_p = -((x_t[:, None] - samples[None]) ** 2).sum(-1) / (2 * s)
+    p = torch.softmax(log_p, 1)
+    log_tilted = log_p - beta * energies[None]
+    tilted = torch.softmax(log_tilted, 1)
+    value = torch.logsumexp(log_p, 1) - torch.logsumexp(log_tilted, 1)
+    return p @ samples, value, tilted @ samples, 1 / (tilted**2).sum(1)
+
+
+@settings(deadline=None, max_examples=30)
+@given(beta=st.floats(0.01, 1.0), s=st.floats(100.0, 1000.0), seed=st.integers(0, 2**16))
+def test_with_samples_in_the_table_the_tilt_at_high_noise_is_that_of_their_empirical_prior(beta, s, seed):
+    """(7)–(8): where the tilted samples' ESS reaches SAMPLE_ESS the estimator's E_t and tilted
+    mean are those of the empirical prior of the table's samples, exactly (a non-Gaussian energy,
+    so that the Gaussian part, were it used, would differ)."""
+    g = torch.Generator().manual_seed(seed)
+    samples = 2 * torch.randn(64, D, generator=g, dtype=torch.float64)
+
+    def energy(x):
+        return torch.sin(3 * x[:, 0]) + 0.5 * x[:, 1].abs()
+
+    t = table(0.5)
+    t.samples = samples
+    x_t = samples[:8] + math.sqrt(s) * torch.randn(8, D, generator=g, dtype=torch.float64)
+    x0, value, tilted_mean, ess = empirical_posterior(samples, x_t, s, energy(samples), beta)
+    assert bool((ess >= SAMPLE_ESS).all())  # the regime this test is about
+    got_value, _, got_mean = call(ImportanceTilt(energy, beta, t), x0, s, x_t=x_t)
+    torch.testing.assert_close(got_value, value, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_mean, tilted_mean, rtol=0, atol=1e-9)
+
+
+def test_with_samples_in_the_table_low_noise_keeps_the_gaussian_tilt():
+    """Where one sample holds the whole posterior (ESS 1), the samples carry no information about
+    the tilt and the estimator is the Gaussian one of the same table without them."""
+    g = torch.Generator().manual_seed(0)
+    samples = 2 * torch.randn(64, D, generator=g, dtype=torch.float64)
+    s = 1e-3
+    x_t = samples[:8] + math.sqrt(s) * torch.randn(8, D, generator=g, dtype=torch.float64)
+
+    def energy(x):
+        return (x - 1).pow(2).sum(1)
+
+    x0, *_, ess = empirical_posterior(samples, x_t, s, energy(samples), 1.0)
+    assert bool((ess < 1 + 1e-6).all())
+    with_samples = table(0.5)
+    with_samples.samples = samples
+    got = call(ImportanceTilt(energy, 1.0, with_samples), x0, s, x_t=x_t)
+    want = call(ImportanceTilt(energy, 1.0, table(0.5)), x0, s, x_t=x_t)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_samples_where_the_energy_is_not_finite_get_no_weight():
+    """A table sample outside the energy's domain (E = nan or inf) has weight 0 in (7)–(8)."""
+    g = torch.Generator().manual_seed(1)
+    samples = 2 * torch.randn(64, D, generator=g, dtype=torch.float64)
+    outside = torch.zeros(64, dtype=torch.bool)
+    outside[::4] = True
+    samples[outside, 0] = -30.0
+
+    def energy(x):  # defined for x_0 > -20 (the Gaussian draws around x̂0 stay there)
+        return torch.where(x[:, 0] > -20, 0.1 * x[:, 1], torch.nan)
+
+    t = table(0.01)  # Σ̂ = 0.01·s·I: the Gaussian draws stay within ±3 of x̂0
+    t.samples = samples
+    s, beta = 100.0, 1.0
+    x_t = 10 * torch.randn(4, D, generator=g, dtype=torch.float64)
+    inside = samples[~outside]
+    x0 = empirical_posterior(samples, x_t, s, torch.zeros(64, dtype=torch.float64), beta)[0]
+    _, value, tilted_mean, _ = empirical_posterior(inside, x_t, s, energy(inside), beta)
+    # the full prior's normaliser includes the samples outside: E_t = -log Σ_inside p_i·exp(-β·E_i)
+    log_p = -((x_t[:, None] - samples[None]) ** 2).sum(-1) / (2 * s)
+    value = value - (torch.logsumexp(log_p[:, ~outside], 1) - torch.logsumexp(log_p, 1))
+    got_value, _, got_mean = call(ImportanceTilt(energy, beta, t), x0, s, x_t=x_t)
+    torch.testing.assert_close(got_value, value, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_mean, tilted_mean, rtol=0, atol=1e-9)
