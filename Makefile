@@ -4,7 +4,7 @@ PY := .venv/bin/python
 
 .PHONY: demo test lint
 demo: .venv/.installed
-	$(PY) -m recipes.aepo
+	$(PY) -m energy_guidance.recipes.aepo
 
 test: .venv/.installed
 	$(PY) -m pytest

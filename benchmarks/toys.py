@@ -95,6 +95,7 @@ from typing import Literal, get_args
 import torch
 import tyro
 from diffusers import DDPMScheduler
+from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
 from torch import Tensor, nn
 
 from energy_guidance import (
@@ -118,7 +119,6 @@ from energy_guidance.groundtruth import (
 from energy_guidance.groundtruth.metrics import weighted_quantiles
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
-from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
 Part = Literal["exact", "learned"]
 TrainingFree = Literal[

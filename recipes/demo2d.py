@@ -1,4 +1,4 @@
-"""Guided sampling on a 2-D toy: ``python -m recipes.demo2d``.
+"""Guided sampling on a 2-D toy: ``python -m energy_guidance.recipes.demo2d``.
 
 Data: a ring of 8 Gaussians, modelled by its exact noise prediction. Energy: a tilt
 E(x) = wᵀx toward the lower left. The exact target q·exp(-β·E) is again a Gaussian mixture

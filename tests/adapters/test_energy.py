@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from energy_guidance.adapters import critic_energy, reduce_critic
+from energy_guidance.recipes.networks import TwinQ
 
-from critics import critic_energy, reduce_critic
-from critics.networks import TwinQ
 from energy_guidance.callables import energy_and_grad
 
 

@@ -1,8 +1,7 @@
 """Random transitions for the critic tests: states, actions in [-1, 1], rewards, ~10 % terminals."""
 
 import torch
-
-from critics import Transitions
+from energy_guidance.recipes.transitions import Transitions
 
 
 def random_transitions(n: int = 64, obs_dim: int = 3, act_dim: int = 2, seed: int = 1) -> Transitions:
