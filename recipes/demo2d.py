@@ -31,6 +31,8 @@ from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.groundtruth import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
+from .plots import pyplot
+
 
 def ring_of_gaussians(k: int = 8, radius: float = 3.0, std: float = 0.35) -> GaussianMixture:
     angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
@@ -113,10 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _plot(results: dict[str, torch.Tensor], target: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = {**results, "exact target": target}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True)

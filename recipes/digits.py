@@ -50,6 +50,8 @@ from energy_guidance import (
 from energy_guidance.checkpoints import atomic_write, cached_module
 from energy_guidance.training import History, fit
 
+from .plots import pyplot
+
 
 @dataclass
 class DigitsConfig:
@@ -208,10 +210,7 @@ def judge_rate(judge, x: Tensor, digit: int) -> float:
 
 
 def save_grid(path: Path, panels: dict[str, Tensor]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (title, x) in zip(np.atleast_1d(axes), panels.items(), strict=True):
