@@ -1,4 +1,5 @@
-# Two entry points (see README.md): `make demo` runs the main job, `make test` the test suite.
+# Two entry points (see README.md): `make demo` runs the main job, `make test` the linter (ruff
+# check and format) and then the test suite; CI runs `make test`, so a lint error fails it.
 # Both create .venv on first use; torch==2.13.0 (the local CPU build) is installed first when absent.
 PY := .venv/bin/python
 
@@ -6,7 +7,7 @@ PY := .venv/bin/python
 demo: .venv/.installed
 	$(PY) -m energy_guidance.recipes.aepo
 
-test: .venv/.installed
+test: lint
 	$(PY) -m pytest
 
 lint: .venv/.installed
