@@ -249,7 +249,10 @@ def reference_scores(dataset: minari.MinariDataset) -> tuple[float, float] | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build or inspect the project's Minari data sets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m energy_guidance.recipes.data",
+        description="Build or inspect the project's Minari data sets.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a data set this project knows how to make")
     build.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET, choices=list(BUILDERS))

@@ -48,7 +48,11 @@ def linear_energy(w: torch.Tensor):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m energy_guidance.recipes.demo2d",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps")
