@@ -62,7 +62,10 @@ def test_the_wheel_installs_under_the_namespace_and_its_commands_run_outside_the
     # Every module of the three folders, under energy_guidance/ and nothing else at the top level.
     for folder, installed in INSTALLED_AS.items():
         for path in (ROOT / folder).rglob("*.py"):
-            assert f"{installed}/{path.relative_to(ROOT / folder).as_posix()}" in names, path
+            wanted = f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
+            assert wanted in names, (
+                f"{path} is not in the wheel: list its package in pyproject.toml's packages"
+            )
     assert "energy_guidance/py.typed" in names
     assert {n.split("/")[0] for n in names} == {"energy_guidance", wheel.name.split("-py3")[0] + ".dist-info"}
     assert any(re.search(r"\.dist-info/licenses/LICENSE$", n) for n in names)
