@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from energy_guidance.recipes.aepo import label, parse_args, run
-from energy_guidance.recipes.plots import scores_figure
 
 from energy_guidance.checkpoints import atomic_write, write_json
+from energy_guidance.recipes.aepo import label, parse_args, run
+from energy_guidance.recipes.plots import scores_figure
 
 MUJOCO = (
     "energy-guidance/halfcheetah/medium-replay-v0",

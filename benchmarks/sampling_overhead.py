@@ -21,10 +21,10 @@ from functools import partial
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from energy_guidance.recipes.behaviour import NoiseMLP, diffusion_loss
 from torch import nn
 
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from energy_guidance.recipes.behaviour import NoiseMLP, diffusion_loss
 from energy_guidance.training import gradient_step
 
 ACTION, STATE = 6, 17

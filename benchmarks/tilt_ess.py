@@ -17,14 +17,14 @@ import json
 import math
 from pathlib import Path
 
-import energy_guidance.recipes.aepo as aepo
 import torch
-from energy_guidance.adapters import critic_energy
-from energy_guidance.recipes.trainers import CRITICS
 from torch import nn
 
+import energy_guidance.recipes.aepo as aepo
+from energy_guidance.adapters import critic_energy
 from energy_guidance.checkpoints import checkpoint_steps, load_modules
 from energy_guidance.classifier import tilt_log_weights
+from energy_guidance.recipes.trainers import CRITICS
 from energy_guidance.training import fit
 
 

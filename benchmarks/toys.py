@@ -95,7 +95,6 @@ from typing import Literal, get_args
 import torch
 import tyro
 from diffusers import DDPMScheduler
-from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
 from torch import Tensor, nn
 
 from energy_guidance import (
@@ -117,6 +116,7 @@ from energy_guidance.groundtruth import (
     sliced_wasserstein,
 )
 from energy_guidance.groundtruth.metrics import weighted_quantiles
+from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
 

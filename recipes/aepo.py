@@ -49,7 +49,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
-from energy_guidance.adapters import Reduction, critic_energy, reduce_critic
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -63,6 +62,7 @@ from energy_guidance import (
     sample,
     smc_sample,
 )
+from energy_guidance.adapters import Reduction, critic_energy, reduce_critic
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError

@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
-from energy_guidance.adapters import Critic
 from torch import Tensor
+
+from energy_guidance.adapters import Critic
 
 from .cql import CQL
 from .iql import IQL

@@ -14,7 +14,6 @@ d3rlpy = pytest.importorskip(
 )
 
 from energy_guidance.adapters import Critic, critic_energy, load_d3rlpy  # noqa: E402
-
 from energy_guidance.callables import energy_and_grad  # noqa: E402
 
 OBS_DIM, ACT_DIM, N = 3, 2, 200

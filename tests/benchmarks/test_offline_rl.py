@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from energy_guidance.recipes.data import build_pendulum_mixed
 
 from benchmarks import offline_rl
+from energy_guidance.recipes.data import build_pendulum_mixed
 from tests.recipes.conftest import TINY
 
 TINY_RECIPE = [

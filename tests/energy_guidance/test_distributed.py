@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from energy_guidance.recipes.cql import CQL
-from energy_guidance.recipes.iql import IQL
 from torch import nn
 
 from energy_guidance import distributed
 from energy_guidance.checkpoints import load_tensors
+from energy_guidance.recipes.cql import CQL
+from energy_guidance.recipes.iql import IQL
 from energy_guidance.training import fit, gradient_step, train
 from tests.recipes.random_transitions import random_transitions
 

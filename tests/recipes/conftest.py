@@ -1,6 +1,7 @@
 import shutil
 
 import pytest
+
 from energy_guidance.recipes.aepo import AEPOConfig, parse_args, run
 from energy_guidance.recipes.data import build_pendulum_mixed
 

@@ -1,6 +1,7 @@
 """Random transitions for the critic tests: states, actions in [-1, 1], rewards, ~10 % terminals."""
 
 import torch
+
 from energy_guidance.recipes.transitions import Transitions
 
 

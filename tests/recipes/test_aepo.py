@@ -11,14 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import energy_guidance.recipes.aepo as aepo
 import pytest
 import torch
+
+import energy_guidance.recipes.aepo as aepo
+from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
 from energy_guidance.recipes.aepo import AEPOConfig, format_scores, parse_args, run
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
-
-from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
 
 from .conftest import tiny_args, tiny_config
 
@@ -357,9 +357,8 @@ def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finishe
     assert support.shape == (800, 16, 1) and support.abs().max() <= 1
     assert checkpoint_steps(folder / "checkpoints", "qgpo")[0] == 50  # energy_steps
     # A second invocation trains nothing (CQL's and CEP's updates are forbidden too).
-    from energy_guidance.recipes.cql import CQL
-
     from energy_guidance.baselines import contrastive
+    from energy_guidance.recipes.cql import CQL
 
     monkeypatch.setattr(CQL, "update", lambda *a, **k: pytest.fail("CQL retrained"))
     monkeypatch.setattr(contrastive, "contrastive_loss", lambda *a, **k: pytest.fail("CEP retrained"))

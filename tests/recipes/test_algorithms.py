@@ -3,6 +3,7 @@
 import copy
 
 import torch
+
 from energy_guidance.recipes.cql import CQL, CQLConfig
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.networks import TanhGaussianPolicy, polyak_update

@@ -4,6 +4,8 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
+from minari.data_collector import EpisodeBuffer
+
 from energy_guidance.recipes.data import (
     ActionScaler,
     check_compatible,
@@ -13,7 +15,6 @@ from energy_guidance.recipes.data import (
     reference_scores,
 )
 from energy_guidance.recipes.evaluation import normalized_score
-from minari.data_collector import EpisodeBuffer
 
 from .conftest import TINY
 

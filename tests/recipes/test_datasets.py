@@ -8,6 +8,7 @@ import minari
 import numpy as np
 import pytest
 import torch
+
 from energy_guidance.recipes import data, datasets, evaluation
 from energy_guidance.recipes.datasets import AgentConfig, build_dataset, train_agent
 

@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import numpy as np
+
 from energy_guidance.recipes.evaluation import evaluate
 
 

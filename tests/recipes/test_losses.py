@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from energy_guidance.recipes.cql import cql_penalty
 from energy_guidance.recipes.iql import awr_loss, expectile_loss
 

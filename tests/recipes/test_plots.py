@@ -3,6 +3,7 @@
 import io
 
 import matplotlib.image
+
 from energy_guidance.recipes.plots import learning_curves, scores_figure
 
 

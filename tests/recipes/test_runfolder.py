@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from energy_guidance import IntermediateEnergyNet
+from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_modules, save_modules
 from energy_guidance.recipes.behaviour import NoiseMLP
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy, flatten
 from energy_guidance.recipes.transitions import Transitions
-
-from energy_guidance import IntermediateEnergyNet
-from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_modules, save_modules
 from energy_guidance.training import train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from energy_guidance.recipes.toys2d import DATASETS, toy_dataset
 
 N = 4000

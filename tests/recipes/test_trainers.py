@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 import torch
-from energy_guidance.adapters import Critic, critic_energy
-from energy_guidance.recipes.trainers import CRITICS, TrainableCritic
 
+from energy_guidance.adapters import Critic, critic_energy
 from energy_guidance.callables import energy_and_grad
+from energy_guidance.recipes.trainers import CRITICS, TrainableCritic
 
 from .random_transitions import random_transitions
 
