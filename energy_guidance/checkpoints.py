@@ -1,5 +1,5 @@
 """Files that survive interruption: atomic writes, checksummed weights, checkpoints with a fallback,
-cached trained modules. Every file the library, its recipes and benchmarks write goes through here.
+cached trained modules. The library, its recipes and its benchmarks write their files through here.
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a reader
 sees either the old file or the complete new one, never a partial one. Weight files are
