@@ -76,6 +76,7 @@ A method that fails is recorded with its error string; a NonFiniteError counts a
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import platform
@@ -109,7 +110,7 @@ from energy_guidance.baselines import (
     equal_cost_pool,
     measure,
 )
-from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_modules, save_modules
+from energy_guidance.checkpoints import atomic_write, cached_module
 from energy_guidance.groundtruth import GaussianMixture, sliced_wasserstein
 from energy_guidance.training import fit
 
@@ -259,37 +260,33 @@ def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]
     path = Path(cfg.out) / "models" / name
     torch.manual_seed(cfg.seed)
     net = EpsMLP(d, hidden)
-    info = {"hidden": hidden, "steps": cfg.model_steps, "path": str(path)}
-    if path.exists():
-        try:
-            load_modules(path, {"mlp": net})
-            log(f"  trained model: loaded {path}")
-            return net.requires_grad_(False).eval(), {**info, "cached": True, "train_s": 0.0}
-        except (CorruptFileError, RuntimeError, KeyError) as err:
-            log(f"  trained model: cache unreadable ({err}); training again")
-    g = _generator(cfg.seed, "training", d)
-    ddpm = DDPMScheduler()
-    batch = cfg.model_batch
+    settings = {"d": d, "hidden": hidden, "batch": cfg.model_batch, "steps": cfg.model_steps}
+    settings |= {"lr": cfg.model_lr, "seed": cfg.seed}
+    last = None
 
-    def loss() -> Tensor:
-        x0 = mix.sample(batch, generator=g)
-        t = torch.randint(0, ddpm.config.num_train_timesteps, (batch,), generator=g)
-        noise = torch.randn(batch, d, generator=g)
-        return (net(ddpm.add_noise(x0, noise, t), t) - noise).pow(2).mean()
+    def build() -> EpsMLP:
+        nonlocal last
+        g = _generator(cfg.seed, "training", d)
+        ddpm = DDPMScheduler()
+        batch = cfg.model_batch
 
-    start = time.perf_counter()
-    history = fit(net, loss, steps=cfg.model_steps, lr=cfg.model_lr, progress=False)
-    train_s = time.perf_counter() - start
-    last = history["loss"][-5:] if isinstance(history, dict) and "loss" in history else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_modules(path, {"mlp": net}, {"d": str(d), "hidden": str(hidden), "steps": str(cfg.model_steps)})
-    log(f"  trained model: {cfg.model_steps} Adam steps in {train_s:.1f} s, saved {path}")
-    return net.requires_grad_(False).eval(), {
-        **info,
-        "cached": False,
-        "train_s": train_s,
-        "last_losses": last,
-    }
+        def loss() -> Tensor:
+            x0 = mix.sample(batch, generator=g)
+            t = torch.randint(0, ddpm.config.num_train_timesteps, (batch,), generator=g)
+            noise = torch.randn(batch, d, generator=g)
+            return (net(ddpm.add_noise(x0, noise, t), t) - noise).pow(2).mean()
+
+        history = fit(net, loss, steps=cfg.model_steps, lr=cfg.model_lr, progress=False)
+        last = history["loss"][-5:] if isinstance(history, dict) and "loss" in history else None
+        return net
+
+    _, loaded, train_s = cached_module(path, build, lambda: net, settings)
+    if loaded:
+        log(f"  trained model: loaded {path}")
+    else:
+        log(f"  trained model: {cfg.model_steps} Adam steps in {train_s:.1f} s, saved {path}")
+    info = {"hidden": hidden, "steps": cfg.model_steps, "path": str(path), "cached": loaded}
+    return net.requires_grad_(False).eval(), {**info, "train_s": train_s, "last_losses": last}
 
 
 # --- ground truth -----------------------------------------------------------------------------
@@ -1190,7 +1187,9 @@ def plot(rows: list[dict], cfg: Config, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    atomic_write(path, buffer.getvalue())
     plt.close(fig)
 
 

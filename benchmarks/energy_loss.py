@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from energy_guidance.checkpoints import atomic_write, copy_checkpoint
-from recipes.aepo import label, parse_args, run
+from energy_guidance.recipes.aepo import label, parse_args, run
 
 POLICIES = ("aepo", "guided_single")
 REFERENCES = ("unguided_best_of_n", "iql_awr", "behaviour")  # read from the source runs
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="runs/bench_mujoco", help="a benchmarks.offline_rl root")
     parser.add_argument("--root", default="runs/bench_energy_loss", help="where the new runs go")
-    parser.add_argument("recipe_args", nargs="*", help="after --: passed to python -m recipes.aepo")
+    parser.add_argument(
+        "recipe_args", nargs="*", help="after --: passed to python -m energy_guidance.recipes.aepo"
+    )
     args = parser.parse_args(argv)
     source_root, root = Path(args.source), Path(args.root)
     found = sources(source_root)

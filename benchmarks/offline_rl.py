@@ -5,9 +5,9 @@
     python -m benchmarks.offline_rl --jobs 2 -- --critic-steps 5000  # 2 runs at once
 
 Every (data set, seed) is a resumable run folder ``<root>/<data set>/seed<k>`` of
-``python -m recipes.aepo`` with ``--compare qgpo dps cql quadrature --smc --ablations`` and the data set's
-preset (locomotion-cpu for MuJoCo ids on this machine); arguments after ``--`` go to the recipe
-unchanged. Rerunning resumes unfinished runs and reuses finished ones. Writes
+``python -m energy_guidance.recipes.aepo`` with ``--compare qgpo dps cql quadrature --smc --ablations``
+and the data set's preset (locomotion-cpu for MuJoCo ids on this machine); arguments after ``--``
+go to the recipe unchanged. Rerunning resumes unfinished runs and reuses finished ones. Writes
 ``<root>/summary.{json,md}`` (normalised score, mean ± std over seeds of each seed's mean over
 episodes, per method and data set; wall time per phase) and ``<root>/scores.png``.
 """
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from energy_guidance.checkpoints import atomic_write, write_json
-from recipes.aepo import label, parse_args, run
-from recipes.plots import scores_figure
+from energy_guidance.recipes.aepo import label, parse_args, run
+from energy_guidance.recipes.plots import scores_figure
 
 MUJOCO = (
     "energy-guidance/halfcheetah/medium-replay-v0",
@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         help="summarise the runs that have finished (results.json), train nothing; the table "
         "then gives each data set's own seed count",
     )
-    parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="-- then options of recipes.aepo")
+    parser.add_argument(
+        "recipe_args", nargs=argparse.REMAINDER, help="-- then options of energy_guidance.recipes.aepo"
+    )
     args = parser.parse_args(argv)
     recipe_args = [a for a in args.recipe_args if a != "--"]
     started = time.perf_counter()

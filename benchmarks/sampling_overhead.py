@@ -1,7 +1,7 @@
 """Wall time of guided vs unguided sampling: ``python benchmarks/sampling_overhead.py``.
 
 Batch 1024 of 6-D actions conditioned on 17-D states (HalfCheetah-sized), the AEPO recipe's
-3×256 Mish MLP noise model (recipes.behaviour.NoiseMLP), an MLP critic energy, DPM-Solver++
+3×256 Mish MLP noise model (energy_guidance.recipes.behaviour.NoiseMLP), an MLP critic energy, DPM-Solver++
 and DDIM at 15 and 50 steps. Guidance modes: training-free AEPO with a table variance
 (``eps_norm``) and with the local Jacobian variance (autograd through the model), the Tweedie
 gradient with the table variance (no backward pass through the model), and amortized AEPO with
@@ -24,8 +24,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from energy_guidance.recipes.behaviour import NoiseMLP, diffusion_loss
 from energy_guidance.training import gradient_step
-from recipes.behaviour import NoiseMLP, diffusion_loss
 
 ACTION, STATE = 6, 17
 
@@ -80,7 +80,10 @@ def main() -> None:
         depth, hidden = (int(v) for v in size.split("x"))
         nets[size] = IntermediateEnergyNet(ACTION, STATE, hidden=hidden, depth=depth).requires_grad_(False)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
-    print(f"batch {args.batch}; noise model recipes.behaviour.NoiseMLP 3x256; critic energy 2x256 ReLU MLP")
+    print(
+        f"batch {args.batch}; noise model energy_guidance.recipes.behaviour.NoiseMLP 3x256; "
+        "critic energy 2x256 ReLU MLP"
+    )
     print(f"{'scheduler':12s} {'steps':>5s} {'mode':24s} {'median s':>9s} {'× unguided':>10s}")
     guided_modes = {
         "training-free eps_norm": {"energy": energy, "variance": "eps_norm", "variance_table": table},

@@ -3,8 +3,8 @@
     python -m benchmarks.scale_out                      # the embedded Pendulum set, N = 2
     python -m benchmarks.scale_out --steps 5000 --nproc 2 -- --batch-size 512
 
-Trains the recipe's phases (``python -m recipes.aepo``, evaluation cut to one episode of AEPO's
-policy set) once as one process and once under torchrun with N processes (gloo on CPU), in
+Trains the recipe's phases (``python -m energy_guidance.recipes.aepo``, evaluation cut to one
+episode of AEPO's policy set) once as one process and once under torchrun with N processes (gloo on CPU), in
 ``<root>/{single,torchrun}``. The energy network's regression targets come from the critic and
 the behaviour model, which differ between those two runs, so its phase is compared on a third
 run, ``<root>/torchrun_energy``: torchrun again, starting from the single run's critic and
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3000, help="gradient steps of each phase")
     parser.add_argument("--window", type=int, default=10, help="logged averages compared at the end")
-    parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="-- then options of recipes.aepo")
+    parser.add_argument(
+        "recipe_args", nargs=argparse.REMAINDER, help="-- then options of energy_guidance.recipes.aepo"
+    )
     args = parser.parse_args(argv)
     recipe = [
         *("--critic-steps", str(args.steps), "--behaviour-steps", str(args.steps)),
@@ -64,9 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launchers = {
-        "single": [sys.executable, "-m", "recipes.aepo"],
+        "single": [sys.executable, "-m", "energy_guidance.recipes.aepo"],
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                     str(args.nproc), "-m", "recipes.aepo"],
+                     str(args.nproc), "-m", "energy_guidance.recipes.aepo"],
     }  # fmt: skip
     launchers["torchrun_energy"] = launchers["torchrun"]
     seconds, losses = {}, {}

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import recipes.aepo as aepo
-from critics import CRITICS
-from critics.energy import critic_energy
+import energy_guidance.recipes.aepo as aepo
+from energy_guidance.adapters import critic_energy
 from energy_guidance.checkpoints import checkpoint_steps, load_modules
 from energy_guidance.classifier import tilt_log_weights
+from energy_guidance.recipes.trainers import CRITICS
 from energy_guidance.training import fit
 
 
@@ -55,7 +55,9 @@ def per_state_log_partition(log_w: torch.Tensor, states: torch.Tensor, steps: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished run folders of python -m recipes.aepo")
+    parser.add_argument(
+        "runs", nargs="+", help="finished run folders of python -m energy_guidance.recipes.aepo"
+    )
     parser.add_argument("--steps", type=int, default=3000, help="steps of the per-state normaliser")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

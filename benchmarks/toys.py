@@ -116,9 +116,9 @@ from energy_guidance.groundtruth import (
     sliced_wasserstein,
 )
 from energy_guidance.groundtruth.metrics import weighted_quantiles
+from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
 from energy_guidance.schedules import add_noise, noise_level, training_timesteps
 from energy_guidance.training import fit
-from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
 Part = Literal["exact", "learned"]
 TrainingFree = Literal[

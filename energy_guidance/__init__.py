@@ -13,6 +13,8 @@ benchmarks), :mod:`energy_guidance.baselines` (CEP, DPS-style guidance); the pro
 estimator follows are ``guidance.IntermediateEnergyEstimator`` and ``posterior.VarianceEstimator``.
 """
 
+__version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it
+
 from .amortized import IntermediateEnergyNet, train_intermediate_energy
 from .callables import NonFiniteError
 from .closed_form import ClosedForm

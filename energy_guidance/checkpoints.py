@@ -1,4 +1,5 @@
-"""Files that survive interruption: atomic writes, checksummed weights, checkpoints with a fallback.
+"""Files that survive interruption: atomic writes, checksummed weights, checkpoints with a fallback,
+cached trained modules. The library, its recipes and its benchmarks write their files through here.
 
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a reader
 sees either the old file or the complete new one, never a partial one. Weight files are
@@ -15,6 +16,10 @@ A checkpoint ``<name>-<step>`` is three files in one directory:
 so a checkpoint exists exactly when its JSON record does. :func:`save_checkpoint` keeps the two
 newest; :func:`load_checkpoint` restores the newest one that reads back intact and falls back to
 the previous one (with a warning naming the damaged file) when it does not.
+
+A cached module (:func:`cached_module`) is one checksummed safetensors file holding a trained
+module's weights and the settings it was trained with: equal settings load it, other settings or
+a damaged file train it again.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import json
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -238,3 +244,39 @@ def load_checkpoint(
         restore(states)
         return record
     return None
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class Cached(NamedTuple):
+    """What :func:`cached_module` returns."""
+
+    module: nn.Module  # in evaluation mode
+    loaded: bool  # read from the cache file (False: built now, and saved)
+    seconds: float  # spent building it (0 when loaded)
+
+
+def cached_module(path: str | Path, build: Callable[[], M], make: Callable[[], M], settings: Any) -> Cached:
+    """``build()``'s trained module, cached in ``path`` under ``settings`` (anything JSON holds).
+
+    When ``path`` holds weights saved with equal ``settings`` they are loaded into ``make()`` (an
+    untrained module of the same architecture); otherwise ``build()`` trains one, and its weights
+    are saved atomically and checksummed with ``settings`` in the file's metadata. A damaged file,
+    or one that does not fit ``make()``'s architecture, is reported with a warning and rebuilt.
+    """
+    path = Path(path)
+    key = json.dumps(settings, sort_keys=True)
+    if path.exists():
+        try:
+            tensors, metadata = load_tensors(path)
+            if metadata.get("settings") == key:
+                module = make()
+                module.load_state_dict(tensors)
+                return Cached(module.eval(), True, 0.0)
+        except (CorruptFileError, RuntimeError) as err:  # RuntimeError: other keys or shapes
+            warnings.warn(f"rebuilding {path}: {err}", stacklevel=2)
+    start = time.perf_counter()
+    module = build()
+    save_tensors(path, module.state_dict(), metadata={"settings": key})
+    return Cached(module.eval(), False, time.perf_counter() - start)

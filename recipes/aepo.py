@@ -1,11 +1,11 @@
-"""AEPO for offline RL, end to end: ``python -m recipes.aepo --help``.
+"""AEPO for offline RL, end to end: ``python -m energy_guidance.recipes.aepo --help``.
 
 Phases (the training ones through :func:`energy_guidance.training.train`, checkpointed in the
-run folder, see :mod:`recipes.runfolder`; a finished phase is loaded, never redone):
+run folder, see :mod:`energy_guidance.recipes.runfolder`; a finished phase is loaded, never redone):
 
-1. critic     a :class:`critics.Critic` from :data:`critics.CRITICS` (IQL by default, or CQL) on
-              the data set's transitions
-2. behaviour  ε_θ(a_t, t, s), the diffusion behaviour policy μ(a | s) (:mod:`recipes.behaviour`)
+1. critic     a :class:`.trainers.TrainableCritic` from :data:`.trainers.CRITICS` (IQL by default,
+              or CQL) on the data set's transitions
+2. behaviour  ε_θ(a_t, t, s), the diffusion behaviour policy μ(a | s) (:mod:`.behaviour`)
 3. variance   the posterior-variance table of ε_θ on the data's actions (``estimate_variance_table``)
 4. energy     the intermediate-energy network E_Θ(s, a_t, t), regressed on the closed form at the
               expansion point x̄ = the clean data action (``closed_form_batches``), with the
@@ -23,7 +23,7 @@ The paper-faithful single guided sample per state is reported beside it (``guide
 
 Presets per task family (``--preset``, chosen from the data set by default; :data:`PRESETS`),
 ``--device auto|cpu|cuda``, ``torchrun`` for several training processes (:func:`run`), and the
-compared methods (``--compare``, :mod:`recipes.comparisons`) are described in docs/rl.md.
+compared methods (``--compare``, :mod:`energy_guidance.recipes.comparisons`) are described in docs/rl.md.
 
 β is measured in units of ``q_scale``: the mean over data states (a fixed random 2,048 of them) of
 the standard deviation of Q(s, a) over uniformly random actions, so that β = 1 tilts μ by e per
@@ -52,8 +52,6 @@ import tyro
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from critics import CRITICS, CQLConfig, Critic, IQLConfig, Transitions, critic_energy, reduce_critic
-from critics.energy import Reduction
 from energy_guidance import (
     AnalyticEnergyGuidance,
     GaussianQuadrature,
@@ -64,6 +62,7 @@ from energy_guidance import (
     sample,
     smc_sample,
 )
+from energy_guidance.adapters import Reduction, critic_energy, reduce_critic
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import CorruptFileError
@@ -80,17 +79,20 @@ from .behaviour import (
     training_scheduler,
 )
 from .comparisons import COMPARISONS, Comparison, quadrature_rule, train_cql, train_qgpo
+from .cql import CQLConfig
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
     load_dataset,
     load_transitions,
-    normalized_score,
     reference_scores,
 )
-from .evaluation import evaluate
+from .evaluation import evaluate, normalized_score
+from .iql import IQLConfig
 from .plots import learning_curves
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
+from .trainers import CRITICS, TrainableCritic
+from .transitions import Transitions
 
 CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
 Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
@@ -158,7 +160,7 @@ class AEPOConfig:
     # 0: none. The policy's name carries p, so its cached evaluation is p's own.
     smc_temper: float = 3.0
     # evaluation: also the methods AEPO is compared with on the same data and budgets
-    # (recipes.comparisons): QGPO's contrastive energy, DPS-style guidance, CQL's actor
+    # (energy_guidance.recipes.comparisons): QGPO's contrastive energy, DPS-style guidance, CQL's actor
     compare: tuple[Comparison, ...] = ()
 
 
@@ -249,7 +251,7 @@ def parse_args(argv: list[str] | None = None) -> AEPOConfig:
     if preset not in PRESETS:
         raise SystemExit(f"error: --preset must be one of {('auto', *PRESETS)}, got {preset!r}")
     default = dataclasses.replace(AEPOConfig(), **PRESETS[preset], preset=preset)
-    return tyro.cli(AEPOConfig, args=argv, default=default, prog="python -m recipes.aepo")
+    return tyro.cli(AEPOConfig, args=argv, default=default, prog="python -m energy_guidance.recipes.aepo")
 
 
 def _choices(cls, prefix: str = "") -> typing.Iterator[tuple[str, tuple]]:
@@ -404,7 +406,12 @@ def load_inputs(config: AEPOConfig, device: torch.device | str = "cpu") -> Input
 
 @torch.no_grad()
 def measure_q_scale(
-    critic: Critic, states: Tensor, act_dim: int, reduce: str, num_actions: int = 64, max_states: int = 2048
+    critic: TrainableCritic,
+    states: Tensor,
+    act_dim: int,
+    reduce: str,
+    num_actions: int = 64,
+    max_states: int = 2048,
 ) -> float:
     """mean_s std_{a ~ U[-1,1]^d} Q(s, a): the typical spread of Q over actions at one state.
 
@@ -426,7 +433,7 @@ class Policies:
     """The evaluated policies, all mapping raw observations (B, k) to environment actions (B, d).
 
     Every diffusion policy draws ``candidates`` actions per state (guided or not) with the
-    sampling scheduler (which clips x̂0 itself, see :func:`recipes.behaviour.sampling_scheduler`);
+    sampling scheduler (which clips x̂0 itself, see :func:`.behaviour.sampling_scheduler`);
     with several candidates the one with the highest Q is taken.
     """
 
@@ -522,7 +529,7 @@ class Policies:
                 actions = actions.reshape(len(obs), candidates, -1)[rows, best]
         return self.scaler.from_unit(actions.double().cpu().numpy())
 
-    def critic_policy(self, obs: np.ndarray, critic: Critic | None = None) -> np.ndarray:
+    def critic_policy(self, obs: np.ndarray, critic: TrainableCritic | None = None) -> np.ndarray:
         with torch.no_grad():
             actions = (critic or self.critic).act(self.normalizer(obs))
         return self.scaler.from_unit(actions.double().cpu().numpy())

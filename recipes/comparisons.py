@@ -1,7 +1,7 @@
 """The methods AEPO is compared with, on the same data, critic, behaviour policy and budgets.
 
-``python -m recipes.aepo --compare qgpo dps cql`` trains what they need (once, resumably, in the
-run folder) and evaluates them beside AEPO:
+``python -m energy_guidance.recipes.aepo --compare qgpo dps cql`` trains what they need (once,
+resumably, in the run folder) and evaluates them beside AEPO:
 
 qgpo  QGPO (Lu et al. 2023, arXiv 2304.12824): an intermediate-energy network of AEPO's size,
       trained with contrastive energy prediction (CEP) on ``support`` behaviour samples per state
@@ -32,12 +32,13 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from critics import CRITICS, Critic, Transitions
 from energy_guidance import IntermediateEnergyNet, distributed
 from energy_guidance.baselines import draw_support, train_contrastive_energy
 from energy_guidance.checkpoints import load_tensors, save_tensors
 
 from .runfolder import RunFolder
+from .trainers import CRITICS, TrainableCritic
+from .transitions import Transitions
 
 Comparison = Literal["qgpo", "dps", "cql", "quadrature"]
 COMPARISONS: tuple[str, ...] = get_args(Comparison)
@@ -88,7 +89,7 @@ def train_qgpo(
     sampler,
     energy: Callable,
 ) -> IntermediateEnergyNet:
-    """QGPO's CEP energy network for ``config`` (an :class:`recipes.aepo.AEPOConfig`)."""
+    """QGPO's CEP energy network for ``config`` (an :class:`energy_guidance.recipes.aepo.AEPOConfig`)."""
     device = data.observations.device
     g = torch.Generator().manual_seed(config.seed + 5)  # the same states and support on every process
     idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
@@ -121,7 +122,7 @@ def train_qgpo(
     return network.eval().requires_grad_(False)
 
 
-def train_cql(config, phase: Callable, data: Transitions) -> Critic:
+def train_cql(config, phase: Callable, data: Transitions) -> TrainableCritic:
     """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
     ``critic_cql``)."""
     device = data.observations.device

@@ -17,11 +17,9 @@ Normalised score (D4RL): 100·(R − R_random)/(R_expert − R_random).
 from __future__ import annotations
 
 import argparse
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import minari
@@ -29,13 +27,10 @@ import numpy as np
 import torch
 from minari.data_collector import EpisodeBuffer
 
-from critics import Transitions
+from .datasets import DATASET_IDS, build_dataset, datasets_root
+from .transitions import Transitions
 
 DEFAULT_DATASET = "energy-guidance/pendulum/mixed-v0"
-
-
-def datasets_root() -> Path:
-    return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,22 +130,11 @@ def build_pendulum_mixed(
         )
 
 
-# D4RL-style MuJoCo locomotion sets, ``energy-guidance/<env>/<level>-v0``: recipes/datasets.py.
-MUJOCO_ENVS = ("halfcheetah", "hopper", "walker2d")
-MUJOCO_LEVELS = ("random", "medium", "medium-replay", "medium-expert", "expert")
-
-
-def build_mujoco(dataset_id: str, **kwargs) -> minari.MinariDataset:
-    """:func:`recipes.datasets.build_dataset` (imported on use: its SAC agents need the optional
-    ``mujoco`` extra, stable-baselines3)."""
-    from recipes.datasets import build_dataset
-
-    return build_dataset(dataset_id, **kwargs)
-
-
+# Every data set this project builds itself: the Pendulum set above and the D4RL-style MuJoCo
+# locomotion sets of recipes/datasets.py (which owns their environments and levels).
 BUILDERS: dict[str, Callable[..., minari.MinariDataset]] = {
     DEFAULT_DATASET: build_pendulum_mixed,
-    **{f"energy-guidance/{env}/{level}-v0": build_mujoco for env in MUJOCO_ENVS for level in MUJOCO_LEVELS},
+    **dict.fromkeys(DATASET_IDS, build_dataset),
 }
 
 
@@ -175,7 +159,7 @@ def load_dataset(dataset_id: str, *, build: bool = True) -> minari.MinariDataset
             f"On a machine with internet access run `minari download {dataset_id}` and copy "
             f"<its datasets folder>/{dataset_id} to {datasets_root()}/{dataset_id}, or point "
             "MINARI_DATASETS_PATH at a folder that holds it. Data sets this project builds "
-            f"itself: {', '.join(BUILDERS)} (`python -m recipes.data build <id>`)."
+            f"itself: {', '.join(BUILDERS)} (`python -m energy_guidance.recipes.data build <id>`)."
         ) from None
 
 
@@ -264,15 +248,11 @@ def reference_scores(dataset: minari.MinariDataset) -> tuple[float, float] | Non
     return float(lo), float(hi)
 
 
-def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
-    """100·(R − R_random)/(R_expert − R_random)."""
-    if ref_max == ref_min:
-        raise ValueError("the reference scores are equal; the normalised score is undefined")
-    return 100 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build or inspect the project's Minari data sets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m energy_guidance.recipes.data",
+        description="Build or inspect the project's Minari data sets.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a data set this project knows how to make")
     build.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET, choices=list(BUILDERS))
@@ -280,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         "--episodes",
         type=int,
         default=None,
-        help="Pendulum: episodes (default 100); MuJoCo sets: python -m recipes.datasets build --help",
+        help="Pendulum: episodes (default 100); MuJoCo sets: see "
+        "python -m energy_guidance.recipes.datasets build --help",
     )
     info = sub.add_parser("info", help="print a locally present data set's size and reference scores")
     info.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET)

@@ -1,8 +1,9 @@
 """D4RL-style MuJoCo locomotion data sets, built locally from stable-baselines3 SAC agents.
 
-    python -m recipes.datasets build energy-guidance/hopper/medium-v0 [more ids] [--agent.medium-steps ...]
-    python -m recipes.datasets list          # every id, whether it is built, where agents are cached
-    python -m recipes.datasets build --help  # the ids (choices) and every budget
+    python -m energy_guidance.recipes.datasets build energy-guidance/hopper/medium-v0 [more ids] \
+        [--agent.medium-steps ...]
+    python -m energy_guidance.recipes.datasets list   # every id, whether built, where agents are cached
+    python -m energy_guidance.recipes.datasets build --help  # the ids (choices) and every budget
 
 Ids ``energy-guidance/<env>/<level>-v0`` with env ``halfcheetah`` (HalfCheetah-v5), ``hopper``
 (Hopper-v5) or ``walker2d`` (Walker2d-v5), and level, following D4RL (Fu et al. 2020):
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -78,7 +80,9 @@ import tyro
 from minari.data_collector import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from recipes.data import MUJOCO_ENVS, MUJOCO_LEVELS, datasets_root, normalized_score
+from energy_guidance.checkpoints import atomic_write, write_json
+
+from .evaluation import normalized_score
 
 NAMESPACE = "energy-guidance"
 
@@ -97,8 +101,7 @@ ENVS: dict[str, Locomotion] = {
     "hopper": Locomotion("Hopper-v5", -20.272305, 3234.3),
     "walker2d": Locomotion("Walker2d-v5", 1.629008, 4592.3),
 }
-assert tuple(ENVS) == MUJOCO_ENVS
-LEVELS = MUJOCO_LEVELS
+LEVELS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 DATASET_IDS = tuple(f"{NAMESPACE}/{env}/{level}-v0" for env in ENVS for level in LEVELS)
 DatasetId = Literal[DATASET_IDS]  # type: ignore[valid-type]  # the choices listed by --help
 
@@ -128,6 +131,10 @@ class AgentConfig:
         settings = {k: v for k, v in asdict(self).items() if k != "expert_steps"}
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
         return f"sac-{digest}"
+
+
+def datasets_root() -> Path:
+    return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
 
 
 def agents_root(agents_dir: Path | str | None = None) -> Path:
@@ -165,20 +172,17 @@ def _sac():
 # Behaviour agents
 
 
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then rename tmp to ``path`` (same folder, so the rename is atomic)."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
-
-
 def _save_model(model, path: Path) -> None:
-    # SB3 appends ".zip" to a name without it; the temporary name keeps it.
-    _atomic(path, lambda tmp: model.save(tmp))
+    """SB3's ``model.save`` (a zip file), written atomically."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def evaluate(model, env: str, episodes: int, seed: int) -> tuple[float, float]:
@@ -254,7 +258,7 @@ def train_agent(
         return folder
     SAC = _sac()
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "config.json", {"env": ENVS[env].env_id, **asdict(config)})
+    write_json(folder / "config.json", {"env": ENVS[env].env_id, **asdict(config)})
     train_env = gym.make(ENVS[env].env_id)
     target = config.medium_steps if until == "medium" else max(config.medium_steps, config.expert_steps)
     bar = tqdm(total=target, desc=f"SAC {env}", unit="step", disable=not progress, mininterval=1.0)
@@ -293,7 +297,7 @@ def train_agent(
             steps = min(config.eval_every, config.medium_steps - model.num_timesteps)
             score = learn_and_evaluate(model, steps)
         _save_model(model, folder / "medium.zip")
-        _atomic(folder / "medium_replay.npz", lambda tmp: np.savez(tmp, **_replay_arrays(model)))
+        _save_arrays(folder / "medium_replay.npz", _replay_arrays(model))
         medium = {
             "steps": int(model.num_timesteps),
             "return": history[-1]["return"],
@@ -302,7 +306,7 @@ def train_agent(
             "seconds": time.perf_counter() - start,
             "history": history,
         }
-        _write_json(medium_json, medium)
+        write_json(medium_json, medium)
         if not medium["reached"]:
             warnings.warn(
                 f"SAC on {env} reached normalised score {score:.1f} < medium_score "
@@ -319,7 +323,7 @@ def train_agent(
                 best = {k: history[-1][k] for k in ("return", "score")} | {"steps": history[-1]["step"]}
                 _save_model(model, folder / f"expert-{config.expert_steps}.zip")
         _save_model(model, folder / f"final-{config.expert_steps}.zip")
-        _write_json(
+        write_json(
             expert_json,
             best
             | {"final_steps": int(model.num_timesteps), "history": history}
@@ -640,7 +644,7 @@ def summary(dataset: minari.MinariDataset) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     command = tyro.extras.subcommand_cli_from_dict(
-        {"build": Build, "list": ListIds}, args=argv, prog="python -m recipes.datasets"
+        {"build": Build, "list": ListIds}, args=argv, prog="python -m energy_guidance.recipes.datasets"
     )
     if isinstance(command, ListIds):
         for dataset_id in DATASET_IDS:

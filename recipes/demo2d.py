@@ -1,4 +1,4 @@
-"""Guided sampling on a 2-D toy: ``python -m recipes.demo2d``.
+"""Guided sampling on a 2-D toy: ``python -m energy_guidance.recipes.demo2d``.
 
 Data: a ring of 8 Gaussians, modelled by its exact noise prediction. Energy: a tilt
 E(x) = wᵀx toward the lower left. The exact target q·exp(-β·E) is again a Gaussian mixture
@@ -31,6 +31,8 @@ from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.groundtruth import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
+from .plots import pyplot
+
 
 def ring_of_gaussians(k: int = 8, radius: float = 3.0, std: float = 0.35) -> GaussianMixture:
     angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
@@ -46,7 +48,11 @@ def linear_energy(w: torch.Tensor):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m energy_guidance.recipes.demo2d",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps")
@@ -113,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _plot(results: dict[str, torch.Tensor], target: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = {**results, "exact target": target}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True)

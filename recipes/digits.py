@@ -1,8 +1,8 @@
 """Guide an unmodified diffusers DDPMPipeline to draw a chosen handwritten digit.
 
-    python -m recipes.digits                  # digit 3, caches weights, writes outputs/digits/
-    python -m recipes.digits --digit 7 --beta 2 --variance jacobian
-    python -m recipes.digits --sweep 0.0 data_var quadrature   # all ten digits, per estimator
+    python -m energy_guidance.recipes.digits     # digit 3, caches weights, writes outputs/digits/
+    python -m energy_guidance.recipes.digits --digit 7 --beta 2 --variance jacobian
+    python -m energy_guidance.recipes.digits --sweep 0.0 data_var quadrature   # all ten digits, per estimator
 
 The behaviour model is a small ``UNet2DModel`` DDPM trained on scikit-learn's 8×8 digits
 (``load_digits``, bundled with scikit-learn, no download), scaled to [-1, 1]. The energy is a
@@ -47,8 +47,10 @@ from energy_guidance import (
     estimate_variance_table,
     guide_pipeline,
 )
-from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_tensors, save_tensors
+from energy_guidance.checkpoints import atomic_write, cached_module
 from energy_guidance.training import History, fit
+
+from .plots import pyplot
 
 
 @dataclass
@@ -194,25 +196,6 @@ def _key(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cached(path: Path, build, make, settings: dict):
-    """Load ``make()``'s weights from ``path`` if its stored settings match, else ``build()`` and
-    save (atomically, checksummed). A damaged cache file is reported and rebuilt."""
-    if path.exists():
-        try:
-            tensors, metadata = load_tensors(path)
-        except CorruptFileError as err:
-            print(f"rebuilding: {err}")
-        else:
-            if json.loads(metadata.get("settings", "null")) == settings:
-                module = make()
-                module.load_state_dict(tensors)
-                return module.eval(), 0.0
-    start = time.perf_counter()
-    module = build()
-    save_tensors(path, module.state_dict(), metadata={"settings": json.dumps(settings, sort_keys=True)})
-    return module.eval(), time.perf_counter() - start
-
-
 # --- the demo ----------------------------------------------------------------------------------
 
 
@@ -227,10 +210,7 @@ def judge_rate(judge, x: Tensor, digit: int) -> float:
 
 
 def save_grid(path: Path, panels: dict[str, Tensor]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (title, x) in zip(np.atleast_1d(axes), panels.items(), strict=True):
@@ -288,14 +268,14 @@ def prepare(cfg: DigitsConfig) -> Demo:
         train_ddpm(unet, scheduler, images, cfg)
         return unet
 
-    unet, unet_s = cached(
+    unet, _, unet_s = cached_module(
         folder / f"unet-{_key(unet_settings)}.safetensors",
         build_unet,
         lambda: make_unet(cfg.channels),
         unet_settings,
     )
     clf_settings = {"steps": cfg.classifier_steps, "seed": cfg.seed}
-    clf, clf_s = cached(
+    clf, _, clf_s = cached_module(
         folder / f"classifier-{_key(clf_settings)}.safetensors",
         lambda: train_classifier(images[part_a], labels[part_a], cfg.classifier_steps, cfg.seed),
         DigitClassifier,
@@ -423,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = tyro.cli(
         DigitsConfig,
         args=argv,
-        prog="python -m recipes.digits",
+        prog="python -m energy_guidance.recipes.digits",
         description="Guide a DDPMPipeline on 8×8 digits to a chosen digit.",
     )
     if cfg.sweep:

@@ -16,6 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
+def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
+    """100·(R − R_random)/(R_expert − R_random)."""
+    if ref_max == ref_min:
+        raise ValueError("the reference scores are equal; the normalised score is undefined")
+    return 100 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
 def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
     make_env: Callable[[], gym.Env],

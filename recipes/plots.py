@@ -26,9 +26,12 @@ def _figure_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _pyplot():
-    import matplotlib
-
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (matplotlib is an optional dependency)."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("figures need matplotlib: pip install 'energy-guidance[plots]'") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -54,7 +57,7 @@ def learning_curves(
 ) -> bytes:
     """Loss histories ``{phase: {"step": [...], loss: [...]}}`` and the scores of a run
     (``results.json``'s ``scores``): normalised with reference lines when every policy has one."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(
         1,
@@ -90,7 +93,7 @@ def learning_curves(
 def scores_figure(table: dict[str, dict[str, dict]], labels: dict[str, str] | None = None) -> bytes:
     """``table[dataset] = {"policies": {name: {"mean", "std"}}, "dataset_score": float | None}``:
     one panel per data set, a bar per method with its value, reference lines."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = labels or {}
     height = 0.45 * max(len(entry["policies"]) for entry in table.values()) + 1.6
     fig, axes = plt.subplots(1, len(table), figsize=(5.2 * len(table), height), squeeze=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import offline_rl
-from recipes.data import build_pendulum_mixed
+from energy_guidance.recipes.data import build_pendulum_mixed
 from tests.recipes.conftest import TINY
 
 TINY_RECIPE = [

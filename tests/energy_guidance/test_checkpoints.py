@@ -1,4 +1,5 @@
-"""checkpoints.py: atomic files, checksummed weights, and a fallback past a damaged checkpoint."""
+"""checkpoints.py: atomic files, checksummed weights, a fallback past a damaged checkpoint, and
+cached trained modules."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from torch import nn
 from energy_guidance.checkpoints import (
     CorruptFileError,
     atomic_write,
+    cached_module,
     checkpoint_steps,
     copy_checkpoint,
     load_checkpoint,
@@ -141,3 +143,32 @@ def test_copy_checkpoint_copies_the_newest_complete_one(tmp_path):
     assert record["step"] == 20 and restored == {"value": 20.0} and float(net.weight.detach()[0, 0]) == 20.0
     with pytest.raises(FileNotFoundError, match="no complete checkpoint 'other'"):
         copy_checkpoint(tmp_path / "a", tmp_path / "c", "other")
+
+
+def test_cached_module_loads_equal_settings_and_rebuilds_otherwise(tmp_path):
+    path = tmp_path / "cache" / "net.safetensors"
+    builds = []
+
+    def build(seed):
+        def make_trained():
+            builds.append(seed)
+            torch.manual_seed(seed)
+            return nn.Linear(3, 2)
+
+        return make_trained
+
+    first = cached_module(path, build(0), lambda: nn.Linear(3, 2), {"seed": 0, "sizes": (3, 2)})
+    assert not first.loaded and builds == [0] and not first.module.training
+    again = cached_module(path, build(0), lambda: nn.Linear(3, 2), {"sizes": [3, 2], "seed": 0})
+    assert again.loaded and again.seconds == 0.0 and builds == [0]  # JSON-equal settings load
+    for a, b in zip(first.module.state_dict().values(), again.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other = cached_module(path, build(1), lambda: nn.Linear(3, 2), {"seed": 1, "sizes": (3, 2)})
+    assert not other.loaded and builds == [0, 1]
+    # a damaged file, and one that does not fit the architecture, are reported and rebuilt
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.warns(UserWarning, match="rebuilding .*net.safetensors"):
+        assert not cached_module(path, build(1), lambda: nn.Linear(3, 2), {"seed": 1, "sizes": (3, 2)}).loaded
+    with pytest.warns(UserWarning, match="rebuilding"):
+        assert not cached_module(path, build(1), lambda: nn.Linear(4, 2), {"seed": 1, "sizes": (3, 2)}).loaded
+    assert builds == [0, 1, 1, 1]

@@ -18,12 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from critics.cql import CQL
-from critics.iql import IQL
 from energy_guidance import distributed
 from energy_guidance.checkpoints import load_tensors
+from energy_guidance.recipes.cql import CQL
+from energy_guidance.recipes.iql import IQL
 from energy_guidance.training import fit, gradient_step, train
-from tests.critics.random_transitions import random_transitions
+from tests.recipes.random_transitions import random_transitions
 
 ROOT = Path(__file__).resolve().parents[2]
 NOISE = 0.5  # the regression's noise: σ² = 0.25 is the least loss any network can reach

@@ -2,8 +2,8 @@ import shutil
 
 import pytest
 
-from recipes.aepo import AEPOConfig, parse_args, run
-from recipes.data import build_pendulum_mixed
+from energy_guidance.recipes.aepo import AEPOConfig, parse_args, run
+from energy_guidance.recipes.data import build_pendulum_mixed
 
 TINY = "test/pendulum/tiny-v0"
 

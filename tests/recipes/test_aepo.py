@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import recipes.aepo as aepo
-from critics import IQL, IQLConfig
+import energy_guidance.recipes.aepo as aepo
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
-from recipes.aepo import AEPOConfig, format_scores, parse_args, run
-from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
+from energy_guidance.recipes.aepo import AEPOConfig, format_scores, parse_args, run
+from energy_guidance.recipes.iql import IQL, IQLConfig
+from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
 from .conftest import tiny_args, tiny_config
 
@@ -125,7 +125,8 @@ def test_kill_9_and_resume_is_bit_identical(finished_run, tmp_path):
     reference_folder, reference = finished_run
     folder = tmp_path / "killed"
     code = (
-        "import sys\nfrom tests.recipes.conftest import tiny_config\nfrom recipes.aepo import run\n"
+        "import sys\nfrom tests.recipes.conftest import tiny_config\n"
+        "from energy_guidance.recipes.aepo import run\n"
         "run(tiny_config(sys.argv[1], '--checkpoint-every', '20'))"
     )
     process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT, env=os.environ)
@@ -279,7 +280,7 @@ def test_help_lists_the_choices_of_every_option(capsys):
 
 
 def test_every_registered_critic_has_its_settings_field():
-    from critics import CRITICS
+    from energy_guidance.recipes.trainers import CRITICS
 
     for name, cls in CRITICS.items():
         assert isinstance(getattr(AEPOConfig(), name), cls.Config)
@@ -294,7 +295,7 @@ def test_cql_runs_through_the_recipe(finished_run, tmp_path):
 def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path, monkeypatch):
     """A critic registered in CRITICS (no AEPOConfig field: its default settings) runs through the
     recipe unchanged; its own policy is reported under its name."""
-    from critics import CRITICS
+    from energy_guidance.recipes.trainers import CRITICS
 
     @dataclasses.dataclass
     class SmallConfig(IQLConfig):
@@ -356,8 +357,8 @@ def test_compare_trains_qgpo_and_cql_once_and_evaluates_them_beside_aepo(finishe
     assert support.shape == (800, 16, 1) and support.abs().max() <= 1
     assert checkpoint_steps(folder / "checkpoints", "qgpo")[0] == 50  # energy_steps
     # A second invocation trains nothing (CQL's and CEP's updates are forbidden too).
-    from critics import CQL
     from energy_guidance.baselines import contrastive
+    from energy_guidance.recipes.cql import CQL
 
     monkeypatch.setattr(CQL, "update", lambda *a, **k: pytest.fail("CQL retrained"))
     monkeypatch.setattr(contrastive, "contrastive_loss", lambda *a, **k: pytest.fail("CEP retrained"))
@@ -416,12 +417,12 @@ def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_with_two_processes_writes_the_same_kind_of_run(finished_run, tmp_path):
-    """``torchrun --nproc-per-node 2 -m recipes.aepo``: two CPU processes (gloo) each train on
+    """``torchrun --nproc-per-node 2 -m energy_guidance.recipes.aepo``: two CPU processes (gloo) each train on
     half the batch; rank 0 writes checkpoints with the single-process run's keys and shapes,
     config.json and results.json with the same policies, and prints the scores once."""
     folder, reference = finished_run
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "recipes.aepo", *tiny_args(tmp_path / "ddp")]  # fmt: skip
+               "-m", "energy_guidance.recipes.aepo", *tiny_args(tmp_path / "ddp")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]

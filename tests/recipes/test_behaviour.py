@@ -8,7 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from energy_guidance import from_eps_x0, noise_level, sample, to_eps_x0
-from recipes.behaviour import (
+from energy_guidance.recipes.behaviour import (
     SAMPLERS,
     BehaviourConfig,
     NoiseMLP,

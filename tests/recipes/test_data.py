@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-from recipes.data import (
+from energy_guidance.recipes.data import (
     ActionScaler,
     check_compatible,
     load_dataset,
     load_transitions,
-    normalized_score,
     pendulum_expert,
     reference_scores,
 )
+from energy_guidance.recipes.evaluation import normalized_score
 
 from .conftest import TINY
 
@@ -36,7 +36,9 @@ def test_built_dataset_loads_with_reference_scores(tiny_dataset):
 def test_missing_dataset_says_how_to_get_it(minari_root):
     with pytest.raises(FileNotFoundError, match=r"minari download mujoco/hopper/medium-v0") as error:
         load_dataset("mujoco/hopper/medium-v0")
-    assert "MINARI_DATASETS_PATH" in str(error.value) and "recipes.data build" in str(error.value)
+    assert "MINARI_DATASETS_PATH" in str(error.value) and "energy_guidance.recipes.data build" in str(
+        error.value
+    )
 
 
 def test_shape_mismatch_with_the_environment(tiny_dataset):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from recipes import data, datasets
-from recipes.datasets import AgentConfig, build_dataset, train_agent
+from energy_guidance.recipes import data, datasets, evaluation
+from energy_guidance.recipes.datasets import AgentConfig, build_dataset, train_agent
 
 # Tiny agents never reach the medium score; the agent at medium_steps is then the medium one.
 pytestmark = pytest.mark.filterwarnings("ignore:SAC on hopper reached normalised score")
@@ -233,7 +233,7 @@ def test_a_set_stored_under_a_real_minari_id_loads_with_its_reference_scores(min
     returns = [float(np.sum(e.rewards)) for e in dataset.iterate_episodes()]
     np.testing.assert_allclose(
         minari.get_normalized_score(dataset, np.asarray(returns)),
-        data.normalized_score(returns, *HOPPER_REFS) / 100,
+        evaluation.normalized_score(returns, *HOPPER_REFS) / 100,
     )
 
 

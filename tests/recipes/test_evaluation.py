@@ -3,7 +3,7 @@
 import gymnasium as gym
 import numpy as np
 
-from recipes.evaluation import evaluate
+from energy_guidance.recipes.evaluation import evaluate
 
 
 def _policy(obs: np.ndarray) -> np.ndarray:

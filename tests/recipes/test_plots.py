@@ -4,7 +4,7 @@ import io
 
 import matplotlib.image
 
-from recipes.plots import learning_curves, scores_figure
+from energy_guidance.recipes.plots import learning_curves, scores_figure
 
 
 def _image(data: bytes):

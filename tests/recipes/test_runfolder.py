@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from critics import IQL, IQLConfig, Transitions
 from energy_guidance import IntermediateEnergyNet
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_modules, save_modules
+from energy_guidance.recipes.behaviour import NoiseMLP
+from energy_guidance.recipes.iql import IQL, IQLConfig
+from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy, flatten
+from energy_guidance.recipes.transitions import Transitions
 from energy_guidance.training import train
-from recipes.behaviour import NoiseMLP
-from recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy, flatten
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD = (
-    "import sys, time\nfrom recipes.runfolder import RunFolder\n"
+    "import sys, time\nfrom energy_guidance.recipes.runfolder import RunFolder\n"
     "with RunFolder(sys.argv[1]).lock():\n    print('locked', flush=True)\n    time.sleep(120)\n"
 )
 

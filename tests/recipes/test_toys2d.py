@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recipes.toys2d import DATASETS, toy_dataset
+from energy_guidance.recipes.toys2d import DATASETS, toy_dataset
 
 N = 4000
 

@@ -11,8 +11,9 @@ uniform actions on [-1, 1]^d (log μ = −d·log 2) and the current policy at s 
 the data does not support and up on the data's own actions. The actor maximises
 E[min_i Q_i(s, ã) − α·log π(ã | s)] with α tuned to the target entropy −d.
 
-CQL implements :class:`critics.Critic`: ``q_values`` are the target heads, ``baseline`` is
-min_i Q̄_i(s, π(s)) at the actor's own action and ``act`` the actor's mean action.
+CQL implements :class:`~energy_guidance.recipes.trainers.TrainableCritic`: ``q_values`` are the
+target heads, ``baseline`` is min_i Q̄_i(s, π(s)) at the actor's own action and ``act`` the
+actor's mean action.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ here is any callable ``q(states, actions)`` returning
     (K, B)    an ensemble of K heads (twin critics: K = 2), reduced by min (default) or mean.
 
 Taking the min over heads is the pessimistic estimate that IQL and CQL also bootstrap with.
-For a :class:`critics.Critic` the energy is ``critic_energy(critic.q_values, baseline=critic.baseline)``.
+For a :class:`~energy_guidance.adapters.Critic` the energy is
+``critic_energy(critic.q_values, baseline=critic.baseline)``.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ import copy
 
 import torch
 
-from critics import CQL, IQL, CQLConfig, IQLConfig, Transitions
-from critics.networks import TanhGaussianPolicy, polyak_update
+from energy_guidance.recipes.cql import CQL, CQLConfig
+from energy_guidance.recipes.iql import IQL, IQLConfig
+from energy_guidance.recipes.networks import TanhGaussianPolicy, polyak_update
+from energy_guidance.recipes.transitions import Transitions
 
 from .random_transitions import random_transitions
 

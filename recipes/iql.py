@@ -8,8 +8,9 @@ With τ > 1/2, V is an upper expectile of Q over the data's actions, so Q backs 
 in-distribution actions only. The target critic is a Polyak average of Q. (The AEPO slides write
 L_2^τ(V − Q); we follow the IQL paper's sign, u = Q − V, which makes V the *upper* expectile.)
 
-IQL implements :class:`critics.Critic`: ``q_values`` are the target heads, ``baseline`` is V and
-``act`` the AWR policy; ``critic_energy(iql.q_values, baseline=iql.baseline)`` is its energy.
+IQL implements :class:`~energy_guidance.recipes.trainers.TrainableCritic`: ``q_values`` are the
+target heads, ``baseline`` is V and ``act`` the AWR policy;
+``critic_energy(iql.q_values, baseline=iql.baseline)`` is its energy.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import torch
 
-from critics import Transitions
+from energy_guidance.recipes.transitions import Transitions
 
 
 def random_transitions(n: int = 64, obs_dim: int = 3, act_dim: int = 2, seed: int = 1) -> Transitions:

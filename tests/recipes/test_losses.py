@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from critics import awr_loss, cql_penalty, expectile_loss
+from energy_guidance.recipes.cql import cql_penalty
+from energy_guidance.recipes.iql import awr_loss, expectile_loss
 
 
 def test_expectile_loss_hand_computed():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from critics import critic_energy, reduce_critic
-from critics.networks import TwinQ
+from energy_guidance.adapters import critic_energy, reduce_critic
 from energy_guidance.callables import energy_and_grad
+from energy_guidance.recipes.networks import TwinQ
 
 
 def test_gradient_of_quadratic_critic_is_analytic():

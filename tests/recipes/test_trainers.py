@@ -1,12 +1,14 @@
-"""Every registered critic implements the Critic protocol the AEPO recipe relies on."""
+"""Every registered critic implements the TrainableCritic protocol the AEPO recipe relies on (and
+so the adapters' Critic, which makes it an energy)."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from critics import CRITICS, Critic, critic_energy
+from energy_guidance.adapters import Critic, critic_energy
 from energy_guidance.callables import energy_and_grad
+from energy_guidance.recipes.trainers import CRITICS, TrainableCritic
 
 from .random_transitions import random_transitions
 
@@ -18,7 +20,8 @@ def _small(cls):
 @pytest.mark.parametrize("name", list(CRITICS))
 def test_registered_critic_implements_the_protocol(name):
     critic = _small(CRITICS[name])
-    assert isinstance(critic, Critic) and isinstance(critic, torch.nn.Module)
+    assert isinstance(critic, TrainableCritic) and isinstance(critic, Critic)
+    assert isinstance(critic, torch.nn.Module)
     data = random_transitions()
     states, actions = data.observations, data.actions
     assert critic.q_values(states, actions).shape == (2, 64)
