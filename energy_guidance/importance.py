@@ -87,7 +87,7 @@ from .schedules import Prediction
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
-SAMPLE_ESS = 16.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
+SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 
 
 class ImportanceTilt:
