@@ -625,6 +625,7 @@ def run_method(method: str, ctx: dict, energy, beta: float, cfg: Config) -> dict
                 guidance = make_guidance(cfg.smc_twist, scheduler, counter, energy, beta)
                 result, cost = measure(
                     lambda: smc_sample(
+                        scheduler,
                         guidance,
                         (outputs, d),
                         num_particles=record["K"],

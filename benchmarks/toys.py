@@ -438,9 +438,8 @@ def draw(ctx: dict, guidance, n: int, cfg: Config) -> tuple[Tensor | None, float
     try:
         x = sample(
             ctx["scheduler"],
-            ctx["model"],
+            ctx["model"] if guidance is None else guidance,
             (n, 2),
-            guidance=guidance,
             num_inference_steps=cfg.num_inference_steps,
             generator=g,
         ).detach()
@@ -496,6 +495,7 @@ def run_smc(
     try:
         results = [
             smc_sample(
+                guidance.scheduler,
                 guidance,
                 (min(per_call, b - i), 2),
                 num_particles=k,

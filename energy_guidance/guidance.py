@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -42,7 +41,8 @@ from .calibration import calibrate
 from .callables import GUIDED_OUTPUT, Energy, call_model, check_beta, check_finite, estimator_sources, located
 from .closed_form import ClosedForm
 from .importance import ImportanceTilt
-from .sampling import StepInfo, sample
+from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
+from .sampling import sample
 from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
 from .tempering import Tempered
 
@@ -61,25 +61,6 @@ class GuidanceExplosionWarning(RuntimeWarning):
 def _number(timestep) -> str:
     value = timestep.item() if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 else timestep
     return f"{value:g}" if isinstance(value, int | float) else str(value)
-
-
-class IntermediateEnergyEstimator(Protocol):
-    """What guidance differentiates: ``estimator(x_t, alpha, sigma, cond) -> E_t`` (B,).
-
-    x_t (B, ...) is the model input and α, σ (B,) its noise level (``noise_level``). Any callable
-    module with this signature serves: :class:`~energy_guidance.amortized.IntermediateEnergyNet`
-    (trained on closed-form targets or contrastively), or an exact estimator of
-    :mod:`energy_guidance.groundtruth`. An estimator that reads the model's prediction sets
-    ``uses_model_graph = True`` and is called with ``prediction=`` (ε̂, x̂0) computed from x_t
-    inside autograd (:class:`~energy_guidance.closed_form.ClosedForm`); the others are called
-    without it and guidance differentiates only them.
-    """
-
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None) -> Tensor: ...
-
-
-def _uses_model_graph(estimator) -> bool:
-    return bool(getattr(estimator, "uses_model_graph", False))
 
 
 class AnalyticEnergyGuidance:
@@ -143,10 +124,10 @@ class AnalyticEnergyGuidance:
             raise ValueError(
                 f"rescale must be False, True (cap the guidance at ‖ε̂‖) or 'paper', got {rescale!r}"
             )
-        if estimator is not None and not callable(estimator):
+        if estimator is not None and not isinstance(estimator, IntermediateEnergyEstimator):
             raise TypeError(
-                f"estimator must be an intermediate-energy estimator (a callable such as ClosedForm or an "
-                f"IntermediateEnergyNet), got {type(estimator).__name__}"
+                "estimator must be an IntermediateEnergyEstimator (beta, energy, model_derivatives, "
+                f"__call__, value_and_x_t_gradient), got {type(estimator).__name__}"
             )
         closed_form_options = {"variance": variance, "order": order, "floor": floor, "gradient": gradient}
         if estimator is None:
@@ -175,7 +156,7 @@ class AnalyticEnergyGuidance:
             raise ValueError(
                 f"{', '.join(given)} configure the closed form built from an energy, not an estimator"
             )
-        estimator_beta = getattr(estimator, "beta", None)
+        estimator_beta = estimator.beta
         if beta is None:
             if estimator_beta is None:
                 raise ValueError(f"{type(estimator).__name__} has no .beta; pass beta=")
@@ -216,7 +197,7 @@ class AnalyticEnergyGuidance:
     @property
     def amortized(self) -> bool:
         """True when only the estimator is differentiated (no backward pass through the model)."""
-        return not _uses_model_graph(self.estimator)
+        return self.estimator.model_derivatives == 0
 
     def _ready(self, x_t: Tensor, timestep, cond) -> None:
         """Calibrate the default estimator from the model's own samples on first use (once; the
@@ -240,7 +221,7 @@ class AnalyticEnergyGuidance:
         )
 
     def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
-        twice = bool(getattr(self.estimator, "double_backward_model", False))  # math attention kernel
+        twice = self.estimator.model_derivatives == 2  # the math attention kernel
         out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
         if x_t.requires_grad and not out.requires_grad:
             raise TypeError(
@@ -253,16 +234,10 @@ class AnalyticEnergyGuidance:
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
         """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
-        in_graph = _uses_model_graph(self.estimator)
+        in_graph = self.estimator.model_derivatives > 0
         with torch.set_grad_enabled(in_graph):
             prediction = self._predict(x_t if in_graph else x_t.detach(), timestep, alpha, sigma, cond)
-        return self._call_estimator(x_t, alpha, sigma, cond, prediction), prediction
-
-    def _call_estimator(self, x_t: Tensor, alpha, sigma, cond, prediction: Prediction) -> Tensor:
-        """E_t from the estimator, handed the prediction when it reads it (in x_t's graph or not)."""
-        if _uses_model_graph(self.estimator) or getattr(self.estimator, "needs_prediction", False):
-            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction)
-        return self.estimator(x_t, alpha, sigma, cond)
+        return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
@@ -281,33 +256,23 @@ class AnalyticEnergyGuidance:
     def _gradient(
         self, x_t, timestep, alpha, sigma, cond, with_value: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached; E_t only ``with_value`` (it is
-        free on the autograd path, one estimator call on the explicit-gradient one)."""
-        sources = estimator_sources(self.estimator, _uses_model_graph(self.estimator))  # diagnostics
-        value = None
-        if getattr(self.estimator, "explicit_gradient", False):
-            in_graph = _uses_model_graph(self.estimator)
-            with torch.enable_grad():
-                x = x_t.detach().requires_grad_(in_graph)
-                with torch.set_grad_enabled(in_graph):
-                    prediction = self._predict(x, timestep, alpha, sigma, cond)
-                both = getattr(self.estimator, "value_and_x_t_gradient", None) if with_value else None
-                if both is not None:  # E_t and ∇E_t from one pass (e.g. one set of quadrature nodes)
-                    value, grad = both(x, alpha, sigma, cond, prediction=prediction)
-                    value = value.detach()
-                else:
-                    grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
-                    if with_value:
-                        value = self._call_estimator(x, alpha, sigma, cond, prediction).detach()
-            check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-            return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
+        """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached: the guided step's one model
+        evaluation and one call of the estimator's ``value_and_x_t_gradient``."""
+        estimator = self.estimator
+        in_graph = estimator.model_derivatives > 0
+        sources = estimator_sources(estimator, in_graph)  # diagnostics
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            value, prediction = self._estimate(x, timestep, alpha, sigma, cond)
+            with torch.set_grad_enabled(in_graph):
+                prediction = self._predict(x if in_graph else x.detach(), timestep, alpha, sigma, cond)
+            value, grad = estimator.value_and_x_t_gradient(
+                x, alpha, sigma, cond, prediction=prediction, with_value=with_value
+            )
+        if value is not None:
             check_finite(value, sources[0], detail=sources[1], timestep=timestep)
-            (grad,) = torch.autograd.grad(value.sum(), x)
         check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-        return grad, prediction.eps.detach(), prediction.x0.detach(), value.detach() if with_value else None
+        value = value.detach() if with_value and value is not None else None
+        return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
 
     def step_parts(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor, Tensor]:
         """(E_t (B,), the model's output, the guided output) at ``x_t`` from one evaluation of
@@ -326,6 +291,11 @@ class AnalyticEnergyGuidance:
             model_output = from_eps_x0(eps_hat, x0_hat, alpha, sigma, self.prediction_type)
             guided, _ = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
         return value, model_output, guided
+
+    def __call__(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+        """The guided model: ``guidance(x_t, t, cond)`` is equation (2) in the scheduler's prediction
+        type, called like the model it wraps (:meth:`guided_model_output`)."""
+        return self.guided_model_output(x_t, timestep, cond)
 
     def guided_model_output(
         self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
@@ -406,19 +376,18 @@ class AnalyticEnergyGuidance:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-        callback: Callable[[dict], None] | None = None,
+        callback: Callable[[StepRecord], None] | None = None,
         progress: bool = False,
         on_nonfinite: str = "raise",
         return_mask: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Draw ``shape`` samples of the guided model with this guidance's scheduler
-        (``on_nonfinite`` and ``return_mask``: see :func:`~energy_guidance.sampling.sample`)."""
+        """``sample(self.scheduler, self, shape, ...)``: ``shape`` samples of the guided model with
+        its scheduler (the arguments: :func:`~energy_guidance.sampling.sample`)."""
         return sample(
             self.scheduler,
-            self.model,
+            self,
             shape,
             cond=cond,
-            guidance=self,
             num_inference_steps=num_inference_steps,
             generator=generator,
             device=device,

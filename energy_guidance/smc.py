@@ -58,25 +58,13 @@ trial step runs from a snapshot of its attributes, restored afterwards. Per-part
 are the tensors (or tensors in lists/tuples) of the particles' shape (B·K, ...); resampling indexes
 them with the particles. Samples need at least one feature dimension (``shape`` = (B, d, ...)).
 
-Which scheduler. DDPM's default "leading" spacing ends with a stochastic step from t = 20 to t = 0
-(50 steps; the noise variance falls 24-fold) whose kernel is far narrower than the guided step's
-shift, so weights degenerate there even with the exact twist (ESS/K 0.38 after 50 steps on a
-Gaussian; 0.82 with ``timestep_spacing="trailing"``, 0.98 with DPM-Solver++ SDE). The same
-holds for every sampler whose last stochastic step is short: DDIM with "leading" spacing or
-η < 1 and Euler ancestral with "leading" spacing (minimum ESS/K about 0.03 and log Ẑ off by
-0.7–5 nats on a Gaussian with the exact twist, 30 steps, K = 32), while their "trailing"
-spacings and DPM-Solver++ SDE stay correct. Prefer ``timestep_spacing="trailing"`` (DDPM, DDIM
-with η = 1, Euler ancestral), or DPM-Solver++ SDE.
-
-Poor twists. SMC is exact as K → ∞ for any twist, but the particles needed grow with the twist's
-error, and before that limit the weights are heavy-tailed: the rare paths that carry most of the
-weight are missed, the self-normalised estimates can move *away* from the target, and log Z falls
-far below the truth. Measured on 8 Gaussians at β = 10 (DDPM, 50 steps, exact noise model; SW2 to
-the target, 1000 samples, floor 0.10): DPS-style guidance 0.26; SMC with its twist 0.17, 0.48,
-0.63 at K = 4, 16, 64 (mean log Ẑ 4.3, 5.7, 6.3 against log Z = 7.91); with the exact twist
-(:class:`~energy_guidance.groundtruth.EmpiricalIntermediateEnergy`) log Ẑ is 7.91 already at
-K = 4. Read ``log_normalizer`` and ``ess`` as diagnostics: a log Z that still rises with K means
-K is too small for that twist.
+Which scheduler, and how good a twist. Weights degenerate where the last stochastic step is short
+(DDPM's, DDIM's and Euler ancestral's default "leading" spacing): prefer
+``timestep_spacing="trailing"`` (DDPM, DDIM with η = 1, Euler ancestral), or DPM-Solver++ SDE.
+SMC is exact as K → ∞ for any twist, but the particles needed grow with the twist's error: read
+``log_normalizer`` and ``ess`` as diagnostics (a log Z that still rises with K means K is too small
+for that twist). The measurements behind both: docs/benchmarks.md, "SMC: the scheduler's last
+step and poor twists".
 
 Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DDPM)::
 
@@ -96,8 +84,8 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
         return -x[:, 0]
 
 
-    guidance = dps_guidance(scheduler, model, energy, beta=2.0)  # the twist and the proposal
-    result = smc_sample(guidance, (256, 2), num_particles=16, num_inference_steps=50,
+    guided = dps_guidance(scheduler, model, energy, beta=2.0)  # the twist and the proposal
+    result = smc_sample(scheduler, guided, (256, 2), num_particles=16, num_inference_steps=50,
                         generator=torch.Generator().manual_seed(0))
     result.samples          # (256, 2): one draw per population of 16 particles
     result.ess              # (51, 256): effective sample size after each weighting
@@ -109,7 +97,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -118,7 +106,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import Energy, call_energy
+from .callables import Energy, call_energy, call_model, check_beta
+from .guidance import AnalyticEnergyGuidance
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
@@ -323,15 +312,48 @@ def _ancestors(log_w: Tensor, method: str, generator: torch.Generator | None) ->
 # The sampler
 
 
+def _twisted(scheduler, model, beta: float | None, energy: Energy | None, temper: float):
+    """(parts(x_t, t, cond) -> (twist E_t, the model's output, the proposal's output), β, E) of a
+    guided model (its intermediate energy and guided step) or of a plain one (no twist)."""
+    if isinstance(model, AnalyticEnergyGuidance):
+        if model.scheduler is not scheduler:
+            raise ValueError(
+                "model is guided on another scheduler than `scheduler`: build the guidance on the "
+                "scheduler you sample with (or guidance.replace(scheduler=scheduler))"
+            )
+        if temper:
+            model = model.replace(estimator=Tempered(model.estimator, temper))
+        beta = model.beta if beta is None else check_beta(beta)
+        energy = model.estimator.energy if energy is None else energy
+        if not callable(energy):
+            raise ValueError(
+                f"the final correction needs the energy E(x0), and {type(model.estimator).__name__} has "
+                "none: pass smc_sample(..., energy=E)"
+            )
+        return model.step_parts, beta, energy
+    if temper:
+        raise ValueError("temper tempers a guided model's twist; model is not guided")
+    if beta is None or not callable(energy):
+        raise ValueError("an unguided model needs the target's energy= and beta=")
+    beta = check_beta(beta)
+
+    def parts(x_t: Tensor, t, cond) -> tuple[Tensor, Tensor, Tensor]:
+        out = call_model(model, x_t, t, cond)
+        return torch.zeros(len(x_t), dtype=x_t.dtype, device=x_t.device), out, out
+
+    return parts, beta, energy
+
+
 def smc_sample(
-    guidance,
+    scheduler,
+    model: Callable,
     shape: tuple[int, ...],
     num_particles: int = 16,
+    *,
     cond: Tensor | None = None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     resample: bool = True,
-    *,
     energy: Energy | None = None,
     beta: float | None = None,
     ess_threshold: float = 0.5,
@@ -342,13 +364,16 @@ def smc_sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> SMCResult:
-    """Sample p(x0) ∝ q(x0)·exp(-β·E(x0)) by SMC with ``guidance``'s twist and guided proposal.
+    """Sample p(x0) ∝ q(x0)·exp(-β·E(x0)) by SMC over ``scheduler``'s steps of ``model``.
 
     Args:
-        guidance: an :class:`~energy_guidance.AnalyticEnergyGuidance`; its scheduler must step
-            stochastically (DDPM, DDIM with ``eta`` > 0, Euler ancestral, DPM-Solver++ SDE). Its
-            ``intermediate_energy`` is the twist and its guided step the proposal (with its
-            ``scale`` and ``rescale``: any proposal is corrected by the weights).
+        scheduler: a scheduler that steps stochastically (DDPM, DDIM with ``eta`` > 0, Euler
+            ancestral, DPM-Solver++ SDE).
+        model: a guided model (an :class:`~energy_guidance.AnalyticEnergyGuidance` built on
+            ``scheduler``): its ``intermediate_energy`` is the twist and its guided step the
+            proposal (with its ``scale`` and ``rescale``: any proposal is corrected by the
+            weights). Or the noise model itself: no twist, the model's own steps as proposal
+            (``energy`` and ``beta`` then required).
         shape: (B, ...) the output shape; B populations, samples of shape (...) (at least 1-D).
         num_particles: K, particles per population; B·K particles move as one batch.
         cond: None or a tensor (B, ...), one condition per population (repeated K times).
@@ -359,7 +384,7 @@ def smc_sample(
         energy: E(x0) or E(x0, cond) -> (B·K,) for the final correction β·E(x0); defaults to the
             estimator's ``energy`` (closed form, DPS, Gaussian-mixture ground truth). Required for
             estimators without one (networks, CEP, :class:`EmpiricalIntermediateEnergy`).
-        beta: the target's β; defaults to ``guidance.beta``. A twist built for another β (or a
+        beta: the target's β; defaults to the guided model's. A twist built for another β (or a
             network trained at one) then only steers the particles.
         ess_threshold: resample a population when its ESS < ``ess_threshold``·K (0: never;
             1: whenever its weights are not uniform).
@@ -393,22 +418,11 @@ def smc_sample(
             raise TypeError(f"cond must be a tensor (B, ...) or None, got {type(cond).__name__}")
         if cond.shape[0] != b:
             raise ValueError(f"cond has {cond.shape[0]} rows; expected one per population (B = {b})")
-    if temper:
-        guidance = guidance.replace(estimator=Tempered(guidance.estimator, temper))
-    beta = guidance.beta if beta is None else float(beta)
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
-    energy = energy if energy is not None else getattr(guidance.estimator, "energy", None)
-    if not callable(energy):
-        raise ValueError(
-            f"the final correction needs the energy E(x0), and {type(guidance.estimator).__name__} has "
-            "none: pass smc_sample(..., energy=E)"
-        )
+    parts, beta, energy = _twisted(scheduler, model, beta, energy, temper)
     if device is None:
         device = cond.device if cond is not None else torch.device("cpu")
     device = torch.device(device)
 
-    scheduler = guidance.scheduler
     n = b * k
     gen_device = generator.device if generator is not None else device
 
@@ -452,7 +466,7 @@ def smc_sample(
         x_in = scale_input(x, t)
         guided_state = _capture(scheduler)  # scale_model_input may set the step index
         # One model evaluation gives the twist and both steps' outputs (copied with a resampled particle).
-        energy_t, out_model, out_guided = guidance.step_parts(x_in, t, cond_k)
+        energy_t, out_model, out_guided = parts(x_in, t, cond_k)
         log_twist = -energy_t.to(torch.float64)
         if weigh(pending + log_twist):
             index = ancestors(resampled_rows[-1])

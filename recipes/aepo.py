@@ -485,6 +485,7 @@ class Policies:
         ``guidance``: another twist and proposal (its scheduler is replaced by SMC's)."""
         states = self.normalizer(obs)
         result = smc_sample(
+            self.smc_scheduler,
             (guidance or self.guidance).replace(scheduler=self.smc_scheduler),
             (len(obs), self.act_dim),
             num_particles=self.config.num_candidates,
@@ -508,10 +509,9 @@ class Policies:
         with torch.no_grad():
             actions = sample(
                 self.scheduler,
-                self.model,
+                self.model if guidance is None else guidance,
                 (len(states), self.act_dim),
                 cond=states,
-                guidance=guidance,
                 num_inference_steps=self.config.inference_steps,
                 generator=self.generator,
             ).clamp(-1, 1)

@@ -122,4 +122,6 @@ def test_bad_powers_are_rejected():
         with pytest.raises(ValueError, match="power"):
             Tempered(guidance.estimator, power)
         with pytest.raises(ValueError, match="power"):
-            smc_sample(guidance, (2, 2), num_particles=2, num_inference_steps=2, temper=power)
+            smc_sample(
+                guidance.scheduler, guidance, (2, 2), num_particles=2, num_inference_steps=2, temper=power
+            )
