@@ -43,7 +43,7 @@ from .closed_form import ClosedForm
 from .importance import ImportanceTilt
 from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .sampling import sample
-from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
+from .schedules import Prediction, SchedulerAdapter, warn_if_clipping
 from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
@@ -172,7 +172,8 @@ class AnalyticEnergyGuidance:
         self.beta = float(beta)
         self.rescale = rescale
         self.scale = float(scale)
-        self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
+        self.adapter = SchedulerAdapter(scheduler)
+        self.prediction_type = self.adapter.prediction_type  # also rejects unsupported schedulers
         self.allow_clipping = bool(allow_clipping)
         self._warned_explosion = False
         if not self.allow_clipping:
@@ -212,14 +213,6 @@ class AnalyticEnergyGuidance:
                 self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
             )
 
-    def _levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample (α, σ) of shape (B,), on ``like``'s device and dtype."""
-        alpha, sigma = noise_level(self.scheduler, timestep)
-        return (
-            alpha.to(like.device, like.dtype).expand(batch),
-            sigma.to(like.device, like.dtype).expand(batch),
-        )
-
     def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
         twice = self.estimator.model_derivatives == 2  # the math attention kernel
         out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
@@ -230,7 +223,7 @@ class AnalyticEnergyGuidance:
                 "the model: use the default estimator (no variance/order/gradient) or gradient='tweedie', "
                 "which need no model gradient"
             )
-        return to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
+        return self.adapter.prediction(out, x_t, alpha, sigma)
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
         """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
@@ -242,7 +235,7 @@ class AnalyticEnergyGuidance:
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         with torch.enable_grad():
             value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
         return value.detach()
@@ -250,7 +243,7 @@ class AnalyticEnergyGuidance:
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
     def _gradient(
@@ -281,14 +274,14 @@ class AnalyticEnergyGuidance:
         :meth:`intermediate_energy`, the model and :meth:`guided_model_output` would evaluate
         the model three times."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: no guidance, as in guided_model_output
             with located(timestep):
                 out = call_model(self.model, x_t, timestep, cond)
             return self.intermediate_energy(x_t, timestep, cond), out, out
         with located(timestep):
             grad, eps_hat, x0_hat, value = self._gradient(x_t, timestep, alpha, sigma, cond, with_value=True)
-            model_output = from_eps_x0(eps_hat, x0_hat, alpha, sigma, self.prediction_type)
+            model_output = self.adapter.output(eps_hat, x0_hat, alpha, sigma)
             guided, _ = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
         return value, model_output, guided
 
@@ -306,13 +299,13 @@ class AnalyticEnergyGuidance:
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
             with located(timestep):
                 out = call_model(self.model, x_t, timestep, cond)
             if not return_info:
                 return out
-            x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)[1]
+            x0_hat = self.adapter.prediction(out, x_t, alpha, sigma).x0
             return out, StepInfo(x0_hat=x0_hat, guidance_norm=torch.zeros(len(x_t), device=x_t.device))
         with located(timestep):
             grad, eps_hat, x0_hat, _ = self._gradient(x_t, timestep, alpha, sigma, cond)
@@ -334,7 +327,7 @@ class AnalyticEnergyGuidance:
             delta = eps - eps_hat
         eps = eps_hat + delta
         x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
-        guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
+        guided = self.adapter.output(eps, x0, alpha, sigma)
         check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
 

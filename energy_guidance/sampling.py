@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, NonFiniteError, call_model, check_finite
 from .protocols import Guided, StepInfo, StepRecord
+from .schedules import SchedulerAdapter
 
 ON_NONFINITE = ("raise", "freeze", "drop")
 
@@ -76,32 +76,17 @@ def sample(
         )
     if device is None and isinstance(cond, torch.Tensor):
         device = cond.device
-    scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
-    init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma
-    step_parameters = inspect.signature(scheduler.step).parameters
-    extra = {"generator": generator} if "generator" in step_parameters else {}
-    if guided and "use_clipped_model_output" in step_parameters:
-        # DDIM clips x̂0 but by default steps with the unclipped ε̂; a guided ε̃ that pushes x̂0
-        # past the clip then moves the sample the opposite way (guidance reverses). Recomputing
-        # ε from the clipped x̂0 keeps the step consistent: clipped guidance saturates instead.
-        extra["use_clipped_model_output"] = True
-    scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
-    # diffusers' dynamic thresholding reshapes samples to (B, C, -1) and fails on (B, d) vectors;
-    # it thresholds per sample either way, so the step sees a (B, d, 1) view.
-    as_image = x.dim() == 2 and bool(scheduler.config.get("thresholding", False))
+    adapter = SchedulerAdapter(scheduler)
+    x = adapter.start(num_inference_steps, shape, generator, device, dtype)  # resets multistep state
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # not frozen or dropped
     evaluate = _Evaluation(model, guided, cond, on_nonfinite, active)
-    restore_seed = _seed_brownian_noise(scheduler, generator)
+    restore_seed = adapter.seed_brownian_noise(generator)
     try:
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
-            x_in = scale_input(x, t)
+            x_in = adapter.model_input(x, t)
             out, info = evaluate(x_in, t, i)
             before = x
-            if as_image:
-                x = scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
-            else:
-                x = scheduler.step(out, t, x, **extra).prev_sample
+            x = adapter.step(out, t, x, generator=generator, guided=guided)
             x = evaluate.check_state(x, before, t, i)
             if callback is not None:
                 record = StepRecord(step=i, timestep=t, sample=x)
@@ -116,21 +101,6 @@ def sample(
         x = x.clone()
         x[~active] = torch.nan
     return (x, ~active) if return_mask else x
-
-
-def _seed_brownian_noise(scheduler, generator: torch.Generator | None) -> Callable[[], None]:
-    """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws its
-    seed from torch's global generator); returns what puts the scheduler back."""
-    if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
-        return lambda: None
-    scheduler.noise_sampler_seed = int(
-        torch.randint(0, 2**62, (), generator=generator, device=generator.device)
-    )
-
-    def restore() -> None:
-        scheduler.noise_sampler_seed = None
-
-    return restore
 
 
 def condition_rows(cond, index: Tensor, batch: int):

@@ -27,9 +27,9 @@ p and r share s and differ only in their means μ_u (unguided output) and μ_g (
     log p(x' | x) - log r(x' | x) = -z·δ - ½‖δ‖²,   δ = (μ_g - μ_u)/s,   x' = μ_g + s·z.
 
 μ and s are read off ``scheduler.step`` itself (no formula is copied): μ is the step with the
-noise set to 0 and s the step with noise 1 minus it. Noise is injected through ``variance_noise``
-where the step accepts it (DDIM, DPM-Solver), otherwise by substituting the ``randn_tensor``
-that the step's module calls (DDPM, Euler ancestral) for the duration of the call.
+noise set to 0 and s the step with noise 1 minus it, both by
+:meth:`~energy_guidance.schedules.SchedulerAdapter.step_with_noise`, which owns how the noise is
+given to each scheduler.
 
 - DDPM: x_{t'} ~ N(μ̃_t(x_t, x̂0), β̃_t·I), the posterior mean and (``fixed_small``) variance
   of DDPM's eq. (7); state = model input x_t.
@@ -54,7 +54,8 @@ step (no proposal ratio; the twist carries the guidance), and the weight after t
 exp(-β·E(x0))/exp(-E_{t_last}(x_{t_last})).
 
 Scheduler state. ``scheduler.step`` mutates the scheduler (step index, multistep history), so every
-trial step runs from a snapshot of its attributes, restored afterwards. Per-particle state entries
+trial step runs from a snapshot of its attributes, restored afterwards
+(:meth:`~energy_guidance.schedules.SchedulerAdapter.snapshot`). Per-particle state entries
 are the tensors (or tensors in lists/tuples) of the particles' shape (B·K, ...); resampling indexes
 them with the particles. Samples need at least one feature dimension (``shape`` = (B, d, ...)).
 
@@ -95,23 +96,19 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
 from __future__ import annotations
 
 import math
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import NamedTuple
 
-import diffusers
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .callables import Energy, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
+from .schedules import SchedulerAdapter
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
-_SDE_DPM = ("sde-dpmsolver++", "sde-dpmsolver")
 # A step whose noise std is below this (relative to the particles' scale, at least 1) is deterministic:
 # DDPM clamps the variance of its last step to 1e-20 rather than 0 (std 1e-10 with "trailing" spacing).
 _NEGLIGIBLE_NOISE = 1e-6
@@ -139,81 +136,7 @@ class SMCResult(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stepping a scheduler with injected noise, from snapshots of its state
-
-
-def _noise_mode(scheduler, eta: float | None) -> tuple[str, dict]:
-    """How noise is injected into ``scheduler.step`` ("variance_noise" or "patch") and the extra
-    step arguments; rejects deterministic schedulers."""
-    if eta is not None and not isinstance(scheduler, diffusers.DDIMScheduler):
-        raise ValueError(f"eta is DDIM's argument; {type(scheduler).__name__} does not take it")
-    if isinstance(scheduler, diffusers.DDIMScheduler):
-        eta = 1.0 if eta is None else float(eta)
-        if not eta > 0:
-            raise ValueError(f"DDIM with eta={eta} is deterministic; SMC needs eta > 0 (eta=1 is DDPM-like)")
-        return "variance_noise", {"eta": eta}
-    if isinstance(scheduler, diffusers.DPMSolverMultistepScheduler):
-        if scheduler.config.algorithm_type not in _SDE_DPM:
-            raise ValueError(
-                f"DPMSolverMultistepScheduler with algorithm_type={scheduler.config.algorithm_type!r} is "
-                "deterministic; SMC needs a stochastic step: use algorithm_type='sde-dpmsolver++'"
-            )
-        return "variance_noise", {}
-    if isinstance(scheduler, diffusers.DDPMScheduler | diffusers.EulerAncestralDiscreteScheduler):
-        return "patch", {}
-    raise ValueError(
-        f"{type(scheduler).__name__} is deterministic (an ODE solver) or unsupported; SMC needs a "
-        "stochastic step: DDPMScheduler, DDIMScheduler (eta > 0), EulerAncestralDiscreteScheduler or "
-        "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')"
-    )
-
-
-_PATCH_LOCK = threading.RLock()
-
-
-def _step_module(scheduler):
-    """The module whose globals the scheduler's ``step`` reads (where it is defined)."""
-    owner = next(c for c in type(scheduler).__mro__ if "step" in vars(c))
-    return sys.modules[owner.__module__]
-
-
-@contextmanager
-def _patched_noise(scheduler, noise: Tensor) -> Iterator[None]:
-    """Make the step's ``randn_tensor`` return ``noise`` while inside the block (under a lock:
-    the substitution is module-wide)."""
-    module = _step_module(scheduler)
-    original = getattr(module, "randn_tensor", None)
-    if original is None:
-        raise TypeError(
-            f"cannot inject noise into {type(scheduler).__name__}.step: its module has no randn_tensor"
-        )
-
-    def injected(shape, generator=None, device=None, dtype=None, **kwargs):
-        if tuple(shape) != tuple(noise.shape):
-            raise RuntimeError(f"the step drew noise of shape {tuple(shape)}, expected {tuple(noise.shape)}")
-        return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
-
-    with _PATCH_LOCK:
-        module.randn_tensor = injected
-        try:
-            yield
-        finally:
-            module.randn_tensor = original
-
-
-def _capture(scheduler) -> dict:
-    """A snapshot of the scheduler's attributes (lists copied: steps mutate them in place)."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in vars(scheduler).items()}
-
-
-def _restore(scheduler, state: dict) -> None:
-    attributes = vars(scheduler)
-    attributes.clear()
-    attributes.update(_capture_dict(state))
-
-
-def _capture_dict(state: dict) -> dict:
-    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+# Per-particle entries of the scheduler's state
 
 
 def _holds_particles(value, particle_shape: torch.Size) -> bool:
@@ -244,27 +167,6 @@ def _index_entries(state: dict, index: Tensor, particle_shape: torch.Size) -> di
         elif isinstance(v, list | tuple) and _holds_particles(v, particle_shape):
             out[k] = type(v)(take(e) for e in v)
     return out
-
-
-class _Stepper:
-    """``scheduler.step`` with given noise, on (B·K, ...) particles; steps on (N, d, 1) views when
-    the scheduler thresholds (diffusers' thresholding reshapes to (B, C, -1), as in ``sample``)."""
-
-    def __init__(self, scheduler, eta: float | None, sample: Tensor) -> None:
-        self.scheduler = scheduler
-        self.mode, self.kwargs = _noise_mode(scheduler, eta)
-        self.as_image = sample.dim() == 2 and bool(scheduler.config.get("thresholding", False))
-        self.particle_shape = torch.Size((*sample.shape, 1)) if self.as_image else sample.shape
-
-    def __call__(self, out: Tensor, t, x: Tensor, noise: Tensor) -> Tensor:
-        if self.as_image:
-            out, x, noise = out[..., None], x[..., None], noise[..., None]
-        if self.mode == "variance_noise":
-            prev = self.scheduler.step(out, t, x, variance_noise=noise, **self.kwargs).prev_sample
-        else:
-            with _patched_noise(self.scheduler, noise):
-                prev = self.scheduler.step(out, t, x, **self.kwargs).prev_sample
-        return prev[..., 0] if self.as_image else prev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,15 +326,14 @@ def smc_sample(
     device = torch.device(device)
 
     n = b * k
-    gen_device = generator.device if generator is not None else device
+    adapter = SchedulerAdapter(scheduler)
+    x = adapter.start(num_inference_steps, (n, *shape[1:]), generator, device, dtype)  # resets its state
+    options = adapter.stochastic_step_options(eta)  # also rejects deterministic schedulers
+    particle_shape = adapter.state_shape(x)
 
-    def randn(size) -> Tensor:
-        return torch.randn(size, generator=generator, dtype=dtype, device=gen_device).to(device)
+    def step(out: Tensor, t, x: Tensor, noise: Tensor) -> Tensor:
+        return adapter.step_with_noise(out, t, x, noise, options)
 
-    scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
-    x = randn((n, *shape[1:])) * float(getattr(scheduler, "init_noise_sigma", 1.0))
-    step = _Stepper(scheduler, eta, x)  # also rejects deterministic schedulers
-    scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
     cond_k = None if cond is None else cond.repeat_interleave(k, dim=0)
     zeros, ones = torch.zeros_like(x), torch.ones_like(x)
 
@@ -440,7 +341,7 @@ def smc_sample(
     log_z = torch.zeros(b, dtype=torch.float64, device=device)
     ess_rows, resampled_rows = [], []
     pending = torch.zeros(n, dtype=torch.float64, device=device)  # log p/r - log twist of the last state
-    guided_state = _capture(scheduler)  # the scheduler's state along the proposal (guided outputs)
+    guided_state = adapter.snapshot()  # the scheduler's state along the proposal (guided outputs)
     model_entries: dict = {}  # its per-particle entries along the model's path (unguided outputs)
 
     def weigh(increment: Tensor) -> bool:
@@ -462,9 +363,9 @@ def smc_sample(
 
     timesteps = scheduler.timesteps
     for t in tqdm(timesteps, disable=not progress, desc="smc"):
-        _restore(scheduler, guided_state)
-        x_in = scale_input(x, t)
-        guided_state = _capture(scheduler)  # scale_model_input may set the step index
+        adapter.restore(guided_state)
+        x_in = adapter.model_input(x, t)
+        guided_state = adapter.snapshot()  # scale_model_input may set the step index
         # One model evaluation gives the twist and both steps' outputs (copied with a resampled particle).
         energy_t, out_model, out_guided = parts(x_in, t, cond_k)
         log_twist = -energy_t.to(torch.float64)
@@ -472,38 +373,38 @@ def smc_sample(
             index = ancestors(resampled_rows[-1])
             x, x_in, log_twist = x[index], x_in[index], log_twist[index]
             out_model, out_guided = out_model[index], out_guided[index]
-            guided_state = _index_entries(guided_state, index, step.particle_shape)
-            model_entries = _index_entries(model_entries, index, step.particle_shape)
-            _restore(scheduler, guided_state)
+            guided_state = _index_entries(guided_state, index, particle_shape)
+            model_entries = _index_entries(model_entries, index, particle_shape)
+            adapter.restore(guided_state)
 
         model_state = {**guided_state, **model_entries}  # the model's own (unguided) history
-        _restore(scheduler, model_state)
+        adapter.restore(model_state)
         std = step(out_model, t, x, ones)
-        _restore(scheduler, model_state)
+        adapter.restore(model_state)
         mean_model = step(out_model, t, x, zeros)
         std = std - mean_model  # the noise's coefficient: the same for any model output
-        model_entries = _particle_entries(_capture(scheduler), step.particle_shape)
-        _restore(scheduler, guided_state)
+        model_entries = _particle_entries(adapter.snapshot(), particle_shape)
+        adapter.restore(guided_state)
 
         if not float(std.abs().max()) > _NEGLIGIBLE_NOISE * max(1.0, float(x.abs().max())):
             # a deterministic step: move by the model's step, no proposal ratio
             step(out_model, t, x, zeros)  # advances the proposal's state
-            guided_state = _capture(scheduler)
+            guided_state = adapter.snapshot()
             x, pending = mean_model, -log_twist
             continue
         if not (std.abs() > 0).all():
             raise RuntimeError("the step's noise is zero for some elements only; cannot weigh it")
-        _restore(scheduler, guided_state)
+        adapter.restore(guided_state)
         mean_guided = step(out_guided, t, x, zeros)
-        _restore(scheduler, guided_state)
-        z = randn(x.shape)
+        adapter.restore(guided_state)
+        z = adapter.noise(x.shape, generator, device, dtype)
         x = step(out_guided, t, x, z)
-        guided_state = _capture(scheduler)
+        guided_state = adapter.snapshot()
         delta = ((mean_guided - mean_model).to(torch.float64) / std.to(torch.float64)).reshape(n, -1)
         log_ratio = -(z.to(torch.float64).reshape(n, -1) * delta).sum(1) - 0.5 * delta.pow(2).sum(1)
         pending = log_ratio - log_twist
 
-    _restore(scheduler, guided_state)
+    adapter.restore(guided_state)
     with torch.no_grad():
         final = call_energy(energy, x, cond_k).to(torch.float64)
     weigh(pending - beta * final)

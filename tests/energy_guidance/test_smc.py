@@ -17,6 +17,7 @@ SE = sd_b(Ẑ_b)/√B (delta method for log Z).
 
 import functools
 import math
+import sys
 import textwrap
 
 import diffusers
@@ -28,7 +29,8 @@ from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEner
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.estimators import AutogradGradient
 from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.smc import _index_entries, _Stepper
+from energy_guidance.schedules import SchedulerAdapter
+from energy_guidance.smc import _index_entries
 
 Z = 5.0  # standard errors allowed
 STEPS = 50
@@ -47,6 +49,13 @@ SCHEDULERS = {
     "euler-ancestral": (lambda: diffusers.EulerAncestralDiscreteScheduler(), None),
     "dpm++-sde": (lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), None),
 }
+
+
+def stepper(scheduler, eta):
+    """``scheduler.step`` with given noise, as SMC steps it (``SchedulerAdapter.step_with_noise``)."""
+    adapter = SchedulerAdapter(scheduler)
+    options = adapter.stochastic_step_options(eta)
+    return lambda out, t, x, noise: adapter.step_with_noise(out, t, x, noise, options)
 
 
 def linear_energy(x):
@@ -73,7 +82,7 @@ def discretised_gaussian(name: str, steps: int = STEPS) -> tuple[torch.Tensor, f
     n = steps + 2
     x = torch.zeros(n, D, dtype=torch.float64)
     x[1] = float(scheduler.init_noise_sigma)
-    step = _Stepper(scheduler, eta, x)
+    step = stepper(scheduler, eta)
     for i, t in enumerate(scheduler.timesteps):
         out = model(scheduler.scale_model_input(x, t), t.expand(n))
         noise = torch.zeros_like(x)
@@ -168,15 +177,15 @@ def test_the_step_is_its_mean_plus_its_std_times_the_injected_noise(name):
     model = data_model().noise_model(scheduler)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(8, D, generator=gen, dtype=torch.float64) * float(scheduler.init_noise_sigma)
-    step = _Stepper(scheduler, eta, x)
-    module = energy_guidance.smc._step_module(scheduler)
+    step = stepper(scheduler, eta)
+    module = sys.modules[next(c for c in type(scheduler).__mro__ if "step" in vars(c)).__module__]
     randn_before = getattr(module, "randn_tensor", None)
     t = scheduler.timesteps[3]
     scheduler._step_index = 3 if hasattr(scheduler, "_step_index") else None
     if hasattr(scheduler, "model_outputs"):  # a second-order DPM step, from a valid history
         scheduler.model_outputs = [torch.randn(8, D, generator=gen, dtype=torch.float64)] * 2
         scheduler.lower_order_nums = 2
-    state = energy_guidance.smc._capture(scheduler)
+    state = SchedulerAdapter(scheduler).snapshot()
     out = model(scheduler.scale_model_input(x, t), t.expand(8))
     other = out + torch.randn(8, D, generator=gen, dtype=torch.float64)
     z = torch.randn(8, D, generator=gen, dtype=torch.float64)
@@ -188,7 +197,7 @@ def test_the_step_is_its_mean_plus_its_std_times_the_injected_noise(name):
         "other_mean": (other, torch.zeros_like(x)),
         "other_one": (other, torch.ones_like(x)),
     }.items():
-        energy_guidance.smc._restore(scheduler, state)
+        SchedulerAdapter(scheduler).restore(state)
         results[key] = step(o, t, x, noise)
     std = results["one"] - results["mean"]
     assert float(std.min()) > 1e-3
@@ -205,7 +214,7 @@ def test_ddpm_transition_is_the_posterior_of_eq_7():
     t, prev = int(scheduler.timesteps[5]), int(scheduler.timesteps[6])
     x = torch.randn(4, D, dtype=torch.float64)
     out = torch.randn(4, D, dtype=torch.float64)
-    step = _Stepper(scheduler, None, x)
+    step = stepper(scheduler, None)
     mean = step(out, t, x, torch.zeros_like(x))
     std = step(out, t, x, torch.ones_like(x)) - mean
     acp = scheduler.alphas_cumprod.double()
@@ -396,12 +405,12 @@ def test_resampling_permutes_every_per_particle_state_tensor():
     scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
     scheduler.set_timesteps(10)
     x = torch.randn(6, D, dtype=torch.float64)
-    step = _Stepper(scheduler, None, x)
+    step = stepper(scheduler, None)
     t = scheduler.timesteps[0]
     step(torch.randn_like(x), t, x, torch.zeros_like(x))
-    state = energy_guidance.smc._capture(scheduler)
+    state = SchedulerAdapter(scheduler).snapshot()
     index = torch.tensor([5, 5, 0, 1, 2, 3])
-    permuted = _index_entries(state, index, step.particle_shape)
+    permuted = _index_entries(state, index, SchedulerAdapter(scheduler).state_shape(x))
     torch.testing.assert_close(permuted["model_outputs"][-1], state["model_outputs"][-1][index])
     assert permuted["model_outputs"][0] is None
     for key in ("timesteps", "sigmas", "alphas_cumprod"):
