@@ -8,7 +8,7 @@ The public API is what a user of guidance needs. The rest lives in named modules
 :mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.classifier` (the
 intermediate energy learned as a classifier), :mod:`energy_guidance.tempering` (a tempered twist),
 :mod:`energy_guidance.checkpoints` (files that survive interruption),
-:mod:`energy_guidance.groundtruth` (exact models, Monte Carlo and distances, for tests and
+:mod:`energy_guidance.testing` (exact models, Monte Carlo and distances, for tests and
 benchmarks), :mod:`energy_guidance.baselines` (CEP, DPS-style guidance); the protocols an
 estimator follows are ``guidance.IntermediateEnergyEstimator`` and ``posterior.VarianceEstimator``.
 """
@@ -21,7 +21,7 @@ from .pipelines import guide_pipeline
 from .posterior import Constant, DataVar, Diagonal, EpsNorm, Jacobian, VarianceTable, estimate_variance_table
 from .quadrature import GaussianQuadrature
 from .sampling import sample
-from .schedules import ClippingWarning, from_eps_x0, noise_level, to_eps_x0
+from .schedulers import ClippingWarning, from_eps_x0, noise_level, to_eps_x0
 from .smc import SMCResult, smc_sample
 
 __all__ = [

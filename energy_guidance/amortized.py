@@ -30,7 +30,7 @@ from .checkpoints import load_tensors, save_tensors
 from .closed_form import analytic_intermediate_energy, second_order_intermediate_energy
 from .posterior import VarianceEstimator, VarianceTable, variance_estimator
 from .protocols import AutogradGradient, IntermediateEnergyEstimator
-from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .schedulers import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 from .training import History, fit
 
 

@@ -39,7 +39,7 @@ from torch import Tensor
 from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
 from .posterior import Constant, VarianceEstimator, variance_estimator
 from .protocols import autograd_value_and_gradient
-from .schedules import Prediction
+from .schedulers import Prediction
 
 
 def analytic_intermediate_energy(

@@ -43,7 +43,7 @@ from .closed_form import ClosedForm
 from .importance import ImportanceTilt
 from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .sampling import sample
-from .schedules import Prediction, SchedulerAdapter, warn_if_clipping
+from .schedulers import Prediction, SchedulerAdapter, warn_if_clipping
 from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
@@ -95,7 +95,7 @@ class AnalyticEnergyGuidance:
             AEPO's guidance rescale (module docstring); ``False`` (default) neither.
         scale: multiplies the guidance term of (2); 1 is the exact target.
         allow_clipping: the scheduler clips x̂0 (``clip_sample``, ``thresholding``) on purpose; without
-            it such a scheduler gets a :class:`~energy_guidance.schedules.ClippingWarning` once,
+            it such a scheduler gets a :class:`~energy_guidance.schedulers.ClippingWarning` once,
             since clipping after guidance changes the target (docs/usage.md, schedulers).
     """
 

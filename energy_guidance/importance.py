@@ -63,7 +63,7 @@ from torch import Tensor
 
 from .callables import Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
 from .posterior import VarianceTable
-from .schedules import Prediction
+from .schedulers import Prediction
 
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped

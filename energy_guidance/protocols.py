@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .callables import Energy, check_finite, estimator_sources
-from .schedules import Prediction
+from .schedulers import Prediction
 
 
 @runtime_checkable
@@ -34,7 +34,7 @@ class IntermediateEnergyEstimator(Protocol):
 
     Shapes: x_t (B, ...) the model input; α, σ (B,) its noise level
     (:meth:`~energy_guidance.schedulers.SchedulerAdapter.levels`); ``cond`` the condition or
-    None; ``prediction`` the model's (ε̂, x̂0) at x_t (:class:`~energy_guidance.schedules.Prediction`),
+    None; ``prediction`` the model's (ε̂, x̂0) at x_t (:class:`~energy_guidance.schedulers.Prediction`),
     always given by the guided step, computed inside x_t's autograd graph exactly when
     ``model_derivatives`` > 0 (an estimator that does not read it ignores it).
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, NonFiniteError, call_model, check_finite
 from .protocols import Guided, StepInfo, StepRecord
-from .schedules import SchedulerAdapter
+from .schedulers import SchedulerAdapter
 
 ON_NONFINITE = ("raise", "freeze", "drop")
 

@@ -28,7 +28,7 @@ p and r share s and differ only in their means μ_u (unguided output) and μ_g (
 
 μ and s are read off ``scheduler.step`` itself (no formula is copied): μ is the step with the
 noise set to 0 and s the step with noise 1 minus it, both by
-:meth:`~energy_guidance.schedules.SchedulerAdapter.step_with_noise`, which owns how the noise is
+:meth:`~energy_guidance.schedulers.SchedulerAdapter.step_with_noise`, which owns how the noise is
 given to each scheduler.
 
 - DDPM: x_{t'} ~ N(μ̃_t(x_t, x̂0), β̃_t·I), the posterior mean and (``fixed_small``) variance
@@ -55,7 +55,7 @@ exp(-β·E(x0))/exp(-E_{t_last}(x_{t_last})).
 
 Scheduler state. ``scheduler.step`` mutates the scheduler (step index, multistep history), so every
 trial step runs from a snapshot of its attributes, restored afterwards
-(:meth:`~energy_guidance.schedules.SchedulerAdapter.snapshot`). Per-particle state entries
+(:meth:`~energy_guidance.schedulers.SchedulerAdapter.snapshot`). Per-particle state entries
 are the tensors (or tensors in lists/tuples) of the particles' shape (B·K, ...); resampling indexes
 them with the particles. Samples need at least one feature dimension (``shape`` = (B, d, ...)).
 
@@ -74,7 +74,7 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
 
     from energy_guidance import smc_sample
     from energy_guidance.baselines import dps_guidance
-    from energy_guidance.groundtruth import GaussianMixture
+    from energy_guidance.testing import GaussianMixture
 
     data = GaussianMixture(torch.ones(2), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.full((2, 2), 0.25))
     scheduler = DDPMScheduler(clip_sample=False, timestep_spacing="trailing")
@@ -105,7 +105,7 @@ from tqdm.auto import tqdm
 
 from .callables import Energy, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
-from .schedules import SchedulerAdapter
+from .schedulers import SchedulerAdapter
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")

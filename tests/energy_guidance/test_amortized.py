@@ -25,7 +25,7 @@ from energy_guidance.amortized import (
     regression_loss,
 )
 from energy_guidance.callables import energy_and_grad, energy_grad_hessian
-from energy_guidance.schedules import prediction_type, training_timesteps
+from energy_guidance.schedulers import prediction_type, training_timesteps
 
 from .gaussian_case import (
     BETA,

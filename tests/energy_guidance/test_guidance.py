@@ -32,8 +32,8 @@ from energy_guidance import (
     to_eps_x0,
 )
 from energy_guidance.estimators import AutogradGradient
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.schedules import prediction_type
+from energy_guidance.schedulers import prediction_type
+from energy_guidance.testing import GaussianMixture
 
 from .gaussian_case import (
     BETA,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from energy_guidance import VarianceTable
 from energy_guidance.importance import RANGE_MARGIN, ImportanceTilt
-from energy_guidance.schedules import Prediction
+from energy_guidance.schedulers import Prediction
 
 D = 3
 

@@ -8,7 +8,7 @@ import energy_guidance
 
 def test_importing_the_library_pulls_in_no_rl_plotting_or_sklearn():
     code = (
-        "import sys, energy_guidance, energy_guidance.groundtruth, energy_guidance.baselines;"
+        "import sys, energy_guidance, energy_guidance.testing, energy_guidance.baselines;"
         "print(','.join(m for m in ('gymnasium', 'minari', 'sklearn', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

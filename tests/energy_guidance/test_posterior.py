@@ -24,9 +24,9 @@ from energy_guidance import (
     noise_level,
     to_eps_x0,
 )
-from energy_guidance.groundtruth import GaussianMixture
 from energy_guidance.posterior import variance_estimator
-from energy_guidance.schedules import log_snr, prediction_type
+from energy_guidance.schedulers import log_snr, prediction_type
+from energy_guidance.testing import GaussianMixture
 
 from .schedulers import make_scheduler
 

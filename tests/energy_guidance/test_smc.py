@@ -28,9 +28,9 @@ import energy_guidance
 from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEnergyNet, SMCResult, smc_sample
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.estimators import AutogradGradient
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.schedules import SchedulerAdapter
+from energy_guidance.schedulers import SchedulerAdapter
 from energy_guidance.smc import _index_entries
+from energy_guidance.testing import GaussianMixture
 
 Z = 5.0  # standard errors allowed
 STEPS = 50

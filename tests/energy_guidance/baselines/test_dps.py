@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 
 from energy_guidance import Constant, noise_level, to_eps_x0
 from energy_guidance.baselines import dps_guidance
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.testing import GaussianMixture
 
 
 def wavy(x):

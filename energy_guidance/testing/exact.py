@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..callables import Energy, call_energy
 from ..protocols import AutogradGradient
 from ..quadrature import gauss_hermite_rule
-from ..schedules import from_eps_x0, noise_level, prediction_type
+from ..schedulers import from_eps_x0, noise_level, prediction_type
 from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
 
