@@ -23,8 +23,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, sample
 from energy_guidance.training import gradient_step
+from energy_guidance.variance import VarianceTable
 from recipes.behaviour import NoiseMLP, diffusion_loss
 
 ACTION, STATE = 6, 17

@@ -99,10 +99,8 @@ from torch import Tensor, nn
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
-    Constant,
     GaussianQuadrature,
     IntermediateEnergyNet,
-    estimate_variance_table,
     sample,
     smc_sample,
     train_intermediate_energy,
@@ -118,6 +116,7 @@ from energy_guidance.testing import (
 )
 from energy_guidance.testing.metrics import weighted_quantiles
 from energy_guidance.training import fit
+from energy_guidance.variance import Constant, estimate_variance_table
 from recipes.toys2d import DATASETS, DatasetName, toy_dataset
 
 Part = Literal["exact", "learned"]

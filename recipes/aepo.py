@@ -58,9 +58,7 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     GaussianQuadrature,
     IntermediateEnergyNet,
-    VarianceTable,
     distributed,
-    estimate_variance_table,
     sample,
     smc_sample,
 )
@@ -70,6 +68,7 @@ from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
+from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 from .behaviour import (
     BehaviourConfig,

@@ -40,14 +40,10 @@ import tyro
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from energy_guidance import (
-    GaussianQuadrature,
-    VarianceTable,
-    estimate_variance_table,
-    guide_pipeline,
-)
+from energy_guidance import GaussianQuadrature, guide_pipeline
 from energy_guidance.checkpoints import CorruptFileError, atomic_write, load_tensors, save_tensors
 from energy_guidance.training import History, fit
+from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 
 @dataclass

@@ -19,21 +19,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from energy_guidance import (
-    AnalyticEnergyGuidance,
-    ClosedForm,
-    Constant,
-    DataVar,
-    IntermediateEnergyNet,
-    Jacobian,
-    estimate_variance_table,
-    noise_level,
-    sample,
-    to_eps_x0,
-)
+from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEnergyNet, sample
 from energy_guidance.estimators import AutogradGradient
-from energy_guidance.schedulers import prediction_type
+from energy_guidance.schedulers import noise_level, prediction_type, to_eps_x0
 from energy_guidance.testing import GaussianMixture
+from energy_guidance.variance import Constant, DataVar, Jacobian, estimate_variance_table
 
 from .gaussian_case import (
     BETA,

@@ -11,13 +11,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energy_guidance import AnalyticEnergyGuidance, from_eps_x0, noise_level, sample, to_eps_x0
+from energy_guidance import AnalyticEnergyGuidance, sample
 from energy_guidance.schedulers import (
     PREDICTION_TYPES,
     SUPPORTED_SCHEDULERS,
     ClippingWarning,
+    from_eps_x0,
     log_snr,
+    noise_level,
     prediction_type,
+    to_eps_x0,
     training_timesteps,
 )
 

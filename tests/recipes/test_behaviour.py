@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from energy_guidance import from_eps_x0, noise_level, sample, to_eps_x0
+from energy_guidance import sample
+from energy_guidance.schedulers import from_eps_x0, noise_level, to_eps_x0
 from recipes.behaviour import (
     SAMPLERS,
     BehaviourConfig,
