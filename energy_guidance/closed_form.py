@@ -262,14 +262,7 @@ class ClosedForm:
         return (scale * times_cov(step)).reshape(x0.shape)
 
     def value_and_x_t_gradient(
-        self,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        cond=None,
-        *,
-        prediction: Prediction | None = None,
-        with_value: bool = True,
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor | None, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t): autograd's through the model, or the Tweedie chain rule
         (:meth:`x_t_gradient`; E_t then only ``with_value``, one more evaluation)."""

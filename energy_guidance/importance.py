@@ -107,14 +107,7 @@ class ImportanceTilt:
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
     def value_and_x_t_gradient(
-        self,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        cond=None,
-        *,
-        prediction: Prediction | None = None,
-        with_value: bool = True,
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t (6) shaped like x_t) from one set of draws (both, whatever
         ``with_value``)."""

@@ -87,14 +87,7 @@ class AutogradGradient:
     model_derivatives: int = 0
 
     def value_and_x_t_gradient(
-        self,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        cond=None,
-        *,
-        prediction: Prediction | None = None,
-        with_value: bool = True,
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor, Tensor]:
         """(E_t, ∇_{x_t} E_t) by one backward pass (:func:`autograd_value_and_gradient`)."""
         return autograd_value_and_gradient(self, x_t, alpha, sigma, cond, prediction)  # type: ignore[arg-type]

@@ -173,14 +173,7 @@ class GaussianQuadrature:
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[1]
 
     def value_and_x_t_gradient(
-        self,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        cond=None,
-        *,
-        prediction=None,
-        with_value: bool = True,
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t) of (7) from one set of nodes (both, whatever ``with_value``)."""
         if prediction is None:

@@ -61,14 +61,7 @@ class Tempered:
         return self._weighted(alpha, sigma, self.estimator(x_t, alpha, sigma, cond, prediction=prediction))
 
     def value_and_x_t_gradient(
-        self,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        cond=None,
-        *,
-        prediction=None,
-        with_value: bool = True,
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor | None, Tensor]:
         """(λ_t·E_t, λ_t·∇_{x_t}E_t)."""
         value, grad = self.estimator.value_and_x_t_gradient(
