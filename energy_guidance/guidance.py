@@ -6,7 +6,11 @@ which in noise-prediction form is
     ε̃(x_t) = ε̂(x_t) + scale · σ_t · ∇_{x_t} E_t(x_t).                         (2)
 
 ε̃ is converted back to the scheduler's prediction type and handed to ``scheduler.step``
-unchanged, so any supported scheduler integrates the guided model.
+unchanged, so any supported scheduler integrates the guided model. A guided model is a model:
+``guidance(x_t, t, cond)`` is (2), called like the model it wraps, and every sampler takes it in
+the model's place (``sample(scheduler, guidance, shape)``). The step makes one model evaluation
+and one call of the estimator's ``value_and_x_t_gradient`` (the protocol:
+:mod:`energy_guidance.protocols`; the flow: docs/architecture.md).
 
 Estimators of E_t:
 - the default (an ``energy`` and nothing else): :class:`~energy_guidance.importance.ImportanceTilt`,
@@ -225,11 +229,16 @@ class AnalyticEnergyGuidance:
             )
         return self.adapter.prediction(out, x_t, alpha, sigma)
 
-    def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
-        """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
+    def _prediction_at(self, x: Tensor, timestep, alpha, sigma, cond) -> Prediction:
+        """The model's (ε̂, x̂0) at ``x`` (which requires grad), inside x's autograd graph exactly
+        when the estimator differentiates the model (``model_derivatives`` > 0)."""
         in_graph = self.estimator.model_derivatives > 0
         with torch.set_grad_enabled(in_graph):
-            prediction = self._predict(x_t if in_graph else x_t.detach(), timestep, alpha, sigma, cond)
+            return self._predict(x if in_graph else x.detach(), timestep, alpha, sigma, cond)
+
+    def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
+        """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
+        prediction = self._prediction_at(x_t, timestep, alpha, sigma, cond)
         return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
@@ -252,12 +261,10 @@ class AnalyticEnergyGuidance:
         """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached: the guided step's one model
         evaluation and one call of the estimator's ``value_and_x_t_gradient``."""
         estimator = self.estimator
-        in_graph = estimator.model_derivatives > 0
-        sources = estimator_sources(estimator, in_graph)  # diagnostics
+        sources = estimator_sources(estimator, estimator.model_derivatives > 0)  # diagnostics
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            with torch.set_grad_enabled(in_graph):
-                prediction = self._predict(x if in_graph else x.detach(), timestep, alpha, sigma, cond)
+            prediction = self._prediction_at(x, timestep, alpha, sigma, cond)
             value, grad = estimator.value_and_x_t_gradient(
                 x, alpha, sigma, cond, prediction=prediction, with_value=with_value
             )
