@@ -67,9 +67,8 @@ class Tempered:
         value, grad = self.estimator.value_and_x_t_gradient(
             x_t, alpha, sigma, cond, prediction=prediction, with_value=with_value
         )
-        return None if value is None else self._weighted(alpha, sigma, value), self._weighted(
-            alpha, sigma, grad
-        )
+        weighted = None if value is None else self._weighted(alpha, sigma, value)
+        return weighted, self._weighted(alpha, sigma, grad)
 
     def __repr__(self) -> str:
         return f"Tempered({self.estimator!r}, power={self.power:g})"
