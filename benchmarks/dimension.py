@@ -6,7 +6,7 @@
 
 Data: a diagonal Gaussian mixture in d dimensions, 4 components with weights 0.4/0.3/0.2/0.1, means
 2·N(0, I) and per-dimension variances U(0.1, 0.5), drawn from ``--seed``. Two noise models per d:
-the EXACT one (:meth:`~energy_guidance.groundtruth.GaussianMixture.noise_model`) and a TRAINED
+the EXACT one (:meth:`~energy_guidance.testing.GaussianMixture.noise_model`) and a TRAINED
 ε-prediction MLP (3 hidden layers of max(256, 2d) SiLU units over [x_t, a sinusoidal embedding of
 t], ``energy_guidance.training.fit``: 3,000 Adam steps, batches of 512 fresh mixture samples; its
 weights are cached in ``<out>/models`` so that reruns skip the training).
@@ -58,7 +58,7 @@ estimator of ``importance_resampling`` on a pool of P, without sampling the mode
 method; a pool cut at ``--max-pool`` is flagged (``rs_capped``).
 
 Metrics per (d, model, energy, β, method): SW2 to the reference
-(:func:`~energy_guidance.groundtruth.sliced_wasserstein`, 256 fixed directions, a weighted
+(:func:`~energy_guidance.testing.sliced_wasserstein`, 256 fixed directions, a weighted
 reference where it is one), the energy gap closed (E_unguided - E_method)/(E_unguided - E_target)
 of mean energies (E_unguided of the same model), max |x| (largest coordinate), the finite
 fraction, for SMC the mean log Ẑ minus log Z (closed form for linear and quadratic, the reference's
@@ -111,7 +111,7 @@ from energy_guidance.baselines import (
     measure,
 )
 from energy_guidance.checkpoints import atomic_write, cached_module
-from energy_guidance.groundtruth import GaussianMixture, sliced_wasserstein
+from energy_guidance.testing import GaussianMixture, sliced_wasserstein
 from energy_guidance.training import fit
 
 ENERGIES = ("linear", "quadratic", "distance", "plateau")
@@ -622,6 +622,7 @@ def run_method(method: str, ctx: dict, energy, beta: float, cfg: Config) -> dict
                 guidance = make_guidance(cfg.smc_twist, scheduler, counter, energy, beta)
                 result, cost = measure(
                     lambda: smc_sample(
+                        scheduler,
                         guidance,
                         (outputs, d),
                         num_particles=record["K"],

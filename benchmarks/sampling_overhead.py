@@ -23,9 +23,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
 
-from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, VarianceTable, sample
+from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, sample
 from energy_guidance.recipes.behaviour import NoiseMLP, diffusion_loss
 from energy_guidance.training import gradient_step
+from energy_guidance.variance import VarianceTable
 
 ACTION, STATE = 6, 17
 

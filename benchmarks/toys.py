@@ -7,7 +7,7 @@
         --smc-protocol populations --smc-k 64 --num-samples 500   # the SMC goal, one output per population
 
 Part 1, **exact noise model** (``--parts exact``): the model is the *exact* noise model of an
-empirical set of ``num_data`` points (:class:`~energy_guidance.groundtruth.EmpiricalNoiseModel`,
+empirical set of ``num_data`` points (:class:`~energy_guidance.testing.EmpiricalNoiseModel`,
 a memorising diffusion model): no learned confound, and an exact target. The tilted target
 q·exp(-β·E)/Z of an empirical q is the same points with weights softmax_i(-β·E(x_i)); metrics
 compare against that weighted set itself. Samplers (all DDPM, ``num_inference_steps`` steps):
@@ -99,10 +99,8 @@ from torch import Tensor, nn
 
 from energy_guidance import (
     AnalyticEnergyGuidance,
-    Constant,
     GaussianQuadrature,
     IntermediateEnergyNet,
-    estimate_variance_table,
     sample,
     smc_sample,
     train_intermediate_energy,
@@ -110,15 +108,16 @@ from energy_guidance import (
 from energy_guidance.baselines import dps_guidance, draw_support, train_contrastive_energy
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.classifier import train_classifier_energy
-from energy_guidance.groundtruth import (
+from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
+from energy_guidance.schedulers import add_noise, noise_level, training_timesteps
+from energy_guidance.testing import (
     EmpiricalIntermediateEnergy,
     EmpiricalNoiseModel,
     sliced_wasserstein,
 )
-from energy_guidance.groundtruth.metrics import weighted_quantiles
-from energy_guidance.recipes.toys2d import DATASETS, DatasetName, toy_dataset
-from energy_guidance.schedules import add_noise, noise_level, training_timesteps
+from energy_guidance.testing.metrics import weighted_quantiles
 from energy_guidance.training import fit
+from energy_guidance.variance import Constant, estimate_variance_table
 
 Part = Literal["exact", "learned"]
 TrainingFree = Literal[
@@ -250,8 +249,8 @@ class Target:
     """A weighted point set (the tilted target) and the distances of samples to it.
 
     SW2 (:data:`PROJECTIONS` fixed directions, quantiles on :data:`GRID` levels) and MMD² (unbiased
-    in the samples, exact in the target) are those of :func:`energy_guidance.groundtruth.sliced_wasserstein`
-    and :func:`~energy_guidance.groundtruth.mmd` with ``y_weights`` (the same numbers), with the
+    in the samples, exact in the target) are those of :func:`energy_guidance.testing.sliced_wasserstein`
+    and :func:`~energy_guidance.testing.mmd` with ``y_weights`` (the same numbers), with the
     target's terms computed once and kernels in chunks (a learned model's target has 10⁴ points),
     and they also take weighted samples (SMC's particles): then the samples' MMD self term leaves
     out the diagonal and is renormalised by 1 - Σw², the unbiased term for uniform weights.
@@ -438,9 +437,8 @@ def draw(ctx: dict, guidance, n: int, cfg: Config) -> tuple[Tensor | None, float
     try:
         x = sample(
             ctx["scheduler"],
-            ctx["model"],
+            ctx["model"] if guidance is None else guidance,
             (n, 2),
-            guidance=guidance,
             num_inference_steps=cfg.num_inference_steps,
             generator=g,
         ).detach()
@@ -496,6 +494,7 @@ def run_smc(
     try:
         results = [
             smc_sample(
+                guidance.scheduler,
                 guidance,
                 (min(per_call, b - i), 2),
                 num_particles=k,

@@ -2,50 +2,55 @@
 intermediate energy (Hu et al. 2025, arXiv 2505.01822).
 
 Conventions (stated once here and in docs/math.md): energies are lower-is-better, β ≥ 0, and
-x_t = α_t·x0 + σ_t·ε is always the model input.
+x_t = α_t·x0 + σ_t·ε is always the model input. docs/architecture.md walks through one guided step.
 
-The public API is what a user of guidance needs. The rest lives in named modules:
-:mod:`energy_guidance.training` (the training loop), :mod:`energy_guidance.classifier` (the
-intermediate energy learned as a classifier), :mod:`energy_guidance.tempering` (a tempered twist),
-:mod:`energy_guidance.checkpoints` (files that survive interruption),
-:mod:`energy_guidance.groundtruth` (exact models, Monte Carlo and distances, for tests and
-benchmarks), :mod:`energy_guidance.baselines` (CEP, DPS-style guidance); the protocols an
-estimator follows are ``guidance.IntermediateEnergyEstimator`` and ``posterior.VarianceEstimator``.
+The top level is what a user of guidance needs: the guided model
+(:class:`AnalyticEnergyGuidance`, callable like the model it wraps), the samplers
+(:func:`sample`, :func:`smc_sample`, :func:`guide_pipeline`), the estimators one passes as
+``estimator=`` and the protocol they implement, and what callbacks receive. The rest lives in
+namespaces named for what they hold:
+
+    energy_guidance.estimators   every intermediate-energy estimator (also Tempered) and the protocol
+    energy_guidance.variance     posterior-variance estimators (Constant, Jacobian, ...) and their table
+    energy_guidance.schedulers   SchedulerAdapter: noise levels, prediction types, stepping
+    energy_guidance.protocols    the protocols and the callback payload
+    energy_guidance.baselines    what guidance must beat: DPS-style, CEP, importance resampling (import it)
+    energy_guidance.testing      ground truth for tests and benchmarks: exact models, Monte Carlo,
+                                 distances (import it)
+    energy_guidance.training, .classifier, .checkpoints, .pipelines: training loop, the classifier
+    energy, files that survive interruption, the pipeline wrapper.
 """
 
 __version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it
 
+from . import estimators as estimators
+from . import protocols as protocols
+from . import schedulers as schedulers
+from . import variance as variance
 from .amortized import IntermediateEnergyNet, train_intermediate_energy
 from .callables import NonFiniteError
 from .closed_form import ClosedForm
 from .guidance import AnalyticEnergyGuidance
+from .importance import ImportanceTilt
 from .pipelines import guide_pipeline
-from .posterior import Constant, DataVar, Diagonal, EpsNorm, Jacobian, VarianceTable, estimate_variance_table
+from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .quadrature import GaussianQuadrature
 from .sampling import sample
-from .schedules import ClippingWarning, from_eps_x0, noise_level, to_eps_x0
 from .smc import SMCResult, smc_sample
 
 __all__ = [
     "AnalyticEnergyGuidance",
-    "ClippingWarning",
     "ClosedForm",
-    "Constant",
-    "DataVar",
-    "Diagonal",
-    "EpsNorm",
     "GaussianQuadrature",
+    "ImportanceTilt",
+    "IntermediateEnergyEstimator",
     "IntermediateEnergyNet",
-    "Jacobian",
     "NonFiniteError",
     "SMCResult",
-    "VarianceTable",
-    "estimate_variance_table",
-    "from_eps_x0",
+    "StepInfo",
+    "StepRecord",
     "guide_pipeline",
-    "noise_level",
     "sample",
     "smc_sample",
-    "to_eps_x0",
     "train_intermediate_energy",
 ]

@@ -29,17 +29,19 @@ from .callables import Energy, call_model, energy_and_grad, energy_grad_hessian
 from .checkpoints import load_tensors, save_tensors
 from .closed_form import analytic_intermediate_energy, second_order_intermediate_energy
 from .posterior import VarianceEstimator, VarianceTable, variance_estimator
-from .schedules import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .protocols import AutogradGradient, IntermediateEnergyEstimator
+from .schedulers import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 from .training import History, fit
 
 
-class IntermediateEnergyNet(nn.Module):
+class IntermediateEnergyNet(AutogradGradient, nn.Module):
     """E_Θ(x_t, α, σ, cond) -> (B,): an MLP over [x̃_t, Fourier features of λ, cond].
 
     The network sees the noise level as λ = log(α²/σ²) and the input in variance-preserving
     form x̃_t = x_t / sqrt(α² + σ²), so one network serves VP, VE and flow-matching schedulers.
-    This signature (x_t, alpha, sigma, cond) -> (B,) is what guidance expects of any
-    intermediate-energy estimator (learned or exact).
+    It is an :class:`~energy_guidance.protocols.IntermediateEnergyEstimator` (no ``energy``, the
+    model never differentiated; its gradient autograd's,
+    :class:`~energy_guidance.protocols.AutogradGradient`).
 
     ``beta`` records the β of the targets it was trained on. Outputs are de-normalized with
     the target mean and scale measured before training, so the raw MLP works at unit scale.
@@ -76,7 +78,10 @@ class IntermediateEnergyNet(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None, *, prediction=None
+    ) -> Tensor:
+        """E_Θ (B,); ``prediction`` is not read."""
         alpha = alpha.to(x_t).expand(x_t.shape[0])[:, None]
         sigma = sigma.to(x_t).expand(x_t.shape[0])[:, None]
         lam = log_snr(alpha, sigma).clamp(-40, 40)  # finite at σ = 0 or α = 0
@@ -244,12 +249,13 @@ def estimator_batches(
     """Like :func:`closed_form_batches`, with the targets E_t(x_t) of a training-free ``estimator``
     that reads the model's prediction (a :class:`~energy_guidance.GaussianQuadrature`, or a
     :class:`~energy_guidance.ClosedForm`, then at x̄ = x̂0): one model call per target."""
-    if not getattr(estimator, "needs_prediction", False):
+    if not isinstance(estimator, IntermediateEnergyEstimator) or estimator.energy is None:
         raise TypeError(
-            f"{type(estimator).__name__} does not read the model's prediction; give a training-free one"
+            f"estimator must be a training-free IntermediateEnergyEstimator (one with an energy), got "
+            f"{type(estimator).__name__}"
         )
     valid = training_timesteps(scheduler)
-    in_graph = bool(getattr(estimator, "uses_model_graph", False))
+    in_graph = estimator.model_derivatives > 0
 
     def draw() -> TargetBatch:
         idx, t, noise = _draw_noised(data, valid, batch_size, generator)
@@ -332,7 +338,7 @@ def train_intermediate_energy(
     resumable (pass the same ``generator`` seed), and ``log(step, means)`` sees the history.
     """
     if targets is not None:
-        if float(getattr(targets, "beta", network.beta)) != float(network.beta):
+        if targets.beta is not None and float(targets.beta) != float(network.beta):
             raise ValueError(f"the targets are for beta={targets.beta}, the network for beta={network.beta}")
         draw = estimator_batches(
             scheduler, model, targets, data, cond, batch_size=batch_size, generator=generator

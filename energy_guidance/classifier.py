@@ -56,7 +56,7 @@ from torch.nn.functional import softplus
 
 from .amortized import IntermediateEnergyNet
 from .callables import Energy, call_energy
-from .schedules import add_noise, noise_level, training_timesteps
+from .schedulers import add_noise, noise_level, training_timesteps
 from .training import History, fit
 
 

@@ -32,14 +32,14 @@ style, by adding δ·I with δ the smallest shift that lifts every eigenvalue of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
 from .posterior import Constant, VarianceEstimator, variance_estimator
-from .schedules import Prediction
+from .protocols import autograd_value_and_gradient
+from .schedulers import Prediction
 
 
 def analytic_intermediate_energy(
@@ -179,7 +179,6 @@ class ClosedForm:
     order: int
     floor: float
     gradient: str
-    needs_prediction: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -214,30 +213,24 @@ class ClosedForm:
         object.__setattr__(self, "gradient", gradient)
 
     @property
-    def uses_model_graph(self) -> bool:
-        """Whether guidance must compute the model's prediction inside x_t's autograd graph."""
-        return self.gradient == "autograd" or self.variance.uses_model_graph
+    def model_derivatives(self) -> int:
+        """How often ∇_{x_t} E_t differentiates the model's output: autograd through the model
+        once, twice with a variance read from the model's graph (the Jacobian: the model's forward
+        then needs the math attention kernel); the Tweedie gradient once with such a variance (its
+        vector-Jacobian products), else never."""
+        from_variance = int(bool(self.variance.uses_model_graph))
+        return 1 + from_variance if self.gradient == "autograd" else from_variance
 
     @property
     def zero_variance(self) -> bool:
         """Σ̂ = 0 (``Constant(0.0)``): no variance term, so no derivative of ∇E is ever needed."""
         return isinstance(self.variance, Constant) and self.variance.value == 0
 
-    @property
-    def double_backward_model(self) -> bool:
-        """Whether the model's output is differentiated twice (autograd through a variance read from
-        the model's graph), so its forward pass needs the math attention kernel."""
-        return self.gradient == "autograd" and bool(self.variance.uses_model_graph)
-
-    @property
-    def explicit_gradient(self) -> bool:
-        """Whether guidance takes ∇_{x_t} E_t from :meth:`x_t_gradient` instead of autograd."""
-        return self.gradient == "tweedie"
-
     def x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
     ) -> Tensor:
         """∇_{x_t} E_t (shaped like x_t) by the Tweedie chain rule (class docstring)."""
+        prediction = _required(prediction)
         x0 = prediction.x0.detach()
         b = x0.shape[0]
         d = x0[0].numel()
@@ -268,10 +261,23 @@ class ClosedForm:
         scale = (alpha / sigma**2).to(x0)[:, None]
         return (scale * times_cov(step)).reshape(x0.shape)
 
+    def value_and_x_t_gradient(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+    ) -> tuple[Tensor | None, Tensor]:
+        """(E_t (B,), ∇_{x_t} E_t): autograd's through the model, or the Tweedie chain rule
+        (:meth:`x_t_gradient`; E_t then only ``with_value``, one more evaluation)."""
+        prediction = _required(prediction)
+        if self.gradient == "autograd":
+            return autograd_value_and_gradient(self, x_t, alpha, sigma, cond, prediction)
+        grad = self.x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)
+        value = self(x_t, alpha, sigma, cond, prediction=prediction).detach() if with_value else None
+        return value, grad
+
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
     ) -> Tensor:
         """E_t (B,) at x_t (B, ...) with per-sample α, σ (B,); ``prediction`` = (ε̂, x̂0) in x_t's graph."""
+        prediction = _required(prediction)
         if self.order == 2:
             energy_bar, grad_bar, hessian = energy_grad_hessian(
                 self.energy, prediction.x0, cond, create_graph=True
@@ -289,3 +295,9 @@ class ClosedForm:
             grad_bar, alpha, sigma, eps_hat=prediction.eps, x_t=x_t, create_graph=True
         )
         return analytic_intermediate_energy(self.beta, energy_bar, grad_bar, quad)
+
+
+def _required(prediction: Prediction | None) -> Prediction:
+    if prediction is None:
+        raise TypeError("ClosedForm reads the model's prediction: pass prediction=(ε̂, x̂0)")
+    return prediction

@@ -6,7 +6,11 @@ which in noise-prediction form is
     ε̃(x_t) = ε̂(x_t) + scale · σ_t · ∇_{x_t} E_t(x_t).                         (2)
 
 ε̃ is converted back to the scheduler's prediction type and handed to ``scheduler.step``
-unchanged, so any supported scheduler integrates the guided model.
+unchanged, so any supported scheduler integrates the guided model. A guided model is a model:
+``guidance(x_t, t, cond)`` is (2), called like the model it wraps, and every sampler takes it in
+the model's place (``sample(scheduler, guidance, shape)``). The step makes one model evaluation
+and one call of the estimator's ``value_and_x_t_gradient`` (the protocol:
+:mod:`energy_guidance.protocols`; the flow: docs/architecture.md).
 
 Estimators of E_t:
 - the default (an ``energy`` and nothing else): :class:`~energy_guidance.importance.ImportanceTilt`,
@@ -33,7 +37,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -42,8 +45,9 @@ from .calibration import calibrate
 from .callables import GUIDED_OUTPUT, Energy, call_model, check_beta, check_finite, estimator_sources, located
 from .closed_form import ClosedForm
 from .importance import ImportanceTilt
-from .sampling import StepInfo, sample
-from .schedules import Prediction, from_eps_x0, noise_level, prediction_type, to_eps_x0, warn_if_clipping
+from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
+from .sampling import sample
+from .schedulers import Prediction, SchedulerAdapter, warn_if_clipping
 from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
@@ -61,25 +65,6 @@ class GuidanceExplosionWarning(RuntimeWarning):
 def _number(timestep) -> str:
     value = timestep.item() if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 else timestep
     return f"{value:g}" if isinstance(value, int | float) else str(value)
-
-
-class IntermediateEnergyEstimator(Protocol):
-    """What guidance differentiates: ``estimator(x_t, alpha, sigma, cond) -> E_t`` (B,).
-
-    x_t (B, ...) is the model input and α, σ (B,) its noise level (``noise_level``). Any callable
-    module with this signature serves: :class:`~energy_guidance.amortized.IntermediateEnergyNet`
-    (trained on closed-form targets or contrastively), or an exact estimator of
-    :mod:`energy_guidance.groundtruth`. An estimator that reads the model's prediction sets
-    ``uses_model_graph = True`` and is called with ``prediction=`` (ε̂, x̂0) computed from x_t
-    inside autograd (:class:`~energy_guidance.closed_form.ClosedForm`); the others are called
-    without it and guidance differentiates only them.
-    """
-
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None) -> Tensor: ...
-
-
-def _uses_model_graph(estimator) -> bool:
-    return bool(getattr(estimator, "uses_model_graph", False))
 
 
 class AnalyticEnergyGuidance:
@@ -114,7 +99,7 @@ class AnalyticEnergyGuidance:
             AEPO's guidance rescale (module docstring); ``False`` (default) neither.
         scale: multiplies the guidance term of (2); 1 is the exact target.
         allow_clipping: the scheduler clips x̂0 (``clip_sample``, ``thresholding``) on purpose; without
-            it such a scheduler gets a :class:`~energy_guidance.schedules.ClippingWarning` once,
+            it such a scheduler gets a :class:`~energy_guidance.schedulers.ClippingWarning` once,
             since clipping after guidance changes the target (docs/usage.md, schedulers).
     """
 
@@ -143,10 +128,10 @@ class AnalyticEnergyGuidance:
             raise ValueError(
                 f"rescale must be False, True (cap the guidance at ‖ε̂‖) or 'paper', got {rescale!r}"
             )
-        if estimator is not None and not callable(estimator):
+        if estimator is not None and not isinstance(estimator, IntermediateEnergyEstimator):
             raise TypeError(
-                f"estimator must be an intermediate-energy estimator (a callable such as ClosedForm or an "
-                f"IntermediateEnergyNet), got {type(estimator).__name__}"
+                "estimator must be an IntermediateEnergyEstimator (beta, energy, model_derivatives, "
+                f"__call__, value_and_x_t_gradient), got {type(estimator).__name__}"
             )
         closed_form_options = {"variance": variance, "order": order, "floor": floor, "gradient": gradient}
         if estimator is None:
@@ -175,7 +160,7 @@ class AnalyticEnergyGuidance:
             raise ValueError(
                 f"{', '.join(given)} configure the closed form built from an energy, not an estimator"
             )
-        estimator_beta = getattr(estimator, "beta", None)
+        estimator_beta = estimator.beta
         if beta is None:
             if estimator_beta is None:
                 raise ValueError(f"{type(estimator).__name__} has no .beta; pass beta=")
@@ -191,7 +176,8 @@ class AnalyticEnergyGuidance:
         self.beta = float(beta)
         self.rescale = rescale
         self.scale = float(scale)
-        self.prediction_type = prediction_type(scheduler)  # also rejects unsupported schedulers
+        self.adapter = SchedulerAdapter(scheduler)
+        self.prediction_type = self.adapter.prediction_type  # also rejects unsupported schedulers
         self.allow_clipping = bool(allow_clipping)
         self._warned_explosion = False
         if not self.allow_clipping:
@@ -216,7 +202,7 @@ class AnalyticEnergyGuidance:
     @property
     def amortized(self) -> bool:
         """True when only the estimator is differentiated (no backward pass through the model)."""
-        return not _uses_model_graph(self.estimator)
+        return self.estimator.model_derivatives == 0
 
     def _ready(self, x_t: Tensor, timestep, cond) -> None:
         """Calibrate the default estimator from the model's own samples on first use (once; the
@@ -231,16 +217,8 @@ class AnalyticEnergyGuidance:
                 self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
             )
 
-    def _levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-sample (α, σ) of shape (B,), on ``like``'s device and dtype."""
-        alpha, sigma = noise_level(self.scheduler, timestep)
-        return (
-            alpha.to(like.device, like.dtype).expand(batch),
-            sigma.to(like.device, like.dtype).expand(batch),
-        )
-
     def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
-        twice = bool(getattr(self.estimator, "double_backward_model", False))  # math attention kernel
+        twice = self.estimator.model_derivatives == 2  # the math attention kernel
         out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
         if x_t.requires_grad and not out.requires_grad:
             raise TypeError(
@@ -249,25 +227,24 @@ class AnalyticEnergyGuidance:
                 "the model: use the default estimator (no variance/order/gradient) or gradient='tweedie', "
                 "which need no model gradient"
             )
-        return to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)
+        return self.adapter.prediction(out, x_t, alpha, sigma)
+
+    def _prediction_at(self, x: Tensor, timestep, alpha, sigma, cond) -> Prediction:
+        """The model's (ε̂, x̂0) at ``x`` (which requires grad), inside x's autograd graph exactly
+        when the estimator differentiates the model (``model_derivatives`` > 0)."""
+        in_graph = self.estimator.model_derivatives > 0
+        with torch.set_grad_enabled(in_graph):
+            return self._predict(x if in_graph else x.detach(), timestep, alpha, sigma, cond)
 
     def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
         """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
-        in_graph = _uses_model_graph(self.estimator)
-        with torch.set_grad_enabled(in_graph):
-            prediction = self._predict(x_t if in_graph else x_t.detach(), timestep, alpha, sigma, cond)
-        return self._call_estimator(x_t, alpha, sigma, cond, prediction), prediction
-
-    def _call_estimator(self, x_t: Tensor, alpha, sigma, cond, prediction: Prediction) -> Tensor:
-        """E_t from the estimator, handed the prediction when it reads it (in x_t's graph or not)."""
-        if _uses_model_graph(self.estimator) or getattr(self.estimator, "needs_prediction", False):
-            return self.estimator(x_t, alpha, sigma, cond, prediction=prediction)
-        return self.estimator(x_t, alpha, sigma, cond)
+        prediction = self._prediction_at(x_t, timestep, alpha, sigma, cond)
+        return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
 
     def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         with torch.enable_grad():
             value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
         return value.detach()
@@ -275,39 +252,27 @@ class AnalyticEnergyGuidance:
     def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
     def _gradient(
         self, x_t, timestep, alpha, sigma, cond, with_value: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached; E_t only ``with_value`` (it is
-        free on the autograd path, one estimator call on the explicit-gradient one)."""
-        sources = estimator_sources(self.estimator, _uses_model_graph(self.estimator))  # diagnostics
-        value = None
-        if getattr(self.estimator, "explicit_gradient", False):
-            in_graph = _uses_model_graph(self.estimator)
-            with torch.enable_grad():
-                x = x_t.detach().requires_grad_(in_graph)
-                with torch.set_grad_enabled(in_graph):
-                    prediction = self._predict(x, timestep, alpha, sigma, cond)
-                both = getattr(self.estimator, "value_and_x_t_gradient", None) if with_value else None
-                if both is not None:  # E_t and ∇E_t from one pass (e.g. one set of quadrature nodes)
-                    value, grad = both(x, alpha, sigma, cond, prediction=prediction)
-                    value = value.detach()
-                else:
-                    grad = self.estimator.x_t_gradient(x, alpha, sigma, cond, prediction=prediction)
-                    if with_value:
-                        value = self._call_estimator(x, alpha, sigma, cond, prediction).detach()
-            check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-            return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
+        """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached: the guided step's one model
+        evaluation and one call of the estimator's ``value_and_x_t_gradient``."""
+        estimator = self.estimator
+        sources = estimator_sources(estimator, estimator.model_derivatives > 0)  # diagnostics
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            value, prediction = self._estimate(x, timestep, alpha, sigma, cond)
+            prediction = self._prediction_at(x, timestep, alpha, sigma, cond)
+            value, grad = estimator.value_and_x_t_gradient(
+                x, alpha, sigma, cond, prediction=prediction, with_value=with_value
+            )
+        if value is not None:
             check_finite(value, sources[0], detail=sources[1], timestep=timestep)
-            (grad,) = torch.autograd.grad(value.sum(), x)
         check_finite(grad, sources[2], detail=sources[3], timestep=timestep)
-        return grad, prediction.eps.detach(), prediction.x0.detach(), value.detach() if with_value else None
+        value = value.detach() if with_value and value is not None else None
+        return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
 
     def step_parts(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor, Tensor]:
         """(E_t (B,), the model's output, the guided output) at ``x_t`` from one evaluation of
@@ -316,16 +281,21 @@ class AnalyticEnergyGuidance:
         :meth:`intermediate_energy`, the model and :meth:`guided_model_output` would evaluate
         the model three times."""
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: no guidance, as in guided_model_output
             with located(timestep):
                 out = call_model(self.model, x_t, timestep, cond)
             return self.intermediate_energy(x_t, timestep, cond), out, out
         with located(timestep):
             grad, eps_hat, x0_hat, value = self._gradient(x_t, timestep, alpha, sigma, cond, with_value=True)
-            model_output = from_eps_x0(eps_hat, x0_hat, alpha, sigma, self.prediction_type)
+            model_output = self.adapter.output(eps_hat, x0_hat, alpha, sigma)
             guided, _ = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
         return value, model_output, guided
+
+    def __call__(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+        """The guided model: ``guidance(x_t, t, cond)`` is equation (2) in the scheduler's prediction
+        type, called like the model it wraps (:meth:`guided_model_output`)."""
+        return self.guided_model_output(x_t, timestep, cond)
 
     def guided_model_output(
         self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
@@ -336,13 +306,13 @@ class AnalyticEnergyGuidance:
         also returns a :class:`StepInfo` (x̂0 and the guidance norm) for callbacks.
         """
         self._ready(x_t, timestep, cond)
-        alpha, sigma = self._levels(timestep, x_t.shape[0], x_t)
+        alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         if float(alpha.min()) < _MIN_ALPHA:  # pure noise: the exact guidance vanishes
             with located(timestep):
                 out = call_model(self.model, x_t, timestep, cond)
             if not return_info:
                 return out
-            x0_hat = to_eps_x0(out, x_t, alpha, sigma, self.prediction_type)[1]
+            x0_hat = self.adapter.prediction(out, x_t, alpha, sigma).x0
             return out, StepInfo(x0_hat=x0_hat, guidance_norm=torch.zeros(len(x_t), device=x_t.device))
         with located(timestep):
             grad, eps_hat, x0_hat, _ = self._gradient(x_t, timestep, alpha, sigma, cond)
@@ -364,7 +334,7 @@ class AnalyticEnergyGuidance:
             delta = eps - eps_hat
         eps = eps_hat + delta
         x0 = x0_hat - (sigma / alpha).reshape(shape) * delta
-        guided = from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
+        guided = self.adapter.output(eps, x0, alpha, sigma)
         check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
 
@@ -406,19 +376,18 @@ class AnalyticEnergyGuidance:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-        callback: Callable[[dict], None] | None = None,
+        callback: Callable[[StepRecord], None] | None = None,
         progress: bool = False,
         on_nonfinite: str = "raise",
         return_mask: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Draw ``shape`` samples of the guided model with this guidance's scheduler
-        (``on_nonfinite`` and ``return_mask``: see :func:`~energy_guidance.sampling.sample`)."""
+        """``sample(self.scheduler, self, shape, ...)``: ``shape`` samples of the guided model with
+        its scheduler (the arguments: :func:`~energy_guidance.sampling.sample`)."""
         return sample(
             self.scheduler,
-            self.model,
+            self,
             shape,
             cond=cond,
-            guidance=self,
             num_inference_steps=num_inference_steps,
             generator=generator,
             device=device,

@@ -82,7 +82,7 @@ from torch import Tensor
 
 from .callables import Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
 from .posterior import VarianceTable
-from .schedules import Prediction
+from .schedulers import Prediction
 
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
@@ -101,10 +101,7 @@ class ImportanceTilt:
     pairs of draws per sample and step; ``seed`` seeds the draws.
     """
 
-    uses_model_graph = False  # the model is never differentiated
-    needs_prediction = True  # called with prediction=(ε̂, x̂0)
-    explicit_gradient = True  # guidance takes ∇_{x_t}E_t from value_and_x_t_gradient
-    double_backward_model = False
+    model_derivatives = 0  # the model is never differentiated (IntermediateEnergyEstimator)
 
     def __init__(
         self,
@@ -125,21 +122,18 @@ class ImportanceTilt:
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
     ) -> Tensor:
         """E_t (B,)."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
-    def x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
-    ) -> Tensor:
-        """∇_{x_t} E_t (6), shaped like x_t."""
-        return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[1]
-
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor, Tensor]:
-        """(E_t (B,), ∇_{x_t} E_t shaped like x_t) from one set of draws."""
+        """(E_t (B,), ∇_{x_t} E_t (6) shaped like x_t) from one set of draws (both, whatever
+        ``with_value``)."""
+        if prediction is None:
+            raise TypeError("ImportanceTilt reads the model's prediction: pass prediction=(ε̂, x̂0)")
         if self.table is None:
             raise RuntimeError(
                 "ImportanceTilt has no VarianceTable: give table= (estimate_variance_table(scheduler, model, "

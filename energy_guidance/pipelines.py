@@ -60,19 +60,9 @@ import torch
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from .callables import double_backward_attention
+from .callables import Energy, double_backward_attention
 from .guidance import AnalyticEnergyGuidance
-from .sampling import StepInfo
-
-
-def _double_backward_model(estimator) -> bool:
-    """Whether the guidance differentiates the model's output twice (its forward then needs the
-    math attention kernel). An estimator that does not say, but reads the model's graph, is
-    assumed to."""
-    flag = getattr(estimator, "double_backward_model", None)
-    if flag is None:
-        return bool(getattr(estimator, "uses_model_graph", False))
-    return bool(flag)
+from .protocols import StepInfo
 
 
 def _conditional_half(value):
@@ -127,6 +117,8 @@ class GuidedModel(nn.Module):
         condition: str | Tensor | Sequence | None = None,
     ) -> None:
         super().__init__()
+        if guidance.model is not model:
+            raise ValueError("guidance must be built for the model it wraps (guidance.model is not model)")
         if not (cfg_scale is None or cfg_scale == "auto" or isinstance(cfg_scale, int | float)):
             raise ValueError(f"cfg_scale must be 'auto', a number or None, got {cfg_scale!r}")
         self.model = model
@@ -226,7 +218,7 @@ class GuidedModel(nn.Module):
             batch //= 2
         x = sample[:batch]
         cond = self._energy_condition(kwargs, batch, weight is not None, sample.device)
-        double = _double_backward_model(self.guidance.estimator)
+        double = self.guidance.estimator.model_derivatives == 2
         model = self.model
         record: dict[str, Tensor] = {}
 
@@ -265,21 +257,27 @@ class GuidedModel(nn.Module):
 @contextmanager
 def guide_pipeline(
     pipe,
-    guidance: AnalyticEnergyGuidance,
+    energy: Energy | None = None,
+    beta: float | None = None,
     *,
     attribute: str = "unet",
     cfg_scale: float | str | None = "auto",
     condition: str | Tensor | Sequence | None = None,
+    **options,
 ) -> Iterator[GuidedModel]:
-    """Within the block, ``pipe`` samples the guided model; afterwards it is as it was.
+    """Within the block, ``pipe`` samples its model guided toward q·exp(-β·E); afterwards it is as
+    it was.
 
-    ``guidance.model`` is ignored: the guidance evaluates the pipeline's own model
-    (``getattr(pipe, attribute)``), with the arguments the pipeline gives it, and reads noise
-    levels from ``pipe.scheduler``. The pipeline's config is not touched (the model is swapped
-    without ``DiffusionPipeline.__setattr__``'s config update), so ``pipe.config`` and
-    ``save_pretrained`` never see the wrapper. Yields the :class:`GuidedModel`.
+    The guidance is ``AnalyticEnergyGuidance(pipe.scheduler, model, energy, beta, **options)``
+    with ``model = getattr(pipe, attribute)`` (``options``: ``estimator``, ``rescale``, ``scale``,
+    ``allow_clipping``, the closed form's ``variance`` ...), evaluated with the arguments the
+    pipeline gives its model, and reading noise levels from ``pipe.scheduler`` at every call. The
+    pipeline's config is not touched (the model is swapped without
+    ``DiffusionPipeline.__setattr__``'s config update), so ``pipe.config`` and ``save_pretrained``
+    never see the wrapper. Yields the :class:`GuidedModel`.
 
     Args:
+        energy, beta: E(x0[, cond]) -> (B,), lower is better, and β ≥ 0 (or ``estimator=``).
         attribute: the pipeline's model attribute (``"transformer"`` for DiT pipelines).
         cfg_scale: classifier-free guidance. ``"auto"`` reads ``pipe.do_classifier_free_guidance``
             and ``pipe.guidance_scale`` at every model call (the Stable Diffusion family); a number
@@ -292,13 +290,13 @@ def guide_pipeline(
 
     Example::
 
-        guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, energy, beta=1.0)
-        with guide_pipeline(pipe, guidance):
+        with guide_pipeline(pipe, energy, beta=1.0):
             images = pipe(batch_size=16, output_type="pt").images
     """
     original = getattr(pipe, attribute)
     if isinstance(original, GuidedModel):
         raise ValueError(f"pipe.{attribute} is already guided; nest guidance by composing energies instead")
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, original, energy, beta, **options)
     wrapper = GuidedModel(original, guidance, scheduler_source=pipe, cfg_scale=cfg_scale, condition=condition)
     object.__setattr__(pipe, attribute, wrapper)
     try:

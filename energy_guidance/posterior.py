@@ -1,6 +1,6 @@
 """The posterior variance of q(x0 | x_t) ≈ N(x̂0, Σ̂): the estimators and their table.
 
-Tweedie's mean x̂0 = (x_t - σ_t·ε̂)/α_t comes from the model (:func:`~energy_guidance.schedules.to_eps_x0`).
+Tweedie's mean x̂0 = (x_t - σ_t·ε̂)/α_t comes from the model (:func:`~energy_guidance.schedulers.to_eps_x0`).
 Every variance estimator is an object with one method, ``quadratic(g, alpha, sigma)`` = gᵀ Σ̂ g
 with g = ∇E(x̄) (B, ...), which is all the closed form (:mod:`energy_guidance.closed_form`)
 needs (:class:`VarianceEstimator`). Each has a name, accepted as a shortcut wherever an
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .callables import call_model
 from .checkpoints import load_tensors, save_tensors
-from .schedules import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .schedulers import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 
 
 @dataclass

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -98,8 +97,6 @@ class GaussianQuadrature:
     variance: VarianceEstimator
     rule: str
     points: int
-    needs_prediction: ClassVar[bool] = True
-    explicit_gradient: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -129,9 +126,10 @@ class GaussianQuadrature:
         object.__setattr__(self, "points", points)
 
     @property
-    def uses_model_graph(self) -> bool:
-        """Whether guidance must compute the model's prediction inside x_t's graph (the Jacobian)."""
-        return bool(self.variance.uses_model_graph)
+    def model_derivatives(self) -> int:
+        """1 where the variance reads the model's graph (the Jacobian's vector-Jacobian products),
+        else 0: the gradient (7) is explicit, never autograd's through the model."""
+        return int(bool(self.variance.uses_model_graph))
 
     def nodes(self, dim: int) -> tuple[Tensor, Tensor]:
         """The rule's nodes (Q, dim) and log-weights (Q,) for N(0, I_dim), float64."""
@@ -165,7 +163,7 @@ class GaussianQuadrature:
         logits = log_w[None] - self.beta * e.to(torch.float64).reshape(b, q)
         return centre[:, 0], points, logits
 
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction) -> Tensor:
+    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
         """E_t (B,) of (7) at x_t (B, ...), per-sample α, σ (B,); not differentiable (guidance
         uses :meth:`x_t_gradient`)."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
@@ -175,9 +173,11 @@ class GaussianQuadrature:
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[1]
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
     ) -> tuple[Tensor, Tensor]:
-        """(E_t (B,), ∇_{x_t} E_t) of (7) from one set of nodes (what an SMC step needs)."""
+        """(E_t (B,), ∇_{x_t} E_t) of (7) from one set of nodes (both, whatever ``with_value``)."""
+        if prediction is None:
+            raise TypeError("GaussianQuadrature reads the model's prediction: pass prediction=(ε̂, x̂0)")
         x0, points, logits = self._tilt(x_t, alpha, sigma, cond, prediction)
         tilted = (torch.softmax(logits, dim=1)[..., None] * points).sum(1)
         scale = (alpha.to(torch.float64) / sigma.to(torch.float64) ** 2)[:, None]

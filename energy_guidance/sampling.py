@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, NonFiniteError, call_model, check_finite
+from .protocols import Guided, StepInfo, StepRecord
+from .schedulers import SchedulerAdapter
 
 ON_NONFINITE = ("raise", "freeze", "drop")
-
-
-class StepInfo(NamedTuple):
-    """What a guided step reports to callbacks: x̂0 after guidance (B, ...) and the norm of the
-    change to ε̂, ‖ε̃ − ε̂‖ (B,), after ``scale`` and any rescale."""
-
-    x0_hat: Tensor
-    guidance_norm: Tensor
 
 
 def sample(
@@ -30,26 +22,27 @@ def sample(
     shape: tuple[int, ...],
     *,
     cond=None,
-    guidance=None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callable[[StepRecord], None] | None = None,
     progress: bool = False,
     on_nonfinite: str = "raise",
     return_mask: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Run ``scheduler`` from its initial noise for ``num_inference_steps`` steps.
+    """Run ``scheduler`` from its initial noise for ``num_inference_steps`` steps of ``model``.
 
-    ``model(x_t, t[, cond])`` follows :mod:`energy_guidance.callables`; with ``guidance`` (an
-    :class:`~energy_guidance.AnalyticEnergyGuidance`) each step uses its guided model output
-    instead. ``x_t`` is the model input (``scheduler.scale_model_input`` applied). The loop makes
+    ``model(x_t, t[, cond])`` follows :mod:`energy_guidance.callables`: a noise model, or a guided
+    one (:class:`~energy_guidance.protocols.Guided`, e.g. an
+    :class:`~energy_guidance.AnalyticEnergyGuidance`, which must be built on ``scheduler``).
+    ``x_t`` is the model input (``scheduler.scale_model_input`` applied). The loop makes
     one model evaluation per entry of ``scheduler.timesteps``, so schedulers that evaluate twice
     per step (Heun, KDPM2, DPM-Solver SDE; their timesteps repeat or interleave) and PNDM's
     warm-up are guided at every evaluation. ``callback``
-    receives a dict with ``step``, ``timestep``, ``sample`` (the scheduler's state after the
-    step) and, when guided, ``x0_hat`` and ``guidance_norm``. Sampling is synchronous: one
+    receives a :class:`~energy_guidance.protocols.StepRecord` (a dict: ``step``, ``timestep``,
+    ``sample``, the scheduler's state after the step, and, when guided, ``x0_hat`` and
+    ``guidance_norm``). Sampling is synchronous: one
     timestep for the whole batch, as diffusers' ``step`` requires. The scheduler's own x̂0
     clipping applies after guidance: ``clip_sample`` (DDPM, DDIM) or ``thresholding`` (DPM-Solver,
     UniPC, DEIS; with ``sample_max_value=1`` it clips to [-1, 1]), also for (B, d) vectors;
@@ -75,39 +68,30 @@ def sample(
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    guided = isinstance(model, Guided)
+    if guided and model.scheduler is not scheduler:
+        raise ValueError(
+            "model is guided on another scheduler than `scheduler`: build the guidance on the scheduler "
+            "you sample with (or guidance.replace(scheduler=scheduler))"
+        )
     if device is None and isinstance(cond, torch.Tensor):
         device = cond.device
-    scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
-    init_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
-    x = torch.randn(shape, generator=generator, dtype=dtype).to(device) * init_sigma
-    step_parameters = inspect.signature(scheduler.step).parameters
-    extra = {"generator": generator} if "generator" in step_parameters else {}
-    if guidance is not None and "use_clipped_model_output" in step_parameters:
-        # DDIM clips x̂0 but by default steps with the unclipped ε̂; a guided ε̃ that pushes x̂0
-        # past the clip then moves the sample the opposite way (guidance reverses). Recomputing
-        # ε from the clipped x̂0 keeps the step consistent: clipped guidance saturates instead.
-        extra["use_clipped_model_output"] = True
-    scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
-    # diffusers' dynamic thresholding reshapes samples to (B, C, -1) and fails on (B, d) vectors;
-    # it thresholds per sample either way, so the step sees a (B, d, 1) view.
-    as_image = x.dim() == 2 and bool(scheduler.config.get("thresholding", False))
+    adapter = SchedulerAdapter(scheduler)
+    x = adapter.start(num_inference_steps, shape, generator, device, dtype)  # resets multistep state
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # not frozen or dropped
-    evaluate = _Evaluation(model, guidance, cond, on_nonfinite, active)
-    restore_seed = _seed_brownian_noise(scheduler, generator)
+    evaluate = _Evaluation(model, guided, cond, on_nonfinite, active)
+    restore_seed = adapter.seed_brownian_noise(generator)
     try:
         for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
-            x_in = scale_input(x, t)
+            x_in = adapter.model_input(x, t)
             out, info = evaluate(x_in, t, i)
             before = x
-            if as_image:
-                x = scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
-            else:
-                x = scheduler.step(out, t, x, **extra).prev_sample
+            x = adapter.step(out, t, x, generator=generator, guided=guided)
             x = evaluate.check_state(x, before, t, i)
             if callback is not None:
-                record = {"step": i, "timestep": t, "sample": x}
+                record = StepRecord(step=i, timestep=t, sample=x)
                 if info is not None:
-                    record.update(info._asdict())
+                    record.update(x0_hat=info.x0_hat, guidance_norm=info.guidance_norm)
                 if on_nonfinite != "raise":
                     record["nonfinite"] = ~active
                 callback(record)
@@ -117,21 +101,6 @@ def sample(
         x = x.clone()
         x[~active] = torch.nan
     return (x, ~active) if return_mask else x
-
-
-def _seed_brownian_noise(scheduler, generator: torch.Generator | None) -> Callable[[], None]:
-    """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws its
-    seed from torch's global generator); returns what puts the scheduler back."""
-    if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
-        return lambda: None
-    scheduler.noise_sampler_seed = int(
-        torch.randint(0, 2**62, (), generator=generator, device=generator.device)
-    )
-
-    def restore() -> None:
-        scheduler.noise_sampler_seed = None
-
-    return restore
 
 
 def condition_rows(cond, index: Tensor, batch: int):
@@ -150,8 +119,8 @@ class _Evaluation:
     """One model evaluation per step, plain or guided, on the samples still active; traces
     non-finite values to their source and freezes or drops the affected samples on request."""
 
-    def __init__(self, model, guidance, cond, on_nonfinite: str, active: Tensor) -> None:
-        self.model, self.guidance, self.cond = model, guidance, cond
+    def __init__(self, model, guided: bool, cond, on_nonfinite: str, active: Tensor) -> None:
+        self.model, self.guided, self.cond = model, guided, cond
         self.mode, self.active = on_nonfinite, active
 
     def __call__(self, x_in: Tensor, t, step: int) -> tuple[Tensor, StepInfo | None]:
@@ -178,9 +147,9 @@ class _Evaluation:
     def _evaluate(self, x: Tensor, t, cond, step: int) -> tuple[Tensor, StepInfo | None]:
         """The (guided) model output at x; a non-finite value raises with the step located."""
         try:
-            if self.guidance is None:
+            if not self.guided:
                 return call_model(self.model, x, t, cond), None
-            return self.guidance.guided_model_output(x, t, cond, return_info=True)
+            return self.model.guided_model_output(x, t, cond, return_info=True)
         except NonFiniteError as error:
             error.step = step
             if error.timestep is None:

@@ -27,9 +27,9 @@ p and r share s and differ only in their means μ_u (unguided output) and μ_g (
     log p(x' | x) - log r(x' | x) = -z·δ - ½‖δ‖²,   δ = (μ_g - μ_u)/s,   x' = μ_g + s·z.
 
 μ and s are read off ``scheduler.step`` itself (no formula is copied): μ is the step with the
-noise set to 0 and s the step with noise 1 minus it. Noise is injected through ``variance_noise``
-where the step accepts it (DDIM, DPM-Solver), otherwise by substituting the ``randn_tensor``
-that the step's module calls (DDPM, Euler ancestral) for the duration of the call.
+noise set to 0 and s the step with noise 1 minus it, both by
+:meth:`~energy_guidance.schedulers.SchedulerAdapter.step_with_noise`, which owns how the noise is
+given to each scheduler.
 
 - DDPM: x_{t'} ~ N(μ̃_t(x_t, x̂0), β̃_t·I), the posterior mean and (``fixed_small``) variance
   of DDPM's eq. (7); state = model input x_t.
@@ -54,29 +54,18 @@ step (no proposal ratio; the twist carries the guidance), and the weight after t
 exp(-β·E(x0))/exp(-E_{t_last}(x_{t_last})).
 
 Scheduler state. ``scheduler.step`` mutates the scheduler (step index, multistep history), so every
-trial step runs from a snapshot of its attributes, restored afterwards. Per-particle state entries
+trial step runs from a snapshot of its attributes, restored afterwards
+(:meth:`~energy_guidance.schedulers.SchedulerAdapter.snapshot`). Per-particle state entries
 are the tensors (or tensors in lists/tuples) of the particles' shape (B·K, ...); resampling indexes
 them with the particles. Samples need at least one feature dimension (``shape`` = (B, d, ...)).
 
-Which scheduler. DDPM's default "leading" spacing ends with a stochastic step from t = 20 to t = 0
-(50 steps; the noise variance falls 24-fold) whose kernel is far narrower than the guided step's
-shift, so weights degenerate there even with the exact twist (ESS/K 0.38 after 50 steps on a
-Gaussian; 0.82 with ``timestep_spacing="trailing"``, 0.98 with DPM-Solver++ SDE). The same
-holds for every sampler whose last stochastic step is short: DDIM with "leading" spacing or
-η < 1 and Euler ancestral with "leading" spacing (minimum ESS/K about 0.03 and log Ẑ off by
-0.7–5 nats on a Gaussian with the exact twist, 30 steps, K = 32), while their "trailing"
-spacings and DPM-Solver++ SDE stay correct. Prefer ``timestep_spacing="trailing"`` (DDPM, DDIM
-with η = 1, Euler ancestral), or DPM-Solver++ SDE.
-
-Poor twists. SMC is exact as K → ∞ for any twist, but the particles needed grow with the twist's
-error, and before that limit the weights are heavy-tailed: the rare paths that carry most of the
-weight are missed, the self-normalised estimates can move *away* from the target, and log Z falls
-far below the truth. Measured on 8 Gaussians at β = 10 (DDPM, 50 steps, exact noise model; SW2 to
-the target, 1000 samples, floor 0.10): DPS-style guidance 0.26; SMC with its twist 0.17, 0.48,
-0.63 at K = 4, 16, 64 (mean log Ẑ 4.3, 5.7, 6.3 against log Z = 7.91); with the exact twist
-(:class:`~energy_guidance.groundtruth.EmpiricalIntermediateEnergy`) log Ẑ is 7.91 already at
-K = 4. Read ``log_normalizer`` and ``ess`` as diagnostics: a log Z that still rises with K means
-K is too small for that twist.
+Which scheduler, and how good a twist. Weights degenerate where the last stochastic step is short
+(DDPM's, DDIM's and Euler ancestral's default "leading" spacing): prefer
+``timestep_spacing="trailing"`` (DDPM, DDIM with η = 1, Euler ancestral), or DPM-Solver++ SDE.
+SMC is exact as K → ∞ for any twist, but the particles needed grow with the twist's error: read
+``log_normalizer`` and ``ess`` as diagnostics (a log Z that still rises with K means K is too small
+for that twist). The measurements behind both: docs/benchmarks.md, "SMC: the scheduler's last
+step and poor twists".
 
 Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DDPM)::
 
@@ -85,7 +74,7 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
 
     from energy_guidance import smc_sample
     from energy_guidance.baselines import dps_guidance
-    from energy_guidance.groundtruth import GaussianMixture
+    from energy_guidance.testing import GaussianMixture
 
     data = GaussianMixture(torch.ones(2), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.full((2, 2), 0.25))
     scheduler = DDPMScheduler(clip_sample=False, timestep_spacing="trailing")
@@ -96,8 +85,8 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
         return -x[:, 0]
 
 
-    guidance = dps_guidance(scheduler, model, energy, beta=2.0)  # the twist and the proposal
-    result = smc_sample(guidance, (256, 2), num_particles=16, num_inference_steps=50,
+    guided = dps_guidance(scheduler, model, energy, beta=2.0)  # the twist and the proposal
+    result = smc_sample(scheduler, guided, (256, 2), num_particles=16, num_inference_steps=50,
                         generator=torch.Generator().manual_seed(0))
     result.samples          # (256, 2): one draw per population of 16 particles
     result.ess              # (51, 256): effective sample size after each weighting
@@ -107,22 +96,19 @@ Example (a two-mode Gaussian mixture, its exact noise model, a linear energy, DD
 from __future__ import annotations
 
 import math
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import NamedTuple
 
-import diffusers
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import Energy, call_energy
+from .callables import Energy, call_energy, call_model, check_beta
+from .guidance import AnalyticEnergyGuidance
+from .schedulers import SchedulerAdapter
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
-_SDE_DPM = ("sde-dpmsolver++", "sde-dpmsolver")
 # A step whose noise std is below this (relative to the particles' scale, at least 1) is deterministic:
 # DDPM clamps the variance of its last step to 1e-20 rather than 0 (std 1e-10 with "trailing" spacing).
 _NEGLIGIBLE_NOISE = 1e-6
@@ -150,81 +136,7 @@ class SMCResult(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stepping a scheduler with injected noise, from snapshots of its state
-
-
-def _noise_mode(scheduler, eta: float | None) -> tuple[str, dict]:
-    """How noise is injected into ``scheduler.step`` ("variance_noise" or "patch") and the extra
-    step arguments; rejects deterministic schedulers."""
-    if eta is not None and not isinstance(scheduler, diffusers.DDIMScheduler):
-        raise ValueError(f"eta is DDIM's argument; {type(scheduler).__name__} does not take it")
-    if isinstance(scheduler, diffusers.DDIMScheduler):
-        eta = 1.0 if eta is None else float(eta)
-        if not eta > 0:
-            raise ValueError(f"DDIM with eta={eta} is deterministic; SMC needs eta > 0 (eta=1 is DDPM-like)")
-        return "variance_noise", {"eta": eta}
-    if isinstance(scheduler, diffusers.DPMSolverMultistepScheduler):
-        if scheduler.config.algorithm_type not in _SDE_DPM:
-            raise ValueError(
-                f"DPMSolverMultistepScheduler with algorithm_type={scheduler.config.algorithm_type!r} is "
-                "deterministic; SMC needs a stochastic step: use algorithm_type='sde-dpmsolver++'"
-            )
-        return "variance_noise", {}
-    if isinstance(scheduler, diffusers.DDPMScheduler | diffusers.EulerAncestralDiscreteScheduler):
-        return "patch", {}
-    raise ValueError(
-        f"{type(scheduler).__name__} is deterministic (an ODE solver) or unsupported; SMC needs a "
-        "stochastic step: DDPMScheduler, DDIMScheduler (eta > 0), EulerAncestralDiscreteScheduler or "
-        "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')"
-    )
-
-
-_PATCH_LOCK = threading.RLock()
-
-
-def _step_module(scheduler):
-    """The module whose globals the scheduler's ``step`` reads (where it is defined)."""
-    owner = next(c for c in type(scheduler).__mro__ if "step" in vars(c))
-    return sys.modules[owner.__module__]
-
-
-@contextmanager
-def _patched_noise(scheduler, noise: Tensor) -> Iterator[None]:
-    """Make the step's ``randn_tensor`` return ``noise`` while inside the block (under a lock:
-    the substitution is module-wide)."""
-    module = _step_module(scheduler)
-    original = getattr(module, "randn_tensor", None)
-    if original is None:
-        raise TypeError(
-            f"cannot inject noise into {type(scheduler).__name__}.step: its module has no randn_tensor"
-        )
-
-    def injected(shape, generator=None, device=None, dtype=None, **kwargs):
-        if tuple(shape) != tuple(noise.shape):
-            raise RuntimeError(f"the step drew noise of shape {tuple(shape)}, expected {tuple(noise.shape)}")
-        return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
-
-    with _PATCH_LOCK:
-        module.randn_tensor = injected
-        try:
-            yield
-        finally:
-            module.randn_tensor = original
-
-
-def _capture(scheduler) -> dict:
-    """A snapshot of the scheduler's attributes (lists copied: steps mutate them in place)."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in vars(scheduler).items()}
-
-
-def _restore(scheduler, state: dict) -> None:
-    attributes = vars(scheduler)
-    attributes.clear()
-    attributes.update(_capture_dict(state))
-
-
-def _capture_dict(state: dict) -> dict:
-    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+# Per-particle entries of the scheduler's state
 
 
 def _holds_particles(value, particle_shape: torch.Size) -> bool:
@@ -255,27 +167,6 @@ def _index_entries(state: dict, index: Tensor, particle_shape: torch.Size) -> di
         elif isinstance(v, list | tuple) and _holds_particles(v, particle_shape):
             out[k] = type(v)(take(e) for e in v)
     return out
-
-
-class _Stepper:
-    """``scheduler.step`` with given noise, on (B·K, ...) particles; steps on (N, d, 1) views when
-    the scheduler thresholds (diffusers' thresholding reshapes to (B, C, -1), as in ``sample``)."""
-
-    def __init__(self, scheduler, eta: float | None, sample: Tensor) -> None:
-        self.scheduler = scheduler
-        self.mode, self.kwargs = _noise_mode(scheduler, eta)
-        self.as_image = sample.dim() == 2 and bool(scheduler.config.get("thresholding", False))
-        self.particle_shape = torch.Size((*sample.shape, 1)) if self.as_image else sample.shape
-
-    def __call__(self, out: Tensor, t, x: Tensor, noise: Tensor) -> Tensor:
-        if self.as_image:
-            out, x, noise = out[..., None], x[..., None], noise[..., None]
-        if self.mode == "variance_noise":
-            prev = self.scheduler.step(out, t, x, variance_noise=noise, **self.kwargs).prev_sample
-        else:
-            with _patched_noise(self.scheduler, noise):
-                prev = self.scheduler.step(out, t, x, **self.kwargs).prev_sample
-        return prev[..., 0] if self.as_image else prev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,15 +214,48 @@ def _ancestors(log_w: Tensor, method: str, generator: torch.Generator | None) ->
 # The sampler
 
 
+def _twisted(scheduler, model, beta: float | None, energy: Energy | None, temper: float):
+    """(parts(x_t, t, cond) -> (twist E_t, the model's output, the proposal's output), β, E) of a
+    guided model (its intermediate energy and guided step) or of a plain one (no twist)."""
+    if isinstance(model, AnalyticEnergyGuidance):
+        if model.scheduler is not scheduler:
+            raise ValueError(
+                "model is guided on another scheduler than `scheduler`: build the guidance on the "
+                "scheduler you sample with (or guidance.replace(scheduler=scheduler))"
+            )
+        if temper:
+            model = model.replace(estimator=Tempered(model.estimator, temper))
+        beta = model.beta if beta is None else check_beta(beta)
+        energy = model.estimator.energy if energy is None else energy
+        if not callable(energy):
+            raise ValueError(
+                f"the final correction needs the energy E(x0), and {type(model.estimator).__name__} has "
+                "none: pass smc_sample(..., energy=E)"
+            )
+        return model.step_parts, beta, energy
+    if temper:
+        raise ValueError("temper tempers a guided model's twist; model is not guided")
+    if beta is None or not callable(energy):
+        raise ValueError("an unguided model needs the target's energy= and beta=")
+    beta = check_beta(beta)
+
+    def parts(x_t: Tensor, t, cond) -> tuple[Tensor, Tensor, Tensor]:
+        out = call_model(model, x_t, t, cond)
+        return torch.zeros(len(x_t), dtype=x_t.dtype, device=x_t.device), out, out
+
+    return parts, beta, energy
+
+
 def smc_sample(
-    guidance,
+    scheduler,
+    model: Callable,
     shape: tuple[int, ...],
     num_particles: int = 16,
+    *,
     cond: Tensor | None = None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     resample: bool = True,
-    *,
     energy: Energy | None = None,
     beta: float | None = None,
     ess_threshold: float = 0.5,
@@ -342,13 +266,16 @@ def smc_sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> SMCResult:
-    """Sample p(x0) ∝ q(x0)·exp(-β·E(x0)) by SMC with ``guidance``'s twist and guided proposal.
+    """Sample p(x0) ∝ q(x0)·exp(-β·E(x0)) by SMC over ``scheduler``'s steps of ``model``.
 
     Args:
-        guidance: an :class:`~energy_guidance.AnalyticEnergyGuidance`; its scheduler must step
-            stochastically (DDPM, DDIM with ``eta`` > 0, Euler ancestral, DPM-Solver++ SDE). Its
-            ``intermediate_energy`` is the twist and its guided step the proposal (with its
-            ``scale`` and ``rescale``: any proposal is corrected by the weights).
+        scheduler: a scheduler that steps stochastically (DDPM, DDIM with ``eta`` > 0, Euler
+            ancestral, DPM-Solver++ SDE).
+        model: a guided model (an :class:`~energy_guidance.AnalyticEnergyGuidance` built on
+            ``scheduler``): its ``intermediate_energy`` is the twist and its guided step the
+            proposal (with its ``scale`` and ``rescale``: any proposal is corrected by the
+            weights). Or the noise model itself: no twist, the model's own steps as proposal
+            (``energy`` and ``beta`` then required).
         shape: (B, ...) the output shape; B populations, samples of shape (...) (at least 1-D).
         num_particles: K, particles per population; B·K particles move as one batch.
         cond: None or a tensor (B, ...), one condition per population (repeated K times).
@@ -359,7 +286,7 @@ def smc_sample(
         energy: E(x0) or E(x0, cond) -> (B·K,) for the final correction β·E(x0); defaults to the
             estimator's ``energy`` (closed form, DPS, Gaussian-mixture ground truth). Required for
             estimators without one (networks, CEP, :class:`EmpiricalIntermediateEnergy`).
-        beta: the target's β; defaults to ``guidance.beta``. A twist built for another β (or a
+        beta: the target's β; defaults to the guided model's. A twist built for another β (or a
             network trained at one) then only steers the particles.
         ess_threshold: resample a population when its ESS < ``ess_threshold``·K (0: never;
             1: whenever its weights are not uniform).
@@ -393,32 +320,20 @@ def smc_sample(
             raise TypeError(f"cond must be a tensor (B, ...) or None, got {type(cond).__name__}")
         if cond.shape[0] != b:
             raise ValueError(f"cond has {cond.shape[0]} rows; expected one per population (B = {b})")
-    if temper:
-        guidance = guidance.replace(estimator=Tempered(guidance.estimator, temper))
-    beta = guidance.beta if beta is None else float(beta)
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
-    energy = energy if energy is not None else getattr(guidance.estimator, "energy", None)
-    if not callable(energy):
-        raise ValueError(
-            f"the final correction needs the energy E(x0), and {type(guidance.estimator).__name__} has "
-            "none: pass smc_sample(..., energy=E)"
-        )
+    parts, beta, energy = _twisted(scheduler, model, beta, energy, temper)
     if device is None:
         device = cond.device if cond is not None else torch.device("cpu")
     device = torch.device(device)
 
-    scheduler = guidance.scheduler
     n = b * k
-    gen_device = generator.device if generator is not None else device
+    adapter = SchedulerAdapter(scheduler)
+    x = adapter.start(num_inference_steps, (n, *shape[1:]), generator, device, dtype)  # resets its state
+    options = adapter.stochastic_step_options(eta)  # also rejects deterministic schedulers
+    particle_shape = adapter.state_shape(x)
 
-    def randn(size) -> Tensor:
-        return torch.randn(size, generator=generator, dtype=dtype, device=gen_device).to(device)
+    def step(out: Tensor, t, x: Tensor, noise: Tensor) -> Tensor:
+        return adapter.step_with_noise(out, t, x, noise, options)
 
-    scheduler.set_timesteps(num_inference_steps, device=device)  # resets multistep state
-    x = randn((n, *shape[1:])) * float(getattr(scheduler, "init_noise_sigma", 1.0))
-    step = _Stepper(scheduler, eta, x)  # also rejects deterministic schedulers
-    scale_input = getattr(scheduler, "scale_model_input", lambda s, t: s)
     cond_k = None if cond is None else cond.repeat_interleave(k, dim=0)
     zeros, ones = torch.zeros_like(x), torch.ones_like(x)
 
@@ -426,7 +341,7 @@ def smc_sample(
     log_z = torch.zeros(b, dtype=torch.float64, device=device)
     ess_rows, resampled_rows = [], []
     pending = torch.zeros(n, dtype=torch.float64, device=device)  # log p/r - log twist of the last state
-    guided_state = _capture(scheduler)  # the scheduler's state along the proposal (guided outputs)
+    guided_state = adapter.snapshot()  # the scheduler's state along the proposal (guided outputs)
     model_entries: dict = {}  # its per-particle entries along the model's path (unguided outputs)
 
     def weigh(increment: Tensor) -> bool:
@@ -448,48 +363,48 @@ def smc_sample(
 
     timesteps = scheduler.timesteps
     for t in tqdm(timesteps, disable=not progress, desc="smc"):
-        _restore(scheduler, guided_state)
-        x_in = scale_input(x, t)
-        guided_state = _capture(scheduler)  # scale_model_input may set the step index
+        adapter.restore(guided_state)
+        x_in = adapter.model_input(x, t)
+        guided_state = adapter.snapshot()  # scale_model_input may set the step index
         # One model evaluation gives the twist and both steps' outputs (copied with a resampled particle).
-        energy_t, out_model, out_guided = guidance.step_parts(x_in, t, cond_k)
+        energy_t, out_model, out_guided = parts(x_in, t, cond_k)
         log_twist = -energy_t.to(torch.float64)
         if weigh(pending + log_twist):
             index = ancestors(resampled_rows[-1])
             x, x_in, log_twist = x[index], x_in[index], log_twist[index]
             out_model, out_guided = out_model[index], out_guided[index]
-            guided_state = _index_entries(guided_state, index, step.particle_shape)
-            model_entries = _index_entries(model_entries, index, step.particle_shape)
-            _restore(scheduler, guided_state)
+            guided_state = _index_entries(guided_state, index, particle_shape)
+            model_entries = _index_entries(model_entries, index, particle_shape)
+            adapter.restore(guided_state)
 
         model_state = {**guided_state, **model_entries}  # the model's own (unguided) history
-        _restore(scheduler, model_state)
+        adapter.restore(model_state)
         std = step(out_model, t, x, ones)
-        _restore(scheduler, model_state)
+        adapter.restore(model_state)
         mean_model = step(out_model, t, x, zeros)
         std = std - mean_model  # the noise's coefficient: the same for any model output
-        model_entries = _particle_entries(_capture(scheduler), step.particle_shape)
-        _restore(scheduler, guided_state)
+        model_entries = _particle_entries(adapter.snapshot(), particle_shape)
+        adapter.restore(guided_state)
 
         if not float(std.abs().max()) > _NEGLIGIBLE_NOISE * max(1.0, float(x.abs().max())):
             # a deterministic step: move by the model's step, no proposal ratio
             step(out_model, t, x, zeros)  # advances the proposal's state
-            guided_state = _capture(scheduler)
+            guided_state = adapter.snapshot()
             x, pending = mean_model, -log_twist
             continue
         if not (std.abs() > 0).all():
             raise RuntimeError("the step's noise is zero for some elements only; cannot weigh it")
-        _restore(scheduler, guided_state)
+        adapter.restore(guided_state)
         mean_guided = step(out_guided, t, x, zeros)
-        _restore(scheduler, guided_state)
-        z = randn(x.shape)
+        adapter.restore(guided_state)
+        z = adapter.noise(x.shape, generator, device, dtype)
         x = step(out_guided, t, x, z)
-        guided_state = _capture(scheduler)
+        guided_state = adapter.snapshot()
         delta = ((mean_guided - mean_model).to(torch.float64) / std.to(torch.float64)).reshape(n, -1)
         log_ratio = -(z.to(torch.float64).reshape(n, -1) * delta).sum(1) - 0.5 * delta.pow(2).sum(1)
         pending = log_ratio - log_twist
 
-    _restore(scheduler, guided_state)
+    adapter.restore(guided_state)
     with torch.no_grad():
         final = call_energy(energy, x, cond_k).to(torch.float64)
     weigh(pending - beta * final)

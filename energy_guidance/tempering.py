@@ -25,36 +25,27 @@ import math
 
 from torch import Tensor
 
-
-def _forwarded(name: str, default) -> property:
-    """The wrapped estimator's attribute ``name`` (``default`` where it has none)."""
-    return property(lambda self: getattr(self.estimator, name, default))
+from .protocols import IntermediateEnergyEstimator
 
 
 class Tempered:
-    """An :class:`~energy_guidance.guidance.IntermediateEnergyEstimator` that returns (5), λ_t·E_t
-    of ``estimator`` (and λ_t·∇E_t for an estimator with an explicit gradient).
-
-    It forwards what guidance reads from its estimator (``beta``, ``energy``, whether it reads
-    the model's prediction and how to differentiate it), so it wraps any estimator: the closed
-    form, DPS-style, a network, CEP, an exact one. ``power`` is p of (5); 0 is the estimator
-    itself.
+    """An :class:`~energy_guidance.protocols.IntermediateEnergyEstimator` that returns (5): λ_t·E_t
+    and λ_t·∇E_t of ``estimator`` (any: the closed form, DPS-style, a network, CEP, an exact one),
+    whose ``beta``, ``energy`` and ``model_derivatives`` it keeps. ``power`` is p of (5); 0 is the
+    estimator itself.
     """
 
-    def __init__(self, estimator, power: float = 3.0) -> None:
+    def __init__(self, estimator: IntermediateEnergyEstimator, power: float = 3.0) -> None:
         power = float(power)
         if not (power >= 0 and math.isfinite(power)):
             raise ValueError(f"power must be finite and >= 0, got {power}")
         self.estimator = estimator
         self.power = power
 
-    # what guidance reads from an estimator, forwarded
-    beta = _forwarded("beta", None)
-    energy = _forwarded("energy", None)
-    uses_model_graph = _forwarded("uses_model_graph", False)
-    needs_prediction = _forwarded("needs_prediction", False)
-    double_backward_model = _forwarded("double_backward_model", False)
-    explicit_gradient = _forwarded("explicit_gradient", False)
+    # the wrapped estimator's declared attributes (IntermediateEnergyEstimator)
+    beta = property(lambda self: self.estimator.beta)
+    energy = property(lambda self: self.estimator.energy)
+    model_derivatives = property(lambda self: self.estimator.model_derivatives)
 
     def weight(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """λ_t of (5), (B,) from per-sample α, σ (B,)."""
@@ -65,25 +56,19 @@ class Tempered:
         lam = self.weight(alpha, sigma).to(values)
         return lam.reshape((-1,) + (1,) * (values.dim() - 1)) * values
 
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
-        """λ_t·E_t (B,); ``kwargs`` (``prediction=``) go to the estimator."""
-        return self._weighted(alpha, sigma, self.estimator(x_t, alpha, sigma, cond, **kwargs))
-
-    def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs) -> Tensor:
-        """λ_t·∇_{x_t}E_t, shaped like x_t, for an estimator with ``explicit_gradient``."""
-        return self._weighted(alpha, sigma, self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs))
+    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
+        """λ_t·E_t (B,)."""
+        return self._weighted(alpha, sigma, self.estimator(x_t, alpha, sigma, cond, prediction=prediction))
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, **kwargs
-    ) -> tuple[Tensor, Tensor]:
-        """(λ_t·E_t, λ_t·∇_{x_t}E_t), in one pass where the estimator offers one."""
-        both = getattr(self.estimator, "value_and_x_t_gradient", None)
-        if both is None:
-            value = self.estimator(x_t, alpha, sigma, cond, **kwargs)
-            grad = self.estimator.x_t_gradient(x_t, alpha, sigma, cond, **kwargs)
-        else:
-            value, grad = both(x_t, alpha, sigma, cond, **kwargs)
-        return self._weighted(alpha, sigma, value), self._weighted(alpha, sigma, grad)
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+    ) -> tuple[Tensor | None, Tensor]:
+        """(λ_t·E_t, λ_t·∇_{x_t}E_t)."""
+        value, grad = self.estimator.value_and_x_t_gradient(
+            x_t, alpha, sigma, cond, prediction=prediction, with_value=with_value
+        )
+        weighted = None if value is None else self._weighted(alpha, sigma, value)
+        return weighted, self._weighted(alpha, sigma, grad)
 
     def __repr__(self) -> str:
         return f"Tempered({self.estimator!r}, power={self.power:g})"

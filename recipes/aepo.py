@@ -56,9 +56,7 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     GaussianQuadrature,
     IntermediateEnergyNet,
-    VarianceTable,
     distributed,
-    estimate_variance_table,
     sample,
     smc_sample,
 )
@@ -69,6 +67,7 @@ from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
+from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 from .behaviour import (
     BehaviourConfig,
@@ -492,6 +491,7 @@ class Policies:
         ``guidance``: another twist and proposal (its scheduler is replaced by SMC's)."""
         states = self.normalizer(obs)
         result = smc_sample(
+            self.smc_scheduler,
             (guidance or self.guidance).replace(scheduler=self.smc_scheduler),
             (len(obs), self.act_dim),
             num_particles=self.config.num_candidates,
@@ -515,10 +515,9 @@ class Policies:
         with torch.no_grad():
             actions = sample(
                 self.scheduler,
-                self.model,
+                self.model if guidance is None else guidance,
                 (len(states), self.act_dim),
                 cond=states,
-                guidance=guidance,
                 num_inference_steps=self.config.inference_steps,
                 generator=self.generator,
             ).clamp(-1, 1)

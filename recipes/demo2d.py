@@ -29,7 +29,7 @@ from diffusers import DPMSolverMultistepScheduler
 from energy_guidance import AnalyticEnergyGuidance, IntermediateEnergyNet, sample, train_intermediate_energy
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import atomic_write
-from energy_guidance.groundtruth import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
+from energy_guidance.testing import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
 from .plots import pyplot
 

@@ -40,15 +40,10 @@ import tyro
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from energy_guidance import (
-    AnalyticEnergyGuidance,
-    GaussianQuadrature,
-    VarianceTable,
-    estimate_variance_table,
-    guide_pipeline,
-)
+from energy_guidance import GaussianQuadrature, guide_pipeline
 from energy_guidance.checkpoints import atomic_write, cached_module
 from energy_guidance.training import History, fit
+from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 from .plots import pyplot
 
@@ -299,21 +294,24 @@ def prepare(cfg: DigitsConfig) -> Demo:
     return Demo(cfg, scheduler, unet, clf, judge, images, pipe, info)
 
 
-def draw(demo: Demo, guidance: AnalyticEnergyGuidance | None = None) -> tuple[Tensor, float]:
-    """``num_samples`` images from the stock pipeline, guided inside ``guide_pipeline``; seconds."""
+def draw(demo: Demo, guidance: dict | None = None) -> tuple[Tensor, float]:
+    """``num_samples`` images from the stock pipeline, guided inside ``guide_pipeline(pipe,
+    **guidance)``; seconds."""
     cfg = demo.cfg
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = time.perf_counter()
-    with guide_pipeline(demo.pipe, guidance) if guidance is not None else nullcontext():
+    with guide_pipeline(demo.pipe, **guidance) if guidance is not None else nullcontext():
         out = demo.pipe(
             cfg.num_samples, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="pt"
         )
     return to_model_space(out.images), time.perf_counter() - start
 
 
-def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, scale: float = 1.0):
-    """Guidance toward ``digit``; table estimators (and the quadrature's data_var) share one table
-    estimated from the data."""
+def guidance_arguments(
+    demo: Demo, digit: int, beta: float, variance: str | float, scale: float = 1.0
+) -> dict:
+    """``guide_pipeline``'s arguments for guidance toward ``digit``; table estimators (and the
+    quadrature's data_var) share one table estimated from the data."""
     table = None
     if isinstance(variance, str) and variance != "jacobian":
         if demo.variance_table is None:
@@ -324,19 +322,15 @@ def make_guidance(demo: Demo, digit: int, beta: float, variance: str | float, sc
     energy = digit_energy(demo.classifier, digit)
     if variance == "quadrature":  # 2·64 nodes: the cubature rule (Gauss-Hermite would need 3^64)
         quadrature = GaussianQuadrature(energy, beta, "data_var", table, rule="cubature")
-        return AnalyticEnergyGuidance(
-            demo.scheduler, demo.unet, estimator=quadrature, scale=scale, allow_clipping=True
-        )
-    return AnalyticEnergyGuidance(
-        demo.scheduler,
-        demo.unet,
-        energy,
-        beta,
-        variance=variance,
-        variance_table=table,
-        scale=scale,
-        allow_clipping=True,  # images live in [-1, 1]: the pipeline's clip_sample is meant
-    )
+        return {"estimator": quadrature, "scale": scale, "allow_clipping": True}
+    return {
+        "energy": energy,
+        "beta": beta,
+        "variance": variance,
+        "variance_table": table,
+        "scale": scale,
+        "allow_clipping": True,  # images live in [-1, 1]: the pipeline's clip_sample is meant
+    }
 
 
 def run(cfg: DigitsConfig) -> dict:
@@ -345,7 +339,7 @@ def run(cfg: DigitsConfig) -> dict:
     demo = prepare(cfg)
     unguided, unguided_s = draw(demo)
     variance = parse_variance(cfg.variance)
-    guided, guided_s = draw(demo, make_guidance(demo, cfg.digit, cfg.beta, variance, cfg.scale))
+    guided, guided_s = draw(demo, guidance_arguments(demo, cfg.digit, cfg.beta, variance, cfg.scale))
     result = {
         "digit": cfg.digit,
         "beta": cfg.beta,
@@ -382,7 +376,7 @@ def sweep(cfg: DigitsConfig, variances: list[str | float]) -> dict:
     for variance in variances:
         rates[str(variance)], seconds[str(variance)] = [], 0.0
         for digit in range(10):
-            x, s = draw(demo, make_guidance(demo, digit, cfg.beta, variance, cfg.scale))
+            x, s = draw(demo, guidance_arguments(demo, digit, cfg.beta, variance, cfg.scale))
             rates[str(variance)].append(judge_rate(demo.judge, x, digit))
             seconds[str(variance)] += s
     lines = ["| estimator | " + " | ".join(map(str, range(10))) + " | mean | sampling s / digit |"]

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..amortized import IntermediateEnergyNet
 from ..callables import Energy, call_energy
 from ..sampling import sample
-from ..schedules import add_noise, noise_level, training_timesteps
+from ..schedulers import add_noise, noise_level, training_timesteps
 from ..training import History, fit
 
 

@@ -5,7 +5,7 @@ test_guidance.test_guided_samples_follow_the_tilted_gaussian."""
 
 import torch
 
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.testing import GaussianMixture
 
 BETA, V, STEPS, N = 1.5, 0.5, 24, 4000
 W = torch.tensor([1.0, -1.0], dtype=torch.float64)

@@ -11,11 +11,7 @@ from energy_guidance import (
     ClosedForm,
     GaussianQuadrature,
     IntermediateEnergyNet,
-    estimate_variance_table,
-    from_eps_x0,
-    noise_level,
     sample,
-    to_eps_x0,
     train_intermediate_energy,
 )
 from energy_guidance.amortized import (
@@ -25,7 +21,14 @@ from energy_guidance.amortized import (
     regression_loss,
 )
 from energy_guidance.callables import energy_and_grad, energy_grad_hessian
-from energy_guidance.schedules import prediction_type, training_timesteps
+from energy_guidance.schedulers import (
+    from_eps_x0,
+    noise_level,
+    prediction_type,
+    to_eps_x0,
+    training_timesteps,
+)
+from energy_guidance.variance import estimate_variance_table
 
 from .gaussian_case import (
     BETA,

@@ -99,12 +99,16 @@ MODES = {
 }
 
 
-def _guidance(parts, mode: str) -> AnalyticEnergyGuidance:
-    scheduler, unet, brightness = parts
+def _options(mode: str) -> dict:
     kwargs = dict(MODES[mode])
     if kwargs["variance"] == "data_var":
         kwargs["variance"] = DataVar(_table())
-    return AnalyticEnergyGuidance(scheduler, unet, brightness, beta=BETA, **kwargs)
+    return kwargs
+
+
+def _guidance(parts, mode: str) -> AnalyticEnergyGuidance:
+    scheduler, unet, brightness = parts
+    return AnalyticEnergyGuidance(scheduler, unet, brightness, beta=BETA, **_options(mode))
 
 
 def _draw(parts, guidance=None) -> torch.Tensor:
@@ -153,7 +157,7 @@ class LoopPipeline(DiffusionPipeline):
 def test_model_differentiated_twice_through_a_pipeline(parts, mode):
     scheduler, unet, _ = parts
     pipe = LoopPipeline(unet, scheduler)
-    with guide_pipeline(pipe, _guidance(parts, mode)):
+    with guide_pipeline(pipe, parts[2], BETA, **_options(mode)):
         guided = pipe(torch.Generator().manual_seed(1))
     _check_guided(parts, guided)
 
@@ -297,6 +301,6 @@ def test_math_kernel_only_around_the_calls_differentiated_twice():
     for mode, model_fused in (("jacobian", False), ("dps", True)):
         pipe = SimpleNamespace(scheduler=scheduler, unet=unet)
         seen.clear()
-        with guide_pipeline(pipe, _guidance((pipe.scheduler, unet, energy), mode)) as wrapper:
+        with guide_pipeline(pipe, energy, BETA, **_options(mode)) as wrapper:
             wrapper(x, t)
         assert ("model", model_fused) in seen and ("model", not model_fused) not in seen, mode

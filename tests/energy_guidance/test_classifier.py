@@ -16,8 +16,8 @@ from energy_guidance.classifier import (
     tilt_log_weights,
     train_classifier_energy,
 )
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.schedules import noise_level
+from energy_guidance.schedulers import noise_level
+from energy_guidance.testing import GaussianMixture
 
 from .gaussian_case import Z
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from energy_guidance import AnalyticEnergyGuidance
 from energy_guidance.closed_form import analytic_intermediate_energy, second_order_intermediate_energy
-from energy_guidance.groundtruth import gaussian_log_potential_mc
+from energy_guidance.testing import gaussian_log_potential_mc
 
 MC_SAMPLES = 20_000
 Z = 5.0  # standard errors allowed between a Monte Carlo estimate and the quantity it estimates

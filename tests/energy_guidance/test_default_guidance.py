@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from energy_guidance import AnalyticEnergyGuidance, NonFiniteError, sample
-from energy_guidance.groundtruth import GaussianMixture, sliced_wasserstein
 from energy_guidance.guidance import GuidanceExplosionWarning
+from energy_guidance.testing import GaussianMixture, sliced_wasserstein
 
 from .schedulers import make_scheduler
 from .test_trained_models import DATA, adapted, trained  # noqa: F401 (the fixture)

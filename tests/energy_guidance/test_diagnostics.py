@@ -24,6 +24,7 @@ from energy_guidance.callables import (
     call_energy,
     energy_and_grad,
 )
+from energy_guidance.estimators import AutogradGradient
 
 from .gaussian_case import BETA, W, data_model, linear_energy
 
@@ -109,18 +110,18 @@ def test_energy_gradient_is_named():
         guidance.sample((BATCH, 2), num_inference_steps=STEPS, dtype=torch.float64)
 
 
-class _NanEstimator(torch.nn.Module):
+class _NanEstimator(AutogradGradient, torch.nn.Module):
     beta = BETA
 
-    def forward(self, x_t, alpha, sigma, cond=None):
+    def forward(self, x_t, alpha, sigma, cond=None, *, prediction=None):
         value = x_t @ W.to(x_t)
         return torch.where(torch.arange(len(x_t)) == BAD, torch.nan, value)
 
 
-class _NanGradientEstimator(torch.nn.Module):
+class _NanGradientEstimator(AutogradGradient, torch.nn.Module):
     beta = BETA
 
-    def forward(self, x_t, alpha, sigma, cond=None):
+    def forward(self, x_t, alpha, sigma, cond=None, *, prediction=None):
         return _NanGradient.apply(x_t)
 
 

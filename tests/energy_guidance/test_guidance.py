@@ -19,20 +19,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from energy_guidance import (
-    AnalyticEnergyGuidance,
-    ClosedForm,
-    Constant,
-    DataVar,
-    IntermediateEnergyNet,
-    Jacobian,
-    estimate_variance_table,
-    noise_level,
-    sample,
-    to_eps_x0,
-)
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.schedules import prediction_type
+from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEnergyNet, sample
+from energy_guidance.estimators import AutogradGradient
+from energy_guidance.schedulers import noise_level, prediction_type, to_eps_x0
+from energy_guidance.testing import GaussianMixture
+from energy_guidance.variance import Constant, DataVar, Jacobian, estimate_variance_table
 
 from .gaussian_case import (
     BETA,
@@ -371,17 +362,18 @@ def test_a_user_defined_variance_estimator_is_one_class():
         torch.testing.assert_close(ours.guided_model_output(x_t, t), jacobian.guided_model_output(x_t, t))
 
 
-def test_any_intermediate_energy_callable_guides_and_the_closed_form_is_an_estimator():
-    """An estimator is any (x_t, α, σ, cond) -> (B,): here the exact E_t of the Gaussian case,
-    which guides exactly like the closed form built from the energy."""
+def test_any_declared_estimator_guides_and_the_closed_form_is_an_estimator():
+    """An estimator is any IntermediateEnergyEstimator: here the exact E_t of the Gaussian case
+    (its gradient autograd's), which guides exactly like the closed form built from the energy; a
+    bare callable is refused with an error naming the argument."""
     scheduler = make_scheduler("dpm++-x0")
     scheduler.set_timesteps(10)
     q = data_model()
 
-    class ExactLinear(torch.nn.Module):
+    class ExactLinear(AutogradGradient, torch.nn.Module):
         beta = BETA
 
-        def forward(self, x_t, alpha, sigma, cond=None):
+        def forward(self, x_t, alpha, sigma, cond=None, *, prediction=None):
             return -q.linear_log_potential(x_t, alpha, sigma, W, BETA)
 
     model = q.noise_model(scheduler)
@@ -393,6 +385,8 @@ def test_any_intermediate_energy_callable_guides_and_the_closed_form_is_an_estim
         torch.testing.assert_close(exact.guided_model_output(x_t, t), closed.guided_model_output(x_t, t))
     with pytest.raises(ValueError, match="not both"):
         AnalyticEnergyGuidance(scheduler, model, linear_energy, BETA, estimator=ExactLinear())
+    with pytest.raises(TypeError, match="estimator must be an IntermediateEnergyEstimator"):
+        AnalyticEnergyGuidance(scheduler, model, estimator=lambda x_t, a, s, c=None: x_t.sum(1))
 
 
 @pytest.mark.parametrize("name", ["ddpm-eps", "ddim-v", "dpm++-x0", "euler-karras-v", "flow-euler"])

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from energy_guidance import VarianceTable
 from energy_guidance.importance import RANGE_MARGIN, SAMPLE_ESS, ImportanceTilt
-from energy_guidance.schedules import Prediction
+from energy_guidance.schedulers import Prediction
+from energy_guidance.variance import VarianceTable
 
 D = 3
 

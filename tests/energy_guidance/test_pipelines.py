@@ -87,9 +87,8 @@ def test_guidance_lowers_the_mean_energy(kind, variance):
     unet = tiny_unet()
     pipe = make_pipe(kind, unet)
     options = {} if variance is None else {"variance": variance}
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, **options)
     unguided = run(pipe, kind)
-    with guide_pipeline(pipe, guidance):
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, **options):
         guided = run(pipe, kind)
     assert guided.shape == unguided.shape and guided.dtype == unguided.dtype
     diff = mean_pixel(unguided) - mean_pixel(guided)
@@ -102,13 +101,15 @@ def test_pipeline_is_unchanged_after_the_block_even_on_error():
     config = dict(pipe.config)
     state = {k: v.clone() for k, v in unet.state_dict().items()}
     flags = [p.requires_grad for p in unet.parameters()]
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
-    with guide_pipeline(pipe, guidance) as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0) as wrapper:
         assert pipe.unet is wrapper and isinstance(pipe.unet, GuidedModel)
         assert dict(pipe.config) == config  # the swap does not go through the config
         run(pipe, "ddim", n=4, steps=2)
     assert pipe.unet is unet
-    with pytest.raises(RuntimeError, match="inside"), guide_pipeline(pipe, guidance):
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0),
+    ):
         raise RuntimeError("inside")
     assert pipe.unet is unet
     assert dict(pipe.config) == config
@@ -120,8 +121,7 @@ def test_pipeline_is_unchanged_after_the_block_even_on_error():
 def test_wrapper_keeps_shape_dtype_and_model_attributes():
     unet = tiny_unet().to(torch.float64)
     pipe = make_pipe("ddpm", unet)
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
-    with guide_pipeline(pipe, guidance) as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0) as wrapper:
         assert wrapper.dtype == torch.float64 and wrapper.device == unet.device
         assert wrapper.config is unet.config and wrapper.conv_in is unet.conv_in
         images = run(pipe, "ddpm", n=4, steps=3)
@@ -132,19 +132,20 @@ def test_wrapper_keeps_shape_dtype_and_model_attributes():
 
 
 def test_noise_levels_come_from_the_scheduler_the_pipeline_steps_with():
-    # DDIMPipeline converts its scheduler with from_config; a guidance built on another schedule
-    # (cosine instead of linear) must still read the pipeline's noise levels.
+    # The wrapper reads pipe.scheduler at every call: a scheduler swapped in inside the block (a
+    # cosine schedule instead of the linear one the guidance began with) gives the noise levels.
     unet = tiny_unet()
     pipe = make_pipe("ddim", unet)
     other = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    stale = AnalyticEnergyGuidance(other, unet, mean_pixel, beta=2.0, variance=0.0)
-    right = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
+    first = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
+    right = AnalyticEnergyGuidance(other, unet, mean_pixel, beta=2.0, variance=0.0)
     x, t = torch.randn(4, 1, 8, 8), torch.tensor(600)
-    with guide_pipeline(pipe, stale) as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0) as wrapper:
+        pipe.scheduler = other
         out = wrapper(x, t).sample
     expected = right.guided_model_output(x, t)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    assert (out - stale.guided_model_output(x, t)).abs().max() > 1e-3
+    assert (out - first.guided_model_output(x, t)).abs().max() > 1e-3
 
 
 def test_extra_model_arguments_reach_every_model_evaluation():
@@ -159,9 +160,7 @@ def test_extra_model_arguments_reach_every_model_evaluation():
         pipe.scheduler, conditional, mean_pixel, beta=2.0, variance=0.0
     )
     x, t = torch.randn(3, 1, 8, 8), torch.tensor(300)
-    with guide_pipeline(
-        pipe, AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, 2.0, variance=0.0)
-    ) as w:
+    with guide_pipeline(pipe, mean_pixel, 2.0, variance=0.0) as w:
         out = w(x, t, class_labels=labels).sample
     torch.testing.assert_close(out, expected_guidance.guided_model_output(x, t), rtol=1e-5, atol=1e-6)
 
@@ -169,9 +168,11 @@ def test_extra_model_arguments_reach_every_model_evaluation():
 def test_guiding_twice_is_refused():
     unet = tiny_unet()
     pipe = make_pipe("ddpm", unet)
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
-    with guide_pipeline(pipe, guidance), pytest.raises(ValueError, match="already guided"):
-        with guide_pipeline(pipe, guidance):
+    with (
+        guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0),
+        pytest.raises(ValueError, match="already guided"),
+    ):
+        with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0):
             pass
     assert pipe.unet is unet
 
@@ -282,9 +283,8 @@ def test_cfg_energy_sees_each_real_sample_once_with_its_prompts_condition(stable
     hook = pipe.unet.register_forward_pre_hook(lambda _, args: model_batches.append(args[0].shape[0]))
     try:
         plain = sd_latents(pipe)
-        guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, energy, beta=20.0, variance=0.0)
         model_batches.clear()
-        with guide_pipeline(pipe, guidance, condition=torch.tensor([1.0, -1.0])):
+        with guide_pipeline(pipe, energy, beta=20.0, variance=0.0, condition=torch.tensor([1.0, -1.0])):
             guided = sd_latents(pipe)
             assert calls and all(call == (6, [1.0] * 3 + [-1.0] * 3) for call in calls)
             assert set(model_batches) == {12}
@@ -332,8 +332,7 @@ def test_cfg_guided_halves_combine_to_the_guided_combined_prediction(stable_diff
 def test_cfg_with_zero_beta_leaves_the_pipeline_output_unchanged(stable_diffusion):
     pipe, brightness = stable_diffusion
     plain = sd_latents(pipe, steps=3)
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, brightness, beta=0.0, variance=0.0)
-    with guide_pipeline(pipe, guidance):
+    with guide_pipeline(pipe, brightness, beta=0.0, variance=0.0):
         same = sd_latents(pipe, steps=3)
     torch.testing.assert_close(same, plain, rtol=1e-5, atol=1e-6)
 
@@ -352,8 +351,7 @@ def test_callback_on_step_end_reads_and_switches_off_the_guidance(stable_diffusi
             pipe.unet.enabled = False  # guide the first two steps only
         return callback_kwargs
 
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, pipe.unet, energy, beta=5.0, variance=0.0)
-    with guide_pipeline(pipe, guidance):
+    with guide_pipeline(pipe, energy, beta=5.0, variance=0.0):
         sd_latents(pipe, steps=4, callback_on_step_end=on_step_end)
     assert calls == [6, 6] and len(norms) == 4
     assert norms[0].shape == (6,) and bool((norms[0] > 0).all())
@@ -363,21 +361,28 @@ def test_callback_on_step_end_reads_and_switches_off_the_guidance(stable_diffusi
 def test_cfg_layout_is_checked():
     unet = tiny_unet()
     pipe = make_pipe("ddpm", unet)  # no do_classifier_free_guidance attribute
-    guidance = AnalyticEnergyGuidance(pipe.scheduler, unet, mean_pixel, beta=2.0, variance=0.0)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor(500)
     doubled = torch.cat([x, x])
-    with guide_pipeline(pipe, guidance) as wrapper, pytest.raises(ValueError, match="identical halves"):
+    with (
+        guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0) as wrapper,
+        pytest.raises(ValueError, match="identical halves"),
+    ):
         wrapper(doubled, t)
-    with guide_pipeline(pipe, guidance, cfg_scale=None) as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0, cfg_scale=None) as wrapper:
         assert wrapper(doubled, t).sample.shape == doubled.shape  # independent samples, as asked
-    with guide_pipeline(pipe, guidance, cfg_scale=2.0) as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0, cfg_scale=2.0) as wrapper:
         with pytest.raises(ValueError, match="halves differ"):
             wrapper(torch.randn(4, 1, 8, 8), t)
         assert wrapper(doubled, t).sample.shape == doubled.shape
-    with guide_pipeline(pipe, guidance, condition=torch.tensor([1.0, 2.0, 3.0])) as wrapper:
+    with guide_pipeline(
+        pipe, mean_pixel, beta=2.0, variance=0.0, condition=torch.tensor([1.0, 2.0, 3.0])
+    ) as wrapper:
         with pytest.raises(ValueError, match="one per sample or one per prompt"):
             wrapper(torch.randn(4, 1, 8, 8), t)
-    with pytest.raises(ValueError, match="cfg_scale"), guide_pipeline(pipe, guidance, cfg_scale="on"):
+    with (
+        pytest.raises(ValueError, match="cfg_scale"),
+        guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0, cfg_scale="on"),
+    ):
         pass
 
 
@@ -401,7 +406,15 @@ def test_models_called_by_keyword_are_called_back_by_keyword():
     hidden = torch.randn(3, 4)
     guidance = AnalyticEnergyGuidance(scheduler, model, mean_pixel, beta=2.0, variance=0.0)
     x, t = torch.randn(3, 1, 4, 4), torch.tensor([400, 400, 400])
-    with guide_pipeline(pipe, guidance, attribute="transformer") as wrapper:
+    with guide_pipeline(pipe, mean_pixel, beta=2.0, variance=0.0, attribute="transformer") as wrapper:
         (out,) = wrapper(hidden_states=x, encoder_hidden_states=hidden, timestep=t, return_dict=False)
     reference = guidance.replace(model=lambda z, _t: model(z, hidden, timestep=t)[0])
     torch.testing.assert_close(out, reference.guided_model_output(x, t[0]))
+
+
+def test_a_guidance_for_another_model_is_refused():
+    unet = tiny_unet()
+    pipe = make_pipe("ddpm", unet)
+    guidance = AnalyticEnergyGuidance(pipe.scheduler, tiny_unet(), mean_pixel, beta=2.0, variance=0.0)
+    with pytest.raises(ValueError, match="built for the model it wraps"):
+        GuidedModel(unet, guidance, pipe)

@@ -13,7 +13,10 @@ import diffusers
 import pytest
 import torch
 
-from energy_guidance import (
+from energy_guidance.posterior import variance_estimator
+from energy_guidance.schedulers import log_snr, noise_level, prediction_type, to_eps_x0
+from energy_guidance.testing import GaussianMixture
+from energy_guidance.variance import (
     Constant,
     DataVar,
     Diagonal,
@@ -21,12 +24,7 @@ from energy_guidance import (
     Jacobian,
     VarianceTable,
     estimate_variance_table,
-    noise_level,
-    to_eps_x0,
 )
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.posterior import variance_estimator
-from energy_guidance.schedules import log_snr, prediction_type
 
 from .schedulers import make_scheduler
 

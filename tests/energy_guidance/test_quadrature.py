@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from energy_guidance import AnalyticEnergyGuidance, ClosedForm, NonFiniteError, noise_level
+from energy_guidance import AnalyticEnergyGuidance, ClosedForm, NonFiniteError
 from energy_guidance.quadrature import MAX_NODES, GaussianQuadrature, cubature_rule, gauss_hermite_rule
-from energy_guidance.schedules import Prediction
+from energy_guidance.schedulers import Prediction, noise_level
 from energy_guidance.tempering import Tempered
 
 from .gaussian_case import BETA, data_model, exact_guidance_term, linear_energy

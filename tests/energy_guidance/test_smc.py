@@ -17,6 +17,7 @@ SE = sd_b(Ẑ_b)/√B (delta method for log Z).
 
 import functools
 import math
+import sys
 import textwrap
 
 import diffusers
@@ -26,8 +27,10 @@ import torch
 import energy_guidance
 from energy_guidance import AnalyticEnergyGuidance, ClosedForm, IntermediateEnergyNet, SMCResult, smc_sample
 from energy_guidance.baselines import dps_guidance
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.smc import _index_entries, _Stepper
+from energy_guidance.estimators import AutogradGradient
+from energy_guidance.schedulers import SchedulerAdapter
+from energy_guidance.smc import _index_entries
+from energy_guidance.testing import GaussianMixture
 
 Z = 5.0  # standard errors allowed
 STEPS = 50
@@ -46,6 +49,13 @@ SCHEDULERS = {
     "euler-ancestral": (lambda: diffusers.EulerAncestralDiscreteScheduler(), None),
     "dpm++-sde": (lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), None),
 }
+
+
+def stepper(scheduler, eta):
+    """``scheduler.step`` with given noise, as SMC steps it (``SchedulerAdapter.step_with_noise``)."""
+    adapter = SchedulerAdapter(scheduler)
+    options = adapter.stochastic_step_options(eta)
+    return lambda out, t, x, noise: adapter.step_with_noise(out, t, x, noise, options)
 
 
 def linear_energy(x):
@@ -72,7 +82,7 @@ def discretised_gaussian(name: str, steps: int = STEPS) -> tuple[torch.Tensor, f
     n = steps + 2
     x = torch.zeros(n, D, dtype=torch.float64)
     x[1] = float(scheduler.init_noise_sigma)
-    step = _Stepper(scheduler, eta, x)
+    step = stepper(scheduler, eta)
     for i, t in enumerate(scheduler.timesteps):
         out = model(scheduler.scale_model_input(x, t), t.expand(n))
         noise = torch.zeros_like(x)
@@ -119,6 +129,7 @@ def guidance_for(name: str, energy, beta: float, *, dps: bool = False, paper: bo
 def run(guidance, eta, b=128, k=64, steps=STEPS, seed=0, **kwargs) -> SMCResult:
     kwargs.setdefault("resample", False)
     return smc_sample(
+        guidance.scheduler,
         guidance,
         (b, D),
         num_particles=k,
@@ -166,15 +177,15 @@ def test_the_step_is_its_mean_plus_its_std_times_the_injected_noise(name):
     model = data_model().noise_model(scheduler)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(8, D, generator=gen, dtype=torch.float64) * float(scheduler.init_noise_sigma)
-    step = _Stepper(scheduler, eta, x)
-    module = energy_guidance.smc._step_module(scheduler)
+    step = stepper(scheduler, eta)
+    module = sys.modules[next(c for c in type(scheduler).__mro__ if "step" in vars(c)).__module__]
     randn_before = getattr(module, "randn_tensor", None)
     t = scheduler.timesteps[3]
     scheduler._step_index = 3 if hasattr(scheduler, "_step_index") else None
     if hasattr(scheduler, "model_outputs"):  # a second-order DPM step, from a valid history
         scheduler.model_outputs = [torch.randn(8, D, generator=gen, dtype=torch.float64)] * 2
         scheduler.lower_order_nums = 2
-    state = energy_guidance.smc._capture(scheduler)
+    state = SchedulerAdapter(scheduler).snapshot()
     out = model(scheduler.scale_model_input(x, t), t.expand(8))
     other = out + torch.randn(8, D, generator=gen, dtype=torch.float64)
     z = torch.randn(8, D, generator=gen, dtype=torch.float64)
@@ -186,7 +197,7 @@ def test_the_step_is_its_mean_plus_its_std_times_the_injected_noise(name):
         "other_mean": (other, torch.zeros_like(x)),
         "other_one": (other, torch.ones_like(x)),
     }.items():
-        energy_guidance.smc._restore(scheduler, state)
+        SchedulerAdapter(scheduler).restore(state)
         results[key] = step(o, t, x, noise)
     std = results["one"] - results["mean"]
     assert float(std.min()) > 1e-3
@@ -203,7 +214,7 @@ def test_ddpm_transition_is_the_posterior_of_eq_7():
     t, prev = int(scheduler.timesteps[5]), int(scheduler.timesteps[6])
     x = torch.randn(4, D, dtype=torch.float64)
     out = torch.randn(4, D, dtype=torch.float64)
-    step = _Stepper(scheduler, None, x)
+    step = stepper(scheduler, None)
     mean = step(out, t, x, torch.zeros_like(x))
     std = step(out, t, x, torch.ones_like(x)) - mean
     acp = scheduler.alphas_cumprod.double()
@@ -229,14 +240,14 @@ def test_beta_zero_is_the_model_itself(name):
     assert not result.resampled.any()
 
 
-class ExactMixtureTwist(torch.nn.Module):
+class ExactMixtureTwist(AutogradGradient, torch.nn.Module):
     """The exact E_t of a Gaussian mixture for the linear energy (closed form, differentiable)."""
 
     def __init__(self, mixture: GaussianMixture, beta: float) -> None:
         super().__init__()
         self.mixture, self.beta, self.energy = mixture, beta, linear_energy
 
-    def forward(self, x_t, alpha, sigma, cond=None):
+    def forward(self, x_t, alpha, sigma, cond=None, *, prediction=None):
         alpha, sigma = alpha.double().expand(len(x_t)), sigma.double().expand(len(x_t))
         return -self.mixture.linear_log_potential(x_t, alpha, sigma, W, self.beta).to(x_t.dtype)
 
@@ -394,12 +405,12 @@ def test_resampling_permutes_every_per_particle_state_tensor():
     scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
     scheduler.set_timesteps(10)
     x = torch.randn(6, D, dtype=torch.float64)
-    step = _Stepper(scheduler, None, x)
+    step = stepper(scheduler, None)
     t = scheduler.timesteps[0]
     step(torch.randn_like(x), t, x, torch.zeros_like(x))
-    state = energy_guidance.smc._capture(scheduler)
+    state = SchedulerAdapter(scheduler).snapshot()
     index = torch.tensor([5, 5, 0, 1, 2, 3])
-    permuted = _index_entries(state, index, step.particle_shape)
+    permuted = _index_entries(state, index, SchedulerAdapter(scheduler).state_shape(x))
     torch.testing.assert_close(permuted["model_outputs"][-1], state["model_outputs"][-1][index])
     assert permuted["model_outputs"][0] is None
     for key in ("timesteps", "sigmas", "alphas_cumprod"):
@@ -436,16 +447,18 @@ def test_each_population_has_its_own_condition():
 def test_shapes_reproducibility_and_dtypes():
     guidance, _ = guidance_for("euler-ancestral", linear_energy, BETA)
     kwargs = {"num_particles": 3, "num_inference_steps": 5}
-    a = smc_sample(guidance, (4, D), generator=torch.Generator().manual_seed(1), **kwargs)
+    a = smc_sample(guidance.scheduler, guidance, (4, D), generator=torch.Generator().manual_seed(1), **kwargs)
     assert isinstance(a, SMCResult)
     assert a.samples.shape == (4, D) and a.samples.dtype == torch.float32
     assert a.log_weights.shape == (4, 3) and a.ess.shape == (6, 4) and a.resampled.shape == (6, 4)
     assert a.log_normalizer.shape == (4,) and a.log_normalizer.dtype == torch.float64
     torch.testing.assert_close(torch.logsumexp(a.log_weights, 1), torch.zeros(4, dtype=torch.float64))
     assert ((a.ess >= 1 - 1e-9) & (a.ess <= 3 + 1e-9)).all()
-    b = smc_sample(guidance, (4, D), generator=torch.Generator().manual_seed(1), **kwargs)
+    b = smc_sample(guidance.scheduler, guidance, (4, D), generator=torch.Generator().manual_seed(1), **kwargs)
     torch.testing.assert_close(a.samples, b.samples, rtol=0, atol=0)
-    c = smc_sample(guidance, (4, D), resample=False, progress=True, dtype=torch.float64, **kwargs)
+    c = smc_sample(
+        guidance.scheduler, guidance, (4, D), resample=False, progress=True, dtype=torch.float64, **kwargs
+    )
     assert c.samples.shape == (4, 3, D) and c.samples.dtype == torch.float64
     assert c.log_weights.shape == (4, 3)
     # clip_sample=True: a non-linear step mean, but still a Gaussian step that SMC can weigh
@@ -453,7 +466,7 @@ def test_shapes_reproducibility_and_dtypes():
     images = AnalyticEnergyGuidance(
         scheduler, lambda x, t: 0.5 * x, lambda x: x.flatten(1).sum(1), 1.0, allow_clipping=True
     )
-    result = smc_sample(images, (2, 1, 2, 2), num_particles=2, num_inference_steps=3)
+    result = smc_sample(images.scheduler, images, (2, 1, 2, 2), num_particles=2, num_inference_steps=3)
     assert result.samples.shape == (2, 1, 2, 2) and torch.isfinite(result.log_normalizer).all()
 
 
@@ -472,12 +485,12 @@ def test_deterministic_schedulers_are_rejected(scheduler):
     guidance = AnalyticEnergyGuidance(scheduler, data_model().noise_model(scheduler), linear_energy, BETA)
     kwargs = {"eta": 0.0} if isinstance(scheduler, diffusers.DDIMScheduler) else {}
     with pytest.raises(ValueError, match="deterministic"):
-        smc_sample(guidance, (2, D), num_particles=2, num_inference_steps=3, **kwargs)
+        smc_sample(guidance.scheduler, guidance, (2, D), num_particles=2, num_inference_steps=3, **kwargs)
 
 
 def test_bad_arguments_are_rejected():
     guidance, _ = guidance_for("ddpm", linear_energy, BETA)
-    call = functools.partial(smc_sample, guidance, num_inference_steps=2)
+    call = functools.partial(smc_sample, guidance.scheduler, guidance, num_inference_steps=2)
     with pytest.raises(ValueError, match="at least one dimension"):
         call((4,))
     with pytest.raises(ValueError, match="particle"):
@@ -497,8 +510,36 @@ def test_bad_arguments_are_rejected():
         scheduler, data_model().noise_model(scheduler), estimator=IntermediateEnergyNet(D, beta=BETA)
     )
     with pytest.raises(ValueError, match="energy="):
-        smc_sample(net, (2, D), num_particles=2, num_inference_steps=2)
-    smc_sample(net, (2, D), num_particles=2, num_inference_steps=2, energy=linear_energy)
+        smc_sample(net.scheduler, net, (2, D), num_particles=2, num_inference_steps=2)
+    smc_sample(net.scheduler, net, (2, D), num_particles=2, num_inference_steps=2, energy=linear_energy)
+    with pytest.raises(ValueError, match="another scheduler"):
+        smc_sample(diffusers.DDPMScheduler(clip_sample=False), guidance, (2, D), num_inference_steps=2)
+    plain = data_model().noise_model(scheduler)
+    with pytest.raises(ValueError, match="energy= and beta="):
+        smc_sample(scheduler, plain, (2, D), num_inference_steps=2, beta=BETA)
+    with pytest.raises(ValueError, match="not guided"):
+        smc_sample(scheduler, plain, (2, D), num_inference_steps=2, energy=linear_energy, beta=BETA, temper=3)
+
+
+def test_an_unguided_model_is_corrected_by_the_weights_alone():
+    """A plain model is a model too: no twist, its own steps as proposal, and the final weights
+    exp(-β·E(x0)) make the populations' weighted means the tilted target's."""
+    scheduler = SCHEDULERS["ddpm"][0]()
+    model, beta = data_model().noise_model(scheduler), BETA / 3  # weights of modest spread: ESS ≈ 0.8·K
+    result = smc_sample(
+        scheduler,
+        model,
+        (128, D),
+        num_particles=64,
+        num_inference_steps=STEPS,
+        resample=False,
+        energy=linear_energy,
+        beta=beta,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    m, v = discretised_gaussian("ddpm")
+    assert_within(population_estimates(result, lambda x: x), m - beta * v * W, "mean")
 
 
 def test_the_module_example_runs():
@@ -526,5 +567,5 @@ def test_one_model_evaluation_per_step(name):
         return base(x_t, t)
 
     guidance = AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(linear_energy, BETA))
-    smc_sample(guidance, (3, D), num_particles=4, num_inference_steps=6, eta=eta)
+    smc_sample(guidance.scheduler, guidance, (3, D), num_particles=4, num_inference_steps=6, eta=eta)
     assert calls == [12] * len(scheduler.timesteps)

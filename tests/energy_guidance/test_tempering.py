@@ -66,7 +66,7 @@ def quadratic_guidances(scheduler, model):
 def test_tempered_energy_and_gradient_are_lambda_times_the_estimators(kind):
     """λ_t does not depend on x_t, so the tempered E_t and ∇E_t are λ_t times the estimator's, and
     the guided output moves λ_t times as far from the model's (no rescale)."""
-    from energy_guidance.groundtruth import GaussianMixture
+    from energy_guidance.testing import GaussianMixture
 
     data = GaussianMixture.gaussian(torch.tensor([0.3, -0.2], dtype=torch.float64), 0.5)
     scheduler = diffusers.DDPMScheduler(clip_sample=False)
@@ -122,4 +122,6 @@ def test_bad_powers_are_rejected():
         with pytest.raises(ValueError, match="power"):
             Tempered(guidance.estimator, power)
         with pytest.raises(ValueError, match="power"):
-            smc_sample(guidance, (2, 2), num_particles=2, num_inference_steps=2, temper=power)
+            smc_sample(
+                guidance.scheduler, guidance, (2, 2), num_particles=2, num_inference_steps=2, temper=power
+            )

@@ -28,10 +28,11 @@ import torch
 from diffusers.models.embeddings import Timesteps
 from torch import nn
 
-from energy_guidance import AnalyticEnergyGuidance, Jacobian, from_eps_x0, noise_level, sample, to_eps_x0
-from energy_guidance.groundtruth import GaussianMixture
-from energy_guidance.schedules import log_snr, prediction_type
+from energy_guidance import AnalyticEnergyGuidance, sample
+from energy_guidance.schedulers import from_eps_x0, log_snr, noise_level, prediction_type, to_eps_x0
+from energy_guidance.testing import GaussianMixture
 from energy_guidance.training import fit
+from energy_guidance.variance import Jacobian
 
 from .schedulers import make_scheduler
 

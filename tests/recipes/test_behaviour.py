@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from energy_guidance import from_eps_x0, noise_level, sample, to_eps_x0
+from energy_guidance import sample
 from energy_guidance.recipes.behaviour import (
     SAMPLERS,
     BehaviourConfig,
@@ -16,6 +16,7 @@ from energy_guidance.recipes.behaviour import (
     sampling_scheduler,
     training_scheduler,
 )
+from energy_guidance.schedulers import from_eps_x0, noise_level, to_eps_x0
 
 
 def test_timestep_embedding_is_the_transformer_embedding():

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 
 from energy_guidance import IntermediateEnergyNet
 from energy_guidance.baselines import contrastive_loss, draw_support, train_contrastive_energy
-from energy_guidance.schedules import noise_level
+from energy_guidance.schedulers import noise_level
 
 
 def test_loss_matches_a_hand_computation():

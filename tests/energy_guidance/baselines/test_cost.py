@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 
 from energy_guidance import sample
 from energy_guidance.baselines import Cost, CountingModel, dps_guidance, measure
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.testing import GaussianMixture
 
 
 def linear(x, t, *args, **kwargs):

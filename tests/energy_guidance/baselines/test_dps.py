@@ -6,9 +6,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from energy_guidance import Constant, noise_level, to_eps_x0
 from energy_guidance.baselines import dps_guidance
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.schedulers import noise_level, to_eps_x0
+from energy_guidance.testing import GaussianMixture
+from energy_guidance.variance import Constant
 
 
 def wavy(x):

@@ -16,7 +16,7 @@ from energy_guidance.baselines import (
     importance_resampling,
 )
 from energy_guidance.baselines import resampling as resampling_module
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.testing import GaussianMixture
 
 Z = 5.0
 

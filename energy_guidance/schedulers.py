@@ -36,8 +36,12 @@ because a rescaling x ↦ c·x multiplies σ by c and the gradient by 1/c.
 from __future__ import annotations
 
 import inspect
+import sys
+import threading
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import diffusers
@@ -386,3 +390,200 @@ def log_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
 def add_noise(x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """x_t = α·x0 + σ·ε in model-input coordinates (per-sample α, σ of shape () or (B,))."""
     return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter: every scheduler quirk the samplers meet, in one place
+
+_SDE_DPM = ("sde-dpmsolver++", "sde-dpmsolver")
+_NOISE_LOCK = threading.RLock()
+
+
+class SchedulerAdapter:
+    """A diffusers scheduler as the samplers of this package see it.
+
+    ``SchedulerAdapter(scheduler)`` rejects unsupported schedulers (:data:`SUPPORTED_SCHEDULERS`)
+    and owns what differs between them: the noise level (α_t, σ_t) of the model input
+    (:meth:`levels`), the prediction type and its conversions to and from (ε̂, x̂0)
+    (:meth:`prediction`, :meth:`output`), the initial noise (``init_noise_sigma``,
+    :meth:`start`), ``scale_model_input`` (:meth:`model_input`), a step with the sampler's
+    generator (:meth:`step`) or with given noise (:meth:`step_with_noise`, what SMC needs),
+    dynamic thresholding on (B, d) vectors (diffusers' reshapes to (B, C, -1): the step sees a
+    (B, d, 1) view), and snapshots of the scheduler's mutable state (:meth:`snapshot`).
+    """
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    @property
+    def _step_parameters(self):
+        return inspect.signature(self.scheduler.step).parameters
+
+    @property
+    def prediction_type(self) -> str:
+        """:func:`prediction_type` (an unsupported scheduler raises here, at its first guided use:
+        an unguided sampler steps any scheduler)."""
+        return prediction_type(self.scheduler)
+
+    # -- noise levels and prediction types
+
+    def levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample (α, σ) of shape (B,) at ``timestep``, on ``like``'s device and dtype."""
+        alpha, sigma = noise_level(self.scheduler, timestep)
+        return (
+            alpha.to(like.device, like.dtype).expand(batch),
+            sigma.to(like.device, like.dtype).expand(batch),
+        )
+
+    def prediction(self, output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
+        """The model's ``output`` as (ε̂, x̂0) (:func:`to_eps_x0`)."""
+        return to_eps_x0(output, x_t, alpha, sigma, self.prediction_type)
+
+    def output(self, eps: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """(ε, x0) as a model output in the scheduler's prediction type (:func:`from_eps_x0`)."""
+        return from_eps_x0(eps, x0, alpha, sigma, self.prediction_type)
+
+    # -- sampling
+
+    @staticmethod
+    def noise(shape, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
+        """Standard normal noise drawn on the generator's device (else ``device``) and moved to
+        ``device``, so that a seed gives the same noise on any device."""
+        where = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+    def start(self, num_inference_steps: int, shape, generator, device, dtype: torch.dtype) -> Tensor:
+        """Set the timesteps (which resets multistep state) and return the initial noise, scaled
+        by ``init_noise_sigma``."""
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        init_sigma = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+        return self.noise(shape, generator, device, dtype) * init_sigma
+
+    def model_input(self, x: Tensor, t) -> Tensor:
+        """``scale_model_input`` where the scheduler has one (the k-diffusion family), else x."""
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return x if scale is None else scale(x, t)
+
+    def _as_image(self, x: Tensor) -> bool:
+        return x.dim() == 2 and bool(self.scheduler.config.get("thresholding", False))
+
+    def step(self, out: Tensor, t, x: Tensor, *, generator=None, guided: bool = False) -> Tensor:
+        """``scheduler.step``'s new state, with ``generator`` where the step draws noise. ``guided``:
+        DDIM steps with ``use_clipped_model_output=True`` (it clips x̂0 but by default steps with
+        the unclipped ε̂, so a guided ε̃ that pushes x̂0 past the clip would move the sample the
+        opposite way; recomputing ε from the clipped x̂0 makes clipping saturate the guidance)."""
+        extra = {"generator": generator} if "generator" in self._step_parameters else {}
+        if guided and "use_clipped_model_output" in self._step_parameters:
+            extra["use_clipped_model_output"] = True
+        if self._as_image(x):
+            return self.scheduler.step(out[..., None], t, x[..., None], **extra).prev_sample[..., 0]
+        return self.scheduler.step(out, t, x, **extra).prev_sample
+
+    def seed_brownian_noise(self, generator: torch.Generator | None) -> Callable[[], None]:
+        """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws
+        its seed from torch's global generator); returns what puts the scheduler back."""
+        scheduler = self.scheduler
+        if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
+            return lambda: None
+        scheduler.noise_sampler_seed = int(
+            torch.randint(0, 2**62, (), generator=generator, device=generator.device)
+        )
+
+        def restore() -> None:
+            scheduler.noise_sampler_seed = None
+
+        return restore
+
+    # -- stepping with given noise (SMC)
+
+    def stochastic_step_options(self, eta: float | None) -> dict:
+        """The step arguments under which ``scheduler.step`` is x' = μ(out) + s·z with z ~ N(0, I)
+        given to :meth:`step_with_noise`; rejects deterministic schedulers (ODE solvers, DDIM with
+        η = 0). ``eta``: DDIM's η (default 1), an error for other schedulers."""
+        scheduler = self.scheduler
+        ddim = isinstance(scheduler, diffusers.DDIMScheduler)
+        if eta is not None and not ddim:
+            raise ValueError(f"eta is DDIM's argument; {type(scheduler).__name__} does not take it")
+        if ddim:
+            eta = 1.0 if eta is None else float(eta)
+            if not eta > 0:
+                raise ValueError(
+                    f"DDIM with eta={eta} is deterministic; SMC needs eta > 0 (eta=1 is DDPM-like)"
+                )
+            return {"eta": eta}
+        if isinstance(scheduler, diffusers.DPMSolverMultistepScheduler):
+            if scheduler.config.algorithm_type not in _SDE_DPM:
+                raise ValueError(
+                    f"DPMSolverMultistepScheduler with algorithm_type={scheduler.config.algorithm_type!r} is "
+                    "deterministic; SMC needs a stochastic step: use algorithm_type='sde-dpmsolver++'"
+                )
+            return {}
+        if isinstance(scheduler, diffusers.DDPMScheduler | diffusers.EulerAncestralDiscreteScheduler):
+            return {}
+        raise ValueError(
+            f"{type(scheduler).__name__} is deterministic (an ODE solver) or unsupported; SMC needs a "
+            "stochastic step: DDPMScheduler, DDIMScheduler (eta > 0), EulerAncestralDiscreteScheduler or "
+            "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')"
+        )
+
+    def state_shape(self, x: Tensor) -> torch.Size:
+        """The shape of the per-sample tensors the scheduler keeps for samples ``x`` (the (B, d, 1)
+        view under thresholding)."""
+        return torch.Size((*x.shape, 1)) if self._as_image(x) else x.shape
+
+    def step_with_noise(self, out: Tensor, t, x: Tensor, noise: Tensor, options: dict) -> Tensor:
+        """``scheduler.step`` with its noise z given (``options`` from :meth:`stochastic_step_options`).
+
+        DDIM and DPM-Solver take it as ``variance_noise``; DDPM and Euler ancestral draw it inside
+        ``step`` with their module's ``randn_tensor``, which diffusers offers no argument to
+        replace, so for the duration of the call (under a lock) that function returns ``noise``.
+        """
+        image = self._as_image(x)
+        if image:
+            out, x, noise = out[..., None], x[..., None], noise[..., None]
+        if "variance_noise" in self._step_parameters:
+            prev = self.scheduler.step(out, t, x, variance_noise=noise, **options).prev_sample
+        else:
+            with _given_noise(self.scheduler, noise):
+                prev = self.scheduler.step(out, t, x, **options).prev_sample
+        return prev[..., 0] if image else prev
+
+    # -- the scheduler's mutable state
+
+    def snapshot(self) -> dict:
+        """The scheduler's attributes (lists copied: steps mutate them in place)."""
+        return _copied(vars(self.scheduler))
+
+    def restore(self, state: dict) -> None:
+        """Put back a :meth:`snapshot`."""
+        attributes = vars(self.scheduler)
+        attributes.clear()
+        attributes.update(_copied(state))
+
+
+def _copied(state: dict) -> dict:
+    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+
+
+@contextmanager
+def _given_noise(scheduler, noise: Tensor) -> Iterator[None]:
+    """Make the step's ``randn_tensor`` return ``noise`` while inside the block."""
+    owner = next(c for c in type(scheduler).__mro__ if "step" in vars(c))
+    module = sys.modules[owner.__module__]
+    original = getattr(module, "randn_tensor", None)
+    if original is None:
+        raise TypeError(
+            f"cannot give noise to {type(scheduler).__name__}.step: its module has no randn_tensor"
+        )
+
+    def given(shape, generator=None, device=None, dtype=None, **kwargs):
+        if tuple(shape) != tuple(noise.shape):
+            raise RuntimeError(f"the step drew noise of shape {tuple(shape)}, expected {tuple(noise.shape)}")
+        return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
+
+    with _NOISE_LOCK:
+        module.randn_tensor = given
+        try:
+            yield
+        finally:
+            module.randn_tensor = original

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..schedules import from_eps_x0, noise_level, prediction_type
+from ..schedulers import from_eps_x0, noise_level, prediction_type
 
 
 @dataclass

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from energy_guidance.groundtruth import (
+from energy_guidance.testing import (
     empirical_log_potential,
     gaussian_log_potential_mc,
     importance_resample,

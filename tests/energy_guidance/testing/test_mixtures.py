@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import distributions as D
 
-from energy_guidance import noise_level, to_eps_x0
-from energy_guidance.groundtruth import GaussianMixture
+from energy_guidance.schedulers import noise_level, to_eps_x0
+from energy_guidance.testing import GaussianMixture
 
 Z = 5.0  # standard errors allowed between a Monte Carlo estimate and its target
 

@@ -1,4 +1,4 @@
-"""schedules.py: (scheduler, timestep) -> (α_t, σ_t) and the prediction-type conversions."""
+"""schedulers.py: (scheduler, timestep) -> (α_t, σ_t) and the prediction-type conversions."""
 
 import math
 import re
@@ -11,13 +11,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energy_guidance import AnalyticEnergyGuidance, from_eps_x0, noise_level, sample, to_eps_x0
-from energy_guidance.schedules import (
+from energy_guidance import AnalyticEnergyGuidance, sample
+from energy_guidance.schedulers import (
     PREDICTION_TYPES,
     SUPPORTED_SCHEDULERS,
     ClippingWarning,
+    from_eps_x0,
     log_snr,
+    noise_level,
     prediction_type,
+    to_eps_x0,
     training_timesteps,
 )
 
@@ -33,7 +36,7 @@ FLOAT32_ATOL = 1e-5
 
 FLOW_MATCHING = (diffusers.FlowMatchEulerDiscreteScheduler, diffusers.FlowMatchHeunDiscreteScheduler)
 # Two-evaluation steps whose second evaluation is at an interpolated sigma (module docstring of
-# schedules.py); diffusers' add_noise maps those timesteps to the step's own sigma instead.
+# schedulers.py); diffusers' add_noise maps those timesteps to the step's own sigma instead.
 INTERPOLATED_SECOND_EVALUATION = (
     diffusers.KDPM2DiscreteScheduler,
     diffusers.KDPM2AncestralDiscreteScheduler,

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from energy_guidance.groundtruth import mmd, sliced_wasserstein
+from energy_guidance.testing import mmd, sliced_wasserstein
 
 
 def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift():

@@ -1,4 +1,4 @@
-"""Exact intermediate energies, usable as ``network=`` in :class:`AnalyticEnergyGuidance`.
+"""Exact intermediate energies, usable as ``estimator=`` in :class:`AnalyticEnergyGuidance`.
 
 For data q(x0) and x_t = α·x0 + σ·ε the guided marginal's intermediate energy is
 
@@ -9,9 +9,10 @@ E_t (up to quadrature for a non-linear E on mixture components of non-zero width
 these estimators samples the tilted target q·exp(-β·E)/Z up to the sampler's discretisation error
 alone: the ground truth the learned and analytic estimators are measured against.
 
-Both classes follow the estimator signature ``(x_t, alpha, sigma, cond) -> (B,)`` and are
-differentiable in x_t, so ``AnalyticEnergyGuidance(scheduler, model, None, beta, network=...)``
-uses them exactly like a trained :class:`~energy_guidance.amortized.IntermediateEnergyNet`.
+Both classes are :class:`~energy_guidance.protocols.IntermediateEnergyEstimator` s differentiable
+in x_t (:class:`~energy_guidance.protocols.AutogradGradient`), so
+``AnalyticEnergyGuidance(scheduler, model, estimator=...)`` uses them exactly like a trained
+:class:`~energy_guidance.amortized.IntermediateEnergyNet`.
 Pair them with the matching exact noise model: :class:`EmpiricalNoiseModel` for an empirical set
 (also available, slower, as :func:`empirical_mixture` with zero-width components) and
 :meth:`GaussianMixture.noise_model` for a mixture.
@@ -23,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from ..callables import Energy, call_energy
+from ..protocols import AutogradGradient
 from ..quadrature import gauss_hermite_rule
-from ..schedules import from_eps_x0, noise_level, prediction_type
+from ..schedulers import from_eps_x0, noise_level, prediction_type
 from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
 
@@ -63,7 +65,7 @@ class EmpiricalNoiseModel(nn.Module):
         return from_eps_x0(eps, x0, alpha, sigma, self.prediction_type).to(x_t.dtype)
 
 
-class EmpiricalIntermediateEnergy(nn.Module):
+class EmpiricalIntermediateEnergy(AutogradGradient, nn.Module):
     """Exact E_t for the empirical distribution of ``data`` (N, ...).
 
     q(x0 | x_t) puts weight w_i ∝ exp(-‖x_t - α·x_i‖²/(2σ²)) on each x_i, so
@@ -87,10 +89,11 @@ class EmpiricalIntermediateEnergy(nn.Module):
         if energies.shape != (data.shape[0],):
             raise ValueError(f"energies must have shape ({data.shape[0]},), got {tuple(energies.shape)}")
         self.beta = float(beta)
+        self.energy = energy
         self.register_buffer("data", data.detach().reshape(data.shape[0], -1).to(torch.float64))
         self.register_buffer("energies", energies.detach().to(torch.float64))
 
-    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None) -> Tensor:
+    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
         if cond is not None:
             raise ValueError("EmpiricalIntermediateEnergy is unconditional; pass cond=None")
         alpha = torch.as_tensor(alpha).to(torch.float64).expand(x_t.shape[0])
@@ -99,7 +102,7 @@ class EmpiricalIntermediateEnergy(nn.Module):
         return -log_potential.to(x_t.dtype)
 
 
-class GaussianMixtureIntermediateEnergy(nn.Module):
+class GaussianMixtureIntermediateEnergy(AutogradGradient, nn.Module):
     """Exact E_t for data given as a :class:`GaussianMixture` and any differentiable energy.
 
     q(x0 | x_t) = Σ_k w_k(x_t) N(m_k(x_t), diag(s_k)) (see :mod:`energy_guidance.toys`), so
@@ -134,7 +137,7 @@ class GaussianMixtureIntermediateEnergy(nn.Module):
         self.register_buffer("nodes", nodes)
         self.register_buffer("log_weights", log_weights)
 
-    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None) -> Tensor:
+    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
         batch = x_t.shape[0]
         alpha = torch.as_tensor(alpha).to(torch.float64).expand(batch)
         sigma = torch.as_tensor(sigma).to(torch.float64).expand(batch)

@@ -9,7 +9,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from energy_guidance import AnalyticEnergyGuidance
-from energy_guidance.groundtruth import (
+from energy_guidance.quadrature import gauss_hermite_rule
+from energy_guidance.schedulers import noise_level
+from energy_guidance.testing import (
     EmpiricalIntermediateEnergy,
     EmpiricalNoiseModel,
     GaussianMixture,
@@ -17,8 +19,6 @@ from energy_guidance.groundtruth import (
     empirical_log_potential,
     empirical_mixture,
 )
-from energy_guidance.quadrature import gauss_hermite_rule
-from energy_guidance.schedules import noise_level
 
 
 def mixture() -> GaussianMixture:
