@@ -87,6 +87,7 @@ from .schedulers import Prediction
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
+_CHUNK_ELEMENTS = 2**24  # elements of the (rows, N, d) blocks of (7)
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 
 
@@ -260,13 +261,21 @@ class ImportanceTilt:
         """(E_t, m̃) blended with those of the table's samples as the prior, (7)–(8)."""
         samples, energies = self._samples_and_energies(x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
-        a, s2 = alpha.to(xt)[:, None], sigma.to(xt)[:, None] ** 2
-        distance = (xt**2).sum(1, keepdim=True) - 2 * a * (xt @ samples.T) + a**2 * (samples**2).sum(1)[None]
-        log_k = -distance / (2 * s2)  # log N(x_t; α·x0_i, σ²I) up to a constant, (B, N)
+        a, s2 = alpha.to(xt), sigma.to(xt) ** 2
+        # row by row, without matrix products: a sample's result does not depend on its batch
+        rows = max(1, _CHUNK_ELEMENTS // samples.numel())
+        log_k = torch.cat(
+            [
+                -((x[:, None] - ai[:, None, None] * samples[None]) ** 2).sum(-1) / (2 * si[:, None])
+                for x, ai, si in zip(xt.split(rows), a.split(rows), s2.split(rows), strict=True)
+            ]
+        )  # log N(x_t; α·x0_i, σ²I) up to a constant, (B, N)
         log_tilted = log_k - self.beta * energies[None]
         k, tilted = torch.softmax(log_k, 1), torch.softmax(log_tilted, 1)
         value_s = torch.logsumexp(log_k, 1) - torch.logsumexp(log_tilted, 1)
-        shift_s = (tilted - k) @ samples
+        shift_s = torch.cat(
+            [((w[:, :, None]) * samples[None]).sum(1) for w in (tilted - k).split(rows)]
+        )  # Σ_i (k̃_i - k_i)·x0_i, (B, d)
         ess = 1 / (tilted**2).sum(1)
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
         xf = x0.reshape(len(x0), -1).to(xt)
