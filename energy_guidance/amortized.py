@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .callables import Energy, call_model, energy_and_grad, energy_grad_hessian
 from .checkpoints import load_tensors, save_tensors
 from .closed_form import analytic_intermediate_energy, second_order_intermediate_energy
-from .posterior import VarianceEstimator, VarianceTable, variance_estimator
+from .posterior import VarianceEstimator, VarianceTable, full_covariance, variance_estimator
 from .protocols import AutogradGradient, IntermediateEnergyEstimator
 from .schedulers import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 from .training import History, fit
@@ -46,6 +46,10 @@ class IntermediateEnergyNet(AutogradGradient, nn.Module):
     ``beta`` records the β of the targets it was trained on. Outputs are de-normalized with
     the target mean and scale measured before training, so the raw MLP works at unit scale.
     """
+
+    frequencies: Tensor  # buffers
+    target_mean: Tensor
+    target_scale: Tensor
 
     def __init__(
         self,
@@ -143,6 +147,8 @@ def closed_form_targets(
     with torch.set_grad_enabled(needs_graph):
         x_in, (eps_hat, x0_hat) = _predict(scheduler, model, x_t, timestep, alpha, sigma, cond, needs_graph)
         if energy_bar is None:
+            if energy is None:
+                raise ValueError("give the energy (x̄ = x̂0), or energy_bar and grad_bar at x̄ = x0")
             if order == 2:
                 energy_bar, grad_bar, hessian_bar = energy_grad_hessian(energy, x0_hat.detach(), cond)
             else:
@@ -150,9 +156,13 @@ def closed_form_targets(
             x_bar = x0_hat
         else:
             x_bar = x0
+        if grad_bar is None:
+            raise ValueError("energy_bar = E(x0) needs grad_bar = ∇E(x0)")
         if order == 2:
+            if hessian_bar is None:
+                raise ValueError("order=2 with energy_bar = E(x0) needs hessian_bar = ∇²E(x0)")
             d = grad_bar[0].numel()
-            cov = variance.covariance(alpha, sigma, dim=d, eps_hat=eps_hat, x_t=x_in)
+            cov = full_covariance(variance).covariance(alpha, sigma, dim=d, eps_hat=eps_hat, x_t=x_in)
             target = second_order_intermediate_energy(
                 beta, energy_bar, grad_bar, hessian_bar, cov, x0_hat, x_bar
             )
@@ -204,7 +214,7 @@ def closed_form_batches(
     pre_energy = pre_grad = pre_hessian = None
     if expansion == "data":
         derivatives = energy_grad_hessian if order == 2 else energy_and_grad
-        chunks = [
+        chunks: list[tuple[Tensor, ...]] = [
             derivatives(energy, data[i : i + 4096], _rows(cond, slice(i, i + 4096)))
             for i in range(0, n, 4096)
         ]

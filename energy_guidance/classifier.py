@@ -81,6 +81,8 @@ def tilt_log_weights(
         c = None if cond is None else cond[i : i + chunk]
         e = call_energy(energy, data[i : i + chunk], c).double()
         if baseline is not None:
+            if c is None:
+                raise ValueError("baseline(cond) is a function of the condition: give cond, or no baseline")
             e = e - baseline(c).double().reshape(e.shape)
         parts.append(e)
     return torch.log_softmax(-float(beta) * torch.cat(parts), dim=0)

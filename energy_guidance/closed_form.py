@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
-from .posterior import Constant, VarianceEstimator, variance_estimator
+from .posterior import Constant, VarianceEstimator, full_covariance, has_covariance, variance_estimator
 from .protocols import autograd_value_and_gradient
 from .schedulers import Prediction
 
@@ -60,7 +60,7 @@ def analytic_intermediate_energy(
     value = beta * energy_bar - 0.5 * beta**2 * quad
     if (x0_hat is None) != (x_bar is None):
         raise ValueError("give both x0_hat and x_bar, or neither (meaning x̄ = x̂0)")
-    if x0_hat is not None:
+    if x0_hat is not None and x_bar is not None:
         delta = (x0_hat - x_bar).reshape(len(energy_bar), -1)
         value = value + beta * (grad_bar.reshape(len(energy_bar), -1) * delta).sum(1)
     return value
@@ -114,7 +114,7 @@ def second_order_intermediate_energy(
     d = g.shape[1]
     h = 0.5 * (hessian_bar + hessian_bar.transpose(1, 2))
     value = energy_bar
-    if x0_hat is not None:
+    if x0_hat is not None and x_bar is not None:
         m = (x0_hat - x_bar).reshape(b, -1)
         hm = (h @ m[..., None])[..., 0]
         value = value + (g * m).sum(1) + 0.5 * (m * hm).sum(1)
@@ -200,7 +200,7 @@ class ClosedForm:
         if gradient not in ("autograd", "tweedie"):
             raise ValueError(f"gradient must be 'autograd' or 'tweedie', got {gradient!r}")
         variance = variance_estimator(variance, variance_table)
-        if (order == 2 or gradient == "tweedie") and not callable(getattr(variance, "covariance", None)):
+        if (order == 2 or gradient == "tweedie") and not has_covariance(variance):
             raise TypeError(
                 f"order=2 and the Tweedie gradient need the full covariance, which "
                 f"{type(variance).__name__} does not give"
@@ -234,7 +234,8 @@ class ClosedForm:
         x0 = prediction.x0.detach()
         b = x0.shape[0]
         d = x0[0].numel()
-        cov = self.variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t).detach().to(x0)
+        variance = full_covariance(self.variance)  # checked in __init__
+        cov = variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t).detach().to(x0)
 
         def times_cov(v: Tensor) -> Tensor:  # Σ̂·v for v (B, d); Σ̂ diagonal (B, d) or full (B, d, d)
             return cov * v if cov.dim() == 2 else (cov @ v[..., None])[..., 0]
@@ -282,7 +283,7 @@ class ClosedForm:
             energy_bar, grad_bar, hessian = energy_grad_hessian(
                 self.energy, prediction.x0, cond, create_graph=True
             )
-            cov = self.variance.covariance(
+            cov = full_covariance(self.variance).covariance(
                 alpha, sigma, dim=hessian.shape[1], eps_hat=prediction.eps, x_t=x_t, create_graph=True
             )
             return second_order_intermediate_energy(

@@ -55,6 +55,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from diffusers.utils import BaseOutput
@@ -134,13 +135,14 @@ class GuidedModel(nn.Module):
     def config(self):
         return self.model.config
 
+    # the wrapped diffusers model's properties (nn.Module types its attributes as Tensor | Module)
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return cast(torch.dtype, self.model.dtype)
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return cast(torch.device, self.model.device)
 
     def __getattr__(self, name: str):
         try:
@@ -173,10 +175,10 @@ class GuidedModel(nn.Module):
             return _conditional_half(kwargs[condition]) if cfg else kwargs[condition]
         return _per_sample(condition, batch, device)
 
-    def forward(self, *args, return_dict: bool = True, **kwargs):
+    def forward(self, *arguments: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         if not self.enabled:
-            return self.model(*args, return_dict=return_dict, **kwargs)
-        args = list(args)
+            return self.model(*arguments, return_dict=return_dict, **kwargs)
+        args = list(arguments)
         # The sample and timestep as the pipeline passed them: positionally (UNets) or by name
         # (``hidden_states=``, ``timestep=``: diffusers' transformers).
         sample_key = None if args else ("sample" if "sample" in kwargs else "hidden_states")

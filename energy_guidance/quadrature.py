@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .callables import Energy, NonFiniteError, call_energy
-from .posterior import VarianceEstimator, variance_estimator
+from .posterior import CovarianceEstimator, has_covariance, variance_estimator
 
 RULES = ("gauss_hermite", "cubature")
 NODES = "energy at the quadrature nodes x̂0 + Σ̂^½·ξ_j"
@@ -53,11 +53,11 @@ def gauss_hermite_rule(dim: int, points: int) -> tuple[Tensor, Tensor]:
     Exact for polynomials of degree ≤ 2·points - 1 in each coordinate.
     """
     z, w = np.polynomial.hermite_e.hermegauss(points)  # weight function exp(-z²/2)
-    z = torch.from_numpy(z)
+    nodes = torch.from_numpy(z)
     log_w = torch.from_numpy(np.log(w / math.sqrt(2 * math.pi)))
     grids = torch.meshgrid(*([torch.arange(points)] * dim), indexing="ij")
     index = torch.stack([g.reshape(-1) for g in grids], dim=1)
-    return z[index], log_w[index].sum(1)
+    return nodes[index], log_w[index].sum(1)
 
 
 def cubature_rule(dim: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +94,7 @@ class GaussianQuadrature:
 
     energy: Energy
     beta: float
-    variance: VarianceEstimator
+    variance: CovarianceEstimator
     rule: str
     points: int
 
@@ -115,7 +115,7 @@ class GaussianQuadrature:
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
             raise ValueError(f"points must be an integer >= 2 (nodes per dimension), got {points!r}")
         variance = variance_estimator(variance, variance_table)
-        if not callable(getattr(variance, "covariance", None)):
+        if not has_covariance(variance):
             raise TypeError(
                 f"the quadrature needs the covariance matrix, which {type(variance).__name__} does not give"
             )

@@ -42,12 +42,57 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 import diffusers
 import numpy as np
 import torch
 from torch import Tensor
+
+
+class Scheduler(Protocol):
+    """A diffusers scheduler as this package reads it (any ``SchedulerMixin`` subclass; which ones
+    can be guided: :data:`SUPPORTED_SCHEDULERS`).
+
+    ``config`` is diffusers' frozen config (a mapping with attribute access); ``timesteps`` the
+    current schedule, set by ``set_timesteps``; ``step(model_output, timestep, sample, ...)``
+    returns an object with ``.prev_sample``. What only some schedulers have (``alphas_cumprod``,
+    ``sigmas``, ``step_index``, ``scale_model_input``, ``init_noise_sigma``, ...) is read by
+    :class:`SchedulerAdapter` and the functions of this module for the families that have it.
+
+    Type checkers see diffusers' top-level names (``from diffusers import DDPMScheduler``) as the
+    placeholder classes diffusers defines for a missing torch, which have none of these members;
+    import the class from its module (``diffusers.schedulers.scheduling_ddpm``) where a checked
+    call site needs the real type.
+    """
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def timesteps(self) -> Tensor: ...
+
+    def set_timesteps(self, num_inference_steps: int, *args: Any, **kwargs: Any) -> Any: ...
+
+    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class _TrainingSchedule(Protocol):
+    """The cumprod and sigmas families' discrete training schedule: ᾱ_t for t = 0 … T - 1."""
+
+    alphas_cumprod: Tensor
+
+
+def _alphas_cumprod(scheduler: Scheduler) -> Tensor:
+    """ᾱ of a cumprod- or sigmas-family scheduler, float64."""
+    return cast(_TrainingSchedule, scheduler).alphas_cumprod.to(torch.float64)
+
+
+class _BrownianSeeded(Protocol):
+    """DPM-Solver SDE's seed of its Brownian tree (None: drawn from torch's global generator)."""
+
+    noise_sampler_seed: int | None
+
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction", "edm_epsilon", "edm_v_prediction")
 
@@ -103,7 +148,7 @@ _NOT_GUIDABLE = {
 }
 
 
-def _family(scheduler) -> str:
+def _family(scheduler: Scheduler) -> str:
     for family, members in _FAMILIES:
         if isinstance(scheduler, members):
             if family == "sigmas" and scheduler.config.get("use_flow_sigmas", False):
@@ -123,7 +168,7 @@ def _family(scheduler) -> str:
     )
 
 
-def prediction_type(scheduler) -> str:
+def prediction_type(scheduler: Scheduler) -> str:
     """The scheduler's prediction type, as :func:`to_eps_x0` names it.
 
     Flow-matching schedulers predict the velocity ε − x0 (``"flow_prediction"``). EDM schedulers
@@ -148,7 +193,7 @@ class ClippingWarning(UserWarning):
 _WARNED_CLIPPING: weakref.WeakSet = weakref.WeakSet()
 
 
-def clipping_options(scheduler) -> dict[str, bool]:
+def clipping_options(scheduler: Scheduler) -> dict[str, bool]:
     """The scheduler's x̂0 clipping options that are on: ``clip_sample`` (DDPM, DDIM, LCM, TCD,
     Heun, ...) and ``thresholding`` (dynamic thresholding: DDPM, DDIM, DPM-Solver, UniPC, DEIS)."""
     config = scheduler.config
@@ -156,7 +201,7 @@ def clipping_options(scheduler) -> dict[str, bool]:
     return {name: False for name in ("clip_sample", "thresholding") if name in accepted and config.get(name)}
 
 
-def warn_if_clipping(scheduler) -> None:
+def warn_if_clipping(scheduler: Scheduler) -> None:
     """Warn once per scheduler (a :class:`ClippingWarning`) when it clips x̂0 inside ``step``.
 
     Guidance moves x̂0 (equation (2) of docs/math.md) and the scheduler clips it afterwards, so
@@ -198,20 +243,21 @@ def _float64(values) -> Tensor:
     return torch.as_tensor(values).detach().to("cpu", torch.float64)
 
 
-def _second_evaluation_sigmas(scheduler, sigmas: Tensor, index: Tensor) -> Tensor | None:
+def _second_evaluation_sigmas(scheduler: Scheduler, sigmas: Tensor, index: Tensor) -> Tensor | None:
     """s at the second model evaluation of a two-evaluation step, at positions ``index`` of the
     schedule, for the schedulers that do not evaluate it at ``sigmas[index]`` (as their
     ``scale_model_input`` does); None for every other scheduler."""
     if isinstance(scheduler, diffusers.KDPM2AncestralDiscreteScheduler):
-        return _float64(scheduler.sigmas_interpol)[index - 1]
+        # diffusers.KDPM2... is diffusers' torch-less placeholder class to type checkers
+        return _float64(scheduler.sigmas_interpol)[index - 1]  # type: ignore[attr-defined]
     if isinstance(scheduler, diffusers.KDPM2DiscreteScheduler):
-        return _float64(scheduler.sigmas_interpol)[index]
+        return _float64(scheduler.sigmas_interpol)[index]  # type: ignore[attr-defined]  # as above
     if isinstance(scheduler, diffusers.DPMSolverSDEScheduler):
         return (sigmas[index - 1] * sigmas[index]).sqrt()  # the midpoint in log sigma
     return None
 
 
-def _live_sigma(scheduler, index: int, sigmas: Tensor) -> Tensor:
+def _live_sigma(scheduler: Scheduler, index: int, sigmas: Tensor) -> Tensor:
     """s of the evaluation the scheduler is at (``step_index``), from its own state."""
     if not getattr(scheduler, "state_in_first_order", True):
         midpoint = getattr(scheduler, "mid_point_sigma", None)  # DPM-Solver SDE keeps it
@@ -223,7 +269,7 @@ def _live_sigma(scheduler, index: int, sigmas: Tensor) -> Tensor:
     return sigmas[index : index + 1]
 
 
-def _evaluation_sigmas(scheduler, n: int, sigmas: Tensor) -> Tensor:
+def _evaluation_sigmas(scheduler: Scheduler, n: int, sigmas: Tensor) -> Tensor:
     """s of the model evaluation at each of the n entries of ``scheduler.timesteps``: two-evaluation
     schedulers alternate first (even positions) and second (odd positions) evaluations."""
     table = sigmas[:n].clone()
@@ -234,7 +280,7 @@ def _evaluation_sigmas(scheduler, n: int, sigmas: Tensor) -> Tensor:
     return table
 
 
-def _scheduled_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+def _scheduled_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     """s = σ/α (sigmas), the VE sigma (edm) or σ (flow) for each timestep in ``t``.
 
     While the scheduler samples, its ``step_index`` and state decide (a schedule may repeat a
@@ -262,20 +308,20 @@ def _scheduled_sigma(scheduler, t: Tensor, family: str) -> Tensor:
     return torch.where(found, scheduled, _training_sigma(scheduler, t, family))
 
 
-def _training_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+def _training_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     """s of the training noise schedule: σ = t/T (flow), s = exp(4·c_noise) (EDM's c_noise =
     ¼·log s), otherwise σ/α from alphas_cumprod, interpolated linearly in t as Euler does."""
     if family == "flow":
         return t / scheduler.config.num_train_timesteps
     if family == "edm":
         return torch.exp(4 * t)
-    acp = scheduler.alphas_cumprod.to(torch.float64)
+    acp = _alphas_cumprod(scheduler)
     table = ((1 - acp) / acp).sqrt()
     grid = np.arange(len(table), dtype=np.float64)
     return torch.from_numpy(np.interp(t.numpy(), grid, table.numpy()))
 
 
-def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
+def noise_level(scheduler: Scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
     """Coefficients (α_t, σ_t) of the model input x_t = α_t·x0 + σ_t·ε at ``timestep``.
 
     ``timestep`` is a number or a tensor of any shape; α and σ are float64 tensors of its shape.
@@ -288,7 +334,7 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     shape = t.shape
     t = t.reshape(-1).contiguous()
     if family == "cumprod":
-        acp = scheduler.alphas_cumprod.to(torch.float64)
+        acp = _alphas_cumprod(scheduler)
         if (t != t.round()).any() or (t < 0).any() or (t >= len(acp)).any():
             raise ValueError(f"{type(scheduler).__name__} needs integer timesteps in [0, {len(acp)})")
         alpha2 = acp[t.long()]
@@ -304,7 +350,7 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     return alpha.reshape(shape), sigma.reshape(shape)
 
 
-def training_timesteps(scheduler) -> Tensor:
+def training_timesteps(scheduler: Scheduler) -> Tensor:
     """The training timesteps with 0 < α and 0 < σ: where training targets and variance tables
     are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
     Integers below ``num_train_timesteps``; for EDM schedulers, whose training noise is
@@ -412,7 +458,7 @@ class SchedulerAdapter:
     (B, d, 1) view), and snapshots of the scheduler's mutable state (:meth:`snapshot`).
     """
 
-    def __init__(self, scheduler) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
     @property
@@ -482,7 +528,7 @@ class SchedulerAdapter:
     def seed_brownian_noise(self, generator: torch.Generator | None) -> Callable[[], None]:
         """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws
         its seed from torch's global generator); returns what puts the scheduler back."""
-        scheduler = self.scheduler
+        scheduler = cast(_BrownianSeeded, self.scheduler)
         if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
             return lambda: None
         scheduler.noise_sampler_seed = int(
@@ -566,7 +612,7 @@ def _copied(state: dict) -> dict:
 
 
 @contextmanager
-def _given_noise(scheduler, noise: Tensor) -> Iterator[None]:
+def _given_noise(scheduler: Scheduler, noise: Tensor) -> Iterator[None]:
     """Make the step's ``randn_tensor`` return ``noise`` while inside the block."""
     owner = next(c for c in type(scheduler).__mro__ if "step" in vars(c))
     module = sys.modules[owner.__module__]
@@ -582,8 +628,8 @@ def _given_noise(scheduler, noise: Tensor) -> Iterator[None]:
         return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
 
     with _NOISE_LOCK:
-        module.randn_tensor = given
+        vars(module)["randn_tensor"] = given
         try:
             yield
         finally:
-            module.randn_tensor = original
+            vars(module)["randn_tensor"] = original

@@ -65,9 +65,12 @@ def draw_support(
     ``num_groups`` rows of unconditional samples. Uses :func:`energy_guidance.sample` with
     ``scheduler`` (whose timesteps it resets).
     """
-    if cond is None and num_groups is None:
+    if cond is not None:
+        n = cond.shape[0]
+    elif num_groups is not None:
+        n = num_groups
+    else:
         raise ValueError("give cond (conditional model) or num_groups (unconditional)")
-    n = cond.shape[0] if cond is not None else num_groups
     total = n * num_support
     flat_cond = None if cond is None else cond.repeat_interleave(num_support, dim=0)
     chunks = []
