@@ -116,7 +116,7 @@ def check_finite(
 
 
 @contextmanager
-def located(timestep) -> Iterator[None]:
+def located(timestep: Timestep) -> Iterator[None]:
     """Adds ``timestep`` to a :class:`NonFiniteError` raised inside (from the model or energy)."""
     try:
         yield
@@ -126,7 +126,7 @@ def located(timestep) -> Iterator[None]:
         raise
 
 
-def estimator_sources(estimator, through_model: bool) -> tuple[str, str, str, str]:
+def estimator_sources(estimator: object, through_model: bool) -> tuple[str, str, str, str]:
     """(source, hint) of an intermediate-energy estimator's value E_t and of its gradient
     ∇_{x_t}E_t, for :func:`check_finite`."""
     name = type(estimator).__name__
@@ -250,7 +250,7 @@ def energy_grad_hessian(
     return value, grad, hessian
 
 
-def check_beta(beta) -> float:
+def check_beta(beta: object) -> float:
     """β as a float, or a one-line error naming it."""
     if isinstance(beta, torch.Tensor) and beta.numel() == 1:
         beta = beta.item()

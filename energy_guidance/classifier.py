@@ -56,7 +56,7 @@ from torch.nn.functional import softplus
 
 from .amortized import IntermediateEnergyNet
 from .callables import Energy, call_energy
-from .schedulers import add_noise, noise_level, training_timesteps
+from .schedulers import SchedulerLike, add_noise, noise_level, training_timesteps
 from .training import History, fit
 
 
@@ -99,7 +99,7 @@ class ClassifierBatch(NamedTuple):
 
 
 def classifier_batches(
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,
@@ -154,7 +154,7 @@ def classifier_batch_loss(network: IntermediateEnergyNet, batch: ClassifierBatch
 
 def train_classifier_energy(
     network: IntermediateEnergyNet,
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,

@@ -36,8 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
-from .posterior import Constant, VarianceEstimator, full_covariance, has_covariance, variance_estimator
+from .callables import Cond, Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
+from .posterior import (
+    Constant,
+    VarianceEstimator,
+    VarianceTable,
+    full_covariance,
+    has_covariance,
+    variance_estimator,
+)
 from .protocols import autograd_value_and_gradient
 from .schedulers import Prediction
 
@@ -184,8 +191,8 @@ class ClosedForm:
         self,
         energy: Energy,
         beta: float,
-        variance="jacobian",
-        variance_table=None,
+        variance: VarianceEstimator | str | float = "jacobian",
+        variance_table: VarianceTable | None = None,
         *,
         order: int = 1,
         floor: float = 1.0,
@@ -227,7 +234,13 @@ class ClosedForm:
         return isinstance(self.variance, Constant) and self.variance.value == 0
 
     def x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """∇_{x_t} E_t (shaped like x_t) by the Tweedie chain rule (class docstring)."""
         prediction = _required(prediction)
@@ -263,7 +276,14 @@ class ClosedForm:
         return (scale * times_cov(step)).reshape(x0.shape)
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t): autograd's through the model, or the Tweedie chain rule
         (:meth:`x_t_gradient`; E_t then only ``with_value``, one more evaluation)."""
@@ -275,7 +295,13 @@ class ClosedForm:
         return value, grad
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_t (B,) at x_t (B, ...) with per-sample α, σ (B,); ``prediction`` = (ε̂, x̂0) in x_t's graph."""
         prediction = _required(prediction)

@@ -60,7 +60,7 @@ from .importance import ImportanceTilt
 from .posterior import VarianceEstimator, VarianceTable
 from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .sampling import sample
-from .schedulers import Prediction, Scheduler, SchedulerAdapter, warn_if_clipping
+from .schedulers import Prediction, SchedulerAdapter, SchedulerLike, warn_if_clipping
 from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
@@ -118,7 +118,7 @@ class AnalyticEnergyGuidance:
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: SchedulerLike,
         model: NoiseModel,
         energy: Energy | None = None,
         beta: float | None = None,

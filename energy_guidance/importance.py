@@ -80,7 +80,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
+from .callables import Cond, Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
 from .posterior import VarianceTable
 from .schedulers import Prediction
 
@@ -122,13 +122,26 @@ class ImportanceTilt:
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_t (B,)."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t (6) shaped like x_t) from one set of draws (both, whatever
         ``with_value``)."""
@@ -193,7 +206,7 @@ class ImportanceTilt:
         gaussian = 1 / (1 / data.to(var).reshape(1, -1) + (alpha**2 / sigma**2)[:, None])
         return torch.where(var > 0, var, gaussian)
 
-    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond) -> Tensor:
+    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond: Cond) -> Tensor:
         """Δ (B, d): the safeguarded Newton step along Σ̂·g (module docstring)."""
         b, d = xf.shape
         with torch.enable_grad():
@@ -228,7 +241,14 @@ class ImportanceTilt:
         return shift
 
     def _tilt(
-        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, shift: Tensor, cond, keys: Tensor
+        self,
+        x0: Tensor,
+        xf: Tensor,
+        var: Tensor,
+        frame: Tensor | None,
+        shift: Tensor,
+        cond: Cond,
+        keys: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
@@ -313,7 +333,7 @@ class ImportanceTilt:
         return torch.minimum(torch.maximum(mean, torch.minimum(low, xf)), torch.maximum(high, xf))
 
 
-def _repeat(cond, times: int, batch: int):
+def _repeat(cond: Cond, times: int, batch: int) -> Tensor | None:
     """``cond`` for ``times`` stacked copies of a batch: per-sample tensors are tiled, others shared."""
     if cond is None:
         return None

@@ -31,16 +31,15 @@ where σ²/α² is large and a small error in E‖ε̂‖² becomes a large vari
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeGuard
 
 import torch
 from torch import Tensor
 
-from .callables import call_model
+from .callables import NoiseModel, call_model
 from .checkpoints import load_tensors, save_tensors
-from .schedulers import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .schedulers import SchedulerLike, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 
 
 @dataclass
@@ -123,10 +122,10 @@ MAX_SAMPLES = 1024  # the table keeps a random subset of at most this many of th
 
 @torch.no_grad()
 def estimate_variance_table(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     data: Tensor,
-    cond=None,
+    cond: Tensor | None = None,
     *,
     num_levels: int = 64,
     batch_size: int = 4096,

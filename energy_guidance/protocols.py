@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .callables import Cond, Energy, Timestep, check_finite, estimator_sources
-from .schedulers import Prediction, Scheduler
+from .schedulers import Prediction, SchedulerLike
 
 
 @runtime_checkable
@@ -161,7 +161,7 @@ class Guided(Protocol):
     check that ``scheduler`` is the one they step."""
 
     @property
-    def scheduler(self) -> Scheduler: ...
+    def scheduler(self) -> SchedulerLike: ...
 
     def __call__(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> Tensor: ...
 

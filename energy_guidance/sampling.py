@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, Cond, NoiseModel, NonFiniteError, Timestep, call_model, check_finite
 from .protocols import Guided, StepInfo, StepRecord
-from .schedulers import Scheduler, SchedulerAdapter
+from .schedulers import SchedulerAdapter, SchedulerLike
 
 ON_NONFINITE = ("raise", "freeze", "drop")
 
 
 @overload
 def sample(
-    scheduler: Scheduler,
+    scheduler: SchedulerLike,
     model: NoiseModel | Guided,
     shape: tuple[int, ...],
     *,
@@ -37,7 +37,7 @@ def sample(
 
 @overload
 def sample(
-    scheduler: Scheduler,
+    scheduler: SchedulerLike,
     model: NoiseModel | Guided,
     shape: tuple[int, ...],
     *,
@@ -55,7 +55,7 @@ def sample(
 
 @overload
 def sample(
-    scheduler: Scheduler,
+    scheduler: SchedulerLike,
     model: NoiseModel | Guided,
     shape: tuple[int, ...],
     *,
@@ -72,7 +72,7 @@ def sample(
 
 
 def sample(
-    scheduler: Scheduler,
+    scheduler: SchedulerLike,
     model: NoiseModel | Guided,
     shape: tuple[int, ...],
     *,
@@ -137,7 +137,7 @@ def sample(
     evaluate = _Evaluation(model, guided, cond, on_nonfinite, active)
     restore_seed = adapter.seed_brownian_noise(generator)
     try:
-        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+        for i, t in enumerate(tqdm(adapter.scheduler.timesteps, disable=not progress, desc="sampling")):
             x_in = adapter.model_input(x, t)
             out, info = evaluate(x_in, t, i)
             before = x

@@ -42,7 +42,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol, TypeAlias, cast
 
 import diffusers
 import numpy as np
@@ -60,10 +60,7 @@ class Scheduler(Protocol):
     ``sigmas``, ``step_index``, ``scale_model_input``, ``init_noise_sigma``, ...) is read by
     :class:`SchedulerAdapter` and the functions of this module for the families that have it.
 
-    Type checkers see diffusers' top-level names (``from diffusers import DDPMScheduler``) as the
-    placeholder classes diffusers defines for a missing torch, which have none of these members;
-    import the class from its module (``diffusers.schedulers.scheduling_ddpm``) where a checked
-    call site needs the real type.
+    The functions and classes of this package take a :data:`SchedulerLike`.
     """
 
     @property
@@ -75,6 +72,25 @@ class Scheduler(Protocol):
     def set_timesteps(self, num_inference_steps: int, *args: Any, **kwargs: Any) -> Any: ...
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class _Placeholder(Protocol):
+    """A diffusers scheduler as type checkers see ``from diffusers import DDPMScheduler``: diffusers'
+    ``__init__`` imports its torch-less placeholder classes (``utils.dummy_pt_objects``) ahead of
+    the real ones under TYPE_CHECKING, and those have none of :class:`Scheduler`'s members."""
+
+    _backends: list[str]
+
+
+SchedulerLike: TypeAlias = Scheduler | _Placeholder
+"""What the package's functions take as ``scheduler``: a :class:`Scheduler`, also as type checkers
+see diffusers' top-level scheduler names (:class:`_Placeholder`)."""
+
+
+def as_scheduler(scheduler: SchedulerLike) -> Scheduler:
+    """``scheduler`` as the :class:`Scheduler` it is at run time (a placeholder class cannot be
+    instantiated: without torch it raises, with torch diffusers gives the real class)."""
+    return cast(Scheduler, scheduler)
 
 
 class _TrainingSchedule(Protocol):
@@ -168,13 +184,14 @@ def _family(scheduler: Scheduler) -> str:
     )
 
 
-def prediction_type(scheduler: Scheduler) -> str:
+def prediction_type(scheduler: SchedulerLike) -> str:
     """The scheduler's prediction type, as :func:`to_eps_x0` names it.
 
     Flow-matching schedulers predict the velocity ε − x0 (``"flow_prediction"``). EDM schedulers
     predict the raw network output F of Karras et al.'s preconditioning, D = c_skip·sample +
     c_out·F, named ``"edm_epsilon"`` or ``"edm_v_prediction"`` after their config (the sign of c_out).
     """
+    scheduler = as_scheduler(scheduler)
     family = _family(scheduler)
     if family == "flow" and "prediction_type" not in scheduler.config:
         return "flow_prediction"
@@ -193,15 +210,16 @@ class ClippingWarning(UserWarning):
 _WARNED_CLIPPING: weakref.WeakSet = weakref.WeakSet()
 
 
-def clipping_options(scheduler: Scheduler) -> dict[str, bool]:
+def clipping_options(scheduler: SchedulerLike) -> dict[str, bool]:
     """The scheduler's x̂0 clipping options that are on: ``clip_sample`` (DDPM, DDIM, LCM, TCD,
     Heun, ...) and ``thresholding`` (dynamic thresholding: DDPM, DDIM, DPM-Solver, UniPC, DEIS)."""
+    scheduler = as_scheduler(scheduler)
     config = scheduler.config
     accepted = inspect.signature(type(scheduler).__init__).parameters  # from_config may carry others'
     return {name: False for name in ("clip_sample", "thresholding") if name in accepted and config.get(name)}
 
 
-def warn_if_clipping(scheduler: Scheduler) -> None:
+def warn_if_clipping(scheduler: SchedulerLike) -> None:
     """Warn once per scheduler (a :class:`ClippingWarning`) when it clips x̂0 inside ``step``.
 
     Guidance moves x̂0 (equation (2) of docs/math.md) and the scheduler clips it afterwards, so
@@ -209,6 +227,7 @@ def warn_if_clipping(scheduler: Scheduler) -> None:
     cut off, which can erase or reverse the guidance. Opt in with
     ``AnalyticEnergyGuidance(..., allow_clipping=True)`` or a warnings filter on this category.
     """
+    scheduler = as_scheduler(scheduler)
     options = clipping_options(scheduler)
     if not options or scheduler in _WARNED_CLIPPING:
         return
@@ -321,7 +340,7 @@ def _training_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     return torch.from_numpy(np.interp(t.numpy(), grid, table.numpy()))
 
 
-def noise_level(scheduler: Scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
+def noise_level(scheduler: SchedulerLike, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
     """Coefficients (α_t, σ_t) of the model input x_t = α_t·x0 + σ_t·ε at ``timestep``.
 
     ``timestep`` is a number or a tensor of any shape; α and σ are float64 tensors of its shape.
@@ -329,6 +348,7 @@ def noise_level(scheduler: Scheduler, timestep: Tensor | float | int) -> tuple[T
     model is evaluated at, also at the second evaluation of Heun, KDPM2 or DPM-Solver SDE steps.
     This is the single place where the package reads a scheduler's noise schedule.
     """
+    scheduler = as_scheduler(scheduler)
     family = _family(scheduler)
     t = _float64(timestep)
     shape = t.shape
@@ -350,13 +370,14 @@ def noise_level(scheduler: Scheduler, timestep: Tensor | float | int) -> tuple[T
     return alpha.reshape(shape), sigma.reshape(shape)
 
 
-def training_timesteps(scheduler: Scheduler) -> Tensor:
+def training_timesteps(scheduler: SchedulerLike) -> Tensor:
     """The training timesteps with 0 < α and 0 < σ: where training targets and variance tables
     are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
     Integers below ``num_train_timesteps``; for EDM schedulers, whose training noise is
     continuous, the c_noise = ¼·log s of ``num_train_timesteps`` sigmas spaced evenly in log s
     over [sigma_min, sigma_max]. Build targets with the scheduler the model was trained with (no
     custom sampling sigmas)."""
+    scheduler = as_scheduler(scheduler)
     config = scheduler.config
     if _family(scheduler) == "edm":
         low, high = np.log(config.sigma_min), np.log(config.sigma_max)
@@ -458,8 +479,8 @@ class SchedulerAdapter:
     (B, d, 1) view), and snapshots of the scheduler's mutable state (:meth:`snapshot`).
     """
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, scheduler: SchedulerLike) -> None:
+        self.scheduler = as_scheduler(scheduler)
 
     @property
     def _step_parameters(self):
@@ -473,7 +494,7 @@ class SchedulerAdapter:
 
     # -- noise levels and prediction types
 
-    def levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def levels(self, timestep: Tensor | float, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample (α, σ) of shape (B,) at ``timestep``, on ``like``'s device and dtype."""
         alpha, sigma = noise_level(self.scheduler, timestep)
         return (
@@ -505,7 +526,7 @@ class SchedulerAdapter:
         init_sigma = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         return self.noise(shape, generator, device, dtype) * init_sigma
 
-    def model_input(self, x: Tensor, t) -> Tensor:
+    def model_input(self, x: Tensor, t: Tensor | float) -> Tensor:
         """``scale_model_input`` where the scheduler has one (the k-diffusion family), else x."""
         scale = getattr(self.scheduler, "scale_model_input", None)
         return x if scale is None else scale(x, t)
@@ -513,12 +534,20 @@ class SchedulerAdapter:
     def _as_image(self, x: Tensor) -> bool:
         return x.dim() == 2 and bool(self.scheduler.config.get("thresholding", False))
 
-    def step(self, out: Tensor, t, x: Tensor, *, generator=None, guided: bool = False) -> Tensor:
+    def step(
+        self,
+        out: Tensor,
+        t: Tensor | float,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        guided: bool = False,
+    ) -> Tensor:
         """``scheduler.step``'s new state, with ``generator`` where the step draws noise. ``guided``:
         DDIM steps with ``use_clipped_model_output=True`` (it clips x̂0 but by default steps with
         the unclipped ε̂, so a guided ε̃ that pushes x̂0 past the clip would move the sample the
         opposite way; recomputing ε from the clipped x̂0 makes clipping saturate the guidance)."""
-        extra = {"generator": generator} if "generator" in self._step_parameters else {}
+        extra: dict[str, Any] = {"generator": generator} if "generator" in self._step_parameters else {}
         if guided and "use_clipped_model_output" in self._step_parameters:
             extra["use_clipped_model_output"] = True
         if self._as_image(x):
@@ -542,7 +571,7 @@ class SchedulerAdapter:
 
     # -- stepping with given noise (SMC)
 
-    def stochastic_step_options(self, eta: float | None) -> dict:
+    def stochastic_step_options(self, eta: float | None) -> dict[str, Any]:
         """The step arguments under which ``scheduler.step`` is x' = μ(out) + s·z with z ~ N(0, I)
         given to :meth:`step_with_noise`; rejects deterministic schedulers (ODE solvers, DDIM with
         η = 0). ``eta``: DDIM's η (default 1), an error for other schedulers."""
@@ -577,7 +606,9 @@ class SchedulerAdapter:
         view under thresholding)."""
         return torch.Size((*x.shape, 1)) if self._as_image(x) else x.shape
 
-    def step_with_noise(self, out: Tensor, t, x: Tensor, noise: Tensor, options: dict) -> Tensor:
+    def step_with_noise(
+        self, out: Tensor, t: Tensor | float, x: Tensor, noise: Tensor, options: dict[str, Any]
+    ) -> Tensor:
         """``scheduler.step`` with its noise z given (``options`` from :meth:`stochastic_step_options`).
 
         DDIM and DPM-Solver take it as ``variance_noise``; DDPM and Euler ancestral draw it inside
@@ -596,18 +627,18 @@ class SchedulerAdapter:
 
     # -- the scheduler's mutable state
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """The scheduler's attributes (lists copied: steps mutate them in place)."""
         return _copied(vars(self.scheduler))
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Put back a :meth:`snapshot`."""
         attributes = vars(self.scheduler)
         attributes.clear()
         attributes.update(_copied(state))
 
 
-def _copied(state: dict) -> dict:
+def _copied(state: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
 
 

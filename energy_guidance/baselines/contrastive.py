@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ..amortized import IntermediateEnergyNet
-from ..callables import Energy, call_energy
+from ..callables import Energy, NoiseModel, call_energy
 from ..sampling import sample
-from ..schedulers import add_noise, noise_level, training_timesteps
+from ..schedulers import SchedulerLike, add_noise, noise_level, training_timesteps
 from ..training import History, fit
 
 
@@ -48,8 +48,8 @@ def contrastive_loss(predicted: Tensor, energies: Tensor, beta: float) -> Tensor
 
 @torch.no_grad()
 def draw_support(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     event_shape: tuple[int, ...],
     num_support: int,
     *,
@@ -91,7 +91,7 @@ def draw_support(
 
 def train_contrastive_energy(
     network: IntermediateEnergyNet,
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     support: Tensor,
     cond: Tensor | None = None,

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..callables import Cond, Energy, NoiseModel, call_energy
 from ..sampling import condition_rows, sample
-from ..schedulers import Scheduler
+from ..schedulers import SchedulerLike
 from .cost import Cost
 
 MAX_CHUNK = 4096  # pool samples drawn per call of the sampler, to bound memory
@@ -60,7 +60,7 @@ def effective_sample_size(log_weights: Tensor, dim: int = -1) -> Tensor:
 
 
 def importance_resampling(
-    scheduler: Scheduler,
+    scheduler: SchedulerLike,
     model: NoiseModel,
     shape: tuple[int, ...],
     energy: Energy,

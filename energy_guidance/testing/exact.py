@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..callables import Cond, Energy, Timestep, call_energy
 from ..protocols import AutogradGradient
 from ..quadrature import gauss_hermite_rule
-from ..schedulers import Scheduler, from_eps_x0, noise_level, prediction_type
+from ..schedulers import SchedulerLike, from_eps_x0, noise_level, prediction_type
 from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
 
@@ -50,7 +50,7 @@ class EmpiricalNoiseModel(nn.Module):
 
     data: Tensor  # a buffer
 
-    def __init__(self, data: Tensor, scheduler: Scheduler) -> None:
+    def __init__(self, data: Tensor, scheduler: SchedulerLike) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.prediction_type = prediction_type(scheduler)
