@@ -104,6 +104,12 @@ def _alphas_cumprod(scheduler: Scheduler) -> Tensor:
     return cast(_TrainingSchedule, scheduler).alphas_cumprod.to(torch.float64)
 
 
+class _Interpolated(Protocol):
+    """KDPM2's (and KDPM2 ancestral's) sigmas of its second, interpolated evaluations."""
+
+    sigmas_interpol: Tensor
+
+
 class _BrownianSeeded(Protocol):
     """DPM-Solver SDE's seed of its Brownian tree (None: drawn from torch's global generator)."""
 
@@ -267,10 +273,9 @@ def _second_evaluation_sigmas(scheduler: Scheduler, sigmas: Tensor, index: Tenso
     schedule, for the schedulers that do not evaluate it at ``sigmas[index]`` (as their
     ``scale_model_input`` does); None for every other scheduler."""
     if isinstance(scheduler, diffusers.KDPM2AncestralDiscreteScheduler):
-        # diffusers.KDPM2... is diffusers' torch-less placeholder class to type checkers
-        return _float64(scheduler.sigmas_interpol)[index - 1]  # type: ignore[attr-defined]
+        return _float64(cast(_Interpolated, scheduler).sigmas_interpol)[index - 1]
     if isinstance(scheduler, diffusers.KDPM2DiscreteScheduler):
-        return _float64(scheduler.sigmas_interpol)[index]  # type: ignore[attr-defined]  # as above
+        return _float64(cast(_Interpolated, scheduler).sigmas_interpol)[index]
     if isinstance(scheduler, diffusers.DPMSolverSDEScheduler):
         return (sigmas[index - 1] * sigmas[index]).sqrt()  # the midpoint in log sigma
     return None
