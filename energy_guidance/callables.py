@@ -5,7 +5,8 @@ Models:   ``model(x_t, timestep)`` or ``model(x_t, timestep, cond)`` -> Tensor s
 Energies: ``energy(x0)`` or ``energy(x0, cond)`` -> Tensor (B,), lower is better.
 Conditions: ``cond`` is passed to both as given (:data:`Cond`).
 
-The type aliases :data:`NoiseModel`, :data:`Energy` and :data:`Cond` name these in signatures.
+The type aliases :data:`NoiseModel`, :data:`Energy`, :data:`Cond` and :data:`Timestep` name these in
+signatures.
 """
 
 from __future__ import annotations
