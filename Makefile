@@ -1,5 +1,6 @@
-# Two entry points (see README.md): `make demo` runs the main job, `make test` the linter (ruff
-# check and format) and then the test suite; CI runs `make test`, so a lint error fails it.
+# Two entry points (see README.md): `make demo` runs the main job, `make test` the linters (ruff
+# check and format, mypy on energy_guidance/) and then the test suite; CI runs `make test`, so a
+# lint or type error fails it.
 # Both create .venv on first use; torch==2.13.0 (the local CPU build) is installed first when absent.
 PY := .venv/bin/python
 
@@ -11,7 +12,7 @@ test: lint
 	$(PY) -m pytest
 
 lint: .venv/.installed
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && $(PY) -m mypy
 
 .venv/.installed: pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh

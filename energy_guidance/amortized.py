@@ -25,12 +25,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .callables import Energy, call_model, energy_and_grad, energy_grad_hessian
+from .callables import Cond, Energy, NoiseModel, call_model, energy_and_grad, energy_grad_hessian
 from .checkpoints import load_tensors, save_tensors
 from .closed_form import analytic_intermediate_energy, second_order_intermediate_energy
-from .posterior import VarianceEstimator, VarianceTable, variance_estimator
+from .posterior import VarianceEstimator, VarianceTable, full_covariance, variance_estimator
 from .protocols import AutogradGradient, IntermediateEnergyEstimator
-from .schedulers import add_noise, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .schedulers import (
+    Prediction,
+    SchedulerLike,
+    add_noise,
+    log_snr,
+    noise_level,
+    prediction_type,
+    to_eps_x0,
+    training_timesteps,
+)
 from .training import History, fit
 
 
@@ -46,6 +55,10 @@ class IntermediateEnergyNet(AutogradGradient, nn.Module):
     ``beta`` records the β of the targets it was trained on. Outputs are de-normalized with
     the target mean and scale measured before training, so the raw MLP works at unit scale.
     """
+
+    frequencies: Tensor  # buffers
+    target_mean: Tensor
+    target_scale: Tensor
 
     def __init__(
         self,
@@ -79,7 +92,13 @@ class IntermediateEnergyNet(AutogradGradient, nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Tensor | None = None, *, prediction=None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Tensor | None = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_Θ (B,); ``prediction`` is not read."""
         alpha = alpha.to(x_t).expand(x_t.shape[0])[:, None]
@@ -112,14 +131,14 @@ class IntermediateEnergyNet(AutogradGradient, nn.Module):
 
 
 def closed_form_targets(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     x0: Tensor,
     timestep: Tensor,
     noise: Tensor,
     beta: float,
     *,
-    cond=None,
+    cond: Cond = None,
     variance: VarianceEstimator | str | float = "jacobian",
     variance_table: VarianceTable | None = None,
     energy: Energy | None = None,
@@ -143,6 +162,8 @@ def closed_form_targets(
     with torch.set_grad_enabled(needs_graph):
         x_in, (eps_hat, x0_hat) = _predict(scheduler, model, x_t, timestep, alpha, sigma, cond, needs_graph)
         if energy_bar is None:
+            if energy is None:
+                raise ValueError("give the energy (x̄ = x̂0), or energy_bar and grad_bar at x̄ = x0")
             if order == 2:
                 energy_bar, grad_bar, hessian_bar = energy_grad_hessian(energy, x0_hat.detach(), cond)
             else:
@@ -150,9 +171,13 @@ def closed_form_targets(
             x_bar = x0_hat
         else:
             x_bar = x0
+        if grad_bar is None:
+            raise ValueError("energy_bar = E(x0) needs grad_bar = ∇E(x0)")
         if order == 2:
+            if hessian_bar is None:
+                raise ValueError("order=2 with energy_bar = E(x0) needs hessian_bar = ∇²E(x0)")
             d = grad_bar[0].numel()
-            cov = variance.covariance(alpha, sigma, dim=d, eps_hat=eps_hat, x_t=x_in)
+            cov = full_covariance(variance).covariance(alpha, sigma, dim=d, eps_hat=eps_hat, x_t=x_in)
             target = second_order_intermediate_energy(
                 beta, energy_bar, grad_bar, hessian_bar, cov, x0_hat, x_bar
             )
@@ -173,8 +198,8 @@ class TargetBatch(NamedTuple):
 
 
 def closed_form_batches(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,
@@ -204,7 +229,7 @@ def closed_form_batches(
     pre_energy = pre_grad = pre_hessian = None
     if expansion == "data":
         derivatives = energy_grad_hessian if order == 2 else energy_and_grad
-        chunks = [
+        chunks: list[tuple[Tensor, ...]] = [
             derivatives(energy, data[i : i + 4096], _rows(cond, slice(i, i + 4096)))
             for i in range(0, n, 4096)
         ]
@@ -237,9 +262,9 @@ def closed_form_batches(
 
 
 def estimator_batches(
-    scheduler,
-    model: Callable,
-    estimator,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
+    estimator: IntermediateEnergyEstimator,
     data: Tensor,
     cond: Tensor | None = None,
     *,
@@ -270,7 +295,16 @@ def estimator_batches(
     return draw
 
 
-def _predict(scheduler, model, x_t: Tensor, timestep: Tensor, alpha, sigma, cond, in_graph: bool):
+def _predict(
+    scheduler: SchedulerLike,
+    model: NoiseModel,
+    x_t: Tensor,
+    timestep: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    cond: Cond,
+    in_graph: bool,
+) -> tuple[Tensor, Prediction]:
     """(x_t as the model's input, its prediction (ε̂, x̂0)); with ``in_graph`` the input requires
     grad, so a variance read from the model's graph can differentiate it (call under
     ``torch.set_grad_enabled(in_graph)``)."""
@@ -309,8 +343,8 @@ def regression_loss(network: IntermediateEnergyNet, batch: TargetBatch) -> Tenso
 
 def train_intermediate_energy(
     network: IntermediateEnergyNet,
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,
@@ -319,7 +353,7 @@ def train_intermediate_energy(
     variance_table: VarianceTable | None = None,
     expansion: str = "data",
     order: int = 1,
-    targets=None,
+    targets: IntermediateEnergyEstimator | None = None,
     steps: int = 2000,
     batch_size: int = 256,
     lr: float = 1e-3,

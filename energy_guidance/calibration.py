@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .callables import Cond, NoiseModel
 from .posterior import VarianceTable, estimate_variance_table
 from .sampling import sample
+from .schedulers import SchedulerLike
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,10 @@ NUM_LEVELS = 32  # noise levels of the table
 
 
 def calibrate(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     sample_shape: tuple[int, ...],
-    cond=None,
+    cond: Cond = None,
     *,
     num_samples: int = NUM_SAMPLES,
     num_inference_steps: int = NUM_INFERENCE_STEPS,

@@ -3,6 +3,10 @@
 Models:   ``model(x_t, timestep)`` or ``model(x_t, timestep, cond)`` -> Tensor shaped like x_t, or
           an object with ``.sample`` (diffusers models). ``timestep`` is passed as a tensor (B,).
 Energies: ``energy(x0)`` or ``energy(x0, cond)`` -> Tensor (B,), lower is better.
+Conditions: ``cond`` is passed to both as given (:data:`Cond`).
+
+The type aliases :data:`NoiseModel`, :data:`Energy`, :data:`Cond` and :data:`Timestep` name these in
+signatures.
 """
 
 from __future__ import annotations
@@ -10,12 +14,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-Energy = Callable[..., Tensor]
+NoiseModel: TypeAlias = Callable[..., Any]
+"""``model(x_t, timestep)`` or ``model(x_t, timestep, cond)``: a Tensor shaped like x_t in the
+scheduler's prediction type, an object with ``.sample`` (diffusers models) or a tuple whose first
+item is it (:func:`call_model` reads all three)."""
+
+Energy: TypeAlias = Callable[..., Tensor]
+"""``energy(x0)`` or ``energy(x0, cond)`` -> (B,), lower is better (:func:`call_energy`)."""
+
+Timestep: TypeAlias = Tensor | float
+"""A timestep of the scheduler's schedule: a number, or a tensor of one (or of one per sample)."""
+
+Cond: TypeAlias = object
+"""A condition, passed unchanged to the model and the energy (None: called without one). A tensor
+whose leading size is the batch is per-sample (the samplers index and repeat its rows, also inside
+lists, tuples and dicts); anything else is shared by all samples. Estimators that evaluate the
+energy on stacked draws, and :func:`~energy_guidance.smc_sample`, need a tensor or None."""
 
 # Where non-finite values can arise in a guided step, in the order they are computed.
 MODEL_OUTPUT = "model output"
@@ -97,7 +117,7 @@ def check_finite(
 
 
 @contextmanager
-def located(timestep) -> Iterator[None]:
+def located(timestep: Timestep) -> Iterator[None]:
     """Adds ``timestep`` to a :class:`NonFiniteError` raised inside (from the model or energy)."""
     try:
         yield
@@ -107,7 +127,7 @@ def located(timestep) -> Iterator[None]:
         raise
 
 
-def estimator_sources(estimator, through_model: bool) -> tuple[str, str, str, str]:
+def estimator_sources(estimator: object, through_model: bool) -> tuple[str, str, str, str]:
     """(source, hint) of an intermediate-energy estimator's value E_t and of its gradient
     ∇_{x_t}E_t, for :func:`check_finite`."""
     name = type(estimator).__name__
@@ -133,7 +153,12 @@ def double_backward_attention(enabled: bool = True) -> AbstractContextManager:
 
 
 def call_model(
-    model: Callable, x_t: Tensor, timestep: Tensor | float, cond=None, *, double_backward: bool = False
+    model: NoiseModel,
+    x_t: Tensor,
+    timestep: Timestep,
+    cond: Cond = None,
+    *,
+    double_backward: bool = False,
 ) -> Tensor:
     """Evaluate ``model`` at x_t (B, ...) and a shared or per-sample timestep.
 
@@ -154,7 +179,7 @@ def call_model(
     return out
 
 
-def call_energy(energy: Energy, x0: Tensor, cond=None) -> Tensor:
+def call_energy(energy: Energy, x0: Tensor, cond: Cond = None) -> Tensor:
     """Evaluate ``energy`` on a batch x0 (B, ...) and check it returns finite values of shape (B,)."""
     value = energy(x0) if cond is None else energy(x0, cond)
     if not isinstance(value, Tensor):
@@ -169,7 +194,7 @@ def call_energy(energy: Energy, x0: Tensor, cond=None) -> Tensor:
 
 
 def energy_and_grad(
-    energy: Energy, x0: Tensor, cond=None, create_graph: bool = False
+    energy: Energy, x0: Tensor, cond: Cond = None, create_graph: bool = False
 ) -> tuple[Tensor, Tensor]:
     """E(x0) (B,) and ∇E(x0) (B, ...), per sample (samples must not interact inside ``energy``).
 
@@ -184,7 +209,9 @@ def energy_and_grad(
     return value, grad
 
 
-def differentiable_energy(energy: Energy, x0: Tensor, cond=None, *, double_backward: bool = False) -> Tensor:
+def differentiable_energy(
+    energy: Energy, x0: Tensor, cond: Cond = None, *, double_backward: bool = False
+) -> Tensor:
     """E(x0) (B,) in x0's graph (``x0`` requires grad), checked by :func:`call_energy` and required
     to depend differentiably on x0. ``double_backward``: its gradient will be differentiated, so
     attention runs on the math kernel."""
@@ -199,7 +226,7 @@ def differentiable_energy(energy: Energy, x0: Tensor, cond=None, *, double_backw
 
 
 def energy_grad_hessian(
-    energy: Energy, x0: Tensor, cond=None, create_graph: bool = False
+    energy: Energy, x0: Tensor, cond: Cond = None, create_graph: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """E(x0) (B,), ∇E(x0) (B, ...) and the per-sample Hessian ∇²E(x0) (B, d, d), d the flattened
     sample size, from d Hessian-vector products (samples must not interact inside ``energy``)."""
@@ -224,7 +251,7 @@ def energy_grad_hessian(
     return value, grad, hessian
 
 
-def check_beta(beta) -> float:
+def check_beta(beta: object) -> float:
     """β as a float, or a one-line error naming it."""
     if isinstance(beta, torch.Tensor) and beta.numel() == 1:
         beta = beta.item()

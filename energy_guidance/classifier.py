@@ -56,7 +56,7 @@ from torch.nn.functional import softplus
 
 from .amortized import IntermediateEnergyNet
 from .callables import Energy, call_energy
-from .schedulers import add_noise, noise_level, training_timesteps
+from .schedulers import SchedulerLike, add_noise, noise_level, training_timesteps
 from .training import History, fit
 
 
@@ -81,6 +81,8 @@ def tilt_log_weights(
         c = None if cond is None else cond[i : i + chunk]
         e = call_energy(energy, data[i : i + chunk], c).double()
         if baseline is not None:
+            if c is None:
+                raise ValueError("baseline(cond) is a function of the condition: give cond, or no baseline")
             e = e - baseline(c).double().reshape(e.shape)
         parts.append(e)
     return torch.log_softmax(-float(beta) * torch.cat(parts), dim=0)
@@ -97,7 +99,7 @@ class ClassifierBatch(NamedTuple):
 
 
 def classifier_batches(
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,
@@ -152,7 +154,7 @@ def classifier_batch_loss(network: IntermediateEnergyNet, batch: ClassifierBatch
 
 def train_classifier_energy(
     network: IntermediateEnergyNet,
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     data: Tensor,
     cond: Tensor | None = None,

@@ -36,8 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .callables import Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
-from .posterior import Constant, VarianceEstimator, variance_estimator
+from .callables import Cond, Energy, check_finite, differentiable_energy, energy_and_grad, energy_grad_hessian
+from .posterior import (
+    Constant,
+    VarianceEstimator,
+    VarianceTable,
+    full_covariance,
+    has_covariance,
+    variance_estimator,
+)
 from .protocols import autograd_value_and_gradient
 from .schedulers import Prediction
 
@@ -60,7 +67,7 @@ def analytic_intermediate_energy(
     value = beta * energy_bar - 0.5 * beta**2 * quad
     if (x0_hat is None) != (x_bar is None):
         raise ValueError("give both x0_hat and x_bar, or neither (meaning x̄ = x̂0)")
-    if x0_hat is not None:
+    if x0_hat is not None and x_bar is not None:
         delta = (x0_hat - x_bar).reshape(len(energy_bar), -1)
         value = value + beta * (grad_bar.reshape(len(energy_bar), -1) * delta).sum(1)
     return value
@@ -114,7 +121,7 @@ def second_order_intermediate_energy(
     d = g.shape[1]
     h = 0.5 * (hessian_bar + hessian_bar.transpose(1, 2))
     value = energy_bar
-    if x0_hat is not None:
+    if x0_hat is not None and x_bar is not None:
         m = (x0_hat - x_bar).reshape(b, -1)
         hm = (h @ m[..., None])[..., 0]
         value = value + (g * m).sum(1) + 0.5 * (m * hm).sum(1)
@@ -184,8 +191,8 @@ class ClosedForm:
         self,
         energy: Energy,
         beta: float,
-        variance="jacobian",
-        variance_table=None,
+        variance: VarianceEstimator | str | float = "jacobian",
+        variance_table: VarianceTable | None = None,
         *,
         order: int = 1,
         floor: float = 1.0,
@@ -200,7 +207,7 @@ class ClosedForm:
         if gradient not in ("autograd", "tweedie"):
             raise ValueError(f"gradient must be 'autograd' or 'tweedie', got {gradient!r}")
         variance = variance_estimator(variance, variance_table)
-        if (order == 2 or gradient == "tweedie") and not callable(getattr(variance, "covariance", None)):
+        if (order == 2 or gradient == "tweedie") and not has_covariance(variance):
             raise TypeError(
                 f"order=2 and the Tweedie gradient need the full covariance, which "
                 f"{type(variance).__name__} does not give"
@@ -227,14 +234,21 @@ class ClosedForm:
         return isinstance(self.variance, Constant) and self.variance.value == 0
 
     def x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """∇_{x_t} E_t (shaped like x_t) by the Tweedie chain rule (class docstring)."""
         prediction = _required(prediction)
         x0 = prediction.x0.detach()
         b = x0.shape[0]
         d = x0[0].numel()
-        cov = self.variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t).detach().to(x0)
+        variance = full_covariance(self.variance)  # checked in __init__
+        cov = variance.covariance(alpha, sigma, dim=d, eps_hat=prediction.eps, x_t=x_t).detach().to(x0)
 
         def times_cov(v: Tensor) -> Tensor:  # Σ̂·v for v (B, d); Σ̂ diagonal (B, d) or full (B, d, d)
             return cov * v if cov.dim() == 2 else (cov @ v[..., None])[..., 0]
@@ -262,7 +276,14 @@ class ClosedForm:
         return (scale * times_cov(step)).reshape(x0.shape)
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t): autograd's through the model, or the Tweedie chain rule
         (:meth:`x_t_gradient`; E_t then only ``with_value``, one more evaluation)."""
@@ -274,7 +295,13 @@ class ClosedForm:
         return value, grad
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_t (B,) at x_t (B, ...) with per-sample α, σ (B,); ``prediction`` = (ε̂, x̂0) in x_t's graph."""
         prediction = _required(prediction)
@@ -282,7 +309,7 @@ class ClosedForm:
             energy_bar, grad_bar, hessian = energy_grad_hessian(
                 self.energy, prediction.x0, cond, create_graph=True
             )
-            cov = self.variance.covariance(
+            cov = full_covariance(self.variance).covariance(
                 alpha, sigma, dim=hessian.shape[1], eps_hat=prediction.eps, x_t=x_t, create_graph=True
             )
             return second_order_intermediate_energy(

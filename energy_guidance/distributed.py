@@ -228,7 +228,7 @@ def average_gradients(parameters: Iterable[Tensor]) -> None:
         for i, (p, chunk) in enumerate(zip(group, chunks[:-1], strict=False)):
             if p.grad is not None:
                 p.grad.copy_(chunk.view_as(p))
-            elif present[i] > 0:
+            elif present is not None and present[i] > 0:  # present: some grad is missing
                 p.grad = chunk.view_as(p).clone()
 
 

@@ -37,17 +37,30 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
 
 from .calibration import calibrate
-from .callables import GUIDED_OUTPUT, Energy, call_model, check_beta, check_finite, estimator_sources, located
+from .callables import (
+    GUIDED_OUTPUT,
+    Cond,
+    Energy,
+    NoiseModel,
+    Timestep,
+    call_model,
+    check_beta,
+    check_finite,
+    estimator_sources,
+    located,
+)
 from .closed_form import ClosedForm
 from .importance import ImportanceTilt
+from .posterior import VarianceEstimator, VarianceTable
 from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .sampling import sample
-from .schedulers import Prediction, SchedulerAdapter, warn_if_clipping
+from .schedulers import Prediction, SchedulerAdapter, SchedulerLike, warn_if_clipping
 from .tempering import Tempered
 
 # Below this α the model input is pure noise: E_t no longer depends on x_t and the
@@ -62,7 +75,7 @@ class GuidanceExplosionWarning(RuntimeWarning):
     """A guided step changed the model's prediction by far more than the prediction itself."""
 
 
-def _number(timestep) -> str:
+def _number(timestep: Timestep) -> str:
     value = timestep.item() if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 else timestep
     return f"{value:g}" if isinstance(value, int | float) else str(value)
 
@@ -105,14 +118,14 @@ class AnalyticEnergyGuidance:
 
     def __init__(
         self,
-        scheduler,
-        model: Callable,
+        scheduler: SchedulerLike,
+        model: NoiseModel,
         energy: Energy | None = None,
         beta: float | None = None,
         *,
         estimator: IntermediateEnergyEstimator | None = None,
-        variance=None,
-        variance_table=None,
+        variance: VarianceEstimator | str | float | None = None,
+        variance_table: VarianceTable | None = None,
         order: int | None = None,
         floor: float | None = None,
         gradient: str | None = None,
@@ -183,7 +196,7 @@ class AnalyticEnergyGuidance:
         if not self.allow_clipping:
             warn_if_clipping(scheduler)
 
-    def replace(self, **changes) -> AnalyticEnergyGuidance:
+    def replace(self, **changes: Any) -> AnalyticEnergyGuidance:
         """A new guidance with some of ``scheduler``, ``model``, ``estimator``, ``rescale``,
         ``scale`` changed (e.g. the scheduler a pipeline actually steps with)."""
         fields = {
@@ -204,7 +217,7 @@ class AnalyticEnergyGuidance:
         """True when only the estimator is differentiated (no backward pass through the model)."""
         return self.estimator.model_derivatives == 0
 
-    def _ready(self, x_t: Tensor, timestep, cond) -> None:
+    def _ready(self, x_t: Tensor, timestep: Timestep, cond: Cond) -> None:
         """Calibrate the default estimator from the model's own samples on first use (once; the
         table is shared with every :meth:`replace` copy, which holds the same estimator)."""
         inner = self.estimator
@@ -217,7 +230,9 @@ class AnalyticEnergyGuidance:
                 self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
             )
 
-    def _predict(self, x_t: Tensor, timestep, alpha, sigma, cond) -> Prediction:
+    def _predict(
+        self, x_t: Tensor, timestep: Timestep, alpha: Tensor, sigma: Tensor, cond: Cond
+    ) -> Prediction:
         twice = self.estimator.model_derivatives == 2  # the math attention kernel
         out = call_model(self.model, x_t, timestep, cond, double_backward=twice)
         if x_t.requires_grad and not out.requires_grad:
@@ -229,19 +244,23 @@ class AnalyticEnergyGuidance:
             )
         return self.adapter.prediction(out, x_t, alpha, sigma)
 
-    def _prediction_at(self, x: Tensor, timestep, alpha, sigma, cond) -> Prediction:
+    def _prediction_at(
+        self, x: Tensor, timestep: Timestep, alpha: Tensor, sigma: Tensor, cond: Cond
+    ) -> Prediction:
         """The model's (ε̂, x̂0) at ``x`` (which requires grad), inside x's autograd graph exactly
         when the estimator differentiates the model (``model_derivatives`` > 0)."""
         in_graph = self.estimator.model_derivatives > 0
         with torch.set_grad_enabled(in_graph):
             return self._predict(x if in_graph else x.detach(), timestep, alpha, sigma, cond)
 
-    def _estimate(self, x_t: Tensor, timestep, alpha, sigma, cond) -> tuple[Tensor, Prediction]:
+    def _estimate(
+        self, x_t: Tensor, timestep: Timestep, alpha: Tensor, sigma: Tensor, cond: Cond
+    ) -> tuple[Tensor, Prediction]:
         """E_t (B,) in the graph of ``x_t`` (which requires grad), and the model's prediction."""
         prediction = self._prediction_at(x_t, timestep, alpha, sigma, cond)
         return self.estimator(x_t, alpha, sigma, cond, prediction=prediction), prediction
 
-    def intermediate_energy(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+    def intermediate_energy(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> Tensor:
         """E_t(x_t) = -L_t (B,) as this guidance's estimator computes it."""
         self._ready(x_t, timestep, cond)
         alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
@@ -249,14 +268,20 @@ class AnalyticEnergyGuidance:
             value, _ = self._estimate(x_t.detach().requires_grad_(True), timestep, alpha, sigma, cond)
         return value.detach()
 
-    def energy_gradient(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+    def energy_gradient(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> Tensor:
         """∇_{x_t} E_t, with x_t's shape."""
         self._ready(x_t, timestep, cond)
         alpha, sigma = self.adapter.levels(timestep, x_t.shape[0], x_t)
         return self._gradient(x_t, timestep, alpha, sigma, cond)[0]
 
     def _gradient(
-        self, x_t, timestep, alpha, sigma, cond, with_value: bool = False
+        self,
+        x_t: Tensor,
+        timestep: Timestep,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond,
+        with_value: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(∇_{x_t} E_t, ε̂, x̂0, E_t or None) at x_t, all detached: the guided step's one model
         evaluation and one call of the estimator's ``value_and_x_t_gradient``."""
@@ -274,7 +299,7 @@ class AnalyticEnergyGuidance:
         value = value.detach() if with_value and value is not None else None
         return grad.detach(), prediction.eps.detach(), prediction.x0.detach(), value
 
-    def step_parts(self, x_t: Tensor, timestep, cond=None) -> tuple[Tensor, Tensor, Tensor]:
+    def step_parts(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> tuple[Tensor, Tensor, Tensor]:
         """(E_t (B,), the model's output, the guided output) at ``x_t`` from one evaluation of
         the model, both outputs in the scheduler's prediction type: what a particle sampler
         needs at every step (:func:`~energy_guidance.smc_sample`), where
@@ -290,15 +315,35 @@ class AnalyticEnergyGuidance:
             grad, eps_hat, x0_hat, value = self._gradient(x_t, timestep, alpha, sigma, cond, with_value=True)
             model_output = self.adapter.output(eps_hat, x0_hat, alpha, sigma)
             guided, _ = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
+        if value is None:  # the protocol: E_t whenever with_value is True
+            raise TypeError(
+                f"{type(self.estimator).__name__}.value_and_x_t_gradient returned no value E_t with "
+                "with_value=True"
+            )
         return value, model_output, guided
 
-    def __call__(self, x_t: Tensor, timestep, cond=None) -> Tensor:
+    def __call__(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> Tensor:
         """The guided model: ``guidance(x_t, t, cond)`` is equation (2) in the scheduler's prediction
         type, called like the model it wraps (:meth:`guided_model_output`)."""
         return self.guided_model_output(x_t, timestep, cond)
 
+    @overload
     def guided_model_output(
-        self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: Literal[False] = False
+    ) -> Tensor: ...
+
+    @overload
+    def guided_model_output(
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: Literal[True]
+    ) -> tuple[Tensor, StepInfo]: ...
+
+    @overload
+    def guided_model_output(
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: bool
+    ) -> Tensor | tuple[Tensor, StepInfo]: ...
+
+    def guided_model_output(
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: bool = False
     ) -> Tensor | tuple[Tensor, StepInfo]:
         """Equation (2) for one step, returned in the scheduler's prediction type.
 
@@ -319,7 +364,16 @@ class AnalyticEnergyGuidance:
         guided, info = self._combine(x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat)
         return (guided, info) if return_info else guided
 
-    def _combine(self, x_t, timestep, alpha, sigma, grad, eps_hat, x0_hat) -> tuple[Tensor, StepInfo]:
+    def _combine(
+        self,
+        x_t: Tensor,
+        timestep: Timestep,
+        alpha: Tensor,
+        sigma: Tensor,
+        grad: Tensor,
+        eps_hat: Tensor,
+        x0_hat: Tensor,
+    ) -> tuple[Tensor, StepInfo]:
         """Equation (2) from ∇E_t, ε̂ and x̂0: the guided output and its :class:`StepInfo`."""
         shape = (-1,) + (1,) * (x_t.dim() - 1)
         delta = self.scale * sigma.reshape(shape) * grad
@@ -338,7 +392,7 @@ class AnalyticEnergyGuidance:
         check_finite(guided, GUIDED_OUTPUT, input_dtype=x_t.dtype, timestep=timestep)
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
 
-    def _check_explosion(self, size: Tensor, own: Tensor, dim: int, timestep) -> None:
+    def _check_explosion(self, size: Tensor, own: Tensor, dim: int, timestep: Timestep) -> None:
         """Warn (once per guidance) when the guidance term ‖σ·∇E_t‖ is over :data:`EXPLOSION_RATIO`
         times the model's own ‖ε̂‖, or √d where ‖ε̂‖ is smaller (ε̂ estimates unit-variance noise, so
         a sample whose ε̂ happens to be near 0 is not flagged for a modest step)."""
@@ -367,10 +421,58 @@ class AnalyticEnergyGuidance:
             stacklevel=2,
         )
 
+    @overload
     def sample(
         self,
         shape: tuple[int, ...],
-        cond=None,
+        cond: Cond = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        callback: Callable[[StepRecord], None] | None = None,
+        progress: bool = False,
+        on_nonfinite: str = "raise",
+        return_mask: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        cond: Cond = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        callback: Callable[[StepRecord], None] | None = None,
+        progress: bool = False,
+        on_nonfinite: str = "raise",
+        return_mask: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        cond: Cond = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        callback: Callable[[StepRecord], None] | None = None,
+        progress: bool = False,
+        on_nonfinite: str = "raise",
+        return_mask: bool,
+    ) -> Tensor | tuple[Tensor, Tensor]: ...
+
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        cond: Cond = None,
         num_inference_steps: int = 50,
         generator: torch.Generator | None = None,
         *,

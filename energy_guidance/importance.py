@@ -80,7 +80,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
+from .callables import Cond, Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
 from .posterior import VarianceTable
 from .schedulers import Prediction
 
@@ -123,19 +123,33 @@ class ImportanceTilt:
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_t (B,)."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t (6) shaped like x_t) from one set of draws (both, whatever
         ``with_value``)."""
         if prediction is None:
             raise TypeError("ImportanceTilt reads the model's prediction: pass prediction=(ε̂, x̂0)")
-        if self.table is None:
+        table = self.table
+        if table is None:
             raise RuntimeError(
                 "ImportanceTilt has no VarianceTable: give table= (estimate_variance_table(scheduler, model, "
                 "data)) or use it through AnalyticEnergyGuidance, which calibrates it from the model"
@@ -143,7 +157,7 @@ class ImportanceTilt:
         x0 = prediction.x0.detach()
         b, d = x0.shape[0], x0[0].numel()
         xf = x0.reshape(b, d)
-        frame, var = self._posterior(alpha.to(xf), sigma.to(xf), b, d)
+        frame, var = self._posterior(table, alpha.to(xf), sigma.to(xf), b, d)
         live = (var > 0).any(1) & (self.beta > 0)
         if not bool(live.any()):
             return torch.zeros(b, dtype=xf.dtype, device=xf.device), torch.zeros_like(x0)
@@ -152,15 +166,17 @@ class ImportanceTilt:
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
         shift = self._newton_shift(x0, xf, var, frame, cond)
         value, mean = self._tilt(x0, xf, var, frame, shift, cond, _draw_keys(x_t, sigma))
-        if self.table.samples is not None and cond is None:
-            value, mean = self._blend_with_samples(x_t, alpha, sigma, x0, value, mean)
-        target = self._within_range(mean, xf)
+        if table.samples is not None and cond is None:
+            value, mean = self._blend_with_samples(table.samples, x_t, alpha, sigma, x0, value, mean)
+        target = self._within_range(table, mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
         scale = (alpha / sigma**2).to(xf)[:, None]
         return value, (-scale * delta).reshape(x0.shape)
 
-    def _posterior(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> tuple[Tensor | None, Tensor]:
+    def _posterior(
+        self, table: VarianceTable, alpha: Tensor, sigma: Tensor, b: int, d: int
+    ) -> tuple[Tensor | None, Tensor]:
         """(V, the eigenvalues of Σ̂ (B, d)) with Σ̂ = V·diag(·)·Vᵀ, or (None, the diagonal of Σ̂).
 
         With the data covariance C = V·diag(λ)·Vᵀ in the table (samples of up to
@@ -169,29 +185,29 @@ class ImportanceTilt:
         modes the energy prefers), where a diagonal Σ̂ points it along ∇E only. (The table's
         marginal variance along C's axes, alone or as a cap, was further from the target on the
         d = 32 sweep.) Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`)."""
-        axes, lam = self.table.principal_axes, self.table.principal_variance
+        axes, lam = table.principal_axes, table.principal_variance
         if axes is None or lam is None:
-            return None, self._variance(alpha, sigma, b, d)
+            return None, self._variance(table, alpha, sigma, b, d)
         if axes.shape != (d, d):
             raise ValueError(f"the VarianceTable is for samples of {axes.shape[0]} values, these have {d}")
         axes, lam = axes.to(alpha), lam.to(alpha)
         return axes, lam[None] / (1 + (alpha**2 / sigma**2)[:, None] * lam[None])
 
-    def _variance(self, alpha: Tensor, sigma: Tensor, b: int, d: int) -> Tensor:
+    def _variance(self, table: VarianceTable, alpha: Tensor, sigma: Tensor, b: int, d: int) -> Tensor:
         """Σ̂ (B, d): the table's per-dimension marginal variance; where that estimate is 0 (it is a
         difference Var(x0) - Var(x̂0) that rounding and model error push below 0 at high noise), the
         posterior variance of Gaussian data of the same variance, (1/Var(x0) + α²/σ²)⁻¹."""
-        var = self.table.variance("diagonal", alpha, sigma)
+        var = table.variance("diagonal", alpha, sigma)
         var = var if var.dim() == 2 else var[:, None].expand(b, d)
         if var.shape[1] != d:
             raise ValueError(f"the VarianceTable is for samples of {var.shape[1]} values, these have {d}")
-        data = self.table.data_variance
+        data = table.data_variance
         if data is None:
             return var
         gaussian = 1 / (1 / data.to(var).reshape(1, -1) + (alpha**2 / sigma**2)[:, None])
         return torch.where(var > 0, var, gaussian)
 
-    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond) -> Tensor:
+    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond: Cond) -> Tensor:
         """Δ (B, d): the safeguarded Newton step along Σ̂·g (module docstring)."""
         b, d = xf.shape
         with torch.enable_grad():
@@ -226,7 +242,14 @@ class ImportanceTilt:
         return shift
 
     def _tilt(
-        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, shift: Tensor, cond, keys: Tensor
+        self,
+        x0: Tensor,
+        xf: Tensor,
+        var: Tensor,
+        frame: Tensor | None,
+        shift: Tensor,
+        cond: Cond,
+        keys: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
@@ -256,10 +279,17 @@ class ImportanceTilt:
         return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
 
     def _blend_with_samples(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor, value: Tensor, mean: Tensor
+        self,
+        source: Tensor,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        x0: Tensor,
+        value: Tensor,
+        mean: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """(E_t, m̃) blended with those of the table's samples as the prior, (7)–(8)."""
-        samples, energies = self._samples_and_energies(x0)
+        """(E_t, m̃) blended with those of the table's samples ``source`` (N, d) as the prior, (7)–(8)."""
+        samples, energies = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
         # row by row, without matrix products: a sample's result does not depend on its batch
@@ -283,10 +313,9 @@ class ImportanceTilt:
         mean = weight[:, None] * (xf + shift_s) + (1 - weight[:, None]) * mean.to(xt)
         return value.to(x0.dtype), mean.to(x0.dtype)
 
-    def _samples_and_energies(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+    def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
         """The table's samples (N, d) and their energies (N,), in float64 on x0's device, computed
         once per table; a sample where the energy is not finite gets energy +inf (weight 0)."""
-        source = self.table.samples
         if self._samples is None or self._samples[0] is not source:
             samples = source.to(device=x0.device, dtype=torch.float64)
             batch = samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:])
@@ -298,12 +327,13 @@ class ImportanceTilt:
             energies = energies.to(torch.float64)
             energies = torch.where(torch.isfinite(energies), energies, torch.full_like(energies, math.inf))
             self._samples = (source, samples, energies)
+            return samples, energies
         return self._samples[1], self._samples[2]
 
-    def _within_range(self, mean: Tensor, xf: Tensor) -> Tensor:
+    def _within_range(self, table: VarianceTable, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0
         already outside the box may move back toward it but not further out."""
-        low, high = self.table.data_low, self.table.data_high
+        low, high = table.data_low, table.data_high
         if low is None or high is None:
             return mean
         low, high = low.to(mean).reshape(1, -1), high.to(mean).reshape(1, -1)
@@ -312,7 +342,7 @@ class ImportanceTilt:
         return torch.minimum(torch.maximum(mean, torch.minimum(low, xf)), torch.maximum(high, xf))
 
 
-def _repeat(cond, times: int, batch: int):
+def _repeat(cond: Cond, times: int, batch: int) -> Tensor | None:
     """``cond`` for ``times`` stacked copies of a batch: per-sample tensors are tiled, others shared."""
     if cond is None:
         return None

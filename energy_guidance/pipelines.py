@@ -55,17 +55,18 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from .callables import Energy, double_backward_attention
+from .callables import Cond, Energy, Timestep, double_backward_attention
 from .guidance import AnalyticEnergyGuidance
 from .protocols import StepInfo
 
 
-def _conditional_half(value):
+def _conditional_half(value: Cond) -> Cond:
     """The conditional (second) half of a CFG batch argument: tensors, and dicts of them."""
     if isinstance(value, Tensor):
         return value.chunk(2)[1]
@@ -74,7 +75,7 @@ def _conditional_half(value):
     return value
 
 
-def _per_sample(condition, batch: int, device: torch.device):
+def _per_sample(condition: Tensor | Sequence[Any], batch: int, device: torch.device) -> Tensor | list[Any]:
     """A per-sample condition of length ``batch`` from a per-sample or per-prompt one."""
     n = len(condition)
     if n == 0 or batch % n:
@@ -111,10 +112,10 @@ class GuidedModel(nn.Module):
         self,
         model: nn.Module,
         guidance: AnalyticEnergyGuidance,
-        scheduler_source=None,
+        scheduler_source: Any = None,
         *,
         cfg_scale: float | str | None = "auto",
-        condition: str | Tensor | Sequence | None = None,
+        condition: str | Tensor | Sequence[Any] | None = None,
     ) -> None:
         super().__init__()
         if guidance.model is not model:
@@ -134,13 +135,14 @@ class GuidedModel(nn.Module):
     def config(self):
         return self.model.config
 
+    # the wrapped diffusers model's properties (nn.Module types its attributes as Tensor | Module)
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return cast(torch.dtype, self.model.dtype)
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return cast(torch.device, self.model.device)
 
     def __getattr__(self, name: str):
         try:
@@ -160,7 +162,7 @@ class GuidedModel(nn.Module):
             return None
         return scale
 
-    def _energy_condition(self, kwargs: dict, batch: int, cfg: bool, device: torch.device):
+    def _energy_condition(self, kwargs: dict[str, Any], batch: int, cfg: bool, device: torch.device) -> Cond:
         condition = self.condition
         if condition is None:
             return None
@@ -173,10 +175,10 @@ class GuidedModel(nn.Module):
             return _conditional_half(kwargs[condition]) if cfg else kwargs[condition]
         return _per_sample(condition, batch, device)
 
-    def forward(self, *args, return_dict: bool = True, **kwargs):
+    def forward(self, *arguments: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         if not self.enabled:
-            return self.model(*args, return_dict=return_dict, **kwargs)
-        args = list(args)
+            return self.model(*arguments, return_dict=return_dict, **kwargs)
+        args = list(arguments)
         # The sample and timestep as the pipeline passed them: positionally (UNets) or by name
         # (``hidden_states=``, ``timestep=``: diffusers' transformers).
         sample_key = None if args else ("sample" if "sample" in kwargs else "hidden_states")
@@ -222,7 +224,7 @@ class GuidedModel(nn.Module):
         model = self.model
         record: dict[str, Tensor] = {}
 
-        def bound(x_in: Tensor, _t, _cond=None) -> Tensor:
+        def bound(x_in: Tensor, _t: Timestep, _cond: Cond = None) -> Tensor:
             """The model of the B real samples (ε_cfg under CFG); ``_t`` equals ``timestep``."""
             inputs = torch.cat([x_in, x_in]) if weight is not None else x_in
             call_args = [timestep, *args] if timestep_positional else list(args)
@@ -256,14 +258,14 @@ class GuidedModel(nn.Module):
 
 @contextmanager
 def guide_pipeline(
-    pipe,
+    pipe: Any,  # a DiffusionPipeline (diffusers' top-level names are placeholders to type checkers)
     energy: Energy | None = None,
     beta: float | None = None,
     *,
     attribute: str = "unet",
     cfg_scale: float | str | None = "auto",
-    condition: str | Tensor | Sequence | None = None,
-    **options,
+    condition: str | Tensor | Sequence[Any] | None = None,
+    **options: Any,
 ) -> Iterator[GuidedModel]:
     """Within the block, ``pipe`` samples its model guided toward q·exp(-β·E); afterwards it is as
     it was.

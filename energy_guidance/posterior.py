@@ -31,16 +31,15 @@ where σ²/α² is large and a small error in E‖ε̂‖² becomes a large vari
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeGuard
 
 import torch
 from torch import Tensor
 
-from .callables import call_model
+from .callables import NoiseModel, call_model
 from .checkpoints import load_tensors, save_tensors
-from .schedulers import log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
+from .schedulers import SchedulerLike, log_snr, noise_level, prediction_type, to_eps_x0, training_timesteps
 
 
 @dataclass
@@ -97,8 +96,14 @@ class VarianceTable:
         return value if bound is None else torch.minimum(value, bound)
 
     def save(self, path: str) -> None:
-        optional = ("data_variance", "data_low", "data_high", "principal_axes", "principal_variance")
-        optional = (*optional, "samples")
+        optional = (
+            "data_variance",
+            "data_low",
+            "data_high",
+            "principal_axes",
+            "principal_variance",
+            "samples",
+        )
         names = ("log_snr", *TABLE_METHODS, *(k for k in optional if getattr(self, k) is not None))
         save_tensors(
             path,
@@ -117,10 +122,10 @@ MAX_SAMPLES = 1024  # the table keeps a random subset of at most this many of th
 
 @torch.no_grad()
 def estimate_variance_table(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     data: Tensor,
-    cond=None,
+    cond: Tensor | None = None,
     *,
     num_levels: int = 64,
     batch_size: int = 4096,
@@ -177,7 +182,7 @@ def estimate_variance_table(
         data_low=flat.min(0).values.float().cpu(),
         data_high=flat.max(0).values.float().cpu(),
         principal_axes=None if axes is None else axes.float(),
-        principal_variance=None if axes is None else principal_variance.float(),
+        principal_variance=None if principal_variance is None else principal_variance.float(),  # with axes
         samples=flat[_subset(len(flat), MAX_SAMPLES, generator)].float().cpu(),
     )
 
@@ -200,7 +205,8 @@ class VarianceEstimator(Protocol):
     All estimators here provide it; a new one needs it only for those.
     """
 
-    uses_model_graph: bool
+    @property
+    def uses_model_graph(self) -> bool: ...
 
     def quadratic(
         self,
@@ -212,6 +218,35 @@ class VarianceEstimator(Protocol):
         x_t: Tensor | None = None,
         create_graph: bool = False,
     ) -> Tensor: ...
+
+
+class CovarianceEstimator(VarianceEstimator, Protocol):
+    """A :class:`VarianceEstimator` that also gives the matrix: ``covariance(alpha, sigma, dim=d,
+    ...)`` -> Σ̂ as (B, d) (a diagonal) or (B, d, d), what the second-order closed form, the Tweedie
+    gradient and the quadrature read."""
+
+    def covariance(
+        self,
+        alpha: Tensor,
+        sigma: Tensor,
+        *,
+        dim: int,
+        eps_hat: Tensor | None = None,
+        x_t: Tensor | None = None,
+        create_graph: bool = False,
+    ) -> Tensor: ...
+
+
+def has_covariance(variance: VarianceEstimator) -> TypeGuard[CovarianceEstimator]:
+    """Whether ``variance`` gives the full covariance (a ``covariance`` method)."""
+    return callable(getattr(variance, "covariance", None))
+
+
+def full_covariance(variance: VarianceEstimator) -> CovarianceEstimator:
+    """``variance`` as a :class:`CovarianceEstimator`, or a TypeError saying it gives none."""
+    if not has_covariance(variance):
+        raise TypeError(f"{type(variance).__name__} gives no covariance matrix (no covariance method)")
+    return variance
 
 
 def _flat(g: Tensor) -> tuple[Tensor, Tensor]:

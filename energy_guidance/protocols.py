@@ -19,13 +19,13 @@ nothing else. An estimator whose gradient is autograd's of its value inherits th
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, TypedDict, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, TypedDict, overload, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from .callables import Energy, check_finite, estimator_sources
-from .schedulers import Prediction
+from .callables import Cond, Energy, Timestep, check_finite, estimator_sources
+from .schedulers import Prediction, SchedulerLike
 
 
 @runtime_checkable
@@ -38,7 +38,7 @@ class IntermediateEnergyEstimator(Protocol):
     always given by the guided step, computed inside x_t's autograd graph exactly when
     ``model_derivatives`` > 0 (an estimator that does not read it ignores it).
 
-    Attributes:
+    Attributes (read-only to the guided step; a plain attribute, a class attribute or a property):
         beta: the β the estimator was built (or trained) for; None if it does not know it (the
             guidance is then given ``beta=``).
         energy: E(x0[, cond]) -> (B,) where the estimator has it (the final correction of
@@ -49,12 +49,23 @@ class IntermediateEnergyEstimator(Protocol):
             attention kernel, :func:`~energy_guidance.callables.double_backward_attention`).
     """
 
-    beta: float | None
-    energy: Energy | None
-    model_derivatives: int
+    @property
+    def beta(self) -> float | None: ...
+
+    @property
+    def energy(self) -> Energy | None: ...
+
+    @property
+    def model_derivatives(self) -> int: ...
 
     def __call__(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction: Prediction | None = None
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
     ) -> Tensor:
         """E_t (B,) at x_t, differentiable in x_t where the gradient is autograd's."""
         ...
@@ -64,7 +75,7 @@ class IntermediateEnergyEstimator(Protocol):
         x_t: Tensor,
         alpha: Tensor,
         sigma: Tensor,
-        cond=None,
+        cond: Cond = None,
         *,
         prediction: Prediction | None = None,
         with_value: bool = True,
@@ -87,14 +98,26 @@ class AutogradGradient:
     model_derivatives: int = 0
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self: IntermediateEnergyEstimator,  # a mixin: the class that inherits it is the estimator
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """(E_t, ∇_{x_t} E_t) by one backward pass (:func:`autograd_value_and_gradient`)."""
-        return autograd_value_and_gradient(self, x_t, alpha, sigma, cond, prediction)  # type: ignore[arg-type]
+        return autograd_value_and_gradient(self, x_t, alpha, sigma, cond, prediction)
 
 
 def autograd_value_and_gradient(
-    estimator: IntermediateEnergyEstimator, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond, prediction
+    estimator: IntermediateEnergyEstimator,
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    cond: Cond,
+    prediction: Prediction | None,
 ) -> tuple[Tensor, Tensor]:
     """(E_t, ∇_{x_t} E_t) of ``estimator`` by one backward pass from its value at x_t (which
     requires grad); a non-finite E_t is reported before it is differentiated."""
@@ -137,10 +160,22 @@ class Guided(Protocol):
     :class:`StepInfo`. :class:`~energy_guidance.AnalyticEnergyGuidance` is one. The samplers
     check that ``scheduler`` is the one they step."""
 
-    scheduler: object
+    @property
+    def scheduler(self) -> SchedulerLike: ...
 
-    def __call__(self, x_t: Tensor, timestep, cond=None) -> Tensor: ...
+    def __call__(self, x_t: Tensor, timestep: Timestep, cond: Cond = None) -> Tensor: ...
 
+    @overload
     def guided_model_output(
-        self, x_t: Tensor, timestep, cond=None, *, return_info: bool = False
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: Literal[False] = False
+    ) -> Tensor: ...
+
+    @overload
+    def guided_model_output(
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: Literal[True]
+    ) -> tuple[Tensor, StepInfo]: ...
+
+    @overload
+    def guided_model_output(
+        self, x_t: Tensor, timestep: Timestep, cond: Cond = None, *, return_info: bool
     ) -> Tensor | tuple[Tensor, StepInfo]: ...

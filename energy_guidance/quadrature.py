@@ -39,8 +39,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .callables import Energy, NonFiniteError, call_energy
-from .posterior import VarianceEstimator, variance_estimator
+from .callables import Cond, Energy, NonFiniteError, call_energy
+from .posterior import (
+    CovarianceEstimator,
+    VarianceEstimator,
+    VarianceTable,
+    has_covariance,
+    variance_estimator,
+)
+from .schedulers import Prediction
 
 RULES = ("gauss_hermite", "cubature")
 NODES = "energy at the quadrature nodes x̂0 + Σ̂^½·ξ_j"
@@ -53,11 +60,11 @@ def gauss_hermite_rule(dim: int, points: int) -> tuple[Tensor, Tensor]:
     Exact for polynomials of degree ≤ 2·points - 1 in each coordinate.
     """
     z, w = np.polynomial.hermite_e.hermegauss(points)  # weight function exp(-z²/2)
-    z = torch.from_numpy(z)
+    nodes = torch.from_numpy(z)
     log_w = torch.from_numpy(np.log(w / math.sqrt(2 * math.pi)))
     grids = torch.meshgrid(*([torch.arange(points)] * dim), indexing="ij")
     index = torch.stack([g.reshape(-1) for g in grids], dim=1)
-    return z[index], log_w[index].sum(1)
+    return nodes[index], log_w[index].sum(1)
 
 
 def cubature_rule(dim: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +101,7 @@ class GaussianQuadrature:
 
     energy: Energy
     beta: float
-    variance: VarianceEstimator
+    variance: CovarianceEstimator
     rule: str
     points: int
 
@@ -102,8 +109,8 @@ class GaussianQuadrature:
         self,
         energy: Energy,
         beta: float,
-        variance="jacobian",
-        variance_table=None,
+        variance: VarianceEstimator | str | float = "jacobian",
+        variance_table: VarianceTable | None = None,
         *,
         rule: str = "gauss_hermite",
         points: int = 3,
@@ -115,7 +122,7 @@ class GaussianQuadrature:
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
             raise ValueError(f"points must be an integer >= 2 (nodes per dimension), got {points!r}")
         variance = variance_estimator(variance, variance_table)
-        if not callable(getattr(variance, "covariance", None)):
+        if not has_covariance(variance):
             raise TypeError(
                 f"the quadrature needs the covariance matrix, which {type(variance).__name__} does not give"
             )
@@ -143,7 +150,7 @@ class GaussianQuadrature:
         return gauss_hermite_rule(dim, self.points)
 
     def _tilt(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond, prediction
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond, prediction: Prediction
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(x̂0 (B, d), nodes x_j (B, Q, d), logits log w_j - β·E(x_j) (B, Q)), float64, detached."""
         x0 = prediction.x0.detach()
@@ -153,6 +160,10 @@ class GaussianQuadrature:
         q = len(log_w)
         centre = x0.reshape(b, 1, d).to(torch.float64)
         points = centre + _offsets(cov.detach().to(x0.device), z)
+        if cond is not None and not isinstance(cond, Tensor):
+            raise TypeError(
+                f"GaussianQuadrature needs cond as a tensor (B, ...) or None, got {type(cond).__name__}"
+            )
         cond_q = None if cond is None else cond.repeat_interleave(q, dim=0)
         with torch.no_grad():
             try:
@@ -163,17 +174,34 @@ class GaussianQuadrature:
         logits = log_w[None] - self.beta * e.to(torch.float64).reshape(b, q)
         return centre[:, 0], points, logits
 
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
+    def __call__(
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+    ) -> Tensor:
         """E_t (B,) of (7) at x_t (B, ...), per-sample α, σ (B,); not differentiable (guidance
         uses :meth:`x_t_gradient`)."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[0]
 
-    def x_t_gradient(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction) -> Tensor:
+    def x_t_gradient(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None, *, prediction: Prediction
+    ) -> Tensor:
         """∇_{x_t} E_t = (α/σ²)·(x̂0 - μ̃) of (7), shaped like x_t."""
         return self.value_and_x_t_gradient(x_t, alpha, sigma, cond, prediction=prediction)[1]
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), ∇_{x_t} E_t) of (7) from one set of nodes (both, whatever ``with_value``)."""
         if prediction is None:

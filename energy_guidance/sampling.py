@@ -4,24 +4,79 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import SCHEDULER_STEP, NonFiniteError, call_model, check_finite
+from .callables import SCHEDULER_STEP, Cond, NoiseModel, NonFiniteError, Timestep, call_model, check_finite
 from .protocols import Guided, StepInfo, StepRecord
-from .schedulers import SchedulerAdapter
+from .schedulers import SchedulerAdapter, SchedulerLike
 
 ON_NONFINITE = ("raise", "freeze", "drop")
 
 
+@overload
 def sample(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel | Guided,
     shape: tuple[int, ...],
     *,
-    cond=None,
+    cond: Cond = None,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[StepRecord], None] | None = None,
+    progress: bool = False,
+    on_nonfinite: str = "raise",
+    return_mask: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def sample(
+    scheduler: SchedulerLike,
+    model: NoiseModel | Guided,
+    shape: tuple[int, ...],
+    *,
+    cond: Cond = None,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[StepRecord], None] | None = None,
+    progress: bool = False,
+    on_nonfinite: str = "raise",
+    return_mask: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def sample(
+    scheduler: SchedulerLike,
+    model: NoiseModel | Guided,
+    shape: tuple[int, ...],
+    *,
+    cond: Cond = None,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[StepRecord], None] | None = None,
+    progress: bool = False,
+    on_nonfinite: str = "raise",
+    return_mask: bool,
+) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
+def sample(
+    scheduler: SchedulerLike,
+    model: NoiseModel | Guided,
+    shape: tuple[int, ...],
+    *,
+    cond: Cond = None,
     num_inference_steps: int = 50,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -69,7 +124,7 @@ def sample(
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
     guided = isinstance(model, Guided)
-    if guided and model.scheduler is not scheduler:
+    if isinstance(model, Guided) and model.scheduler is not scheduler:
         raise ValueError(
             "model is guided on another scheduler than `scheduler`: build the guidance on the scheduler "
             "you sample with (or guidance.replace(scheduler=scheduler))"
@@ -82,7 +137,7 @@ def sample(
     evaluate = _Evaluation(model, guided, cond, on_nonfinite, active)
     restore_seed = adapter.seed_brownian_noise(generator)
     try:
-        for i, t in enumerate(tqdm(scheduler.timesteps, disable=not progress, desc="sampling")):
+        for i, t in enumerate(tqdm(adapter.scheduler.timesteps, disable=not progress, desc="sampling")):
             x_in = adapter.model_input(x, t)
             out, info = evaluate(x_in, t, i)
             before = x
@@ -91,7 +146,7 @@ def sample(
             if callback is not None:
                 record = StepRecord(step=i, timestep=t, sample=x)
                 if info is not None:
-                    record.update(x0_hat=info.x0_hat, guidance_norm=info.guidance_norm)
+                    record["x0_hat"], record["guidance_norm"] = info.x0_hat, info.guidance_norm
                 if on_nonfinite != "raise":
                     record["nonfinite"] = ~active
                 callback(record)
@@ -103,7 +158,7 @@ def sample(
     return (x, ~active) if return_mask else x
 
 
-def condition_rows(cond, index: Tensor, batch: int):
+def condition_rows(cond: Cond, index: Tensor, batch: int) -> Cond:
     """``cond`` for the samples ``index`` only: per-sample tensors (leading size B), also inside
     lists, tuples and dicts, are indexed; anything else is shared by all samples."""
     if isinstance(cond, Tensor):
@@ -119,37 +174,39 @@ class _Evaluation:
     """One model evaluation per step, plain or guided, on the samples still active; traces
     non-finite values to their source and freezes or drops the affected samples on request."""
 
-    def __init__(self, model, guided: bool, cond, on_nonfinite: str, active: Tensor) -> None:
+    def __init__(
+        self, model: NoiseModel | Guided, guided: bool, cond: Cond, on_nonfinite: str, active: Tensor
+    ) -> None:
         self.model, self.guided, self.cond = model, guided, cond
         self.mode, self.active = on_nonfinite, active
 
-    def __call__(self, x_in: Tensor, t, step: int) -> tuple[Tensor, StepInfo | None]:
+    def __call__(self, x_in: Tensor, t: Timestep, step: int) -> tuple[Tensor, StepInfo | None]:
         if self.mode == "raise":  # every sample stays active: no per-step host sync on the mask
             return self._evaluate(x_in, t, self.cond, step)
         batch = x_in.shape[0]
         while True:
             if not bool(self.active.any()):  # every sample frozen: the step only keeps shapes
                 return torch.zeros_like(x_in), None
-            everyone = bool(self.active.all())
-            index = None if everyone else self.active.nonzero().squeeze(1)
-            x_part = x_in if everyone else x_in[index]
-            cond = self.cond if everyone else condition_rows(self.cond, index, batch)
+            if bool(self.active.all()):
+                try:
+                    return self._evaluate(x_in, t, self.cond, step)
+                except NonFiniteError as error:
+                    self._exclude(error.bad.to(self.active.device), error)
+                    continue
+            index = self.active.nonzero().squeeze(1)
             try:
-                out, info = self._evaluate(x_part, t, cond, step)
+                out, info = self._evaluate(x_in[index], t, condition_rows(self.cond, index, batch), step)
             except NonFiniteError as error:
-                bad = error.bad.to(self.active.device)
-                self._exclude(bad if everyone else index[bad], error)
+                self._exclude(index[error.bad.to(self.active.device)], error)
                 continue
-            if everyone:
-                return out, info
             return self._widen(out, info, index, x_in)
 
-    def _evaluate(self, x: Tensor, t, cond, step: int) -> tuple[Tensor, StepInfo | None]:
+    def _evaluate(self, x: Tensor, t: Timestep, cond: Cond, step: int) -> tuple[Tensor, StepInfo | None]:
         """The (guided) model output at x; a non-finite value raises with the step located."""
         try:
-            if not self.guided:
-                return call_model(self.model, x, t, cond), None
-            return self.model.guided_model_output(x, t, cond, return_info=True)
+            if self.guided and isinstance(self.model, Guided):
+                return self.model.guided_model_output(x, t, cond, return_info=True)
+            return call_model(self.model, x, t, cond), None
         except NonFiniteError as error:
             error.step = step
             if error.timestep is None:
@@ -161,7 +218,9 @@ class _Evaluation:
         what = "frozen at their last finite state" if self.mode == "freeze" else "dropped"
         warnings.warn(f"{error.count} samples {what}: {error}", RuntimeWarning, stacklevel=4)
 
-    def _widen(self, out: Tensor, info: StepInfo | None, index: Tensor, x_in: Tensor):
+    def _widen(
+        self, out: Tensor, info: StepInfo | None, index: Tensor, x_in: Tensor
+    ) -> tuple[Tensor, StepInfo | None]:
         """Outputs of the active samples placed in a full batch; inactive rows get a zero output
         (their state is put back after the step) and NaN in the step info."""
         full = torch.zeros(x_in.shape, dtype=out.dtype, device=out.device)
@@ -174,7 +233,7 @@ class _Evaluation:
         norm[index] = info.guidance_norm
         return full, StepInfo(x0_hat=x0_hat, guidance_norm=norm)
 
-    def check_state(self, x: Tensor, before: Tensor, t, step: int) -> Tensor:
+    def check_state(self, x: Tensor, before: Tensor, t: Timestep, step: int) -> Tensor:
         """The scheduler's new state, checked for the active samples; inactive ones keep theirs."""
         if self.mode == "raise":
             try:

@@ -42,12 +42,79 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeAlias, cast
 
 import diffusers
 import numpy as np
 import torch
 from torch import Tensor
+
+
+class Scheduler(Protocol):
+    """A diffusers scheduler as this package reads it (any ``SchedulerMixin`` subclass; which ones
+    can be guided: :data:`SUPPORTED_SCHEDULERS`).
+
+    ``config`` is diffusers' frozen config (a mapping with attribute access); ``timesteps`` the
+    current schedule, set by ``set_timesteps``; ``step(model_output, timestep, sample, ...)``
+    returns an object with ``.prev_sample``. What only some schedulers have (``alphas_cumprod``,
+    ``sigmas``, ``step_index``, ``scale_model_input``, ``init_noise_sigma``, ...) is read by
+    :class:`SchedulerAdapter` and the functions of this module for the families that have it.
+
+    The functions and classes of this package take a :data:`SchedulerLike`.
+    """
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def timesteps(self) -> Tensor: ...
+
+    def set_timesteps(self, num_inference_steps: int, *args: Any, **kwargs: Any) -> Any: ...
+
+    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class _Placeholder(Protocol):
+    """A diffusers scheduler as type checkers see ``from diffusers import DDPMScheduler``: diffusers'
+    ``__init__`` imports its torch-less placeholder classes (``utils.dummy_pt_objects``) ahead of
+    the real ones under TYPE_CHECKING, and those have none of :class:`Scheduler`'s members."""
+
+    _backends: list[str]
+
+
+SchedulerLike: TypeAlias = Scheduler | _Placeholder
+"""What the package's functions take as ``scheduler``: a :class:`Scheduler`, also as type checkers
+see diffusers' top-level scheduler names (:class:`_Placeholder`)."""
+
+
+def as_scheduler(scheduler: SchedulerLike) -> Scheduler:
+    """``scheduler`` as the :class:`Scheduler` it is at run time (a placeholder class cannot be
+    instantiated: without torch it raises, with torch diffusers gives the real class)."""
+    return cast(Scheduler, scheduler)
+
+
+class _TrainingSchedule(Protocol):
+    """The cumprod and sigmas families' discrete training schedule: ᾱ_t for t = 0 … T - 1."""
+
+    alphas_cumprod: Tensor
+
+
+def _alphas_cumprod(scheduler: Scheduler) -> Tensor:
+    """ᾱ of a cumprod- or sigmas-family scheduler, float64."""
+    return cast(_TrainingSchedule, scheduler).alphas_cumprod.to(torch.float64)
+
+
+class _Interpolated(Protocol):
+    """KDPM2's (and KDPM2 ancestral's) sigmas of its second, interpolated evaluations."""
+
+    sigmas_interpol: Tensor
+
+
+class _BrownianSeeded(Protocol):
+    """DPM-Solver SDE's seed of its Brownian tree (None: drawn from torch's global generator)."""
+
+    noise_sampler_seed: int | None
+
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction", "edm_epsilon", "edm_v_prediction")
 
@@ -103,7 +170,7 @@ _NOT_GUIDABLE = {
 }
 
 
-def _family(scheduler) -> str:
+def _family(scheduler: Scheduler) -> str:
     for family, members in _FAMILIES:
         if isinstance(scheduler, members):
             if family == "sigmas" and scheduler.config.get("use_flow_sigmas", False):
@@ -123,13 +190,14 @@ def _family(scheduler) -> str:
     )
 
 
-def prediction_type(scheduler) -> str:
+def prediction_type(scheduler: SchedulerLike) -> str:
     """The scheduler's prediction type, as :func:`to_eps_x0` names it.
 
     Flow-matching schedulers predict the velocity ε − x0 (``"flow_prediction"``). EDM schedulers
     predict the raw network output F of Karras et al.'s preconditioning, D = c_skip·sample +
     c_out·F, named ``"edm_epsilon"`` or ``"edm_v_prediction"`` after their config (the sign of c_out).
     """
+    scheduler = as_scheduler(scheduler)
     family = _family(scheduler)
     if family == "flow" and "prediction_type" not in scheduler.config:
         return "flow_prediction"
@@ -148,15 +216,16 @@ class ClippingWarning(UserWarning):
 _WARNED_CLIPPING: weakref.WeakSet = weakref.WeakSet()
 
 
-def clipping_options(scheduler) -> dict[str, bool]:
+def clipping_options(scheduler: SchedulerLike) -> dict[str, bool]:
     """The scheduler's x̂0 clipping options that are on: ``clip_sample`` (DDPM, DDIM, LCM, TCD,
     Heun, ...) and ``thresholding`` (dynamic thresholding: DDPM, DDIM, DPM-Solver, UniPC, DEIS)."""
+    scheduler = as_scheduler(scheduler)
     config = scheduler.config
     accepted = inspect.signature(type(scheduler).__init__).parameters  # from_config may carry others'
     return {name: False for name in ("clip_sample", "thresholding") if name in accepted and config.get(name)}
 
 
-def warn_if_clipping(scheduler) -> None:
+def warn_if_clipping(scheduler: SchedulerLike) -> None:
     """Warn once per scheduler (a :class:`ClippingWarning`) when it clips x̂0 inside ``step``.
 
     Guidance moves x̂0 (equation (2) of docs/math.md) and the scheduler clips it afterwards, so
@@ -164,6 +233,7 @@ def warn_if_clipping(scheduler) -> None:
     cut off, which can erase or reverse the guidance. Opt in with
     ``AnalyticEnergyGuidance(..., allow_clipping=True)`` or a warnings filter on this category.
     """
+    scheduler = as_scheduler(scheduler)
     options = clipping_options(scheduler)
     if not options or scheduler in _WARNED_CLIPPING:
         return
@@ -198,20 +268,20 @@ def _float64(values) -> Tensor:
     return torch.as_tensor(values).detach().to("cpu", torch.float64)
 
 
-def _second_evaluation_sigmas(scheduler, sigmas: Tensor, index: Tensor) -> Tensor | None:
+def _second_evaluation_sigmas(scheduler: Scheduler, sigmas: Tensor, index: Tensor) -> Tensor | None:
     """s at the second model evaluation of a two-evaluation step, at positions ``index`` of the
     schedule, for the schedulers that do not evaluate it at ``sigmas[index]`` (as their
     ``scale_model_input`` does); None for every other scheduler."""
     if isinstance(scheduler, diffusers.KDPM2AncestralDiscreteScheduler):
-        return _float64(scheduler.sigmas_interpol)[index - 1]
+        return _float64(cast(_Interpolated, scheduler).sigmas_interpol)[index - 1]
     if isinstance(scheduler, diffusers.KDPM2DiscreteScheduler):
-        return _float64(scheduler.sigmas_interpol)[index]
+        return _float64(cast(_Interpolated, scheduler).sigmas_interpol)[index]
     if isinstance(scheduler, diffusers.DPMSolverSDEScheduler):
         return (sigmas[index - 1] * sigmas[index]).sqrt()  # the midpoint in log sigma
     return None
 
 
-def _live_sigma(scheduler, index: int, sigmas: Tensor) -> Tensor:
+def _live_sigma(scheduler: Scheduler, index: int, sigmas: Tensor) -> Tensor:
     """s of the evaluation the scheduler is at (``step_index``), from its own state."""
     if not getattr(scheduler, "state_in_first_order", True):
         midpoint = getattr(scheduler, "mid_point_sigma", None)  # DPM-Solver SDE keeps it
@@ -223,7 +293,7 @@ def _live_sigma(scheduler, index: int, sigmas: Tensor) -> Tensor:
     return sigmas[index : index + 1]
 
 
-def _evaluation_sigmas(scheduler, n: int, sigmas: Tensor) -> Tensor:
+def _evaluation_sigmas(scheduler: Scheduler, n: int, sigmas: Tensor) -> Tensor:
     """s of the model evaluation at each of the n entries of ``scheduler.timesteps``: two-evaluation
     schedulers alternate first (even positions) and second (odd positions) evaluations."""
     table = sigmas[:n].clone()
@@ -234,7 +304,7 @@ def _evaluation_sigmas(scheduler, n: int, sigmas: Tensor) -> Tensor:
     return table
 
 
-def _scheduled_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+def _scheduled_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     """s = σ/α (sigmas), the VE sigma (edm) or σ (flow) for each timestep in ``t``.
 
     While the scheduler samples, its ``step_index`` and state decide (a schedule may repeat a
@@ -262,20 +332,20 @@ def _scheduled_sigma(scheduler, t: Tensor, family: str) -> Tensor:
     return torch.where(found, scheduled, _training_sigma(scheduler, t, family))
 
 
-def _training_sigma(scheduler, t: Tensor, family: str) -> Tensor:
+def _training_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     """s of the training noise schedule: σ = t/T (flow), s = exp(4·c_noise) (EDM's c_noise =
     ¼·log s), otherwise σ/α from alphas_cumprod, interpolated linearly in t as Euler does."""
     if family == "flow":
         return t / scheduler.config.num_train_timesteps
     if family == "edm":
         return torch.exp(4 * t)
-    acp = scheduler.alphas_cumprod.to(torch.float64)
+    acp = _alphas_cumprod(scheduler)
     table = ((1 - acp) / acp).sqrt()
     grid = np.arange(len(table), dtype=np.float64)
     return torch.from_numpy(np.interp(t.numpy(), grid, table.numpy()))
 
 
-def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
+def noise_level(scheduler: SchedulerLike, timestep: Tensor | float | int) -> tuple[Tensor, Tensor]:
     """Coefficients (α_t, σ_t) of the model input x_t = α_t·x0 + σ_t·ε at ``timestep``.
 
     ``timestep`` is a number or a tensor of any shape; α and σ are float64 tensors of its shape.
@@ -283,12 +353,13 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     model is evaluated at, also at the second evaluation of Heun, KDPM2 or DPM-Solver SDE steps.
     This is the single place where the package reads a scheduler's noise schedule.
     """
+    scheduler = as_scheduler(scheduler)
     family = _family(scheduler)
     t = _float64(timestep)
     shape = t.shape
     t = t.reshape(-1).contiguous()
     if family == "cumprod":
-        acp = scheduler.alphas_cumprod.to(torch.float64)
+        acp = _alphas_cumprod(scheduler)
         if (t != t.round()).any() or (t < 0).any() or (t >= len(acp)).any():
             raise ValueError(f"{type(scheduler).__name__} needs integer timesteps in [0, {len(acp)})")
         alpha2 = acp[t.long()]
@@ -304,13 +375,14 @@ def noise_level(scheduler, timestep: Tensor | float | int) -> tuple[Tensor, Tens
     return alpha.reshape(shape), sigma.reshape(shape)
 
 
-def training_timesteps(scheduler) -> Tensor:
+def training_timesteps(scheduler: SchedulerLike) -> Tensor:
     """The training timesteps with 0 < α and 0 < σ: where training targets and variance tables
     are defined (flow matching's t = 0 is noise-free, a zero-terminal-SNR end is pure noise).
     Integers below ``num_train_timesteps``; for EDM schedulers, whose training noise is
     continuous, the c_noise = ¼·log s of ``num_train_timesteps`` sigmas spaced evenly in log s
     over [sigma_min, sigma_max]. Build targets with the scheduler the model was trained with (no
     custom sampling sigmas)."""
+    scheduler = as_scheduler(scheduler)
     config = scheduler.config
     if _family(scheduler) == "edm":
         low, high = np.log(config.sigma_min), np.log(config.sigma_max)
@@ -412,8 +484,8 @@ class SchedulerAdapter:
     (B, d, 1) view), and snapshots of the scheduler's mutable state (:meth:`snapshot`).
     """
 
-    def __init__(self, scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, scheduler: SchedulerLike) -> None:
+        self.scheduler = as_scheduler(scheduler)
 
     @property
     def _step_parameters(self):
@@ -427,7 +499,7 @@ class SchedulerAdapter:
 
     # -- noise levels and prediction types
 
-    def levels(self, timestep, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    def levels(self, timestep: Tensor | float, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample (α, σ) of shape (B,) at ``timestep``, on ``like``'s device and dtype."""
         alpha, sigma = noise_level(self.scheduler, timestep)
         return (
@@ -459,7 +531,7 @@ class SchedulerAdapter:
         init_sigma = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
         return self.noise(shape, generator, device, dtype) * init_sigma
 
-    def model_input(self, x: Tensor, t) -> Tensor:
+    def model_input(self, x: Tensor, t: Tensor | float) -> Tensor:
         """``scale_model_input`` where the scheduler has one (the k-diffusion family), else x."""
         scale = getattr(self.scheduler, "scale_model_input", None)
         return x if scale is None else scale(x, t)
@@ -467,12 +539,20 @@ class SchedulerAdapter:
     def _as_image(self, x: Tensor) -> bool:
         return x.dim() == 2 and bool(self.scheduler.config.get("thresholding", False))
 
-    def step(self, out: Tensor, t, x: Tensor, *, generator=None, guided: bool = False) -> Tensor:
+    def step(
+        self,
+        out: Tensor,
+        t: Tensor | float,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        guided: bool = False,
+    ) -> Tensor:
         """``scheduler.step``'s new state, with ``generator`` where the step draws noise. ``guided``:
         DDIM steps with ``use_clipped_model_output=True`` (it clips x̂0 but by default steps with
         the unclipped ε̂, so a guided ε̃ that pushes x̂0 past the clip would move the sample the
         opposite way; recomputing ε from the clipped x̂0 makes clipping saturate the guidance)."""
-        extra = {"generator": generator} if "generator" in self._step_parameters else {}
+        extra: dict[str, Any] = {"generator": generator} if "generator" in self._step_parameters else {}
         if guided and "use_clipped_model_output" in self._step_parameters:
             extra["use_clipped_model_output"] = True
         if self._as_image(x):
@@ -482,7 +562,7 @@ class SchedulerAdapter:
     def seed_brownian_noise(self, generator: torch.Generator | None) -> Callable[[], None]:
         """Seed DPM-Solver SDE's Brownian tree from ``generator`` for one run (it otherwise draws
         its seed from torch's global generator); returns what puts the scheduler back."""
-        scheduler = self.scheduler
+        scheduler = cast(_BrownianSeeded, self.scheduler)
         if generator is None or getattr(scheduler, "noise_sampler_seed", 0) is not None:
             return lambda: None
         scheduler.noise_sampler_seed = int(
@@ -496,7 +576,7 @@ class SchedulerAdapter:
 
     # -- stepping with given noise (SMC)
 
-    def stochastic_step_options(self, eta: float | None) -> dict:
+    def stochastic_step_options(self, eta: float | None) -> dict[str, Any]:
         """The step arguments under which ``scheduler.step`` is x' = μ(out) + s·z with z ~ N(0, I)
         given to :meth:`step_with_noise`; rejects deterministic schedulers (ODE solvers, DDIM with
         η = 0). ``eta``: DDIM's η (default 1), an error for other schedulers."""
@@ -531,7 +611,9 @@ class SchedulerAdapter:
         view under thresholding)."""
         return torch.Size((*x.shape, 1)) if self._as_image(x) else x.shape
 
-    def step_with_noise(self, out: Tensor, t, x: Tensor, noise: Tensor, options: dict) -> Tensor:
+    def step_with_noise(
+        self, out: Tensor, t: Tensor | float, x: Tensor, noise: Tensor, options: dict[str, Any]
+    ) -> Tensor:
         """``scheduler.step`` with its noise z given (``options`` from :meth:`stochastic_step_options`).
 
         DDIM and DPM-Solver take it as ``variance_noise``; DDPM and Euler ancestral draw it inside
@@ -550,23 +632,23 @@ class SchedulerAdapter:
 
     # -- the scheduler's mutable state
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """The scheduler's attributes (lists copied: steps mutate them in place)."""
         return _copied(vars(self.scheduler))
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Put back a :meth:`snapshot`."""
         attributes = vars(self.scheduler)
         attributes.clear()
         attributes.update(_copied(state))
 
 
-def _copied(state: dict) -> dict:
+def _copied(state: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
 
 
 @contextmanager
-def _given_noise(scheduler, noise: Tensor) -> Iterator[None]:
+def _given_noise(scheduler: Scheduler, noise: Tensor) -> Iterator[None]:
     """Make the step's ``randn_tensor`` return ``noise`` while inside the block."""
     owner = next(c for c in type(scheduler).__mro__ if "step" in vars(c))
     module = sys.modules[owner.__module__]
@@ -582,8 +664,8 @@ def _given_noise(scheduler, noise: Tensor) -> Iterator[None]:
         return noise.to(device=device or noise.device, dtype=dtype or noise.dtype)
 
     with _NOISE_LOCK:
-        module.randn_tensor = given
+        vars(module)["randn_tensor"] = given
         try:
             yield
         finally:
-            module.randn_tensor = original
+            vars(module)["randn_tensor"] = original

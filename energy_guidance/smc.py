@@ -103,9 +103,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .callables import Energy, call_energy, call_model, check_beta
+from .callables import Cond, Energy, NoiseModel, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
-from .schedulers import SchedulerAdapter
+from .schedulers import SchedulerAdapter, SchedulerLike
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
@@ -214,7 +214,9 @@ def _ancestors(log_w: Tensor, method: str, generator: torch.Generator | None) ->
 # The sampler
 
 
-def _twisted(scheduler, model, beta: float | None, energy: Energy | None, temper: float):
+def _twisted(
+    scheduler: SchedulerLike, model: NoiseModel, beta: float | None, energy: Energy | None, temper: float
+) -> tuple[Callable[[Tensor, Tensor, Cond], tuple[Tensor, Tensor, Tensor]], float, Energy]:
     """(parts(x_t, t, cond) -> (twist E_t, the model's output, the proposal's output), β, E) of a
     guided model (its intermediate energy and guided step) or of a plain one (no twist)."""
     if isinstance(model, AnalyticEnergyGuidance):
@@ -239,7 +241,7 @@ def _twisted(scheduler, model, beta: float | None, energy: Energy | None, temper
         raise ValueError("an unguided model needs the target's energy= and beta=")
     beta = check_beta(beta)
 
-    def parts(x_t: Tensor, t, cond) -> tuple[Tensor, Tensor, Tensor]:
+    def parts(x_t: Tensor, t: Tensor, cond: Cond) -> tuple[Tensor, Tensor, Tensor]:
         out = call_model(model, x_t, t, cond)
         return torch.zeros(len(x_t), dtype=x_t.dtype, device=x_t.device), out, out
 
@@ -247,8 +249,8 @@ def _twisted(scheduler, model, beta: float | None, energy: Energy | None, temper
 
 
 def smc_sample(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     shape: tuple[int, ...],
     num_particles: int = 16,
     *,
@@ -331,7 +333,7 @@ def smc_sample(
     options = adapter.stochastic_step_options(eta)  # also rejects deterministic schedulers
     particle_shape = adapter.state_shape(x)
 
-    def step(out: Tensor, t, x: Tensor, noise: Tensor) -> Tensor:
+    def step(out: Tensor, t: Tensor, x: Tensor, noise: Tensor) -> Tensor:
         return adapter.step_with_noise(out, t, x, noise, options)
 
     cond_k = None if cond is None else cond.repeat_interleave(k, dim=0)
@@ -361,7 +363,7 @@ def smc_sample(
         log_w = torch.where(low[:, None], torch.full_like(log_w, -math.log(k)), log_w)
         return (torch.arange(b, device=device)[:, None] * k + chosen).reshape(-1)
 
-    timesteps = scheduler.timesteps
+    timesteps = adapter.scheduler.timesteps
     for t in tqdm(timesteps, disable=not progress, desc="smc"):
         adapter.restore(guided_state)
         x_in = adapter.model_input(x, t)

@@ -25,7 +25,9 @@ import math
 
 from torch import Tensor
 
+from .callables import Cond
 from .protocols import IntermediateEnergyEstimator
+from .schedulers import Prediction
 
 
 class Tempered:
@@ -56,12 +58,27 @@ class Tempered:
         lam = self.weight(alpha, sigma).to(values)
         return lam.reshape((-1,) + (1,) * (values.dim() - 1)) * values
 
-    def __call__(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
+    def __call__(
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+    ) -> Tensor:
         """λ_t·E_t (B,)."""
         return self._weighted(alpha, sigma, self.estimator(x_t, alpha, sigma, cond, prediction=prediction))
 
     def value_and_x_t_gradient(
-        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None, with_value=True
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        cond: Cond = None,
+        *,
+        prediction: Prediction | None = None,
+        with_value: bool = True,
     ) -> tuple[Tensor | None, Tensor]:
         """(λ_t·E_t, λ_t·∇_{x_t}E_t)."""
         value, grad = self.estimator.value_and_x_t_gradient(

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ..amortized import IntermediateEnergyNet
-from ..callables import Energy, call_energy
+from ..callables import Energy, NoiseModel, call_energy
 from ..sampling import sample
-from ..schedulers import add_noise, noise_level, training_timesteps
+from ..schedulers import SchedulerLike, add_noise, noise_level, training_timesteps
 from ..training import History, fit
 
 
@@ -48,8 +48,8 @@ def contrastive_loss(predicted: Tensor, energies: Tensor, beta: float) -> Tensor
 
 @torch.no_grad()
 def draw_support(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     event_shape: tuple[int, ...],
     num_support: int,
     *,
@@ -65,9 +65,12 @@ def draw_support(
     ``num_groups`` rows of unconditional samples. Uses :func:`energy_guidance.sample` with
     ``scheduler`` (whose timesteps it resets).
     """
-    if cond is None and num_groups is None:
+    if cond is not None:
+        n = cond.shape[0]
+    elif num_groups is not None:
+        n = num_groups
+    else:
         raise ValueError("give cond (conditional model) or num_groups (unconditional)")
-    n = cond.shape[0] if cond is not None else num_groups
     total = n * num_support
     flat_cond = None if cond is None else cond.repeat_interleave(num_support, dim=0)
     chunks = []
@@ -88,7 +91,7 @@ def draw_support(
 
 def train_contrastive_energy(
     network: IntermediateEnergyNet,
-    scheduler,
+    scheduler: SchedulerLike,
     energy: Energy,
     support: Tensor,
     cond: Tensor | None = None,

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from ..callables import NoiseModel
+
 T = TypeVar("T")
 
 
@@ -39,7 +41,7 @@ class CountingModel:
     batch, whichever rows its gradient is non-zero on.
     """
 
-    def __init__(self, model: Callable) -> None:
+    def __init__(self, model: NoiseModel) -> None:
         self.model = model
         self.reset()
 

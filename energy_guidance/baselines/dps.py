@@ -7,14 +7,17 @@ q(x0 | x_t), so it is exact only as σ_t → 0; the baseline every variance esti
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from ..callables import Energy
+from ..callables import Energy, NoiseModel
 from ..guidance import AnalyticEnergyGuidance
 from ..posterior import Constant
+from ..schedulers import SchedulerLike
 
 
-def dps_guidance(scheduler, model: Callable, energy: Energy, beta: float, **kwargs) -> AnalyticEnergyGuidance:
+def dps_guidance(
+    scheduler: SchedulerLike, model: NoiseModel, energy: Energy, beta: float, **kwargs: Any
+) -> AnalyticEnergyGuidance:
     """:class:`~energy_guidance.AnalyticEnergyGuidance` with ``variance=Constant(0.0)``: the paper's
     closed form (order 1, autograd through the model) with Σ̂ = 0, not the library's default
     estimator; ``kwargs`` (``rescale``, ``scale``) are passed on."""

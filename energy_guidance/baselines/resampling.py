@@ -17,14 +17,14 @@ beats this baseline given the same budget: :func:`equal_cost_pool` converts a me
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..callables import Energy, call_energy
+from ..callables import Cond, Energy, NoiseModel, call_energy
 from ..sampling import condition_rows, sample
+from ..schedulers import SchedulerLike
 from .cost import Cost
 
 MAX_CHUNK = 4096  # pool samples drawn per call of the sampler, to bound memory
@@ -60,14 +60,14 @@ def effective_sample_size(log_weights: Tensor, dim: int = -1) -> Tensor:
 
 
 def importance_resampling(
-    scheduler,
-    model: Callable,
+    scheduler: SchedulerLike,
+    model: NoiseModel,
     shape: tuple[int, ...],
     energy: Energy,
     beta: float,
     *,
     pool: int,
-    cond=None,
+    cond: Cond = None,
     num_inference_steps: int = 25,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -104,8 +104,8 @@ def importance_resampling(
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
     batch = int(shape[0])
     if isinstance(cond, Tensor) and (cond.dim() == 0 or cond.shape[0] != batch):
-        rows = "a scalar" if cond.dim() == 0 else f"{cond.shape[0]} rows"
-        raise ValueError(f"cond must have one row per output sample, shape[0] = {batch}; got {rows}")
+        got = "a scalar" if cond.dim() == 0 else f"{cond.shape[0]} rows"
+        raise ValueError(f"cond must have one row per output sample, shape[0] = {batch}; got {got}")
     if device is None and isinstance(cond, Tensor):
         device = cond.device
 

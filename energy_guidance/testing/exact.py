@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..callables import Energy, call_energy
+from ..callables import Cond, Energy, Timestep, call_energy
 from ..protocols import AutogradGradient
 from ..quadrature import gauss_hermite_rule
-from ..schedulers import from_eps_x0, noise_level, prediction_type
+from ..schedulers import SchedulerLike, from_eps_x0, noise_level, prediction_type
 from .mixtures import GaussianMixture
 from .montecarlo import empirical_log_potential, empirical_posterior_logits
 
@@ -48,13 +48,15 @@ class EmpiricalNoiseModel(nn.Module):
     as ``empirical_mixture(data).noise_model(scheduler)`` with B·N instead of B·N·d temporaries.
     """
 
-    def __init__(self, data: Tensor, scheduler) -> None:
+    data: Tensor  # a buffer
+
+    def __init__(self, data: Tensor, scheduler: SchedulerLike) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.prediction_type = prediction_type(scheduler)
         self.register_buffer("data", data.detach().reshape(data.shape[0], -1).to(torch.float64))
 
-    def forward(self, x_t: Tensor, timestep) -> Tensor:
+    def forward(self, x_t: Tensor, timestep: Timestep) -> Tensor:
         alpha, sigma = noise_level(self.scheduler, timestep)
         alpha = alpha.to(x_t.device).expand(x_t.shape[0])
         sigma = sigma.to(x_t.device).expand(x_t.shape[0])
@@ -75,17 +77,22 @@ class EmpiricalIntermediateEnergy(AutogradGradient, nn.Module):
     Unconditional: pass ``cond=None``.
     """
 
+    data: Tensor  # buffers
+    energies: Tensor
+
     def __init__(
         self, data: Tensor, beta: float, *, energy: Energy | None = None, energies: Tensor | None = None
     ) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0 (lower energy is better), got {beta}")
-        if (energy is None) == (energies is None):
-            raise ValueError("give exactly one of `energy` (a callable) or `energies` (N,)")
         if energies is None:
+            if energy is None:
+                raise ValueError("give exactly one of `energy` (a callable) or `energies` (N,)")
             with torch.no_grad():
                 energies = call_energy(energy, data)
+        elif energy is not None:
+            raise ValueError("give exactly one of `energy` (a callable) or `energies` (N,)")
         if energies.shape != (data.shape[0],):
             raise ValueError(f"energies must have shape ({data.shape[0]},), got {tuple(energies.shape)}")
         self.beta = float(beta)
@@ -93,7 +100,9 @@ class EmpiricalIntermediateEnergy(AutogradGradient, nn.Module):
         self.register_buffer("data", data.detach().reshape(data.shape[0], -1).to(torch.float64))
         self.register_buffer("energies", energies.detach().to(torch.float64))
 
-    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None, *, prediction: object = None
+    ) -> Tensor:
         if cond is not None:
             raise ValueError("EmpiricalIntermediateEnergy is unconditional; pass cond=None")
         alpha = torch.as_tensor(alpha).to(torch.float64).expand(x_t.shape[0])
@@ -117,6 +126,10 @@ class GaussianMixtureIntermediateEnergy(AutogradGradient, nn.Module):
     ``cond`` (B, ...) is passed to ``energy(x0, cond)`` for every node of its row.
     """
 
+    energy: Energy
+    nodes: Tensor  # buffers
+    log_weights: Tensor
+
     def __init__(
         self, mixture: GaussianMixture, energy: Energy, beta: float, *, order: int = 8, max_nodes: int = 4096
     ) -> None:
@@ -137,7 +150,9 @@ class GaussianMixtureIntermediateEnergy(AutogradGradient, nn.Module):
         self.register_buffer("nodes", nodes)
         self.register_buffer("log_weights", log_weights)
 
-    def forward(self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond=None, *, prediction=None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, alpha: Tensor, sigma: Tensor, cond: Cond = None, *, prediction: object = None
+    ) -> Tensor:
         batch = x_t.shape[0]
         alpha = torch.as_tensor(alpha).to(torch.float64).expand(batch)
         sigma = torch.as_tensor(sigma).to(torch.float64).expand(batch)
@@ -147,6 +162,8 @@ class GaussianMixtureIntermediateEnergy(AutogradGradient, nn.Module):
         k, q = x0.shape[1], x0.shape[2]
         c = None
         if cond is not None:
+            if not isinstance(cond, Tensor):
+                raise TypeError(f"cond must be a tensor (B, ...) or None, got {type(cond).__name__}")
             c = cond.repeat_interleave(k * q, dim=0)
         energies = call_energy(self.energy, x0.reshape(batch * k * q, -1).to(x_t.dtype), c)
         log_terms = (

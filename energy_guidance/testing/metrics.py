@@ -66,7 +66,11 @@ def mmd(
 
     def k(a: Tensor, b: Tensor) -> Tensor:
         d2 = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-d2 / (2 * h**2)) for h in bandwidths)
+        kernels = [torch.exp(-d2 / (2 * h**2)) for h in bandwidths]
+        total = kernels[0]
+        for kernel in kernels[1:]:
+            total = total + kernel
+        return total
 
     def unbiased_mean(gram: Tensor) -> Tensor:
         n = len(gram)

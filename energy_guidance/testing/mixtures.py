@@ -15,12 +15,13 @@ Used by tests, the demo and the benchmarks as ground truth.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..schedulers import from_eps_x0, noise_level, prediction_type
+from ..schedulers import SchedulerLike, from_eps_x0, noise_level, prediction_type
 
 
 @dataclass
@@ -140,7 +141,7 @@ class GaussianMixture:
             torch.logsumexp(log_w, 0)
         )
 
-    def noise_model(self, scheduler):
+    def noise_model(self, scheduler: SchedulerLike) -> Callable[[Tensor, Tensor], Tensor]:
         """An exact model ``model(x_t, t)`` in ``scheduler``'s prediction type."""
         ptype = prediction_type(scheduler)
 

@@ -17,7 +17,7 @@ def gaussian_log_potential_mc(
     beta: float,
     num_samples: int = 10_000,
     *,
-    cond=None,
+    cond: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Estimate L = log E_{x0 ~ N(mean, Σ)}[exp(-β·E(x0))] for each row of ``mean`` (B, d).

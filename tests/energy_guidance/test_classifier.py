@@ -146,6 +146,13 @@ def test_tilt_weights_subtract_the_baseline_per_condition():
     torch.testing.assert_close(even, torch.log_softmax(-2.0 * data[:, 0].double(), 0))
 
 
+def test_a_baseline_without_a_condition_is_refused_by_name():
+    """baseline(cond) is a function of the condition: without one it was called with None."""
+    data = torch.tensor([[0.0], [1.0]])
+    with pytest.raises(ValueError, match="baseline"):
+        tilt_log_weights(lambda x: x[:, 0], data, 2.0, baseline=lambda c: c[:, 0])
+
+
 def test_training_learns_the_gaussian_intermediate_energy_gradient():
     """Data N(m, v·I) and E(x) = wᵀx: ∇E_t = β·α·v/(α²·v + σ²)·w exactly (docs/math.md). After a
     short run the learned gradient has relative error below 0.05 (σ²-weighted over noise levels,

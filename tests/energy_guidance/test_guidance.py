@@ -575,3 +575,22 @@ def test_ddim_clipping_does_not_reverse_guidance(beta, kwargs):
     # Darker than unguided by more than 0.3 (the unguided mean is 0 ± 0.016, 1000 samples of ±0.5).
     assert darkness(guided).mean() < darkness(plain).mean() - 0.3
     assert guided.abs().max() <= 1.0 + 1e-5
+
+
+def test_an_estimator_that_returns_no_value_when_asked_for_one_is_named():
+    """step_parts (SMC's twist) asks value_and_x_t_gradient for E_t (with_value=True); an estimator
+    that returns None there breaks the protocol and is named, not passed on as a weight."""
+
+    class NoValue:
+        beta, energy, model_derivatives = 1.0, None, 0
+
+        def __call__(self, x_t, alpha, sigma, cond=None, *, prediction=None):
+            return torch.zeros(len(x_t))
+
+        def value_and_x_t_gradient(self, x_t, alpha, sigma, cond=None, *, prediction=None, with_value=True):
+            return None, torch.zeros_like(x_t)
+
+    scheduler = diffusers.DDPMScheduler(clip_sample=False)
+    guidance = AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), estimator=NoValue())
+    with pytest.raises(TypeError, match=r"NoValue\.value_and_x_t_gradient returned no value"):
+        guidance.step_parts(torch.randn(3, 2), torch.tensor(500))
