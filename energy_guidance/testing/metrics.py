@@ -97,7 +97,7 @@ class WeightedTarget:
             raise ValueError("WeightedTarget.mmd needs bandwidths")
         x = _flat(x)
         w = _normalised(x_weights, len(x))
-        wy = _normalised(self.weights, len(self.points))
+        wy = self.weights if self.weights is not None else _normalised(None, len(self.points))
         if self._self_term is None:
             if self.weights is None:
                 self._self_term = float(_self_term(self.points, wy, self.bandwidths))
