@@ -74,19 +74,10 @@ class Config:
     out: str = "outputs/toys"  # results.md, results.json, PNG grids
 
 
-QUICK = dict(
-    num_data=200,
-    num_samples=200,
-    floor_repeats=3,
-    num_inference_steps=10,
-    train_seconds=0.3,
-    pilot_steps=20,
-    support_pool=128,
-    smc_k=(4, 16),
-    smc_particles=64,
-    model_steps=100,
-    target_pool=1000,
-)
+QUICK = dict(  # --quick's sizes
+    num_data=200, num_samples=200, floor_repeats=3, num_inference_steps=10, train_seconds=0.3,
+    pilot_steps=20, support_pool=128, smc_k=(4, 16), smc_particles=64, model_steps=100, target_pool=1000,
+)  # fmt: skip
 
 
 def configure(argv=None) -> Config:

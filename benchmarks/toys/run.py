@@ -23,10 +23,10 @@ from energy_guidance.training import fit
 from energy_guidance.variance import estimate_variance_table
 
 from .config import Config, configure
-from .methods import METHODS, TWISTS
+from .methods import METHODS
 from .report import plot_grid, render
 from .scoring import draws_from, floors, kish_ess, score, target_of
-from .smc import DIVERGENCE, run_smc, smc_guidance
+from .smc import DIVERGENCE, run_twists
 from .training import make_validation, timed
 
 
@@ -83,7 +83,7 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
         found: dict[str, dict] = {}
         resampled, two = floors(target, label, cfg)
         found["resampled"], found["two_draws"] = resampled, two
-        guidances = {}
+        guidances: dict = {}
         if unguided is not None:
             x, seconds = unguided
             found["unguided"] = {**score(ctx, x, target), "sample_s": seconds, "sample": x}
@@ -94,17 +94,7 @@ def run_exact(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
             guidances[method], record = build(ctx, beta, cfg)
             x, seconds = draw(ctx, guidances[method], cfg.num_samples, cfg)
             found[method] = {**score(ctx, x, target), "sample_s": seconds, "sample": x, **record}
-        for name_ in cfg.twists:
-            twist = TWISTS[name_]
-            if twist.method not in guidances:  # a twist whose sampler was not asked for (a network
-                # is trained for it at the methods' budget)
-                guidances[twist.method], _ = METHODS[twist.method].build(ctx, beta, cfg)
-            temper = cfg.temper if twist.tempered else 0.0
-            guidance = smc_guidance(guidances[twist.method], cfg)
-            for k in cfg.smc_k:
-                found[f"smc_{name_}_K{k}"] = run_smc(
-                    ctx, guidance, k, beta, cfg, target, label, log_z, temper
-                )
+        found |= run_twists(cfg.twists, guidances, ctx, beta, cfg, target, label, log_z)
         collect(found, "exact", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(data, weights)
         log(
@@ -184,7 +174,7 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
         resampled, two = floors(target, label, cfg)
         found["resampled"] = {**resampled, "target_ess": kish_ess(weights)}
         found["two_draws"] = two
-        guidances = {}
+        guidances: dict = {}
         for method in cfg.learned_methods:
             build = METHODS[method].build
             if build is None:
@@ -193,16 +183,7 @@ def run_learned(name: str, cfg: Config, log) -> tuple[list[dict], dict]:
                 guidances[method], _ = build(ctx, beta, cfg)
                 x, seconds = draw(ctx, guidances[method], cfg.num_samples, cfg)
             found[method] = {**score(ctx, x, target), "sample_s": seconds, "sample": x}
-        for name_ in cfg.learned_twists:
-            twist = TWISTS[name_]
-            if twist.method not in guidances:
-                guidances[twist.method], _ = METHODS[twist.method].build(ctx, beta, cfg)
-            temper = cfg.temper if twist.tempered else 0.0
-            guidance = smc_guidance(guidances[twist.method], cfg)
-            for k in cfg.smc_k:
-                found[f"smc_{name_}_K{k}"] = run_smc(
-                    ctx, guidance, k, beta, cfg, target, label, log_z, temper
-                )
+        found |= run_twists(cfg.learned_twists, guidances, ctx, beta, cfg, target, label, log_z)
         collect(found, "learned", name, beta, rows, samples)
         samples[(beta, "target")] = draws_from(pool, weights)
         log(
@@ -231,25 +212,17 @@ def main(argv=None) -> dict:
             rows += r
             plots[part][name] = samples
         walls[part] = time.perf_counter() - began
+    exact_title = "exact noise model (target = data re-weighted by exp(-βE))"
+    learned_title = "learned MLP model (target = its own samples re-weighted by exp(-βE))"
+    grids = (  # part, file name, samplers, twists, title
+        ("exact", "toys_beta", cfg.methods, cfg.twists, exact_title),
+        ("learned", "toys_learned_beta", cfg.learned_methods, cfg.learned_twists, learned_title),
+    )
     for beta in cfg.betas:
-        if plots["exact"]:
-            smc = [f"smc_{t}_K{max(cfg.smc_k)}" for t in cfg.twists] if cfg.smc_k else []
-            plot_grid(
-                out / f"toys_beta{beta:g}.png",
-                plots["exact"],
-                beta,
-                [m for m in cfg.methods] + smc,
-                "exact noise model (target = data re-weighted by exp(-βE))",
-            )
-        if plots["learned"]:
-            smc = [f"smc_{t}_K{max(cfg.smc_k)}" for t in cfg.learned_twists] if cfg.smc_k else []
-            plot_grid(
-                out / f"toys_learned_beta{beta:g}.png",
-                plots["learned"],
-                beta,
-                list(cfg.learned_methods) + smc,
-                "learned MLP model (target = its own samples re-weighted by exp(-βE))",
-            )
+        for part, stem, methods, twists, title in grids:
+            if plots[part]:
+                smc = [f"smc_{t}_K{max(cfg.smc_k)}" for t in twists] if cfg.smc_k else []
+                plot_grid(out / f"{stem}{beta:g}.png", plots[part], beta, [*methods, *smc], title)
     wall = time.perf_counter() - start
     report = render(rows, cfg, walls, wall)
     print(report)

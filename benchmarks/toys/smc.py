@@ -13,6 +13,7 @@ from diffusers import DDPMScheduler
 from energy_guidance import AnalyticEnergyGuidance, smc_sample
 from energy_guidance.testing import WeightedTarget
 
+from .methods import METHODS, TWISTS
 from .scoring import label_of, score
 
 if TYPE_CHECKING:
@@ -104,3 +105,28 @@ def smc_guidance(guidance: AnalyticEnergyGuidance, cfg: Config) -> AnalyticEnerg
     return guidance.replace(
         scheduler=DDPMScheduler(num_train_timesteps=1000, clip_sample=False, timestep_spacing=spacing)
     )
+
+
+def run_twists(
+    twists: tuple[str, ...],
+    guidances: dict,
+    ctx: dict,
+    beta: float,
+    cfg: Config,
+    target: WeightedTarget,
+    label: float,
+    log_z: float,
+) -> dict[str, dict]:
+    """The rows ``smc_<twist>_K<K>`` of each twist and K. ``guidances`` holds the samplers' guidance
+    by method; a twist whose sampler did not run builds it (a network is trained for it at the
+    samplers' budget)."""
+    found = {}
+    for name in twists:
+        twist = TWISTS[name]
+        if twist.method not in guidances:
+            guidances[twist.method], _ = METHODS[twist.method].build(ctx, beta, cfg)
+        temper = cfg.temper if twist.tempered else 0.0
+        guidance = smc_guidance(guidances[twist.method], cfg)
+        for k in cfg.smc_k:
+            found[f"smc_{name}_K{k}"] = run_smc(ctx, guidance, k, beta, cfg, target, label, log_z, temper)
+    return found
