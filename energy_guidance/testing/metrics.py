@@ -36,7 +36,8 @@ def _kernel_times(a: Tensor, b: Tensor, v: Tensor, bandwidths: Sequence[float], 
     parts = []
     for i in range(0, len(a), chunk):
         d2 = torch.cdist(a[i : i + chunk], b).pow(2)
-        parts.append(sum(torch.exp(-d2 / (2 * h**2)) for h in bandwidths) @ v)
+        kernel = sum((torch.exp(-d2 / (2 * h**2)) for h in bandwidths), torch.zeros((), dtype=d2.dtype))
+        parts.append(kernel @ v)
     return torch.cat(parts)
 
 
