@@ -19,6 +19,7 @@ LearnedModelMethod = Literal[LEARNED_MODEL_METHODS]  # type: ignore[valid-type]
 TwistName = Literal[tuple(TWISTS)]  # type: ignore[valid-type]
 LearnedTwist = Literal[LEARNED_TWISTS]  # type: ignore[valid-type]
 SMCProtocol = Literal["budget", "populations"]
+PART2_TWISTS = ("dps", "cf2_dv", "dps_t")  # the learned model's SMC twists by default
 
 
 def _help(text: str, registry: dict, names: tuple[str, ...] | None = None) -> tyro.conf.arg:
@@ -39,11 +40,7 @@ class Config:
     ] = LEARNED_MODEL_METHODS
     learned_twists: Annotated[
         tuple[LearnedTwist, ...], _help("part 2 SMC twists", TWISTS, LEARNED_TWISTS)
-    ] = (
-        "dps",
-        "cf2_dv",
-        "dps_t",
-    )
+    ] = PART2_TWISTS
     floor: float = 1.0  # the second-order forms' smallest eigenvalue of I + βΣ̂H (closed_form.py)
     temper: float = 3.0  # the power p of the tempered twists (suffix _t), docs/math.md (5)
     # DDPM's timestep spacing for SMC (the other samplers keep "leading"); smc.py recommends
