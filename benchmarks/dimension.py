@@ -91,9 +91,9 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.models.embeddings import Timesteps
 from torch import Tensor, nn
 
+from benchmarks.models import EpsMLP
 from energy_guidance import (
     AnalyticEnergyGuidance,
     ClosedForm,
@@ -234,22 +234,6 @@ def make_energies(mix: GaussianMixture, seed: int) -> dict[str, Callable]:
         "distance": DistanceEnergy(c),
         "plateau": PlateauEnergy(u, b, PLATEAU_WIDTH),
     }
-
-
-class EpsMLP(nn.Module):
-    """(x_t, t) -> ε̂: an MLP over [x_t, a sinusoidal embedding of the DDPM timestep t]."""
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.embed = Timesteps(32, flip_sin_to_cos=False, downscale_freq_shift=0)
-        self.net = nn.Sequential(
-            nn.Linear(d + 32, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d),
-        )  # fmt: skip
-
-    def forward(self, x: Tensor, t) -> Tensor:
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
-        return self.net(torch.cat([x, self.embed(t).to(x)], dim=1))
 
 
 def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]:

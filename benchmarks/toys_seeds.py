@@ -1,9 +1,10 @@
-"""Pool runs of ``benchmarks/toys.py`` made at different seeds: mean SW2 per setting, goals on the means.
+"""Pool runs of ``python -m benchmarks.toys`` at different seeds: mean SW2 per setting, goals on the means.
 
-A single seed's SW2 at N = 500 carries the floor's noise (±0.01–0.07 on the toys), as large as the
-differences that the goals' 1.5× mark decides; the mean over S seeds cuts it by √S. Each method is
-pooled over the seeds of the runs given (runs at one seed with different methods, such as two
-SMC twists run apart, merge); a method must be present at every seed, or it is left out and named.
+A single seed's SW2 carries the floor's noise (its s.d. over repeats, measured in
+docs/benchmarks.md), as large as the differences that the goals' 1.5× mark decides; the mean over
+S seeds cuts it by √S. Each method is pooled over the seeds of the runs given (runs at one seed
+with different methods, such as two SMC twists run apart, merge); a method must be present at
+every seed, or it is left out and named.
 The floor's spread reported for the mean is its s.d. over one seed's repeats divided by √S.
 
     python -m benchmarks.toys_seeds outputs/toys_smc_quadrature outputs/toys_smc_trailing \
@@ -29,16 +30,16 @@ PROTOCOL = ("betas", "smc_spacing", "smc_protocol", "smc_k", "num_data", "num_sa
 
 @dataclass
 class Config:
-    """Pool toys.py runs made at different seeds."""
+    """Pool benchmarks.toys runs made at different seeds."""
 
-    runs: tyro.conf.Positional[tuple[str, ...]]  # output folders of toys.py (each with results.json)
+    runs: tyro.conf.Positional[tuple[str, ...]]  # output folders of benchmarks.toys (each with results.json)
     out: str = "outputs/toys_seeds"  # results.md, results.json
 
 
 def load(folder: str) -> dict:
     path = Path(folder) / "results.json"
     if not path.is_file():
-        raise SystemExit(f"{path}: no results.json (is {folder} a toys.py output folder?)")
+        raise SystemExit(f"{path}: no results.json (is {folder} a benchmarks.toys output folder?)")
     return json.loads(path.read_text())
 
 

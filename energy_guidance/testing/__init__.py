@@ -7,7 +7,8 @@ Carlo estimates, and distances between sample sets.
     GaussianMixtureIntermediateEnergy exact E_t of a Gaussian mixture for any energy
     gaussian_log_potential_mc         Monte Carlo log E[exp(-β·E(x0))] under a Gaussian, with its SE
     importance_resample               q·exp(-β·E) by resampling samples of q
-    sliced_wasserstein, mmd           distances to a (weighted) target sample
+    sliced_wasserstein, mmd           distances between (weighted) sample sets
+    WeightedTarget                    the same distances to one target, its own terms computed once
 """
 
 from .exact import (
@@ -16,7 +17,7 @@ from .exact import (
     GaussianMixtureIntermediateEnergy,
     empirical_mixture,
 )
-from .metrics import mmd, sliced_wasserstein
+from .metrics import WeightedTarget, mmd, sliced_wasserstein
 from .mixtures import GaussianMixture
 from .montecarlo import (
     empirical_log_potential,
@@ -30,6 +31,7 @@ __all__ = [
     "EmpiricalNoiseModel",
     "GaussianMixture",
     "GaussianMixtureIntermediateEnergy",
+    "WeightedTarget",
     "empirical_log_potential",
     "empirical_mixture",
     "empirical_posterior_logits",

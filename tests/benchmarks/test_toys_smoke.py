@@ -47,6 +47,8 @@ def test_toys_benchmark_smoke(tmp_path):
     assert math.isfinite(float(exact_cell))
     for name in ("results.json", "toys_beta10.png", "toys_learned_beta10.png"):
         assert (tmp_path / name).stat().st_size > 0
+    for method in toys.METHODS:  # the report's legend: each sampler's name and description
+        assert f"- `{method}`: {toys.METHODS[method].description}" in report
 
 
 def test_toys_benchmark_smc_populations_protocol(tmp_path):
@@ -77,3 +79,19 @@ def test_toys_benchmark_smc_populations_protocol(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "one output per population: 30 outputs, each from its own 4 particles" in report
     assert "SMC `exact` twist, K = 4 (one output per population" in report
+
+
+def test_the_registry_keeps_every_documented_name():
+    """The samplers' and twists' names are the CLI's choices, the report's columns and the keys that
+    benchmarks.toys_seeds pools results.json files on: none may disappear."""
+    methods = (
+        "unguided exact dps cf1_dv cf1_jac cf2_dv cf2_jac tw1_dv tw2_dv tw1_jac tw2_jac gh3_dv gh3_jac "
+        "gh5_jac gh25_jac net_cf1 net_cf2 net_cum1 net_gh3 cep classifier"
+    ).split()
+    twists = "dps cf1_dv cf2_dv tw2_dv net_cf2 classifier exact dps_t tw2_dv_t gh3_jac gh3_jac_t".split()
+    assert list(toys.METHODS) == methods and list(toys.TWISTS) == twists
+    assert toys.LEARNED == ("net_cf1", "net_cf2", "net_cum1", "net_gh3", "cep", "classifier")
+    assert toys.LEARNED_TWISTS == tuple("dps cf1_dv cf2_dv tw2_dv dps_t tw2_dv_t gh3_jac gh3_jac_t".split())
+    assert [name for name, t in toys.TWISTS.items() if t.tempered] == ["dps_t", "tw2_dv_t", "gh3_jac_t"]
+    for name, method in toys.METHODS.items():
+        assert method.description and (method.build is None) == (name == "unguided"), name

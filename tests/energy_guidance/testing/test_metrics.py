@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from energy_guidance.testing import mmd, sliced_wasserstein
+from energy_guidance.testing import WeightedTarget, mmd, sliced_wasserstein
 
 
 def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift():
@@ -49,3 +49,39 @@ def test_mmd_weighted_target_is_the_v_statistic_of_the_set():
     difference = gram.sum() / m**2 - (gram.sum() - gram.diagonal().sum()) / (m * (m - 1))
     weighted, unweighted = mmd(x, y, h, y_weights=torch.ones(m)), mmd(x, y, h)
     assert math.isclose(weighted - unweighted, float(difference), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_weighted_samples_are_the_unweighted_set_and_weights_select_points():
+    """x_weights: uniform weights are the unweighted samples; zero weights drop points. For MMD the
+    x-x term of uniform weights is the unbiased one."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(120, 2, generator=gen, dtype=torch.float64)
+    y = torch.randn(80, 2, generator=gen, dtype=torch.float64) + 0.5
+    w = torch.rand(80, generator=gen, dtype=torch.float64)
+
+    def sw(x, **kw):
+        return sliced_wasserstein(x, y, 32, torch.Generator().manual_seed(6), y_weights=w, **kw)
+
+    assert sw(x, x_weights=torch.ones(120)) == sw(x)
+    assert sw(x, x_weights=torch.cat([torch.ones(60), torch.zeros(60)])) == sw(x[:60])
+    for bandwidth in (0.5, (0.2, 0.5, 1.0)):
+        uniform = mmd(x, y, bandwidth, y_weights=w, x_weights=torch.full((120,), 3.0))
+        assert math.isclose(uniform, mmd(x, y, bandwidth, y_weights=w), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_weighted_target_scores_as_the_functions_do():
+    """WeightedTarget (the target's terms computed once, kernels in chunks) gives the functions'
+    numbers, for plain and weighted samples, every call."""
+    gen = torch.Generator().manual_seed(7)
+    y = torch.randn(700, 2, generator=gen)  # more than one kernel chunk
+    w = torch.rand(700, generator=gen)
+    target = WeightedTarget(
+        y, w, num_projections=64, generator=torch.Generator().manual_seed(8), bandwidths=(0.3, 1.0)
+    )
+    for _ in range(2):
+        x = torch.randn(90, 2, generator=gen)
+        v = torch.rand(90, generator=gen)
+        expected_sw = sliced_wasserstein(x, y, 64, torch.Generator().manual_seed(8), y_weights=w, x_weights=v)
+        assert target.sliced_wasserstein(x, v) == expected_sw
+        expected_mmd = mmd(x, y, (0.3, 1.0), y_weights=w, x_weights=v)
+        assert math.isclose(target.mmd(x, v), expected_mmd, rel_tol=1e-12, abs_tol=1e-15)
