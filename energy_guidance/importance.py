@@ -87,7 +87,7 @@ from .schedulers import Prediction
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
-_CHUNK_ELEMENTS = 2**24  # elements of the (rows, N, d) blocks of (7)
+_BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 
 
@@ -292,21 +292,20 @@ class ImportanceTilt:
         samples, energies = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
-        # row by row, without matrix products: a sample's result does not depend on its batch
-        rows = max(1, _CHUNK_ELEMENTS // samples.numel())
-        log_k = torch.cat(
-            [
-                -((x[:, None] - ai[:, None, None] * samples[None]) ** 2).sum(-1) / (2 * si[:, None])
-                for x, ai, si in zip(xt.split(rows), a.split(rows), s2.split(rows), strict=True)
-            ]
-        )  # log N(x_t; α·x0_i, σ²I) up to a constant, (B, N)
-        log_tilted = log_k - self.beta * energies[None]
-        k, tilted = torch.softmax(log_k, 1), torch.softmax(log_tilted, 1)
-        value_s = torch.logsumexp(log_k, 1) - torch.logsumexp(log_tilted, 1)
-        shift_s = torch.cat(
-            [((w[:, :, None]) * samples[None]).sum(1) for w in (tilted - k).split(rows)]
-        )  # Σ_i (k̃_i - k_i)·x0_i, (B, d)
-        ess = 1 / (tilted**2).sum(1)
+        # ‖x_t − α·x0_i‖² through a product in fixed blocks of rows (_blocked_matmul)
+        cross = _blocked_matmul(xt, samples.T)
+        distance = (
+            (xt**2).sum(1, keepdim=True) - 2 * a[:, None] * cross + a[:, None] ** 2 * (samples**2).sum(1)
+        )
+        log_k = -distance.clamp_min(0) / (2 * s2[:, None])  # log N(x_t; α·x0_i, σ²I) + const, (B, N)
+        k, log_norm = _normalise(log_k)
+        tilted, log_norm_tilted = _normalise(log_k - self.beta * energies[None])
+        # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
+        found = torch.isfinite(log_norm_tilted)
+        tilted = torch.where(found[:, None], tilted, torch.zeros_like(tilted))
+        value_s = torch.where(found, log_norm - log_norm_tilted, torch.zeros_like(log_norm))
+        shift_s = _blocked_matmul(tilted - k, samples)  # Σ_i (k̃_i − k_i)·x0_i, (B, d)
+        ess = torch.where(found, 1 / (tilted**2).sum(1), torch.zeros_like(log_norm))
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
         xf = x0.reshape(len(x0), -1).to(xt)
         value = weight * value_s + (1 - weight) * value.to(xt)
@@ -340,6 +339,24 @@ class ImportanceTilt:
         width = high - low
         low, high = low - RANGE_MARGIN * width, high + RANGE_MARGIN * width
         return torch.minimum(torch.maximum(mean, torch.minimum(low, xf)), torch.maximum(high, xf))
+
+
+def _normalise(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """(softmax of ``log_w`` over its rows, logsumexp of each row) from one exponential."""
+    top = log_w.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w = (log_w - top).exp()
+    total = w.sum(1, keepdim=True)
+    return w / total, (top + total.log()).squeeze(1)
+
+
+def _blocked_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b computed in blocks of exactly :data:`_BLOCK_ROWS` rows of ``a`` (the last one padded
+    with zeros): every product has the same shape, so a row's result does not depend on how many
+    rows its batch has (a matrix product of another shape may sum in another order)."""
+    rows = len(a)
+    padded = torch.cat([a, a.new_zeros((-rows) % _BLOCK_ROWS, a.shape[1])])
+    return torch.cat([block @ b for block in padded.split(_BLOCK_ROWS)])[:rows]
 
 
 def _repeat(cond: Cond, times: int, batch: int) -> Tensor | None:

@@ -258,3 +258,23 @@ def test_samples_where_the_energy_is_not_finite_get_no_weight():
     got_value, _, got_mean = call(ImportanceTilt(energy, beta, t), x0, s, x_t=x_t)
     torch.testing.assert_close(got_value, value, rtol=0, atol=1e-9)
     torch.testing.assert_close(got_mean, tilted_mean, rtol=0, atol=1e-9)
+
+
+def test_with_every_sample_outside_the_energys_domain_the_gaussian_tilt_is_kept():
+    """No table sample has a finite energy: (7) has no tilted weights, and the estimator is the
+    Gaussian one of the same table without samples (not NaN)."""
+    g = torch.Generator().manual_seed(2)
+    samples = 2 * torch.randn(64, D, generator=g, dtype=torch.float64)
+    samples[:, 0] = -30.0
+
+    def energy(x):  # defined for x_0 > -20 only
+        return torch.where(x[:, 0] > -20, 0.1 * x[:, 1], torch.nan)
+
+    x_t = 3 * torch.randn(4, D, generator=g, dtype=torch.float64)
+    x0 = x_t.clone()
+    with_samples = table(0.01)
+    with_samples.samples = samples
+    got = call(ImportanceTilt(energy, 1.0, with_samples), x0, 100.0, x_t=x_t)
+    want = call(ImportanceTilt(energy, 1.0, table(0.01)), x0, 100.0, x_t=x_t)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
