@@ -15,6 +15,8 @@ estimator follows are ``guidance.IntermediateEnergyEstimator`` and ``posterior.V
 
 __version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it
 
+import logging
+
 from .amortized import IntermediateEnergyNet, train_intermediate_energy
 from .callables import NonFiniteError
 from .closed_form import ClosedForm
@@ -49,3 +51,7 @@ __all__ = [
     "to_eps_x0",
     "train_intermediate_energy",
 ]
+
+# Every module logs to a child of this logger; the library configures no output (the recipes'
+# command lines do: --log-level, -q). A NullHandler keeps Python's last-resort handler quiet.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -33,9 +33,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
-import logging
 import tempfile
 import time
 from collections.abc import Callable

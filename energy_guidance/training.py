@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+
 from . import distributed
 from .checkpoints import load_checkpoint, save_checkpoint
 from .progress import progress_bar
@@ -58,9 +59,7 @@ class Interrupted(KeyboardInterrupt):
     and the step of the checkpoint written on the way out (None when none was: ``redo`` steps since
     the last checkpoint will be redone); ``status``: the conventional exit status, 128 + the signal."""
 
-    def __init__(
-        self, signum: int, phase: str | None = None, step: int | None = None, redo: int = 0
-    ) -> None:
+    def __init__(self, signum: int, phase: str | None = None, step: int | None = None, redo: int = 0) -> None:
         self.signum, self.phase, self.step, self.redo = signum, phase, step, redo
         self.status = 128 + signum
         where = "" if phase is None else f" in {phase}"
@@ -242,8 +241,7 @@ def _rank_generator_state(states: dict[str, Any], name: str) -> Tensor | int:
         return states["generator"]
     if r == 1:
         logger.warning(
-            "%s: resuming on %d processes a checkpoint written by %d; the other ranks' batches are "
-            "reseeded",
+            "%s: resuming on %d processes a checkpoint written by %d; the other ranks' batches are reseeded",
             name,
             n,
             1 if own is None else len(own),

@@ -1,25 +1,9 @@
-import shutil
+"""The recipe's tiny test presets; the fixtures that use them (a tiny data set, a finished tiny
+run) are in tests/recipes/fixtures.py, shared with tests/faults through tests/conftest.py."""
 
-import pytest
-
-from energy_guidance.recipes.aepo import AEPOConfig, parse_args, run
-from energy_guidance.recipes.data import build_pendulum_mixed
+from energy_guidance.recipes.aepo import AEPOConfig, parse_args
 
 TINY = "test/pendulum/tiny-v0"
-
-
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    """An empty Minari storage root: tests never read ~/.minari or download."""
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
-@pytest.fixture
-def tiny_dataset(minari_root):
-    """A 4-episode (800-step) mixed Pendulum data set with 4-episode reference scores."""
-    return build_pendulum_mixed(TINY, episodes=4, reference_episodes=4, seed=3)
 
 
 def tiny_args(run_dir, *extra: str) -> list[str]:
@@ -43,22 +27,3 @@ def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
-
-
-@pytest.fixture(scope="session")
-def _finished_template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-        build_pendulum_mixed(TINY, episodes=4, reference_episodes=4, seed=3)
-        results = run(tiny_config(root / "run"))
-    return root, results
-
-
-@pytest.fixture
-def finished_run(_finished_template, tmp_path, monkeypatch):
-    """A copy of one finished tiny run (built once per session): (its folder, its results)."""
-    root, results = _finished_template
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-    shutil.copytree(root / "run", tmp_path / "run")
-    return tmp_path / "run", results
