@@ -70,6 +70,9 @@ class WriteError(OSError):
         self.path = Path(path)
         super().__init__(error.errno, f"cannot write {self.path}: {error.strerror or error}")
 
+    def __str__(self) -> str:
+        return self.strerror  # the whole message; OSError would prefix "[Errno N]"
+
 
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file.

@@ -97,11 +97,22 @@ def configure_logging(level: str = "info", quiet: bool = False) -> None:
     """A handler on standard error for the ``energy_guidance`` logger (the library itself configures
     none); called once by each command line."""
     logger.setLevel(logging.WARNING if quiet else getattr(logging, level.upper()))
-    if not any(getattr(h, "energy_guidance", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StandardError) for h in logger.handlers):
+        handler = _StandardError()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.energy_guidance = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+class _StandardError(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _terminate(signum: int, frame: Any) -> None:
