@@ -125,7 +125,9 @@ class RunFolder:
         made) counts as its value in ``defaults``, the recipe's defaults, which reproduce what the
         older recipe did: so a new option does not orphan the runs made before it existed."""
         path = self.path / "config.json"
-        if path.exists():
+        if path.exists() and not self.holds_results():  # e.g. a run that failed before any work
+            logger.info("%s holds a configuration but no results; it takes this run's", self.path)
+        elif path.exists():
             saved = read_json(path)
             if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
                 raise ConfigMismatch(
@@ -135,9 +137,7 @@ class RunFolder:
             old, new, known = flatten(saved["training"]), flatten(training), flatten(defaults or {})
             old |= {k: known[k] for k in new.keys() - old.keys() if k in known}
             differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if differ and not self.holds_results():
-                logger.info("%s holds a configuration but no results; replacing it", path)
-            elif differ:
+            if differ:
                 raise ConfigMismatch(
                     f"{self.path} holds a run with different training settings (fields {differ}); "
                     "resume it with the same settings or choose another --run-dir (evaluation "

@@ -187,3 +187,27 @@ def test_a_missing_data_set_names_the_command_that_builds_it(tmp_path, minari_ro
     with pytest.raises(SystemExit):
         data.main(["info", TINY])
     assert "`python -m energy_guidance.recipes.data build`" in capsys.readouterr().err
+
+
+def test_a_signal_outside_the_training_phases_keeps_them_and_says_the_work_is_redone(
+    finished_run, monkeypatch, capsys
+):
+    """SIGTERM while the variance table is computed: nothing saved is lost, the line says so."""
+    folder, _ = finished_run
+    (folder / "variance_table.safetensors").unlink()  # the run recomputes it
+    before = {p: checkpoint_steps(folder / "checkpoints", p) for p in PHASES}
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(aepo, "estimate_variance_table", stopped)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        aepo.main(tiny_args(folder))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 143
+    line = "interrupted: SIGTERM (finished phases and checkpoints are kept; the work under way is redone)"
+    assert err.splitlines()[-1].startswith(line + "; resume with: python -m energy_guidance.recipes.aepo --")
+    assert err.count("interrupted") == 1 and "Traceback" not in err
+    assert {p: checkpoint_steps(folder / "checkpoints", p) for p in PHASES} == before
