@@ -57,3 +57,30 @@ def test_check_range_names_the_field_the_value_and_the_range(value, kwargs, mess
     with pytest.raises(cli.UserError) as error:
         cli.check_range("n", value, 1, high, **kwargs)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("demo2d", ["--beta", "-1"], "error: beta must be a number in [0, ∞), got -1.0 (--beta)"),
+        ("demo2d", ["--steps", "5000"], "error: steps must be an integer in [1, 1000], got 5000 (--steps)"),
+        (
+            "digits",
+            ["--num-samples", "0"],
+            "error: num_samples must be an integer in [1, ∞), got 0 (--num-samples)",
+        ),
+        ("digits", ["--variance", "bogus"], "error: variance must be a number >= 0 or one of"),
+        ("data", ["build", "--episodes", "0"], "--episodes must be an integer >= 1, got 0"),
+        ("datasets", ["build", "energy-guidance/hopper/medium-v0", "--steps", "0"], "error: steps must be"),
+    ],
+)
+def test_every_recipe_command_answers_a_bad_option_in_one_line(capsys, module, argv, message):
+    import importlib
+
+    main = importlib.import_module(f"energy_guidance.recipes.{module}").main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]]
