@@ -284,55 +284,39 @@ class ConfigError(cli.UserError):
 INF = math.inf
 # The allowed range of every numeric setting: dotted field -> (lowest, highest), both ends included
 # unless the field is in LOWER_OPEN / UPPER_OPEN. Integers must be integers, floats finite numbers.
+AT_LEAST_ONE = (
+    "checkpoint_every", "critic_steps", "behaviour_steps", "energy_steps", "energy_hidden",
+    "qgpo_states", "num_candidates", "eval_episodes", "iql.hidden", "iql.depth", "cql.num_samples",
+    "cql.hidden", "cql.depth", "behaviour.hidden", "behaviour.depth",
+    "inference_steps",  # and at most behaviour.num_train_timesteps (validate)
+)  # fmt: skip
+# cql_steps 0: critic_steps; smc_temper 0: no tempered SMC
+NON_NEGATIVE = ("beta", "cql_steps", "guidance_scale", "smc_temper", "iql.awr_temperature", "cql.cql_alpha")
+POSITIVE = (
+    "energy_lr",
+    "iql.lr",
+    "iql.max_weight",
+    "cql.temperature",
+    "cql.critic_lr",
+    "cql.actor_lr",
+    "behaviour.lr",
+)
+FRACTIONS = ("iql.discount", "iql.expectile", "iql.polyak", "cql.discount", "cql.polyak")
 LIMITS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(AT_LEAST_ONE, (1, INF)),
+    **dict.fromkeys(NON_NEGATIVE + POSITIVE, (0, INF)),
+    **dict.fromkeys(FRACTIONS, (0, 1)),
     "seed": (0, 2**32 - 1),
+    "eval_seed": (0, 2**31 - 1),
     "threads": (1, 1024),
     "batch_size": (2, INF),  # the energy network's calibration takes a standard deviation over a batch
-    "checkpoint_every": (1, INF),
-    "critic_steps": (1, INF),
-    "behaviour_steps": (1, INF),
-    "energy_steps": (1, INF),
-    "beta": (0, INF),
     "variance_samples": (2, INF),  # a variance needs two points
-    "energy_hidden": (1, INF),
-    "energy_lr": (0, INF),
-    "qgpo_states": (1, INF),
     "qgpo_support": (2, INF),  # CEP contrasts M samples
-    "cql_steps": (0, INF),  # 0: critic_steps
-    "inference_steps": (1, INF),  # and at most behaviour.num_train_timesteps (validate)
-    "guidance_scale": (0, INF),
-    "num_candidates": (1, INF),
-    "eval_episodes": (1, INF),
-    "eval_seed": (0, 2**31 - 1),
-    "smc_temper": (0, INF),  # 0: no tempered SMC
-    "iql.discount": (0, 1),
-    "iql.expectile": (0, 1),
-    "iql.polyak": (0, 1),
-    "iql.awr_temperature": (0, INF),
-    "iql.max_weight": (0, INF),
-    "iql.hidden": (1, INF),
-    "iql.depth": (1, INF),
-    "iql.lr": (0, INF),
-    "cql.discount": (0, 1),
-    "cql.polyak": (0, 1),
-    "cql.cql_alpha": (0, INF),
-    "cql.temperature": (0, INF),
-    "cql.num_samples": (1, INF),
-    "cql.hidden": (1, INF),
-    "cql.depth": (1, INF),
-    "cql.critic_lr": (0, INF),
-    "cql.actor_lr": (0, INF),
-    "behaviour.hidden": (1, INF),
-    "behaviour.depth": (1, INF),
     "behaviour.time_dim": (2, INF),  # a sine and a cosine
     "behaviour.num_train_timesteps": (2, INF),
-    "behaviour.lr": (0, INF),
 }
-# Rates, scales and temperatures must be positive; IQL's expectile lies in the open (0, 1).
-LOWER_OPEN = {
-    "energy_lr", "iql.expectile", "iql.polyak", "iql.max_weight", "iql.lr", "cql.polyak",
-    "cql.temperature", "cql.critic_lr", "cql.actor_lr", "behaviour.lr",
-}  # fmt: skip
+# Rates, scales and temperatures are positive; a Polyak rate too; IQL's expectile lies in (0, 1).
+LOWER_OPEN = {*POSITIVE, "iql.expectile", "iql.polyak", "cql.polyak"}
 UPPER_OPEN = {"iql.expectile"}
 
 

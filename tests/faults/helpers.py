@@ -8,30 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import energy_guidance.recipes.aepo as aepo
-from energy_guidance.checkpoints import checkpoint_steps, load_tensors
+from tests.recipes.conftest import PHASES, assert_same_weights, final_weights  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("critic", "behaviour", "energy")
 # the step each phase is interrupted at (the tiny preset: 200, 200 and 50 steps, checkpoints every 100)
 STOP_AT = {"critic": 130, "behaviour": 130, "energy": 30}
-
-
-def final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    weights = {}
-    for phase in PHASES:
-        step = checkpoint_steps(folder / "checkpoints", phase)[0]
-        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
-    return weights
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    for phase in PHASES:
-        assert a[phase].keys() == b[phase].keys()
-        for key in a[phase]:
-            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -1,9 +1,15 @@
 """The recipe's tiny test presets; the fixtures that use them (a tiny data set, a finished tiny
 run) are in tests/recipes/fixtures.py, shared with tests/faults through tests/conftest.py."""
 
+from pathlib import Path
+
+import torch
+
+from energy_guidance.checkpoints import checkpoint_steps, load_tensors
 from energy_guidance.recipes.aepo import AEPOConfig, parse_args
 
 TINY = "test/pendulum/tiny-v0"
+PHASES = ("critic", "behaviour", "energy")  # the training phases
 
 
 def tiny_args(run_dir, *extra: str) -> list[str]:
@@ -27,3 +33,19 @@ def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+def final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Each training phase's weights at its final checkpoint."""
+    weights = {}
+    for phase in PHASES:
+        step = checkpoint_steps(folder / "checkpoints", phase)[0]
+        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
+    return weights
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for phase in PHASES:
+        assert a[phase].keys() == b[phase].keys()
+        for key in a[phase]:
+            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)

@@ -21,26 +21,11 @@ from energy_guidance.recipes.aepo import AEPOConfig, format_scores, parse_args, 
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
-from .conftest import tiny_args, tiny_config
+from .conftest import PHASES, tiny_args, tiny_config
+from .conftest import assert_same_weights as _assert_same_weights
+from .conftest import final_weights as _final_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("critic", "behaviour", "energy")
-
-
-def _final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Each training phase's weights at its final checkpoint."""
-    weights = {}
-    for phase in PHASES:
-        step = checkpoint_steps(folder / "checkpoints", phase)[0]
-        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
-    return weights
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    for phase in PHASES:
-        assert a[phase].keys() == b[phase].keys()
-        for key in a[phase]:
-            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)
 
 
 def _forbid(monkeypatch, *names: str) -> None:
