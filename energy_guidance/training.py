@@ -55,18 +55,17 @@ History = dict[str, list[float]]  # "step" -> [step, ...], each loss -> its aver
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training stopped by a signal (SIGINT or SIGTERM). ``phase`` and ``step``: the training phase
-    and the step of the checkpoint written on the way out (None when none was: ``redo`` steps since
-    the last checkpoint will be redone); ``status``: the conventional exit status, 128 + the signal."""
+    """Stopped by a signal (SIGINT or SIGTERM). ``phase`` and ``step``: the training phase and the
+    step of the checkpoint written on the way out (None outside :func:`train`: the work under way
+    is redone); ``status``: the conventional exit status, 128 + the signal's number. A subclass of
+    KeyboardInterrupt, so code that handles Ctrl-C handles it."""
 
-    def __init__(self, signum: int, phase: str | None = None, step: int | None = None, redo: int = 0) -> None:
-        self.signum, self.phase, self.step, self.redo = signum, phase, step, redo
+    def __init__(self, signum: int, phase: str | None = None, step: int | None = None) -> None:
+        self.signum, self.phase, self.step = signum, phase, step
         self.status = 128 + signum
         where = "" if phase is None else f" in {phase}"
         if step is not None:
             where += f" at step {step} (checkpoint saved)"
-        elif redo:
-            where += f" ({redo} steps since the last checkpoint will be redone)"
         super().__init__(f"{signal.Signals(signum).name}{where}")
 
 
