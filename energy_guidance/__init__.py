@@ -23,6 +23,8 @@ namespaces named for what they hold:
 
 __version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it
 
+import logging
+
 from . import estimators as estimators
 from . import protocols as protocols
 from . import schedulers as schedulers
@@ -54,3 +56,7 @@ __all__ = [
     "smc_sample",
     "train_intermediate_energy",
 ]
+
+# Every module logs to a child of this logger; the library configures no output (the recipes'
+# command lines do: --log-level, -q). A NullHandler keeps Python's last-resort handler quiet.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -13,9 +13,15 @@ A checkpoint ``<name>-<step>`` is three files in one directory:
     <name>-<step>.pt            optimizer, learning-rate scheduler and random-generator states
     <name>-<step>.json          step, history, seconds, the .pt file's checksum; written last
 
-so a checkpoint exists exactly when its JSON record does. :func:`save_checkpoint` keeps the two
-newest; :func:`load_checkpoint` restores the newest one that reads back intact and falls back to
-the previous one (with a warning naming the damaged file) when it does not.
+so a checkpoint exists exactly when its JSON record does. :func:`load_checkpoint` restores the
+newest one that reads back intact; a damaged one is *quarantined*: its files are renamed with the
+suffix ``.damaged`` (kept for inspection, never counted as progress), a WARNING log record names
+the file, and the previous one is tried. :func:`save_checkpoint` keeps the two newest *intact*
+checkpoints (each older one is verified once before it is relied on as the fallback; a damaged one
+is quarantined), so progress made after a fallback is never pruned in favour of damaged files.
+
+A write that fails (a full disk, a read-only folder) raises :class:`WriteError`, which names the
+file and leaves no partial file behind; the previous file stays as it was.
 
 A cached module (:func:`cached_module`) is one checksummed safetensors file holding a trained
 module's weights and the settings it was trained with: equal settings load it, other settings or
@@ -27,11 +33,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -40,6 +46,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 KEEP = 2  # checkpoints kept per name: the newest and the one to fall back to
 _UMASK = os.umask(0o022)  # read the process's umask (os.umask sets and returns it) ...
@@ -54,20 +62,39 @@ class CorruptFileError(ValueError):
         super().__init__(f"{self.path} is damaged or truncated ({reason}); delete it to recompute it")
 
 
+class WriteError(OSError):
+    """A file could not be written (full disk, read-only folder, ...); ``path`` names it. The
+    previous file, if any, is unchanged and no partial file is left."""
+
+    def __init__(self, path: str | Path, error: OSError) -> None:
+        self.path = Path(path)
+        super().__init__(error.errno, f"cannot write {self.path}: {error.strerror or error}")
+
+    def __str__(self) -> str:
+        return self.strerror  # the whole message; OSError would prefix "[Errno N]"
+
+
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file."""
+    """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file.
+
+    An operating-system error (``ENOSPC``, ``EACCES``, ``EROFS``, ...) is raised as
+    :class:`WriteError` naming ``path``, after the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a file is created as open() would
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(path, error) from error
         raise
     _fsync_directory(path.parent)
 
@@ -179,8 +206,9 @@ def save_checkpoint(
     record: dict[str, Any],
 ) -> None:
     """Write checkpoint ``<name>-<step>``: weights, then ``states`` (optimizers, generators,
-    anything ``torch.load(weights_only=True)`` reads back), then the JSON ``record``; then delete
-    all but the :data:`KEEP` newest checkpoints of ``name``."""
+    anything ``torch.load(weights_only=True)`` reads back), then the JSON ``record``; then keep
+    the :data:`KEEP` newest intact checkpoints of ``name`` (a damaged one is quarantined, see
+    :func:`quarantine_checkpoint`) and delete the others."""
     directory = Path(directory)
     save_modules(_state_path(directory, name, step, ".safetensors"), modules)
     buffer = io.BytesIO()
@@ -191,8 +219,37 @@ def save_checkpoint(
         _state_path(directory, name, step, ".json"),
         {**record, "step": step, "states_sha256": hashlib.sha256(blob).hexdigest()},
     )
-    for old in checkpoint_steps(directory, name)[KEEP:]:
-        remove_checkpoint(directory, name, old)
+    _VERIFIED.add(_fingerprint(directory, name, step))
+    prune_checkpoints(directory, name)
+
+
+# Checkpoints known intact (written or verified by this process), by their files' paths, sizes and
+# modification times, so that each one is read back at most once (a file changed since is read again).
+_VERIFIED: set[tuple] = set()
+
+
+def _fingerprint(directory: Path, name: str, step: int) -> tuple:
+    paths = [_state_path(directory, name, step, suffix) for suffix in (".json", ".safetensors", ".pt")]
+    return tuple((str(p), (s := p.stat()).st_size, s.st_mtime_ns) for p in paths)
+
+
+def prune_checkpoints(directory: str | Path, name: str, keep: int = KEEP) -> None:
+    """Keep the ``keep`` newest intact checkpoints of ``name``; delete the older ones. A damaged
+    checkpoint met on the way is quarantined, so it never displaces an intact one."""
+    directory = Path(directory)
+    kept = 0
+    for step in checkpoint_steps(directory, name):
+        if kept >= keep:
+            remove_checkpoint(directory, name, step)
+            continue
+        try:
+            key = _fingerprint(directory, name, step)
+            if key not in _VERIFIED:
+                _read_checkpoint(directory, name, step)
+                _VERIFIED.add(key)
+            kept += 1
+        except (CorruptFileError, FileNotFoundError) as error:
+            quarantine_checkpoint(directory, name, step, error)
 
 
 def copy_checkpoint(source: str | Path, target: str | Path, name: str) -> int:
@@ -216,6 +273,39 @@ def remove_checkpoint(directory: str | Path, name: str, step: int) -> None:
         _state_path(directory, name, step, suffix).unlink(missing_ok=True)
 
 
+DAMAGED = ".damaged"  # the suffix of a quarantined file
+
+
+def quarantine_checkpoint(directory: str | Path, name: str, step: int, error: Exception) -> None:
+    """Move checkpoint ``<name>-<step>`` aside: each of its files gets the suffix ``.damaged``
+    (the JSON record first, so it stops counting at once), and a WARNING log record names the
+    damaged file. In a folder that cannot be changed the files stay and the record says so."""
+    directory = Path(directory)
+    try:
+        for suffix in (".json", ".safetensors", ".pt"):
+            path = _state_path(directory, name, step, suffix)
+            if path.exists():
+                os.replace(path, path.with_name(path.name + DAMAGED))
+        where = f"moved aside as {_state_path(directory, name, step, '.*' + DAMAGED)}"
+    except OSError as failure:
+        where = f"left in place ({failure.strerror or failure})"
+    logger.warning("checkpoint %s-%d is damaged and does not count: %s; %s", name, step, error, where)
+
+
+def _read_checkpoint(directory: Path, name: str, step: int) -> tuple[dict, dict[str, Tensor], bytes]:
+    """The record, weights and states blob of checkpoint ``<name>-<step>``, each checked against
+    its checksum; :class:`CorruptFileError` (or FileNotFoundError) names the damaged file."""
+    record = read_json(_state_path(directory, name, step, ".json"))
+    if not isinstance(record, dict):
+        raise CorruptFileError(_state_path(directory, name, step, ".json"), "not a checkpoint record")
+    pt = _state_path(directory, name, step, ".pt")
+    blob = pt.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != record.get("states_sha256"):
+        raise CorruptFileError(pt, "it does not match the checksum in its record")
+    tensors, _ = load_tensors(_state_path(directory, name, step, ".safetensors"))
+    return record, tensors, blob
+
+
 def load_checkpoint(
     directory: str | Path,
     name: str,
@@ -224,20 +314,21 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Restore the newest intact checkpoint of ``name``: weights into ``modules``, and
     ``restore(states)`` for what :func:`save_checkpoint` stored as ``states``. Returns its record,
-    or None when there is no intact checkpoint (a damaged one is reported with a warning)."""
+    or None when there is no intact checkpoint. A damaged one is quarantined
+    (:func:`quarantine_checkpoint`: renamed ``*.damaged``, a WARNING log record naming the file)."""
     directory = Path(directory)
     for step in checkpoint_steps(directory, name):
         try:
-            record = read_json(_state_path(directory, name, step, ".json"))
-            pt = _state_path(directory, name, step, ".pt")
-            blob = pt.read_bytes()
-            if hashlib.sha256(blob).hexdigest() != record.get("states_sha256"):
-                raise CorruptFileError(pt, "it does not match the checksum in its record")
-            tensors, _ = load_tensors(_state_path(directory, name, step, ".safetensors"))
-            states = torch.load(io.BytesIO(blob), weights_only=True)
+            key = _fingerprint(directory, name, step)
+            record, tensors, blob = _read_checkpoint(directory, name, step)
+            try:
+                states = torch.load(io.BytesIO(blob), weights_only=True)
+            except Exception as err:  # a blob with the right checksum that torch cannot read
+                raise CorruptFileError(_state_path(directory, name, step, ".pt"), str(err)) from None
         except (CorruptFileError, FileNotFoundError) as err:
-            warnings.warn(f"skipping checkpoint {name}-{step}: {err}", stacklevel=2)
+            quarantine_checkpoint(directory, name, step, err)
             continue
+        _VERIFIED.add(key)
         for module_name, module in modules.items():
             prefix = f"{module_name}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -263,7 +354,7 @@ def cached_module(path: str | Path, build: Callable[[], M], make: Callable[[], M
     When ``path`` holds weights saved with equal ``settings`` they are loaded into ``make()`` (an
     untrained module of the same architecture); otherwise ``build()`` trains one, and its weights
     are saved atomically and checksummed with ``settings`` in the file's metadata. A damaged file,
-    or one that does not fit ``make()``'s architecture, is reported with a warning and rebuilt.
+    or one that does not fit ``make()``'s architecture, is reported with a WARNING log record and rebuilt.
     """
     path = Path(path)
     key = json.dumps(settings, sort_keys=True)
@@ -275,7 +366,7 @@ def cached_module(path: str | Path, build: Callable[[], M], make: Callable[[], M
                 module.load_state_dict(tensors)
                 return Cached(module.eval(), True, 0.0)
         except (CorruptFileError, RuntimeError) as err:  # RuntimeError: other keys or shapes
-            warnings.warn(f"rebuilding {path}: {err}", stacklevel=2)
+            logger.warning("rebuilding %s: %s", path, err)
     start = time.perf_counter()
     module = build()
     save_tensors(path, module.state_dict(), metadata={"settings": key})

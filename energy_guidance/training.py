@@ -20,14 +20,23 @@ Each process must draw its own batches: seed its generator with
 :func:`~energy_guidance.distributed.local_batch_size` examples. A checkpoint keeps every
 process's generator state, so a run resumed on as many processes continues exactly.
 
+Interruption: while :func:`train` checkpoints (``checkpoint_dir`` given, one process), SIGINT
+(Ctrl-C) and SIGTERM do not stop a step half way: the step under way finishes, a checkpoint is
+written at that step (one checkpoint's cost), and :class:`Interrupted` is raised, saying the phase,
+the step saved and the signal; a second signal stops at once. A handler the program installed
+itself is left alone. A resumed run logs where it resumes ("resuming critic from step 140").
+
 :func:`fit` is the common case: Adam on a loss function with a cosine decay of the learning rate.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
+import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +44,63 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
-from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoints import load_checkpoint, save_checkpoint
+from .progress import progress_bar
+
+logger = logging.getLogger(__name__)
 
 History = dict[str, list[float]]  # "step" -> [step, ...], each loss -> its averages at those steps
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by a signal (SIGINT or SIGTERM). ``phase`` and ``step``: the training phase and the
+    step of the checkpoint written on the way out (None outside :func:`train`: the work under way
+    is redone); ``status``: the conventional exit status, 128 + the signal's number. A subclass of
+    KeyboardInterrupt, so code that handles Ctrl-C handles it."""
+
+    def __init__(self, signum: int, phase: str | None = None, step: int | None = None) -> None:
+        self.signum, self.phase, self.step = signum, phase, step
+        self.status = 128 + signum
+        where = "" if phase is None else f" in {phase}"
+        if step is not None:
+            where += f" at step {step} (checkpoint saved)"
+        super().__init__(f"{signal.Signals(signum).name}{where}")
+
+
+def _ours(handler: Any) -> bool:
+    """Whether a signal's current handler may be replaced while training: Python's defaults, or
+    one marked as the library's (``handler.energy_guidance = True``, e.g. a recipe's CLI)."""
+    return handler in (signal.default_int_handler, signal.SIG_DFL) or getattr(
+        handler, "energy_guidance", False
+    )
+
+
+@contextlib.contextmanager
+def deferred_signals(enabled: bool = True) -> Iterator[list[int]]:
+    """Within the block, SIGINT and SIGTERM are recorded in the list yielded instead of stopping
+    the program (a second one raises :class:`Interrupted` at once). Only in the main thread, and
+    only for signals whose handler :func:`_ours` allows; elsewhere the list stays empty."""
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise Interrupted(signum)
+        received.append(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if _ours(signal.getsignal(signum)):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def gradient_step(optimizer: Optimizer, loss: Tensor) -> float:
@@ -111,6 +171,11 @@ def train(
             window = record.get("window", {})  # a checkpoint between two history entries
             if start > steps:
                 raise ValueError(f"{checkpoint_dir} holds {name} at step {start}, beyond steps={steps}")
+            if main:
+                if start == steps:
+                    logger.info("%s: finished (step %d), loaded from %s", name, start, checkpoint_dir)
+                else:
+                    logger.info("resuming %s from step %d of %d", name, start, steps)
     if multi:
         starts = distributed.gather_objects(start)
         if len(set(starts)) > 1:
@@ -134,8 +199,9 @@ def train(
             save_checkpoint(checkpoint_dir, name, step, modules=modules, states=states, record=record)
         distributed.barrier()  # no process reads a checkpoint before rank 0 has written it
 
-    show = progress and main
-    with tqdm(total=steps, initial=start, desc=name, disable=not show, mininterval=1.0) as bar:
+    saving = checkpoint_dir is not None and not multi  # torchrun: its launcher handles signals
+    bar = progress_bar(total=steps, initial=start, desc=name, progress=progress and main, mininterval=1.0)
+    with bar, deferred_signals(saving and start < steps) as received:
         for step in range(start, steps):
             for key, value in update(step).items():
                 window.setdefault(key, []).append(float(value))
@@ -154,6 +220,10 @@ def train(
             bar.update()
             if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 checkpoint(step + 1)
+            elif received:  # SIGINT or SIGTERM: save this step, then stop
+                checkpoint(step + 1)
+            if received:
+                raise Interrupted(received[0], name, step + 1)
     return history
 
 
@@ -169,10 +239,11 @@ def _rank_generator_state(states: dict[str, Any], name: str) -> Tensor | int:
     if r == 0:
         return states["generator"]
     if r == 1:
-        warnings.warn(
-            f"{name}: resuming on {n} processes a checkpoint written by "
-            f"{1 if own is None else len(own)}; the other ranks' batches are reseeded",
-            stacklevel=3,
+        logger.warning(
+            "%s: resuming on %d processes a checkpoint written by %d; the other ranks' batches are reseeded",
+            name,
+            n,
+            1 if own is None else len(own),
         )
     return distributed.derived_seed(states["generator"], r)
 

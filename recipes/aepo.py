@@ -38,17 +38,31 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
+import os
 import sys
 import time
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import gymnasium as gym
+try:  # the [rl] extra
+    import gymnasium as gym
+    import minari  # noqa: F401  # recipes/data.py's; checked here to name the extra
+    import tyro
+except ModuleNotFoundError as missing:  # exercised in a subprocess (tests/faults)
+    _hint = (
+        f"the AEPO recipe needs the [rl] extra (module {missing.name!r} is missing): "
+        "pip install 'energy-guidance[rl]'"
+    )
+    if __name__ == "__main__":  # python -m energy_guidance.recipes.aepo: one line, no traceback
+        print(f"error: {_hint}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise ModuleNotFoundError(_hint, name=missing.name) from None
+
 import numpy as np
 import torch
-import tyro
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -63,12 +77,12 @@ from energy_guidance import (
 from energy_guidance.adapters import Reduction, critic_energy, reduce_critic
 from energy_guidance.amortized import calibrate, closed_form_batches, regression_loss
 from energy_guidance.baselines import dps_guidance
-from energy_guidance.checkpoints import CorruptFileError
 from energy_guidance.classifier import classifier_batch_loss, classifier_batches
 from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import gradient_step, train
 from energy_guidance.variance import VarianceTable, estimate_variance_table
 
+from . import cli
 from .behaviour import (
     BehaviourConfig,
     NoiseMLP,
@@ -82,6 +96,7 @@ from .cql import CQLConfig
 from .data import (
     DEFAULT_DATASET,
     ActionScaler,
+    check_dataset,
     load_dataset,
     load_transitions,
     reference_scores,
@@ -92,6 +107,8 @@ from .plots import learning_curves
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 from .trainers import CRITICS, TrainableCritic
 from .transitions import Transitions
+
+logger = logging.getLogger(__name__)
 
 CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
 Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
@@ -217,7 +234,7 @@ def resolve_device(device: str) -> torch.device:
     """``"auto"``: CUDA when available, else the CPU; ``"cuda"`` without CUDA is an error. Under
     torchrun each process gets ``cuda:LOCAL_RANK``."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
+        raise ConfigError("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
     return distributed.resolve_device(device)
 
 
@@ -248,51 +265,133 @@ def parse_args(argv: list[str] | None = None) -> AEPOConfig:
     known, _ = first.parse_known_args(argv)
     preset = resolve_preset(known.preset, known.dataset, known.device)
     if preset not in PRESETS:
-        raise SystemExit(f"error: --preset must be one of {('auto', *PRESETS)}, got {preset!r}")
+        cli.fail(f"preset must be one of {('auto', *PRESETS)}, got {preset!r} (--preset)")
     default = dataclasses.replace(AEPOConfig(), **PRESETS[preset], preset=preset)
-    return tyro.cli(AEPOConfig, args=argv, default=default, prog="python -m energy_guidance.recipes.aepo")
+    return tyro.cli(
+        AEPOConfig,
+        args=argv,
+        default=default,
+        prog="python -m energy_guidance.recipes.aepo",
+        description=f"{AEPOConfig.__doc__}\n{cli.LOGGING_HELP}",
+    )
 
 
-def _choices(cls, prefix: str = "") -> typing.Iterator[tuple[str, tuple]]:
-    """(dotted field, allowed values) for every Literal field of a (nested) config class."""
+class ConfigError(cli.UserError):
+    """An invalid setting; the message names the field (and its flag), the value and what is allowed."""
+
+
+INF = math.inf
+# The allowed range of every numeric setting: dotted field -> (lowest, highest), both ends included
+# unless the field is in LOWER_OPEN / UPPER_OPEN. Integers must be integers, floats finite numbers.
+AT_LEAST_ONE = (
+    "checkpoint_every", "critic_steps", "behaviour_steps", "energy_steps", "energy_hidden",
+    "qgpo_states", "num_candidates", "eval_episodes", "iql.hidden", "iql.depth", "cql.num_samples",
+    "cql.hidden", "cql.depth", "behaviour.hidden", "behaviour.depth",
+    "inference_steps",  # and at most behaviour.num_train_timesteps (validate)
+)  # fmt: skip
+# cql_steps 0: critic_steps; smc_temper 0: no tempered SMC
+NON_NEGATIVE = ("beta", "cql_steps", "guidance_scale", "smc_temper", "iql.awr_temperature", "cql.cql_alpha")
+POSITIVE = (
+    "energy_lr",
+    "iql.lr",
+    "iql.max_weight",
+    "cql.temperature",
+    "cql.critic_lr",
+    "cql.actor_lr",
+    "behaviour.lr",
+)
+FRACTIONS = ("iql.discount", "iql.expectile", "iql.polyak", "cql.discount", "cql.polyak")
+LIMITS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(AT_LEAST_ONE, (1, INF)),
+    **dict.fromkeys(NON_NEGATIVE + POSITIVE, (0, INF)),
+    **dict.fromkeys(FRACTIONS, (0, 1)),
+    "seed": (0, 2**32 - 1),
+    "eval_seed": (0, 2**31 - 1),
+    "threads": (1, 1024),
+    "batch_size": (2, INF),  # the energy network's calibration takes a standard deviation over a batch
+    "variance_samples": (2, INF),  # a variance needs two points
+    "qgpo_support": (2, INF),  # CEP contrasts M samples
+    "behaviour.time_dim": (2, INF),  # a sine and a cosine
+    "behaviour.num_train_timesteps": (2, INF),
+}
+# Rates, scales and temperatures are positive; a Polyak rate too; IQL's expectile lies in (0, 1).
+LOWER_OPEN = {*POSITIVE, "iql.expectile", "iql.polyak", "cql.polyak"}
+UPPER_OPEN = {"iql.expectile"}
+
+
+def _bad(dotted: str, what: str, value: typing.Any) -> cli.UserError:
+    return cli.bad_value(dotted, what, value, ConfigError)
+
+
+def _check_fields(config: typing.Any, cls: type, prefix: str = "") -> None:
+    """Types of every field of a (nested) config dataclass, its choices, and the ranges of :data:`LIMITS`."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        hint = hints[f.name]
+        dotted, hint, value = f"{prefix}{f.name}", hints[f.name], getattr(config, f.name)
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise _bad(dotted, f"a {hint.__name__}", value)
+            _check_fields(value, hint, f"{dotted}.")
+            continue
         if typing.get_origin(hint) is Literal:
-            yield f"{prefix}{f.name}", typing.get_args(hint)
-        elif dataclasses.is_dataclass(hint):
-            yield from _choices(hint, f"{prefix}{f.name}.")
-
-
-def _get(config, dotted: str):
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
+            allowed = typing.get_args(hint)
+            if dotted != "critic" and (not isinstance(value, str) or value not in allowed):
+                raise _bad(dotted, f"one of {allowed}", value)
+        elif hint is bool and not isinstance(value, bool):
+            raise _bad(dotted, "True or False", value)
+        elif hint is str and not isinstance(value, str):
+            raise _bad(dotted, "a string", value)
+        elif hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _bad(dotted, "an integer", value)
+        elif hint is float and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise _bad(dotted, "a finite number", value)
+        if dotted in LIMITS:
+            low, high = LIMITS[dotted]
+            cli.check_range(
+                dotted,
+                value,
+                low,
+                high,
+                integer=hint is int,
+                lower_open=dotted in LOWER_OPEN,
+                upper_open=dotted in UPPER_OPEN,
+                error=ConfigError,
+            )
 
 
 def validate(config: AEPOConfig) -> None:
-    """Reject invalid settings before any work (the command line checks choices too; a config
-    built in code is checked here)."""
-    if config.critic not in CRITICS:  # the live registry, which the command line's choices copy
-        raise ValueError(f"critic must be one of {tuple(CRITICS)}, got {config.critic!r}")
-    for name, allowed in _choices(AEPOConfig):
-        value = _get(config, name)
-        if name != "critic" and value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    critic_settings(config)
-    if config.num_candidates < 1 or config.eval_episodes < 1:
-        raise ValueError("num_candidates and eval_episodes must be >= 1")
-    if config.beta < 0:
-        raise ValueError(f"beta must be >= 0, got {config.beta}")
-    if not (config.smc_temper >= 0 and math.isfinite(config.smc_temper)):
-        raise ValueError(f"smc_temper must be finite and >= 0 (0: no tempered SMC), got {config.smc_temper}")
+    """Reject invalid settings before any work and before anything is written: every field's type,
+    range (:data:`LIMITS`) and choices, and their combinations. :class:`ConfigError` names the
+    field, its flag, the value and what is allowed. (The command line checks types and choices
+    too; a config built in code is checked here.)"""
+    if not isinstance(config, AEPOConfig):
+        raise ConfigError(f"config must be an AEPOConfig, got {type(config).__name__}")
+    if not isinstance(config.critic, str) or config.critic not in CRITICS:  # the live registry
+        raise _bad("critic", f"one of {tuple(CRITICS)}", config.critic)
+    if not isinstance(config.compare, tuple) or not all(isinstance(n, str) for n in config.compare):
+        raise _bad("compare", f"a tuple of names from {COMPARISONS}", config.compare)
     unknown = [name for name in config.compare if name not in COMPARISONS]
     if unknown:
-        raise ValueError(f"compare takes names from {COMPARISONS}, got {unknown}")
-    if config.cql_steps < 0:
-        raise ValueError(f"cql_steps must be >= 0 (0: critic_steps), got {config.cql_steps}")
-    if config.qgpo_states < 1 or config.qgpo_support < 2:
-        raise ValueError("qgpo_states must be >= 1 and qgpo_support >= 2 (CEP contrasts M samples)")
+        raise ConfigError(f"compare takes names from {COMPARISONS}, got {unknown} (--compare)")
+    _check_fields(config, AEPOConfig)
+    try:
+        critic_settings(config)
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+    if not config.dataset:
+        raise _bad("dataset", "a Minari data set id", config.dataset)
+    if not config.run_dir:
+        raise _bad("run_dir", "a folder", config.run_dir)
+    if os.path.exists(config.run_dir) and not os.path.isdir(config.run_dir):
+        raise _bad("run_dir", "a folder (it is a file)", config.run_dir)
+    steps = config.behaviour.num_train_timesteps
+    if config.inference_steps > steps:
+        raise ConfigError(
+            f"inference_steps must be at most behaviour.num_train_timesteps = {steps} (the behaviour "
+            f"model's training steps), got {config.inference_steps} (--inference-steps)"
+        )
     resolve_device(config.device)  # "cuda" without CUDA fails here, before any work
 
 
@@ -374,9 +473,23 @@ class Inputs:
     dataset_score: float | None  # the data set's mean episode return, normalised (None: no refs)
 
 
+class InputError(cli.UserError):
+    """The data set and the environment do not fit each other or the recipe."""
+
+
 def load_inputs(config: AEPOConfig, device: torch.device | str = "cpu") -> Inputs:
-    """Load the data set and the environment, check that they match (clear errors otherwise), put
-    the data on ``device``."""
+    """Load the data set and the environment, check that they match (clear errors otherwise: an
+    :class:`InputError` for a data set and environment that do not fit), put the data on ``device``."""
+    try:
+        return _load_inputs(config, device)
+    except (ValueError, TypeError, gym.error.Error) as error:
+        if isinstance(error, cli.UserError):
+            raise
+        env = config.env or "its own environment"
+        raise InputError(f"data set {config.dataset!r} with {env}: {error}") from error
+
+
+def _load_inputs(config: AEPOConfig, device: torch.device | str) -> Inputs:
     dataset = load_dataset(config.dataset)
     returns = np.array([float(np.sum(e.rewards)) for e in dataset.iterate_episodes()])
 
@@ -606,6 +719,7 @@ def run(config: AEPOConfig) -> dict | None:
     evaluates; the other ranks return None once training is done.
     """
     validate(config)
+    check_dataset(config.dataset)  # a missing data set fails before the run folder is made
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
     with distributed.session(resolve_device(config.device)) as device:
@@ -886,13 +1000,19 @@ def format_scores(results: dict) -> str:
     return "\n".join(lines)
 
 
+PROG = "energy_guidance.recipes.aepo"
+
+
 def main(argv: list[str] | None = None) -> None:
-    try:
-        results = run(parse_args(argv))
-    except (RunFolderBusy, ConfigMismatch, CorruptFileError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None  # the message says what to do; no traceback
-    if results is not None:  # None: a torchrun process other than rank 0
-        print(format_scores(results))
+    """The command line: one-line errors (exit 2) for user errors, a one-line resume command on
+    SIGINT/SIGTERM (exit 130/143), ``--log-level`` / ``-q`` (:mod:`energy_guidance.recipes.cli`)."""
+
+    def body(rest: list[str]) -> None:
+        results = run(parse_args(rest))
+        if results is not None:  # None: a torchrun process other than rank 0
+            print(format_scores(results))
+
+    cli.command(PROG, argv, body, (RunFolderBusy, ConfigMismatch), resumable=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Normalised score (D4RL): 100·(R − R_random)/(R_expert − R_random).
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 from minari.data_collector import EpisodeBuffer
 
-from .datasets import DATASET_IDS, build_dataset, datasets_root
+from . import cli
+from .datasets import DATASET_IDS, build_dataset, datasets_root, stage_dataset
 from .transitions import Transitions
 
 DEFAULT_DATASET = "energy-guidance/pendulum/mixed-v0"
@@ -115,9 +115,9 @@ def build_pendulum_mixed(
         env, lambda o, rng, i: rng.uniform(-2.0, 2.0, size=1), reference_episodes, 10**6
     )
     _, expert_returns = collect(env, lambda o, rng, i: [pendulum_expert(o)], reference_episodes, 2 * 10**6)
-    with warnings.catch_warnings():  # Minari asks for an author, e-mail and code link
-        warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
-        return minari.create_dataset_from_buffers(
+    return stage_dataset(  # built aside and moved into place: never half-written
+        dataset_id,
+        lambda: minari.create_dataset_from_buffers(
             dataset_id=dataset_id,
             buffer=buffers,
             env=env,
@@ -127,7 +127,8 @@ def build_pendulum_mixed(
             description=__doc__.split("``energy-guidance/pendulum/mixed-v0``")[1]
             .split("Normalised")[0]
             .strip(),
-        )
+        ),
+    )
 
 
 # Every data set this project builds itself: the Pendulum set above and the D4RL-style MuJoCo
@@ -153,14 +154,39 @@ def load_dataset(dataset_id: str, *, build: bool = True) -> minari.MinariDataset
     except FileNotFoundError:
         if build and dataset_id in BUILDERS:
             return BUILDERS[dataset_id](dataset_id)
-        raise FileNotFoundError(
-            f"Minari dataset {dataset_id!r} is not present under {datasets_root()} "
-            "(the MINARI_DATASETS_PATH environment variable). This machine cannot download. "
-            f"On a machine with internet access run `minari download {dataset_id}` and copy "
-            f"<its datasets folder>/{dataset_id} to {datasets_root()}/{dataset_id}, or point "
-            "MINARI_DATASETS_PATH at a folder that holds it. Data sets this project builds "
-            f"itself: {', '.join(BUILDERS)} (`python -m energy_guidance.recipes.data build <id>`)."
-        ) from None
+        raise _missing(dataset_id) from None
+    except ValueError as error:  # minari: an id of the wrong form
+        raise FileNotFoundError(f"{error}. {_missing(dataset_id)}") from None
+
+
+def build_command(dataset_id: str) -> str:
+    """The command that builds one of :data:`BUILDERS`' data sets."""
+    module = "data" if dataset_id == DEFAULT_DATASET else "datasets"
+    return f"python -m energy_guidance.recipes.{module} build {dataset_id}"
+
+
+def _missing(dataset_id: str) -> FileNotFoundError:
+    if dataset_id in BUILDERS:
+        return FileNotFoundError(
+            f"Minari dataset {dataset_id!r} is not present under {datasets_root()}; build it with "
+            f"`{build_command(dataset_id)}`"
+        )
+    return FileNotFoundError(
+        f"Minari dataset {dataset_id!r} is not present under {datasets_root()} "
+        "(the MINARI_DATASETS_PATH environment variable). This machine cannot download. "
+        f"On a machine with internet access run `minari download {dataset_id}` and copy "
+        f"<its datasets folder>/{dataset_id} to {datasets_root()}/{dataset_id}, or point "
+        "MINARI_DATASETS_PATH at a folder that holds it. Data sets this project builds itself: "
+        f"{DEFAULT_DATASET} (`python -m energy_guidance.recipes.data build`) and the MuJoCo sets "
+        "(`python -m energy_guidance.recipes.datasets build <id>`; `... datasets list` lists them)."
+    )
+
+
+def check_dataset(dataset_id: str) -> None:
+    """Raise :func:`load_dataset`'s FileNotFoundError now when ``dataset_id`` is neither present
+    nor one this project builds (so that a run fails before it writes anything)."""
+    if dataset_id not in BUILDERS:
+        load_dataset(dataset_id, build=False)
 
 
 @dataclass
@@ -249,9 +275,15 @@ def reference_scores(dataset: minari.MinariDataset) -> tuple[float, float] | Non
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (one-line errors, ``--log-level`` / ``-q``: :mod:`.cli`)."""
+    cli.command("energy_guidance.recipes.data", argv, _main)
+
+
+def _main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m energy_guidance.recipes.data",
         description="Build or inspect the project's Minari data sets.",
+        epilog=cli.LOGGING_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a data set this project knows how to make")
@@ -267,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     info.add_argument("dataset_id", nargs="?", default=DEFAULT_DATASET)
     args = parser.parse_args(argv)
     if args.command == "build":
+        if args.episodes is not None and args.episodes < 1:
+            parser.error(f"--episodes must be an integer >= 1, got {args.episodes}")
         kwargs = {} if args.episodes is None else {"episodes": args.episodes}
         dataset = BUILDERS[args.dataset_id](args.dataset_id, **kwargs)
     else:

@@ -61,6 +61,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -81,10 +82,15 @@ from minari.data_collector import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from energy_guidance.checkpoints import atomic_write, write_json
+from energy_guidance.progress import progress_bar
+from energy_guidance.training import Interrupted, deferred_signals
 
+from . import cli
 from .evaluation import normalized_score
 
 NAMESPACE = "energy-guidance"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -261,7 +267,7 @@ def train_agent(
     write_json(folder / "config.json", {"env": ENVS[env].env_id, **asdict(config)})
     train_env = gym.make(ENVS[env].env_id)
     target = config.medium_steps if until == "medium" else max(config.medium_steps, config.expert_steps)
-    bar = tqdm(total=target, desc=f"SAC {env}", unit="step", disable=not progress, mininterval=1.0)
+    bar = progress_bar(total=target, desc=f"SAC {env}", unit="step", progress=progress, mininterval=1.0)
     callback = _progress_callback(bar)
     history: list[dict] = []
     eval_seed = 10**7 + config.seed  # evaluation episodes: seeds disjoint from the data's
@@ -308,10 +314,13 @@ def train_agent(
         }
         write_json(medium_json, medium)
         if not medium["reached"]:
-            warnings.warn(
-                f"SAC on {env} reached normalised score {score:.1f} < medium_score "
-                f"{config.medium_score} in {config.medium_steps} steps; that agent is the medium one",
-                stacklevel=2,
+            logger.warning(
+                "SAC on %s reached normalised score %.1f < medium_score %s in %d steps; that agent "
+                "is the medium one",
+                env,
+                score,
+                config.medium_score,
+                config.medium_steps,
             )
     if until == "expert":
         best = {k: medium[k] for k in ("steps", "return", "score")}
@@ -352,7 +361,7 @@ def rollout(
     gym_env = gym.make(ENVS[env].env_id)
     gym_env.action_space.seed(seed)
     buffers, returns, total = [], [], 0
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, mininterval=1.0) as bar:
+    with progress_bar(total=steps, desc=desc, unit="step", progress=progress, mininterval=1.0) as bar:
         while total < steps:
             obs, _ = gym_env.reset(seed=seed + len(buffers))
             observations, actions, rewards, terms, truncs = [obs], [], [], [], []
@@ -448,12 +457,34 @@ def _write(
 ) -> minari.MinariDataset:
     """``make()`` the data set in a staging folder, add the reference scores and ``metadata``,
     then move it into the storage root in one rename: a half-written set is never loadable."""
+    refs = {"ref_min_score": ENVS[env].ref_min, "ref_max_score": ENVS[env].ref_max}
+    return stage_dataset(dataset_id, make, {**refs, **metadata})
+
+
+def stage_dataset(
+    dataset_id: str, make: Callable[[], minari.MinariDataset], metadata: dict[str, Any] | None = None
+) -> minari.MinariDataset:
+    """``make()`` a data set in a staging folder (with ``metadata`` added), then move it into the
+    storage root in one rename, replacing one of the same id: an interrupted or killed build never
+    leaves a half-written set that loads (kill -9: at most a hidden staging folder beside the
+    root). SIGINT and SIGTERM wait for the set to be in place (it is written in seconds), then
+    stop the program (:class:`~energy_guidance.training.Interrupted`)."""
     root = datasets_root()
+    with deferred_signals() as received:
+        dataset = _stage(root, dataset_id, make, metadata)
+    if received:
+        raise Interrupted(received[0])
+    return dataset
+
+
+def _stage(
+    root: Path, dataset_id: str, make: Callable[[], minari.MinariDataset], metadata: dict[str, Any] | None
+) -> minari.MinariDataset:
     with _staging(root) as stage, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
-        make().storage.update_metadata(
-            {"ref_min_score": ENVS[env].ref_min, "ref_max_score": ENVS[env].ref_max, **metadata}
-        )
+        dataset = make()
+        if metadata:
+            dataset.storage.update_metadata(metadata)
         dest = root / dataset_id
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():  # only with force: the old one goes first
@@ -643,8 +674,17 @@ def summary(dataset: minari.MinariDataset) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (one-line errors, ``--log-level`` / ``-q``: :mod:`.cli`); an interrupted
+    build is resumed by the same command (the SAC agents' checkpoints and finished sets are kept)."""
+    cli.command("energy_guidance.recipes.datasets", argv, _main, resumable=True)
+
+
+def _main(argv: list[str]) -> None:
     command = tyro.extras.subcommand_cli_from_dict(
-        {"build": Build, "list": ListIds}, args=argv, prog="python -m energy_guidance.recipes.datasets"
+        {"build": Build, "list": ListIds},
+        args=argv,
+        prog="python -m energy_guidance.recipes.datasets",
+        description=f"Build or list the D4RL-style MuJoCo data sets. {cli.LOGGING_HELP}",
     )
     if isinstance(command, ListIds):
         for dataset_id in DATASET_IDS:
@@ -652,6 +692,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{dataset_id:45s} {'present' if present else '-'}")
         print(f"data sets under {datasets_root()}, agents under {agents_root()}")
         return
+    cli.check_range("steps", command.steps, 1, integer=True)
+    cli.check_range("threads", command.threads, 1, 1024, integer=True)
+    cli.check_range("seed", command.seed, 0, 2**32 - 1, integer=True)
     torch.set_num_threads(command.threads)
     for dataset_id in command.ids:
         start = time.perf_counter()

@@ -31,6 +31,7 @@ from energy_guidance.baselines import dps_guidance
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.testing import GaussianMixture, GaussianMixtureIntermediateEnergy, sliced_wasserstein
 
+from . import cli
 from .plots import pyplot
 
 
@@ -48,9 +49,15 @@ def linear_energy(w: torch.Tensor):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """The command line (one-line errors, ``--log-level`` / ``-q``: :mod:`.cli`)."""
+    return cli.command("energy_guidance.recipes.demo2d", argv, _main)
+
+
+def _main(argv: list[str]) -> dict[str, float]:
     parser = argparse.ArgumentParser(
         prog="python -m energy_guidance.recipes.demo2d",
         description=__doc__,
+        epilog=cli.LOGGING_HELP,
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--beta", type=float, default=1.0)
@@ -60,6 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", type=Path, default=Path("outputs/demo.png"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    cli.check_range("beta", args.beta, 0)
+    cli.check_range("samples", args.samples, 2, integer=True)
+    cli.check_range("steps", args.steps, 1, 1000, integer=True)  # the scheduler's training steps
+    cli.check_range("train_steps", args.train_steps, 1, integer=True)
+    cli.check_range("seed", args.seed, 0, 2**32 - 1, integer=True)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 

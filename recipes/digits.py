@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -42,9 +43,11 @@ from torch import Tensor, nn
 
 from energy_guidance import GaussianQuadrature, guide_pipeline
 from energy_guidance.checkpoints import atomic_write, cached_module
+from energy_guidance.posterior import VARIANCES
 from energy_guidance.training import History, fit
 from energy_guidance.variance import VarianceTable, estimate_variance_table
 
+from . import cli
 from .plots import pyplot
 
 
@@ -394,12 +397,45 @@ def sweep(cfg: DigitsConfig, variances: list[str | float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The command line (one-line errors, ``--log-level`` / ``-q``: :mod:`.cli`)."""
+    return cli.command("energy_guidance.recipes.digits", argv, _main)
+
+
+def validate(cfg: DigitsConfig) -> None:
+    """Every numeric setting in its range (one line naming the flag, the value and the range)."""
+    cli.check_range("beta", cfg.beta, 0)
+    cli.check_range("scale", cfg.scale, 0)
+    cli.check_range("lr", cfg.lr, 0, lower_open=True)
+    for name, low, high in (
+        ("num_samples", 1, math.inf),
+        ("num_inference_steps", 1, 1000),  # the DDPM's training steps
+        ("train_steps", 1, math.inf),
+        ("batch_size", 2, math.inf),
+        ("classifier_steps", 1, math.inf),
+        ("seed", 0, 2**32 - 1),
+        ("threads", 1, 1024),
+    ):
+        cli.check_range(name, getattr(cfg, name), low, high, integer=True)
+    for width in cfg.channels:
+        cli.check_range("channels", width, 1, integer=True)
+    allowed = (*VARIANCES, "quadrature")
+    for name, texts in (("variance", (cfg.variance,)), ("sweep", cfg.sweep)):
+        for text in texts:
+            value = parse_variance(text)
+            if isinstance(value, float):
+                cli.check_range(name, value, 0)
+            elif value not in allowed:
+                raise cli.bad_value(name, f"a number >= 0 or one of {allowed}", value)
+
+
+def _main(argv: list[str]) -> dict:
     cfg = tyro.cli(
         DigitsConfig,
         args=argv,
         prog="python -m energy_guidance.recipes.digits",
-        description="Guide a DDPMPipeline on 8×8 digits to a chosen digit.",
+        description=f"Guide a DDPMPipeline on 8×8 digits to a chosen digit. {cli.LOGGING_HELP}",
     )
+    validate(cfg)
     if cfg.sweep:
         result = sweep(cfg, [parse_variance(v) for v in cfg.sweep])
         print(result["table"])

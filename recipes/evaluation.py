@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
+
+from energy_guidance.progress import progress_bar
 
 
 def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
@@ -39,7 +40,7 @@ def evaluate(
         returns = np.zeros(episodes)
         active = np.ones(episodes, dtype=bool)
         actions = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
-        with tqdm(desc=desc, disable=not progress, unit="step", mininterval=1.0) as bar:
+        with progress_bar(desc=desc, progress=progress, unit="step", mininterval=1.0) as bar:
             while active.any():
                 actions[active] = policy(obs[active])  # finished episodes' entries are ignored
                 obs, rewards, terminated, truncated, _ = envs.step(actions)

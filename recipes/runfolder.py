@@ -18,7 +18,10 @@ different value means a different model: the run is refused, naming the fields),
 settings, which may change on a finished run (the models are reused and the evaluations are
 recomputed for the new settings; earlier ones stay cached under their own key), and **runtime**
 settings (folder, threads, progress bars), which never matter. ``config.json`` is written only
-after the inputs were validated, so a run that fails on a bad input leaves the folder usable.
+after the inputs were validated, so a run that fails on a bad input leaves the folder usable; a
+folder whose only content is a configuration (a run stopped before it computed anything, or a
+configuration written by an older recipe that validated less) takes a new one. A run that fails
+before it writes its configuration removes the folder it created (no stray ``.lock``).
 
 Every file is written atomically (:func:`energy_guidance.checkpoints.atomic_write`), and a
 damaged file is reported by name (:class:`energy_guidance.checkpoints.CorruptFileError`); a
@@ -34,13 +37,16 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from energy_guidance.checkpoints import atomic_write, checkpoint_steps, read_json, write_json
+from energy_guidance.checkpoints import WriteError, atomic_write, checkpoint_steps, read_json, write_json
+
+logger = logging.getLogger(__name__)
 
 Settings = dict[str, Any]
 
@@ -78,9 +84,16 @@ class RunFolder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[RunFolder]:
-        """Hold the folder's lock; raise :class:`RunFolderBusy` at once if another process has it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Hold the folder's lock; raise :class:`RunFolderBusy` at once if another process has it.
+
+        A folder this call created and in which nothing else was written (the run failed before
+        its configuration was saved) is removed again on the way out, ``.lock`` included."""
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise WriteError(self.path / ".lock", error) from error
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,6 +107,10 @@ class RunFolder:
             os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
             yield self
         finally:
+            if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink()  # while still holding the lock
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             os.close(fd)  # closing the descriptor releases the lock
 
     # -- configuration ---------------------------------------------------------------------------
@@ -108,7 +125,9 @@ class RunFolder:
         made) counts as its value in ``defaults``, the recipe's defaults, which reproduce what the
         older recipe did: so a new option does not orphan the runs made before it existed."""
         path = self.path / "config.json"
-        if path.exists():
+        if path.exists() and not self.holds_results():  # e.g. a run that failed before any work
+            logger.info("%s holds a configuration but no results; it takes this run's", self.path)
+        elif path.exists():
             saved = read_json(path)
             if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
                 raise ConfigMismatch(
@@ -125,6 +144,13 @@ class RunFolder:
                     "settings may change freely)"
                 )
         write_json(path, {"training": training, "evaluation": evaluation, "runtime": runtime})
+
+    def holds_results(self) -> bool:
+        """Whether anything was computed here: a checkpoint (intact or quarantined), a finished step
+        or evaluation (``state.json``), a result file. A folder with only ``config.json`` holds none."""
+        if self.checkpoints.is_dir() and any(self.checkpoints.iterdir()):
+            return True
+        return any(p.name not in (".lock", "config.json") for p in self.path.iterdir())
 
     # -- state: finished steps and cached evaluations ----------------------------------------------
 

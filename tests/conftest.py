@@ -10,6 +10,9 @@ import pytest
 import torch
 from hypothesis import settings
 
+# The recipe's fixtures (a tiny data set, a finished tiny run), for tests/recipes and tests/faults.
+pytest_plugins = ["tests.recipes.fixtures"]
+
 # Other jobs share the 2-core CI machine; one thread per test process is also faster for the
 # small tensors used here.
 torch.set_num_threads(1)

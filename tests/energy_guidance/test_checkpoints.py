@@ -1,7 +1,9 @@
 """checkpoints.py: atomic files, checksummed weights, a fallback past a damaged checkpoint, and
 cached trained modules."""
 
+import errno
 import json
+import logging
 import os
 
 import pytest
@@ -10,6 +12,7 @@ from torch import nn
 
 from energy_guidance.checkpoints import (
     CorruptFileError,
+    WriteError,
     atomic_write,
     cached_module,
     checkpoint_steps,
@@ -107,7 +110,7 @@ def _save(directory, step, value):
     )
 
 
-def test_checkpoints_keep_the_two_newest_and_fall_back_past_a_damaged_one(tmp_path):
+def test_checkpoints_keep_the_two_newest_and_fall_back_past_a_damaged_one(tmp_path, caplog):
     for step in (10, 20, 30):
         _save(tmp_path, step, float(step))
     assert checkpoint_steps(tmp_path, "phase") == [30, 20]
@@ -120,16 +123,69 @@ def test_checkpoints_keep_the_two_newest_and_fall_back_past_a_damaged_one(tmp_pa
 
     weights = tmp_path / "phase-30.safetensors"
     weights.write_bytes(weights.read_bytes()[:40])  # a crash mid-copy, a bad disk block
-    with pytest.warns(UserWarning, match="phase-30.safetensors"):
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
         record = load_checkpoint(tmp_path, "phase", {"net": net}, restored.update)
     assert record["step"] == 20 and restored == {"value": 20.0} and float(net.weight.detach()[0, 0]) == 20.0
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "phase-30.safetensors" in caplog.text and "phase-30.*.damaged" in caplog.text
+    # quarantined: renamed aside, no longer a checkpoint
+    assert checkpoint_steps(tmp_path, "phase") == [20]
+    assert sorted(p.name for p in tmp_path.glob("phase-30.*")) == [
+        "phase-30.json.damaged",
+        "phase-30.pt.damaged",
+        "phase-30.safetensors.damaged",
+    ]
 
+    caplog.clear()
     states = tmp_path / "phase-20.pt"
     states.write_bytes(states.read_bytes()[:-3])
-    with pytest.warns(UserWarning) as warned:
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
         assert load_checkpoint(tmp_path, "phase", {"net": net}, restored.update) is None
-    messages = " ".join(str(w.message) for w in warned)
-    assert "phase-30.safetensors" in messages and "phase-20.pt" in messages
+    assert "phase-20.pt" in caplog.text and checkpoint_steps(tmp_path, "phase") == []
+
+
+def test_progress_after_a_fallback_survives_pruning(tmp_path, caplog):
+    """Both kept checkpoints damaged: the run starts again, and what it saves then is kept (the
+    damaged files never count as newer progress)."""
+    for step in (30, 40):
+        _save(tmp_path, step, float(step))
+    for step in (30, 40):
+        path = tmp_path / f"phase-{step}.safetensors"
+        path.write_bytes(bytes(len(path.read_bytes())))
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
+        assert load_checkpoint(tmp_path, "phase", {"net": nn.Linear(2, 1)}, {}.update) is None
+    _save(tmp_path, 10, 10.0)
+    assert checkpoint_steps(tmp_path, "phase") == [10]
+    _save(tmp_path, 20, 20.0)
+    assert checkpoint_steps(tmp_path, "phase") == [20, 10]
+    restored = {}
+    assert load_checkpoint(tmp_path, "phase", {"net": nn.Linear(2, 1)}, restored.update)["step"] == 20
+
+
+def test_pruning_keeps_the_newest_intact_checkpoints(tmp_path, caplog):
+    """A damaged older checkpoint is not kept as the fallback: pruning quarantines it and keeps
+    an intact one instead."""
+    for step in (10, 20):
+        _save(tmp_path, step, float(step))
+    (tmp_path / "phase-20.pt").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
+        _save(tmp_path, 30, 30.0)
+    assert checkpoint_steps(tmp_path, "phase") == [30, 10]
+    assert "phase-20.pt" in caplog.text and (tmp_path / "phase-20.pt.damaged").exists()
+
+
+def test_a_full_disk_leaves_no_partial_file_and_the_old_one_intact(tmp_path, monkeypatch):
+    path = tmp_path / "data.bin"
+    atomic_write(path, b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device") as error:
+        atomic_write(path, b"new" * 1000)
+    assert error.value.errno == errno.ENOSPC and error.value.path == path
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["data.bin"]
 
 
 def test_copy_checkpoint_copies_the_newest_complete_one(tmp_path):
@@ -145,7 +201,7 @@ def test_copy_checkpoint_copies_the_newest_complete_one(tmp_path):
         copy_checkpoint(tmp_path / "a", tmp_path / "c", "other")
 
 
-def test_cached_module_loads_equal_settings_and_rebuilds_otherwise(tmp_path):
+def test_cached_module_loads_equal_settings_and_rebuilds_otherwise(tmp_path, caplog):
     path = tmp_path / "cache" / "net.safetensors"
     builds = []
 
@@ -167,8 +223,11 @@ def test_cached_module_loads_equal_settings_and_rebuilds_otherwise(tmp_path):
     assert not other.loaded and builds == [0, 1]
     # a damaged file, and one that does not fit the architecture, are reported and rebuilt
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.warns(UserWarning, match="rebuilding .*net.safetensors"):
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
         assert not cached_module(path, build(1), lambda: nn.Linear(3, 2), {"seed": 1, "sizes": (3, 2)}).loaded
-    with pytest.warns(UserWarning, match="rebuilding"):
+    assert f"rebuilding {path}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
         assert not cached_module(path, build(1), lambda: nn.Linear(4, 2), {"seed": 1, "sizes": (3, 2)}).loaded
+    assert "rebuilding" in caplog.text
     assert builds == [0, 1, 1, 1]

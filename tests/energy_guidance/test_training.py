@@ -1,9 +1,15 @@
 """training.py: the one loop; an interrupted run resumes bit-identically, also past a damaged checkpoint."""
 
+import logging
+import os
+import signal
+
 import pytest
 import torch
 from torch import nn
 
+from energy_guidance.checkpoints import checkpoint_steps
+from energy_guidance.training import Interrupted as SignalInterrupted
 from energy_guidance.training import fit, gradient_step, train
 
 
@@ -56,14 +62,15 @@ def test_a_checkpoint_between_history_entries_resumes_the_same_history(tmp_path)
         assert torch.equal(a, b)
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     reference, reference_history, _ = _run(tmp_path / "straight")
     with pytest.raises(Interrupted):
         _run(tmp_path / "resumed", interrupt_at=33)
     newest = tmp_path / "resumed" / "fit-30.safetensors"
     newest.write_bytes(b"\0" * 100)
-    with pytest.warns(UserWarning, match="fit-30.safetensors"):
+    with caplog.at_level(logging.INFO, logger="energy_guidance"):
         resumed, history, calls = _run(tmp_path / "resumed")
+    assert "fit-30.safetensors" in caplog.text and "resuming fit from step 20 of 40" in caplog.text
     assert len(calls) == 20  # from step 20
     for a, b in zip(resumed.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -97,3 +104,35 @@ def test_train_steps_schedulers_and_logs_window_means():
     assert logged == [(4, 1.5), (6, 4.5)]
     with pytest.raises(ValueError, match="steps must be >= 0"):
         train(update, -1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, signum, caplog):
+    """SIGINT or SIGTERM at step 13 (checkpoints every 10): the step finishes, a checkpoint is
+    written at step 14, Interrupted says so; the resumed run redoes nothing and ends as the
+    uninterrupted one."""
+    reference, reference_history, _ = _run(tmp_path / "straight")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(1)
+    calls = []
+
+    def loss():
+        if len(calls) == 13:
+            os.kill(os.getpid(), signum)
+        calls.append(1)
+        x = torch.randn(32, 3, generator=g)
+        return (net(x)[:, 0] - x.sum(1)).pow(2).mean()
+
+    with pytest.raises(SignalInterrupted) as stopped:
+        fit(net, loss, steps=40, lr=1e-2, generator=g, checkpoint_dir=tmp_path / "run",
+            checkpoint_every=10, log_every=5, progress=False)  # fmt: skip
+    assert (stopped.value.phase, stopped.value.step, stopped.value.status) == ("fit", 14, 128 + signum)
+    assert checkpoint_steps(tmp_path / "run", "fit") == [14, 10]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    with caplog.at_level(logging.INFO, logger="energy_guidance"):
+        resumed, history, calls = _run(tmp_path / "run")
+    assert "resuming fit from step 14 of 40" in caplog.text and len(calls) == 26
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert history == reference_history

@@ -1,25 +1,15 @@
-import shutil
+"""The recipe's tiny test presets; the fixtures that use them (a tiny data set, a finished tiny
+run) are in tests/recipes/fixtures.py, shared with tests/faults through tests/conftest.py."""
 
-import pytest
+from pathlib import Path
 
-from energy_guidance.recipes.aepo import AEPOConfig, parse_args, run
-from energy_guidance.recipes.data import build_pendulum_mixed
+import torch
+
+from energy_guidance.checkpoints import checkpoint_steps, load_tensors
+from energy_guidance.recipes.aepo import AEPOConfig, parse_args
 
 TINY = "test/pendulum/tiny-v0"
-
-
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    """An empty Minari storage root: tests never read ~/.minari or download."""
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
-@pytest.fixture
-def tiny_dataset(minari_root):
-    """A 4-episode (800-step) mixed Pendulum data set with 4-episode reference scores."""
-    return build_pendulum_mixed(TINY, episodes=4, reference_episodes=4, seed=3)
+PHASES = ("critic", "behaviour", "energy")  # the training phases
 
 
 def tiny_args(run_dir, *extra: str) -> list[str]:
@@ -45,20 +35,17 @@ def tiny_config(run_dir, *extra: str, **overrides) -> AEPOConfig:
     return config
 
 
-@pytest.fixture(scope="session")
-def _finished_template(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-        build_pendulum_mixed(TINY, episodes=4, reference_episodes=4, seed=3)
-        results = run(tiny_config(root / "run"))
-    return root, results
+def final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Each training phase's weights at its final checkpoint."""
+    weights = {}
+    for phase in PHASES:
+        step = checkpoint_steps(folder / "checkpoints", phase)[0]
+        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
+    return weights
 
 
-@pytest.fixture
-def finished_run(_finished_template, tmp_path, monkeypatch):
-    """A copy of one finished tiny run (built once per session): (its folder, its results)."""
-    root, results = _finished_template
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
-    shutil.copytree(root / "run", tmp_path / "run")
-    return tmp_path / "run", results
+def assert_same_weights(a: dict, b: dict) -> None:
+    for phase in PHASES:
+        assert a[phase].keys() == b[phase].keys()
+        for key in a[phase]:
+            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)

@@ -3,6 +3,7 @@ re-evaluation, refusals, and damaged files in its run folder."""
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -20,26 +21,11 @@ from energy_guidance.recipes.aepo import AEPOConfig, format_scores, parse_args, 
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
-from .conftest import tiny_args, tiny_config
+from .conftest import PHASES, tiny_args, tiny_config
+from .conftest import assert_same_weights as _assert_same_weights
+from .conftest import final_weights as _final_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ("critic", "behaviour", "energy")
-
-
-def _final_weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Each training phase's weights at its final checkpoint."""
-    weights = {}
-    for phase in PHASES:
-        step = checkpoint_steps(folder / "checkpoints", phase)[0]
-        weights[phase] = load_tensors(folder / "checkpoints" / f"{phase}-{step}.safetensors")[0]
-    return weights
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    for phase in PHASES:
-        assert a[phase].keys() == b[phase].keys()
-        for key in a[phase]:
-            assert torch.equal(a[phase][key], b[phase][key]), (phase, key)
 
 
 def _forbid(monkeypatch, *names: str) -> None:
@@ -176,15 +162,20 @@ def test_changed_training_settings_are_refused(finished_run, monkeypatch):
     assert results["scores"] == reference["scores"]
 
 
-def test_bad_inputs_fail_clearly_and_leave_the_folder_usable(tiny_dataset, tmp_path, monkeypatch):
+def test_bad_inputs_fail_clearly_and_leave_the_folder_usable(tiny_dataset, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="minari download foo/bar-v0"):
         run(tiny_config(folder, dataset="foo/bar-v0"))
     with pytest.raises(ValueError, match="observation_space mismatch"):
         run(tiny_config(folder, env="MountainCarContinuous-v0"))
-    with pytest.raises(SystemExit, match=r"^error: Minari dataset 'foo/bar-v0' is not present"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         aepo.main(["--dataset", "foo/bar-v0", "--run-dir", str(folder)])  # no traceback
-    assert not (folder / "config.json").exists()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: Minari dataset 'foo/bar-v0' is not present")
+    assert "python -m energy_guidance.recipes.datasets build" in err
+    assert not folder.exists()  # no folder, no stray .lock
     # A later valid run in the same folder is accepted (stopped once its configuration is saved).
     monkeypatch.setattr(aepo, "_run", lambda *args: "adopted")
     assert run(tiny_config(folder, "--beta", "2")) == "adopted"
@@ -221,7 +212,7 @@ def test_a_damaged_file_is_named(finished_run, name, damage):
     assert error.value.path == path and str(path) in str(error.value)
 
 
-def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, monkeypatch):
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, monkeypatch, caplog):
     """The critic's final weights are truncated: the run warns naming the file, retrains from the
     previous checkpoint (step 100) and ends with the same weights; the evaluation stays cached."""
     folder, reference = finished_run
@@ -230,8 +221,11 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, monke
     damaged.write_bytes(damaged.read_bytes()[:-100])
     calls = _fail_after(monkeypatch, IQL, "update", 10**6)
     _forbid(monkeypatch, "behaviour", "variance", "energy", "evaluation")
-    with pytest.warns(UserWarning, match=rf"skipping checkpoint critic-200: {damaged}"):
+    with caplog.at_level(logging.INFO, logger="energy_guidance"):
         results = run(tiny_config(folder))
+    assert f"checkpoint critic-200 is damaged and does not count: {damaged}" in caplog.text
+    assert "resuming critic from step 100 of 200" in caplog.text
+    assert (folder / "checkpoints" / "critic-200.safetensors.damaged").exists()
     assert len(calls) == 100
     _assert_same_weights(_final_weights(folder), before)
     assert results["scores"] == reference["scores"]
@@ -247,7 +241,9 @@ def test_invalid_choices_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"behaviour\.sampler must be one of"):
         run(config)
     assert not (tmp_path / "s").exists()
-    with pytest.raises(ValueError, match="smc_temper must be finite and >= 0"):
+    with pytest.raises(
+        ValueError, match=r"smc_temper must be a number in \[0, ∞\), got -1\.0 \(--smc-temper\)"
+    ):
         run(tiny_config(tmp_path / "t", smc_temper=-1.0))
     assert not (tmp_path / "t").exists()
 

@@ -1,6 +1,7 @@
 """recipes/datasets.py at tiny budgets: a Hopper SAC agent of 200 + 200 steps, 150-step data sets."""
 
 import json
+import logging
 import os
 
 import gymnasium as gym
@@ -161,11 +162,12 @@ def test_cached_agent_and_data_set_are_not_rebuilt(built, sac, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
 
 
-def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, sac, monkeypatch):
+def test_expert_stage_resumes_from_the_medium_checkpoint(minari_root, sac, monkeypatch, caplog):
     agents = minari_root.parent / "agents-resume"
     config = AgentConfig(**{**AGENT.__dict__, "expert_steps": 300})
-    with pytest.warns(UserWarning, match="that agent is the medium one"):
+    with caplog.at_level(logging.WARNING, logger="energy_guidance"):
         folder = train_agent("hopper", config, agents, until="medium", progress=False)
+    assert "that agent is the medium one" in caplog.text
     assert (folder / "medium.json").exists() and not (folder / "expert-300.json").exists()
     medium_zip = (folder / "medium.zip").stat().st_mtime_ns
     calls = []

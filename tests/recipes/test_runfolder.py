@@ -51,6 +51,7 @@ def test_adopt_compares_training_settings_only(tmp_path):
     folder = RunFolder(tmp_path)
     training = {"beta": 3.0, "iql": {"hidden": 32, "lr": 3e-4}}
     folder.adopt(training, {"eval_episodes": 10}, {"threads": 1})
+    folder.finish("variance", seconds=1.0)  # the folder holds results: its training settings count
     folder.adopt(training, {"eval_episodes": 3}, {"threads": 2})  # evaluation and runtime may change
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved == {"training": training, "evaluation": {"eval_episodes": 3}, "runtime": {"threads": 2}}
@@ -65,6 +66,20 @@ def test_adopt_compares_training_settings_only(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"beta": 3.0}))  # an older, flat format
     with pytest.raises(ConfigMismatch, match="older version"):
         folder.adopt(training, {}, {})
+
+
+def test_a_folder_holding_only_a_configuration_takes_a_new_one(tmp_path):
+    """A run that failed before any work (or an older recipe that validated less) left only its
+    config.json: nothing would be lost, so any configuration is adopted."""
+    folder = RunFolder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"beta": 3.0}))  # even an older format
+    folder.adopt({"beta": 1.0}, {}, {})
+    folder.adopt({"beta": 2.0}, {}, {})
+    assert json.loads((tmp_path / "config.json").read_text())["training"] == {"beta": 2.0}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "critic-3.json.damaged").write_text("{}")  # even a quarantined one counts
+    with pytest.raises(ConfigMismatch, match=r"fields \['beta'\]"):
+        folder.adopt({"beta": 1.0}, {}, {})
 
 
 def test_flatten():
