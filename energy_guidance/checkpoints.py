@@ -68,10 +68,11 @@ class WriteError(OSError):
 
     def __init__(self, path: str | Path, error: OSError) -> None:
         self.path = Path(path)
-        super().__init__(error.errno, f"cannot write {self.path}: {error.strerror or error}")
+        self.message = f"cannot write {self.path}: {error.strerror or error}"
+        super().__init__(error.errno, self.message)
 
     def __str__(self) -> str:
-        return self.strerror  # the whole message; OSError would prefix "[Errno N]"
+        return self.message  # the whole message; OSError would prefix "[Errno N]"
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:

@@ -148,7 +148,8 @@ def train(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     modules, optimizers, lr_schedulers = modules or {}, optimizers or {}, lr_schedulers or {}
-    start, history, seconds = 0, {"step": []}, 0.0
+    start, seconds = 0, 0.0
+    history: History = {"step": []}
     window: dict[str, list[float]] = {}  # losses since the last history entry
     multi, main = distributed.active(), distributed.is_main()
     if checkpoint_dir is not None:
@@ -186,8 +187,9 @@ def train(
     began = time.perf_counter() - seconds
 
     def checkpoint(step: int) -> None:
+        assert checkpoint_dir is not None  # called only when checkpointing
         state = None if generator is None else generator.get_state()
-        states = {
+        states: dict[str, Any] = {
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "lr_schedulers": {k: s.state_dict() for k, s in lr_schedulers.items()},
             "generator": state,
