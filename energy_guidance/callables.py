@@ -173,6 +173,11 @@ def call_model(
     out = getattr(out, "sample", out)
     if isinstance(out, tuple):
         out = out[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the model must return a tensor shaped like its input x_t {tuple(x_t.shape)} (or an output "
+            f"with .sample), got {type(out).__name__}"
+        )
     if out.shape != x_t.shape:
         raise ValueError(f"model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}")
     check_finite(out, MODEL_OUTPUT, input_dtype=x_t.dtype)

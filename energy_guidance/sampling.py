@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, Cond, NoiseModel, NonFiniteError, Timestep, call_model, check_finite
 from .protocols import Guided, StepInfo, StepRecord
-from .schedulers import SchedulerAdapter, SchedulerLike
+from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 
 ON_NONFINITE = ("raise", "freeze", "drop")
 
@@ -119,8 +119,7 @@ def sample(
     ``nonfinite`` (B,), and ``return_mask=True`` returns ``(samples, nonfinite)`` with the (B,)
     mask of the frozen or dropped samples.
     """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    num_inference_steps = check_num_inference_steps(scheduler, num_inference_steps)
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
     guided = isinstance(model, Guided)

@@ -36,6 +36,7 @@ because a rescaling x ↦ c·x multiplies σ by c and the gradient by 1/c.
 from __future__ import annotations
 
 import inspect
+import numbers
 import sys
 import threading
 import warnings
@@ -188,6 +189,28 @@ def _family(scheduler: Scheduler) -> str:
         f"{name} is not supported by energy_guidance: {reason}. Supported schedulers (and their "
         f"subclasses): {', '.join(SUPPORTED_SCHEDULERS)}."
     )
+
+
+def check_num_inference_steps(scheduler: SchedulerLike, num_inference_steps: object) -> int:
+    """``num_inference_steps`` as an int ≥ 1, or a one-line error naming it. The cumprod and
+    sigmas families sample on their discrete training grid of ``num_train_timesteps`` steps, so
+    for them it is also at most that (more would repeat timesteps: DDPM refuses, DPM-Solver's
+    update overflows); the edm and flow families' schedules are continuous."""
+    n = num_inference_steps
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_inference_steps must be an integer >= 1, got {type(n).__name__} {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+    scheduler = as_scheduler(scheduler)
+    if _family(scheduler) in ("cumprod", "sigmas"):
+        trained = int(scheduler.config.num_train_timesteps)
+        if n > trained:
+            raise ValueError(
+                f"num_inference_steps must be at most the scheduler's {trained} training steps "
+                f"(num_train_timesteps), got {n}"
+            )
+    return n
 
 
 def prediction_type(scheduler: SchedulerLike) -> str:

@@ -105,7 +105,7 @@ from tqdm.auto import tqdm
 
 from .callables import Cond, Energy, NoiseModel, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
-from .schedulers import SchedulerAdapter, SchedulerLike
+from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 from .tempering import Tempered
 
 RESAMPLING = ("systematic", "multinomial")
@@ -311,8 +311,7 @@ def smc_sample(
     b, k = shape[0], int(num_particles)
     if b < 1 or k < 1:
         raise ValueError(f"need at least one population and one particle, got B={b}, K={k}")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    num_inference_steps = check_num_inference_steps(scheduler, num_inference_steps)
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if resampling not in RESAMPLING:
