@@ -8,9 +8,9 @@ from typing import Literal, overload
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .callables import SCHEDULER_STEP, Cond, NoiseModel, NonFiniteError, Timestep, call_model, check_finite
+from .progress import progress_bar
 from .protocols import Guided, StepInfo, StepRecord
 from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 
@@ -136,7 +136,7 @@ def sample(
     evaluate = _Evaluation(model, guided, cond, on_nonfinite, active)
     restore_seed = adapter.seed_brownian_noise(generator)
     try:
-        for i, t in enumerate(tqdm(adapter.scheduler.timesteps, disable=not progress, desc="sampling")):
+        for i, t in enumerate(progress_bar(adapter.scheduler.timesteps, progress=progress, desc="sampling")):
             x_in = adapter.model_input(x, t)
             out, info = evaluate(x_in, t, i)
             before = x

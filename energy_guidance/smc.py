@@ -101,10 +101,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .callables import Cond, Energy, NoiseModel, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
+from .progress import progress_bar
 from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 from .tempering import Tempered
 
@@ -363,7 +363,7 @@ def smc_sample(
         return (torch.arange(b, device=device)[:, None] * k + chosen).reshape(-1)
 
     timesteps = adapter.scheduler.timesteps
-    for t in tqdm(timesteps, disable=not progress, desc="smc"):
+    for t in progress_bar(timesteps, progress=progress, desc="smc"):
         adapter.restore(guided_state)
         x_in = adapter.model_input(x, t)
         guided_state = adapter.snapshot()  # scale_model_input may set the step index

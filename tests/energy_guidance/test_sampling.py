@@ -53,3 +53,21 @@ def test_a_model_that_returns_no_tensor_is_named():
         TypeError, match=r"the model must return a tensor shaped like its input x_t \(4, 2\).*NoneType"
     ):
         sample(diffusers.DDPMScheduler(), model, (4, 2), num_inference_steps=3)
+
+
+@pytest.mark.parametrize(("environment", "shown"), [("0", True), ("1", False)])
+def test_the_samplers_bars_follow_tqdm_disable(monkeypatch, capsys, environment, shown):
+    monkeypatch.setenv("TQDM_DISABLE", environment)
+    sample(diffusers.DDPMScheduler(), zero_model, (2, 2), num_inference_steps=3, progress=True)
+    smc_sample(
+        diffusers.DDPMScheduler(),
+        zero_model,
+        (2, 2),
+        2,
+        num_inference_steps=3,
+        energy=lambda x: x.sum(1),
+        beta=1.0,
+        progress=True,
+    )
+    err = capsys.readouterr().err
+    assert ("sampling" in err and "smc" in err) is shown
