@@ -594,3 +594,22 @@ def test_an_estimator_that_returns_no_value_when_asked_for_one_is_named():
     guidance = AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), estimator=NoValue())
     with pytest.raises(TypeError, match=r"NoValue\.value_and_x_t_gradient returned no value"):
         guidance.step_parts(torch.randn(3, 2), torch.tensor(500))
+
+
+@pytest.mark.parametrize(
+    ("beta", "message"),
+    [
+        (torch.tensor([1.0, 2.0]), r"beta must be a number \(an inverse temperature >= 0\), got Tensor"),
+        ("1", r"beta must be a number \(an inverse temperature >= 0\), got str '1'"),
+    ],
+)
+def test_a_beta_that_is_not_a_number_is_named(beta, message):
+    scheduler = diffusers.DDPMScheduler()
+    with pytest.raises(TypeError, match=message):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), lambda x: x.sum(1), beta)
+
+
+def test_an_estimator_given_by_name_is_named():
+    scheduler = diffusers.DDPMScheduler()
+    with pytest.raises(TypeError, match="estimator must be an IntermediateEnergyEstimator.*got str"):
+        AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), estimator="quadrature")
