@@ -611,5 +611,5 @@ def test_a_beta_that_is_not_a_number_is_named(beta, message):
 
 def test_an_estimator_given_by_name_is_named():
     scheduler = diffusers.DDPMScheduler()
-    with pytest.raises(TypeError, match="estimator must be an IntermediateEnergyEstimator.*got str"):
+    with pytest.raises(TypeError, match=r"estimator must be an IntermediateEnergyEstimator.*got str"):
         AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), estimator="quadrature")
