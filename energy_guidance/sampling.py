@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Literal, overload
@@ -15,6 +16,19 @@ from .protocols import Guided, StepInfo, StepRecord
 from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 
 ON_NONFINITE = ("raise", "freeze", "drop")
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """``shape`` (B, ...) as a tuple of positive integers, with samples of at least one dimension,
+    or a one-line error naming it."""
+    if not isinstance(shape, tuple | list | torch.Size) or len(shape) < 2:
+        raise ValueError(
+            f"shape must be (B, ...), a batch size and a sample shape of at least one dimension, got "
+            f"{shape!r}"
+        )
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 1 for n in shape):
+        raise ValueError(f"shape must hold positive integers, got {shape!r}")
+    return tuple(int(n) for n in shape)
 
 
 @overload
@@ -119,6 +133,7 @@ def sample(
     ``nonfinite`` (B,), and ``return_mask=True`` returns ``(samples, nonfinite)`` with the (B,)
     mask of the frozen or dropped samples.
     """
+    shape = check_shape(shape)
     num_inference_steps = check_num_inference_steps(scheduler, num_inference_steps)
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")

@@ -105,6 +105,7 @@ from torch import Tensor
 from .callables import Cond, Energy, NoiseModel, call_energy, call_model, check_beta
 from .guidance import AnalyticEnergyGuidance
 from .progress import progress_bar
+from .sampling import check_shape
 from .schedulers import SchedulerAdapter, SchedulerLike, check_num_inference_steps
 from .tempering import Tempered
 
@@ -305,9 +306,7 @@ def smc_sample(
     Returns:
         An :class:`SMCResult`.
     """
-    shape = tuple(int(n) for n in shape)
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (B, ...) with samples of at least one dimension, got {shape}")
+    shape = check_shape(shape)
     b, k = shape[0], int(num_particles)
     if b < 1 or k < 1:
         raise ValueError(f"need at least one population and one particle, got B={b}, K={k}")
