@@ -5,6 +5,7 @@ Hypothesis profiles: ``ci`` (default) is derandomized so every run draws the sam
 """
 
 import os
+import signal
 
 import pytest
 import torch
@@ -16,6 +17,13 @@ pytest_plugins = ["tests.recipes.fixtures"]
 # Other jobs share the 2-core CI machine; one thread per test process is also faster for the
 # small tensors used here.
 torch.set_num_threads(1)
+
+# A shell that starts the suite as a background job (`cmd &`, nohup, some CI runners) leaves SIGINT
+# ignored, and Python then keeps it ignored: Ctrl-C could not reach the process at all. The tests
+# of what Ctrl-C does need the disposition of an interactive run, in this process and (a caught
+# signal is reset to the default on exec) in the commands they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=50, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=300)
