@@ -314,8 +314,8 @@ class ImportanceTilt:
 
     def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
         """The table's samples (N, d) and their energies (N,), in float64 on x0's device, computed
-        once per table; a sample where the energy is not finite gets energy +inf (weight 0)."""
-        if self._samples is None or self._samples[0] is not source:
+        once per table and device; a sample where the energy is not finite gets energy +inf (weight 0)."""
+        if self._samples is None or self._samples[0] is not source or self._samples[1].device != x0.device:
             samples = source.to(device=x0.device, dtype=torch.float64)
             batch = samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:])
             with torch.no_grad():
