@@ -1,7 +1,8 @@
 """What the default guidance learns about a model from the model's own samples.
 
 The default estimator (:mod:`energy_guidance.importance`) needs the posterior variance at each
-noise level and the range of the data. A user with data passes a table built from it
+noise level, the range and covariance of the data, and a sample of it (its prior between modes).
+A user with data passes a table built from it
 (:func:`~energy_guidance.posterior.estimate_variance_table`); without one the guidance draws
 ``num_samples`` unguided samples from the model once, with a copy of its scheduler (the
 caller's scheduler state is untouched), and builds the same table from them: the model's own

@@ -182,9 +182,8 @@ class ImportanceTilt:
         With the data covariance C = V·diag(λ)·Vᵀ in the table (samples of up to
         ``MAX_COVARIANCE_DIM`` values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior covariance of Gaussian
         data with covariance C: it points the tilt along the data's own directions (toward the
-        modes the energy prefers), where a diagonal Σ̂ points it along ∇E only. (The table's
-        marginal variance along C's axes, alone or as a cap, was further from the target on the
-        d = 32 sweep.) Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`)."""
+        modes the energy prefers), where a diagonal Σ̂ points it along ∇E only (docs/math.md).
+        Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`)."""
         axes, lam = table.principal_axes, table.principal_variance
         if axes is None or lam is None:
             return None, self._variance(table, alpha, sigma, b, d)
