@@ -14,6 +14,6 @@ test: lint
 lint: .venv/.installed
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && $(PY) -m mypy
 
-.venv/.installed: pyproject.toml scripts/setup-venv.sh
+.venv/.installed: pyproject.toml scripts/setup-venv.sh scripts/d3rlpy-requirements.txt
 	bash scripts/setup-venv.sh
 	touch $@

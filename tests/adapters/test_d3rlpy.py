@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-# d3rlpy is the optional extra energy-guidance[d3rlpy]; it is not in `dev` because d3rlpy 2.8.1
-# pins gymnasium==1.0.0, older than the recipes' gymnasium>=1.1, so CI's environment lacks it.
+# d3rlpy is the optional extra energy-guidance[d3rlpy]; the project's venv installs it without its
+# gymnasium==1.0.0 pin (scripts/d3rlpy-requirements.txt), so this runs in CI.
 d3rlpy = pytest.importorskip(
-    "d3rlpy",
-    reason="d3rlpy is not installed (pip install 'energy-guidance[d3rlpy]' in an environment "
-    "without the rl extra: d3rlpy 2.8.1 pins gymnasium==1.0.0)",
+    "d3rlpy", reason="d3rlpy is not installed (pip install --no-deps -r scripts/d3rlpy-requirements.txt)"
 )
 
 from energy_guidance.adapters import Critic, critic_energy, load_d3rlpy  # noqa: E402
