@@ -38,27 +38,27 @@ from energy_guidance.training import gradient_step
 PEERS = {"iql": "d3rlpy-iql", "cql": "d3rlpy-cql", "iql-compiled": "d3rlpy-iql"}
 
 
-def random_data(size: int, obs_dim: int, act_dim: int, seed: int = 0) -> Transitions:
-    """``size`` random transitions (episodes of 1,000 steps), actions in [-1, 1]."""
+def random_data(size: int, obs_dim: int, act_dim: int, seed: int = 0, device: str = "cpu") -> Transitions:
+    """``size`` random transitions (episodes of 1,000 steps), actions in [-1, 1], on ``device``."""
     g = torch.Generator().manual_seed(seed)
     terminals = torch.zeros(size)
     terminals[999::1000] = 1.0
     return Transitions(
-        torch.randn(size, obs_dim, generator=g),
-        torch.rand(size, act_dim, generator=g) * 2 - 1,
-        torch.randn(size, generator=g),
-        torch.randn(size, obs_dim, generator=g),
-        terminals,
+        torch.randn(size, obs_dim, generator=g).to(device),
+        (torch.rand(size, act_dim, generator=g) * 2 - 1).to(device),
+        torch.randn(size, generator=g).to(device),
+        torch.randn(size, obs_dim, generator=g).to(device),
+        terminals.to(device),
     )
 
 
-def ours(name: str, data: Transitions, batch: int) -> Callable[[], None]:
+def ours(name: str, data: Transitions, batch: int, device: str) -> Callable[[], None]:
     """One training step of the recipe's ``name`` (sample a batch, update), as a closure."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     if name == "behaviour":
         config = BehaviourConfig()
-        model = NoiseMLP(data.act_dim, data.obs_dim, config.hidden, config.depth, config.time_dim)
+        model = NoiseMLP(data.act_dim, data.obs_dim, config.hidden, config.depth, config.time_dim).to(device)
         scheduler, optimizer = training_scheduler(config), torch.optim.Adam(model.parameters(), lr=config.lr)
 
         def behaviour_step() -> None:
@@ -67,9 +67,9 @@ def ours(name: str, data: Transitions, batch: int) -> Callable[[], None]:
 
         return behaviour_step
     if name == "cql":
-        critic: CQL | IQL = CQL(data.obs_dim, data.act_dim, CQLConfig())
+        critic: CQL | IQL = CQL(data.obs_dim, data.act_dim, CQLConfig()).to(device)
     else:
-        critic = IQL(data.obs_dim, data.act_dim)
+        critic = IQL(data.obs_dim, data.act_dim).to(device)
         if name == "iql-compiled":
             critic.q = torch.compile(critic.q)
             critic.q_target = torch.compile(critic.q_target)
@@ -78,19 +78,18 @@ def ours(name: str, data: Transitions, batch: int) -> Callable[[], None]:
     return lambda: critic.update(data.sample(batch, g), g)  # type: ignore[return-value]
 
 
-def d3rlpy_arm(name: str, data: Transitions, batch: int) -> Callable[[], None]:
+def d3rlpy_arm(name: str, data: Transitions, batch: int, device: str) -> Callable[[], None]:
     """One training step of d3rlpy's algorithm (its own batch sampling, then ``update``)."""
     import d3rlpy
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     d3rlpy.seed(0)
-    terminals = data.terminals.numpy()
     dataset = d3rlpy.dataset.MDPDataset(
-        data.observations.numpy(),
-        data.actions.numpy(),
-        data.rewards.numpy()[:, None],
-        terminals,
+        data.observations.cpu().numpy(),
+        data.actions.cpu().numpy(),
+        data.rewards.cpu().numpy()[:, None],
+        data.terminals.cpu().numpy(),
         action_space=d3rlpy.ActionSpace.CONTINUOUS,
     )
     configs = {
@@ -98,7 +97,7 @@ def d3rlpy_arm(name: str, data: Transitions, batch: int) -> Callable[[], None]:
         "d3rlpy-cql": lambda: d3rlpy.algos.CQLConfig(batch_size=batch),
         "d3rlpy-td3bc": lambda: d3rlpy.algos.TD3PlusBCConfig(batch_size=batch),
     }
-    algo = configs[name]().create(device="cpu:0")
+    algo = configs[name]().create(device=f"{device}:0")
     algo.build_with_dataset(dataset)
     buffer = d3rlpy.dataset.create_infinite_replay_buffer(
         episodes=dataset.episodes, transition_picker=d3rlpy.dataset.BasicTransitionPicker()
@@ -114,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=200, help="updates per arm per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also iql with torch.compile'd networks")
     parser.add_argument(
         "--arms",
@@ -122,19 +122,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = random_data(100_000, args.obs_dim, args.act_dim)
+    data = random_data(100_000, args.obs_dim, args.act_dim, device=args.device)
     arms = [*args.arms, *(["iql-compiled"] if args.compile else [])]
-    steps = {a: (d3rlpy_arm if a.startswith("d3rlpy") else ours)(a, data, args.batch) for a in arms}
+    steps = {
+        arm: (d3rlpy_arm if arm.startswith("d3rlpy") else ours)(arm, data, args.batch, args.device)
+        for arm in arms
+    }
     rates: dict[str, list[float]] = {a: [] for a in arms}
     for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
         for arm in arms:
             start = time.perf_counter()
             for _ in range(args.updates):
                 steps[arm]()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
             if round_:
                 rates[arm].append(args.updates / (time.perf_counter() - start))
     print(
-        f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+        f"{platform.machine()}, {args.device}, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}, "
         f"obs {args.obs_dim}, act {args.act_dim}, batch {args.batch}, {args.rounds} rounds × "
         f"{args.updates} updates\n"
     )
