@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeGuard
+from typing import ClassVar, Protocol, TypeGuard, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -193,6 +193,7 @@ def _subset(n: int, k: int, generator: torch.Generator | None) -> Tensor:
     return torch.randperm(n, generator=generator, device=device)[:k].cpu()
 
 
+@runtime_checkable
 class VarianceEstimator(Protocol):
     """An estimate Σ̂ of Cov[x0 | x_t], used only through the quadratic form gᵀ Σ̂ g.
 
@@ -220,6 +221,7 @@ class VarianceEstimator(Protocol):
     ) -> Tensor: ...
 
 
+@runtime_checkable
 class CovarianceEstimator(VarianceEstimator, Protocol):
     """A :class:`VarianceEstimator` that also gives the matrix: ``covariance(alpha, sigma, dim=d,
     ...)`` -> Σ̂ as (B, d) (a diagonal) or (B, d, d), what the second-order closed form, the Tweedie
@@ -238,8 +240,9 @@ class CovarianceEstimator(VarianceEstimator, Protocol):
 
 
 def has_covariance(variance: VarianceEstimator) -> TypeGuard[CovarianceEstimator]:
-    """Whether ``variance`` gives the full covariance (a ``covariance`` method)."""
-    return callable(getattr(variance, "covariance", None))
+    """Whether ``variance`` gives the full covariance: it implements the declared
+    :class:`CovarianceEstimator` protocol (a ``covariance`` method beside ``quadratic``)."""
+    return isinstance(variance, CovarianceEstimator)
 
 
 def full_covariance(variance: VarianceEstimator) -> CovarianceEstimator:
@@ -438,6 +441,6 @@ def variance_estimator(
                 )
             return VARIANCES[variance](table)
         return VARIANCES[variance]()
-    if not callable(getattr(variance, "quadratic", None)):
+    if not isinstance(variance, VarianceEstimator):
         raise TypeError(f"{type(variance).__name__} is not a variance estimator (it has no quadratic method)")
     return variance
