@@ -88,6 +88,7 @@ RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on 
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
 _BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
+_TILT_FLOOR = 1e-200  # below this sum of k_i·c_i a row's tilted weights are computed directly
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 
 
@@ -298,7 +299,7 @@ class ImportanceTilt:
         )
         log_k = -distance.clamp_min(0) / (2 * s2[:, None])  # log N(x_t; α·x0_i, σ²I) + const, (B, N)
         k, log_norm = _normalise(log_k)
-        tilted, log_norm_tilted = _normalise(log_k - self.beta * energies[None])
+        tilted, log_norm_tilted = _tilt_normalised(k, log_norm, log_k, self.beta * energies)
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
         tilted = torch.where(found[:, None], tilted, torch.zeros_like(tilted))
@@ -347,6 +348,26 @@ def _normalise(log_w: Tensor) -> tuple[Tensor, Tensor]:
     w = (log_w - top).exp()
     total = w.sum(1, keepdim=True)
     return w / total, (top + total.log()).squeeze(1)
+
+
+def _tilt_normalised(k: Tensor, log_norm: Tensor, log_k: Tensor, scaled: Tensor) -> tuple[Tensor, Tensor]:
+    """``_normalise(log_k - scaled)`` from k = ``_normalise(log_k)`` without a second (B, N)
+    exponential: k̃_i ∝ k_i·c_i with c_i = exp(-(scaled_i - min scaled)), one exponential of N.
+    Rows whose products fall below :data:`_TILT_FLOOR` (the tilt's mass far in k's tail, where
+    they would lose precision) are computed from ``log_k`` directly."""
+    finite = torch.isfinite(scaled)
+    low = torch.where(finite, scaled, torch.full_like(scaled, math.inf)).min()
+    if not bool(torch.isfinite(low)):  # every sample outside the energy's domain: no tilted weights
+        return torch.zeros_like(k), torch.full_like(log_norm, -math.inf)
+    raw = k * torch.exp(low - scaled)[None]  # exp(-inf) = 0 for the samples outside the domain
+    total = raw.sum(1)
+    tilted, log_norm_tilted = raw / total[:, None], log_norm + total.log() - low
+    tail = total < _TILT_FLOOR
+    if bool(tail.any()):
+        exact, exact_norm = _normalise(log_k[tail] - scaled[None])
+        tilted, log_norm_tilted = tilted.clone(), log_norm_tilted.clone()
+        tilted[tail], log_norm_tilted[tail] = exact, exact_norm
+    return tilted, log_norm_tilted
 
 
 def _blocked_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -408,10 +429,13 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _normal_draws(keys: Tensor, m: int, d: int) -> Tensor:
-    """Standard normal draws (m, B, d) as a function of the keys (B,) only (Box–Muller)."""
-    counter = (torch.arange(m * d, dtype=torch.int64, device=keys.device) * 2).reshape(m, 1, d)
-    first = _splitmix(keys.reshape(1, -1, 1) + counter * _GOLDEN)
-    second = _splitmix(first ^ _MIX1)
-    u1 = (_shift_right(first, 11).double() + 0.5) * 2.0**-53
-    u2 = _shift_right(second, 11).double() * 2.0**-53
-    return (-2 * u1.log()).sqrt() * torch.cos(2 * math.pi * u2)
+    """Standard normal draws (m, B, d) as a function of the keys (B,) only: Box–Muller on the two
+    32-bit halves of one hash, both its cosine and its sine (two draws per hash)."""
+    half = (m * d + 1) // 2
+    counter = torch.arange(half, dtype=torch.int64, device=keys.device).reshape(1, half)
+    bits = _splitmix(keys.reshape(-1, 1) + counter * _GOLDEN)  # (B, half)
+    u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
+    u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
+    radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
+    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
+    return z.reshape(-1, m, d).transpose(0, 1)

@@ -278,3 +278,29 @@ def test_with_every_sample_outside_the_energys_domain_the_gaussian_tilt_is_kept(
     want = call(ImportanceTilt(energy, 1.0, table(0.01)), x0, 100.0, x_t=x_t)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=40)
+@given(
+    seed=st.integers(0, 10_000),
+    width=st.floats(0.1, 2_000.0),  # spreads of log k and of β·E: up to far beyond float64's exp range
+    outside=st.booleans(),
+)
+def test_tilted_weights_from_one_exponential_equal_the_direct_normalisation(seed, width, outside):
+    """k̃ computed as k_i·exp(-(βE_i - min βE)) renormalised (one exponential of the (B, N) matrix)
+    equals softmax(log k - βE) and its log-normaliser, including rows whose tilt lies far in k's
+    tail (taken directly) and samples with infinite energy."""
+    from energy_guidance.importance import _normalise, _tilt_normalised
+
+    g = torch.Generator().manual_seed(seed)
+    log_k = width * torch.randn(16, 40, generator=g, dtype=torch.float64)
+    scaled = width * torch.rand(40, generator=g, dtype=torch.float64)
+    if outside:
+        scaled[::3] = math.inf
+    k, log_norm = _normalise(log_k)
+    tilted, log_norm_tilted = _tilt_normalised(k, log_norm, log_k, scaled)
+    expected, expected_norm = _normalise(log_k - scaled[None])
+    # weights summing to 1: their error is absolute, at float64 rounding (a weight of 1e-289 may
+    # keep fewer significant digits, as k_i does)
+    torch.testing.assert_close(tilted, expected, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(log_norm_tilted, expected_norm, rtol=1e-12, atol=1e-9)
