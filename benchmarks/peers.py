@@ -20,7 +20,8 @@ Each (algorithm, seed) trains on the same Minari data set for ``--steps`` gradie
 d3rlpy reads the data through :func:`to_d3rlpy` (the transitions of :func:`load_transitions`,
 actions in the environment's units). Results: ``<root>/<algorithm>/seed<k>.json`` (the curve,
 written after every evaluation; a finished file is reused, an unfinished run starts over),
-``<root>/summary.md`` and ``<root>/learning_curves.png``.
+``<root>/summary.md`` and ``<root>/learning_curves.png`` (``--summarise``: only these two, from
+the curves in ``<root>``, finished or not).
 """
 
 from __future__ import annotations
@@ -233,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="runs/peers")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--summarise", action="store_true", help="only tabulate the curves in --root, finished or not"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_every < 1 or args.steps % args.eval_every:
         parser.error("--steps must be a positive multiple of --eval-every")
@@ -243,10 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             path = root / algorithm / f"seed{seed}.json"
             done = path.exists() and read_json(path)
-            if done and done["finished"] and done["steps"][-1] == args.steps:
+            if done and (args.summarise or (done["finished"] and done["steps"][-1] == args.steps)):
                 runs.append(Run(**done))
-                continue
-            runs.append(train_and_evaluate(args, algorithm, seed, path))
+            elif not args.summarise:
+                runs.append(train_and_evaluate(args, algorithm, seed, path))
     dataset = load_dataset(args.dataset)
     returns = np.array([float(np.sum(e.rewards)) for e in dataset.iterate_episodes()])
     meta = dataset.storage.metadata

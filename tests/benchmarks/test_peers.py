@@ -58,3 +58,14 @@ def test_peers_benchmark_end_to_end(tiny_dataset, tmp_path):
 def test_peers_rejects_steps_that_are_not_a_multiple_of_the_evaluation_interval():
     with pytest.raises(SystemExit):
         peers.main(["--steps", "25", "--eval-every", "10"])
+
+
+def test_summarise_tabulates_unfinished_curves_without_training(tiny_dataset, tmp_path):
+    root = tmp_path / "peers"
+    partial = peers.Run("iql", 0, steps=[10], scores=[12.5], returns=[[1.0]], finished=False)
+    peers.write_json(root / "iql" / "seed0.json", peers.dataclasses.asdict(partial))
+    argv = ["--dataset", TINY, "--steps", "20", "--eval-every", "10", "--seeds", "0", "1"]
+    peers.main([*argv, "--root", str(root), "--summarise"])
+    table = (root / "summary.md").read_text()
+    assert "| iql | 12.5 ± 0.0 (1) |" in table
+    assert "d3rlpy" not in table and not (root / "iql" / "seed1.json").exists()
