@@ -86,9 +86,10 @@ class CQL(nn.Module):
         # Actor and entropy weight.
         a_pi, log_pi = self.actor.sample(s, generator)
         alpha = self.log_alpha.exp().detach()
-        actor_loss = gradient_step(
-            self.optimizers["actor"], (alpha * log_pi - self.q(s, a_pi).min(0).values).mean()
-        )
+        self.q.requires_grad_(False)  # the actor's loss differentiates Q in its actions only
+        q_pi = self.q(s, a_pi).min(0).values
+        self.q.requires_grad_(True)
+        actor_loss = gradient_step(self.optimizers["actor"], (alpha * log_pi - q_pi).mean())
         alpha_loss = -(self.log_alpha * (log_pi.detach() - d)).mean()  # target entropy −d
         gradient_step(self.optimizers["alpha"], alpha_loss)
 
@@ -99,10 +100,8 @@ class CQL(nn.Module):
             target = batch.rewards + c.discount * (1 - batch.terminals) * next_q
             s_rep = s.repeat_interleave(n, dim=0)
             uniform = torch.rand((b * n, d), generator=generator).to(s) * 2 - 1
-            a_cur, log_cur = self.actor.sample(s_rep, generator)
-            a_next, log_next = self.actor.sample(
-                batch.next_observations.repeat_interleave(n, dim=0), generator
-            )
+            a_cur, log_cur = self.actor.sample(s, generator, per_state=n)
+            a_next, log_next = self.actor.sample(batch.next_observations, generator, per_state=n)
         q_data = self.q(s, a)
         td_loss = (q_data - target).pow(2).mean(1).sum()
         sampled = torch.cat([uniform, a_cur, a_next])

@@ -84,10 +84,16 @@ class TanhGaussianPolicy(nn.Module):
         super().__init__()
         self.net = mlp(obs_dim, 2 * act_dim, hidden, depth)
 
-    def sample(self, states: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Reparameterised actions (B, d) and their log-densities log π(a | s) (B,)."""
+    def sample(
+        self, states: Tensor, generator: torch.Generator | None = None, per_state: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterised actions (B·n, d) and their log-densities log π(a | s) (B·n,): n =
+        ``per_state`` draws for each state, in the order of ``states.repeat_interleave(n, 0)``
+        (the network runs once per state)."""
         mean, log_std = self.net(states).chunk(2, dim=-1)
         std = log_std.clamp(-5.0, 2.0).exp()
+        if per_state > 1:
+            mean, std = mean.repeat_interleave(per_state, dim=0), std.repeat_interleave(per_state, dim=0)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
         u = mean + std * noise
         # log N(u; μ, σ) − log|det ∂tanh/∂u|, with log(1 − tanh²u) = 2·(log 2 − u − softplus(−2u)).

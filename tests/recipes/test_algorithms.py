@@ -27,6 +27,18 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     assert torch.allclose(log_prob, expected, rtol=1e-8, atol=1e-8)
 
 
+def test_several_draws_per_state_equal_draws_on_the_repeated_states():
+    """sample(s, per_state=n) runs the network once per state and draws exactly what sampling the
+    repeated states s.repeat_interleave(n) draws (same generator), in the same order."""
+    policy = TanhGaussianPolicy(3, 2, hidden=16).double()
+    states = torch.randn(8, 3, dtype=torch.float64)
+    actions, log_prob = policy.sample(states, torch.Generator().manual_seed(0), per_state=5)
+    expected = policy.sample(states.repeat_interleave(5, 0), torch.Generator().manual_seed(0))
+    assert actions.shape == (40, 2) and log_prob.shape == (40,)
+    torch.testing.assert_close(actions, expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(log_prob, expected[1], rtol=1e-12, atol=1e-12)
+
+
 def test_polyak_update_is_a_lerp():
     source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = copy.deepcopy(target)
