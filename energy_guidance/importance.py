@@ -87,6 +87,7 @@ from .schedulers import Prediction
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
+_DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
 _BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
 _TILT_FLOOR = 1e-200  # below this sum of k_i·c_i a row's tilted weights are computed directly
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
@@ -249,13 +250,13 @@ class ImportanceTilt:
         frame: Tensor | None,
         shift: Tensor,
         cond: Cond,
-        keys: Tensor,
+        keys: tuple[Tensor, Tensor],
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
         b, d = xf.shape
         m = self.num_pairs
         std = var.sqrt()
-        z = _normal_draws(keys + _wrap(self.seed * _GOLDEN), m, d).to(xf)
+        z = _normal_draws(keys, m, d, self.seed).to(xf)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
         if frame is not None:
             spread = spread @ frame.T
@@ -393,9 +394,12 @@ def _repeat(cond: Cond, times: int, batch: int) -> Tensor | None:
     )
 
 
-# The draws are a hash of (sample, noise level, draw index), not a generator's stream: a sample's
-# draws do not depend on which other samples share its batch (frozen or dropped ones, chunks) or
-# on the steps and runs before, so runs reproduce and per-sample results are batch-invariant.
+# The draws are a hash, not a generator's stream: a sample's draws do not depend on which other
+# samples share its batch (frozen or dropped ones, chunks) or on the steps and runs before, so runs
+# reproduce and per-sample results are batch-invariant. Each noise level has a pool of
+# _DRAW_SETS sets of draws (a hash of the level, the set and the draw index), and a sample takes
+# the set its own key (a hash of its state and the level) names: P·M·d normals a step instead of
+# B·M·d, and samples that share a set (B/P of them on average) share only that step's draws.
 # splitmix64 (Steele, Lea and Flood 2014) in wrapping int64 arithmetic.
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
 _MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
@@ -419,23 +423,30 @@ def _splitmix(x: Tensor) -> Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def _draw_keys(x_t: Tensor, sigma: Tensor) -> Tensor:
-    """One int64 key (B,) per sample, on x_t's device: a hash of its state's bits and of the noise
-    level (no host transfer: this runs at every step)."""
+def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(one int64 key (B,) per sample, a hash of its state's bits and of the noise level; the
+    level's own key, a 1-element tensor), on x_t's device (no host transfer: this runs at every
+    step)."""
     bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).contiguous().view(torch.int64)
     position = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device) * _GOLDEN
-    level = sigma.detach().reshape(-1)[:1].to(device=bits.device, dtype=torch.float64).view(torch.int64)
-    return _splitmix(_splitmix(bits + position).sum(1) + _splitmix(level))
+    level = _splitmix(
+        sigma.detach().reshape(-1)[:1].to(device=bits.device, dtype=torch.float64).view(torch.int64)
+    )
+    return _splitmix(_splitmix(bits + position).sum(1) + level), level
 
 
-def _normal_draws(keys: Tensor, m: int, d: int) -> Tensor:
-    """Standard normal draws (m, B, d) as a function of the keys (B,) only: Box–Muller on the two
-    32-bit halves of one hash, both its cosine and its sine (two draws per hash)."""
+def _normal_draws(keys: tuple[Tensor, Tensor], m: int, d: int, seed: int = 0) -> Tensor:
+    """Standard normal draws (m, B, d) as a function of the keys only: sample b takes set
+    ``key_b mod P`` of the level's pool of P = :data:`_DRAW_SETS` sets of m·d draws, made by
+    Box–Muller on the two 32-bit halves of one hash (its cosine and its sine)."""
+    sample_keys, level = keys
+    salt = _wrap(seed * _GOLDEN)
     half = (m * d + 1) // 2
-    counter = torch.arange(half, dtype=torch.int64, device=keys.device).reshape(1, half)
-    bits = _splitmix(keys.reshape(-1, 1) + counter * _GOLDEN)  # (B, half)
+    counter = torch.arange(_DRAW_SETS * half, dtype=torch.int64, device=level.device)
+    bits = _splitmix(level + salt + counter * _GOLDEN).reshape(_DRAW_SETS, half)
     u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
     u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
     radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
-    z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
-    return z.reshape(-1, m, d).transpose(0, 1)
+    pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
+    choice = torch.remainder(_splitmix(sample_keys + salt), _DRAW_SETS)
+    return pool[choice].reshape(-1, m, d).transpose(0, 1)
