@@ -126,21 +126,16 @@ def _d3rlpy(args, run: Run, checkpoint: Callable[[int, Policy], None]) -> None:
     # d3rlpy reports every epoch at INFO through structlog; the benchmark prints its own lines
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     d3rlpy.seed(run.seed)
-    if run.algorithm == "d3rlpy-iql":
-        config: d3rlpy.base.LearnableConfig = d3rlpy.algos.IQLConfig(
-            actor_learning_rate=3e-4,
-            critic_learning_rate=3e-4,
-            batch_size=BATCH,
-            weight_temp=3.0,
-            max_weight=100.0,
-            expectile=0.7,
-            reward_scaler=d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0),
+    common = {"actor_learning_rate": 3e-4, "critic_learning_rate": 3e-4, "batch_size": BATCH}
+    config: d3rlpy.base.LearnableConfig
+    if run.algorithm == "d3rlpy-iql":  # d3rlpy's reproduction settings for IQL
+        scaler = d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)
+        config = d3rlpy.algos.IQLConfig(
+            **common, weight_temp=3.0, max_weight=100.0, expectile=0.7, reward_scaler=scaler
         )
-    else:
+    else:  # and for TD3+BC
         config = d3rlpy.algos.TD3PlusBCConfig(
-            actor_learning_rate=3e-4,
-            critic_learning_rate=3e-4,
-            batch_size=BATCH,
+            **common,
             target_smoothing_sigma=0.2,
             target_smoothing_clip=0.5,
             alpha=2.5,
