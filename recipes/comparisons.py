@@ -20,28 +20,30 @@ cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``cql_steps`` (default
       IQL steps.
 
 IDQL-style selection (unguided best of N by Q) and diffusion BC (the behaviour policy) are the
-recipe's own ablations; SMC selection is ``--smc``.
+recipe's own ablations; SMC selection is ``--smc`` (all of them: :mod:`.policies`). The names
+``--compare`` takes are :data:`.config.COMPARISONS`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from energy_guidance import IntermediateEnergyNet, distributed
 from energy_guidance.baselines import draw_support, train_contrastive_energy
+from energy_guidance.callables import Energy
 from energy_guidance.checkpoints import load_tensors, save_tensors
+from energy_guidance.schedulers import SchedulerLike
+from energy_guidance.training import History
 
+from .behaviour import NoiseMLP
+from .config import AEPOConfig
 from .runfolder import RunFolder
 from .trainers import CRITICS, TrainableCritic
 from .transitions import Transitions
-
-Comparison = Literal["qgpo", "dps", "cql", "quadrature"]
-COMPARISONS: tuple[str, ...] = get_args(Comparison)
 
 
 def quadrature_rule(act_dim: int) -> str:
@@ -53,8 +55,8 @@ def quadrature_rule(act_dim: int) -> str:
 
 def qgpo_support(
     folder: RunFolder,
-    sampler,
-    model,
+    sampler: SchedulerLike,
+    model: NoiseMLP,
     states: Tensor,
     act_dim: int,
     support: int,
@@ -81,15 +83,15 @@ def qgpo_support(
 
 
 def train_qgpo(
-    config,
+    config: AEPOConfig,
     folder: RunFolder,
     data: Transitions,
-    model,
-    train_scheduler,
-    sampler,
-    energy: Callable,
+    model: NoiseMLP,
+    train_scheduler: SchedulerLike,
+    sampler: SchedulerLike,
+    energy: Energy,
 ) -> IntermediateEnergyNet:
-    """QGPO's CEP energy network for ``config`` (an :class:`energy_guidance.recipes.aepo.AEPOConfig`)."""
+    """QGPO's CEP energy network for ``config``."""
     device = data.observations.device
     g = torch.Generator().manual_seed(config.seed + 5)  # the same states and support on every process
     idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
@@ -122,7 +124,7 @@ def train_qgpo(
     return network.eval().requires_grad_(False)
 
 
-def train_cql(config, phase: Callable, data: Transitions) -> TrainableCritic:
+def train_cql(config: AEPOConfig, phase: Callable[..., History], data: Transitions) -> TrainableCritic:
     """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
     ``critic_cql``)."""
     device = data.observations.device
