@@ -94,6 +94,7 @@ from .inputs import Inputs, load_inputs
 from .plots import learning_curves
 from .policies import Policies, label
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
+from .seeds import Seeds, batch_generator, generator
 from .trainers import CRITICS, TrainableCritic
 from .transitions import Transitions
 
@@ -142,27 +143,28 @@ def _run(
     phase: Phase = functools.partial(
         _phase, folder=folder, checkpoint_every=config.checkpoint_every, progress=config.progress
     )
+    seeds = Seeds.of(config.seed)  # every random stream of the run (recipes/seeds.py)
     train_sched = training_scheduler(config.behaviour)  # the behaviour model's noise schedule
     # 1-2. The critic and the behaviour policy.
-    critic, critic_history = train_critic(config, phase, data)
-    model, behaviour_history = train_behaviour(config, phase, data, train_sched)
+    critic, critic_history = train_critic(config, seeds, phase, data)
+    model, behaviour_history = train_behaviour(config, seeds, phase, data, train_sched)
     # 3. The posterior-variance table of the behaviour model.
-    table = variance_table(config, folder, data, model, train_sched)
+    table = variance_table(config, seeds, folder, data, model, train_sched)
     # 4. The intermediate-energy network, on the energy measured in units of q_scale.
     q_scale = measure_q_scale(critic, data.observations, data.act_dim, config.reduce)  # deterministic
     energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
-    network, energy_history = train_energy(config, phase, data, model, train_sched, energy, table)
+    network, energy_history = train_energy(config, seeds, phase, data, model, train_sched, energy, table)
     # What --compare trains (once).
     scheduler = sampling_scheduler(config.behaviour, train_sched)
     qgpo_network = cql_critic = None
     if "qgpo" in config.compare:
-        qgpo_network = train_qgpo(config, folder, data, model, train_sched, scheduler, energy)
+        qgpo_network = train_qgpo(config, seeds, folder, data, model, train_sched, scheduler, energy)
     if "cql" in config.compare and config.critic != "cql":
-        cql_critic = train_cql(config, phase, data)
+        cql_critic = train_cql(config, seeds, phase, data)
     if not distributed.is_main():
         return None
     # 5. Evaluation (rank 0), cached per evaluation settings.
-    generator = torch.Generator().manual_seed(config.seed + 4)
+    samples = torch.Generator()  # the policies' samples, seeded before each policy's evaluation
     policies = Policies(
         config,
         critic,
@@ -173,12 +175,12 @@ def _run(
         inputs.normalizer,
         inputs.scaler,
         data.act_dim,
-        generator,
+        samples,
         qgpo_network,
         cql_critic,
         table,
     )
-    scores, eval_seconds = evaluate_policies(config, folder, inputs, policies, settings["evaluation"])
+    scores, eval_seconds = evaluate_policies(config, seeds, folder, inputs, policies, settings["evaluation"])
     # The report: results.json and learning_curves.png.
     phases = {name: folder.phase_seconds(name) for name in ("critic", "behaviour")}
     phases["variance"] = folder.finished("variance")["seconds"]
@@ -237,18 +239,15 @@ def _phase(
     )
 
 
-def _generator(seed: int) -> torch.Generator:
-    """A training phase's batch generator: per process under torchrun (the seed itself on one)."""
-    return torch.Generator().manual_seed(distributed.rank_seed(seed))
-
-
-def train_critic(config: AEPOConfig, phase: Phase, data: Transitions) -> tuple[TrainableCritic, History]:
+def train_critic(
+    config: AEPOConfig, seeds: Seeds, phase: Phase, data: Transitions
+) -> tuple[TrainableCritic, History]:
     """Phase 1: the critic ``CRITICS[config.critic]`` on the data's transitions (frozen after)."""
     device = data.observations.device
     batch = distributed.local_batch_size(config.batch_size)  # per process; the whole batch on one
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seeds.critic)
     critic = CRITICS[config.critic](data.obs_dim, data.act_dim, critic_settings(config)).to(device)
-    g = _generator(config.seed)
+    g = batch_generator(seeds.critic_batches)
     history = phase(
         "critic",
         lambda step: critic.update(data.sample(batch, g), g),
@@ -261,16 +260,16 @@ def train_critic(config: AEPOConfig, phase: Phase, data: Transitions) -> tuple[T
 
 
 def train_behaviour(
-    config: AEPOConfig, phase: Phase, data: Transitions, train_sched: DDPMScheduler
+    config: AEPOConfig, seeds: Seeds, phase: Phase, data: Transitions, train_sched: DDPMScheduler
 ) -> tuple[NoiseMLP, History]:
     """Phase 2: the behaviour policy ε_θ(a_t, t, s), a diffusion model of the data's actions given
     the states (frozen after)."""
     b = config.behaviour
     batch = distributed.local_batch_size(config.batch_size)
-    torch.manual_seed(config.seed + 1)
+    torch.manual_seed(seeds.behaviour)
     model = NoiseMLP(data.act_dim, data.obs_dim, b.hidden, b.depth, b.time_dim).to(data.observations.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=b.lr)
-    g = _generator(config.seed + 1)
+    g = batch_generator(seeds.behaviour_batches)
 
     def update(step: int) -> dict[str, float]:
         drawn = data.sample(batch, g)
@@ -289,7 +288,12 @@ def train_behaviour(
 
 
 def variance_table(
-    config: AEPOConfig, folder: RunFolder, data: Transitions, model: NoiseMLP, train_sched: DDPMScheduler
+    config: AEPOConfig,
+    seeds: Seeds,
+    folder: RunFolder,
+    data: Transitions,
+    model: NoiseMLP,
+    train_sched: DDPMScheduler,
 ) -> VarianceTable:
     """Phase 3: the posterior-variance table of ``model`` on ``variance_samples`` data pairs, built
     once by rank 0 and kept in the run folder."""
@@ -297,7 +301,7 @@ def variance_table(
     with distributed.main_first():
         if distributed.is_main() and (folder.finished("variance") is None or not path.exists()):
             t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(config.seed + 2)
+            g = generator(seeds.variance)
             subset = torch.randperm(len(data), generator=g)[: config.variance_samples]
             subset = subset.to(data.observations.device)
             table = estimate_variance_table(
@@ -314,6 +318,7 @@ def variance_table(
 
 def train_energy(
     config: AEPOConfig,
+    seeds: Seeds,
     phase: Phase,
     data: Transitions,
     model: NoiseMLP,
@@ -325,10 +330,10 @@ def train_energy(
     at x̄ = the data action (``energy_loss="closed_form"``) or trained as a classifier of
     advantage-weighted data actions against the data (``"classifier"``); frozen after."""
     batch = distributed.local_batch_size(config.batch_size)
-    torch.manual_seed(config.seed + 3)
+    torch.manual_seed(seeds.energy)
     network = IntermediateEnergyNet(data.act_dim, data.obs_dim, hidden=config.energy_hidden, beta=config.beta)
     network = network.to(data.observations.device)
-    g = _generator(config.seed + 7)  # the training batches (seed + 4 is the evaluation's)
+    g = batch_generator(seeds.energy_batches)
     if config.energy_loss == "classifier":
         # energy = -(Q - V)/q_scale: the weights exp(-β·E) are advantage weights, even over states
         actions, states = data.actions, data.observations
@@ -356,7 +361,7 @@ def train_energy(
         )
         # The output scale from global batches of a fixed stream: the same on any number of
         # processes (the loss is in its units); a resumed run restores it from its checkpoint.
-        fixed = torch.Generator().manual_seed(config.seed + 3)
+        fixed = generator(seeds.energy_calibration)
         calibrate(network, targets(batch_size=config.batch_size, generator=fixed))
         draw_targets = targets(batch_size=batch, generator=g)
 
@@ -404,7 +409,12 @@ def measure_q_scale(
 
 
 def evaluate_policies(
-    config: AEPOConfig, folder: RunFolder, inputs: Inputs, policies: Policies, evaluation: Settings
+    config: AEPOConfig,
+    seeds: Seeds,
+    folder: RunFolder,
+    inputs: Inputs,
+    policies: Policies,
+    evaluation: Settings,
 ) -> tuple[dict[str, dict], dict[str, float]]:
     """Phase 5: each policy's returns over ``eval_episodes`` episodes (and normalised scores), cached
     in the run folder per evaluation settings; (scores, seconds per policy)."""
@@ -414,7 +424,8 @@ def evaluate_policies(
         record = folder.evaluation(key, name)
         if record is None:
             t0 = time.perf_counter()
-            policies.generator.manual_seed(config.seed + 4)  # each policy's samples independent of the others
+            # the same seed before each policy: its samples do not depend on which others ran
+            policies.generator.manual_seed(seeds.evaluation)
             returns = evaluate(
                 policy,
                 inputs.make_env,

@@ -42,6 +42,7 @@ from energy_guidance.training import History
 from .behaviour import NoiseMLP
 from .config import AEPOConfig
 from .runfolder import RunFolder
+from .seeds import Seeds, batch_generator, generator
 from .trainers import CRITICS, TrainableCritic
 from .transitions import Transitions
 
@@ -84,6 +85,7 @@ def qgpo_support(
 
 def train_qgpo(
     config: AEPOConfig,
+    seeds: Seeds,
     folder: RunFolder,
     data: Transitions,
     model: NoiseMLP,
@@ -93,15 +95,15 @@ def train_qgpo(
 ) -> IntermediateEnergyNet:
     """QGPO's CEP energy network for ``config``."""
     device = data.observations.device
-    g = torch.Generator().manual_seed(config.seed + 5)  # the same states and support on every process
+    g = generator(seeds.qgpo_support)  # the same states and support on every process
     idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
     states = data.observations[idx]
     with distributed.main_first():  # rank 0 draws and stores the support, the others load it
         support = qgpo_support(
             folder, sampler, model, states, data.act_dim, config.qgpo_support, config.inference_steps, g
         )
-    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 5))  # the training batches
-    torch.manual_seed(config.seed + 5)
+    g = batch_generator(seeds.qgpo_batches)
+    torch.manual_seed(seeds.qgpo)
     network = IntermediateEnergyNet(
         data.act_dim, data.obs_dim, hidden=config.energy_hidden, beta=config.beta
     ).to(device)
@@ -124,13 +126,15 @@ def train_qgpo(
     return network.eval().requires_grad_(False)
 
 
-def train_cql(config: AEPOConfig, phase: Callable[..., History], data: Transitions) -> TrainableCritic:
+def train_cql(
+    config: AEPOConfig, seeds: Seeds, phase: Callable[..., History], data: Transitions
+) -> TrainableCritic:
     """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
     ``critic_cql``)."""
     device = data.observations.device
-    torch.manual_seed(config.seed + 6)
+    torch.manual_seed(seeds.cql)
     critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
-    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 6))
+    g = batch_generator(seeds.cql_batches)
     batch = distributed.local_batch_size(config.batch_size)
     phase(
         "critic_cql",
