@@ -396,8 +396,8 @@ def measure_q_scale(
 
     The mean is over a fixed random subset of at most ``max_states`` of ``states`` (the same on
     every run and process): data sets are stored episode by episode, and their first states can be
-    untypical (on HalfCheetah medium-replay, whose first episodes are near-random, the first 2,048
-    give half the spread of a random 2,048).
+    untypical (a replay set's first episodes are near-random; what that did to q_scale on
+    HalfCheetah medium-replay: docs/benchmarks.md).
     """
     g = torch.Generator().manual_seed(0)
     if len(states) > max_states:

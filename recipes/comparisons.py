@@ -16,8 +16,8 @@ quadrature  training-free guidance by the Gaussian quadrature (7)
       :func:`quadrature_rule`.
 cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``cql_steps`` (default: ``critic_steps``)
       with the same batch size (when the run's critic is already CQL, its policy is evaluated
-      anyway). The locomotion CPU preset gives it fewer steps: here a CQL step costs about ten
-      IQL steps.
+      anyway). The locomotion CPU preset gives it fewer steps: a CQL step evaluates Q on sampled
+      actions for every state, so it costs several IQL steps (measured: docs/rl.md).
 
 IDQL-style selection (unguided best of N by Q) and diffusion BC (the behaviour policy) are the
 recipe's own ablations; SMC selection is ``--smc`` (all of them: :mod:`.policies`). The names

@@ -125,10 +125,10 @@ RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every", "device"
 
 # Settings per task family, applied by the command line before its own flags (which override
 # them). "default" is AEPOConfig as written: sized for the embedded Pendulum set on this CPU.
-# Locomotion (MuJoCo HalfCheetah, Hopper, Walker2d, Ant): IQL's reward normalisation; "-cpu" fits
-# one data set (all phases, 10 episodes per policy) in about 15 minutes on a 2-core CPU, "-gpu" is
-# sized for a GPU: IQL's published 1M critic steps (the AEPO paper's own budgets were not
-# available to us, docs/rl.md).
+# Locomotion (MuJoCo HalfCheetah, Hopper, Walker2d, Ant): IQL's reward normalisation; "-cpu" is
+# sized to finish one data set (all phases, 10 episodes per policy) on a 2-core CPU within 15
+# minutes (the goal; its timings: docs/benchmarks.md), "-gpu" for a GPU: IQL's published 1M critic
+# steps (the AEPO paper's own budgets were not available to us, docs/rl.md).
 PRESETS: dict[str, dict[str, typing.Any]] = {
     "default": {},
     "locomotion-cpu": {
@@ -136,7 +136,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
         "critic_steps": 20_000,
         "behaviour_steps": 20_000,
         "energy_steps": 10_000,
-        "cql_steps": 3_000,  # a CQL step costs ~10 IQL steps here (Q on 30 sampled actions per state)
+        "cql_steps": 3_000,  # a CQL step costs several IQL steps (Q on sampled actions per state)
         "eval_episodes": 10,
     },
     "locomotion-gpu": {

@@ -42,17 +42,12 @@ Data sets already present under ``MINARI_DATASETS_PATH`` are loaded, not rebuilt
 rebuilds); a data set is written into a staging folder beside the storage root and moved into
 place in one rename, so a half-written data set is never loadable.
 
-Times on this project's 2-core CPU machine (one torch thread, other jobs running), 2026-11-27:
-SB3 SAC (one gradient step of batch 256 per environment step) runs at about 260 environment
-steps per second with the default (64, 64) networks and about 80 with SB3's own (256, 256), on
-HalfCheetah-v5, Hopper-v5 and Walker2d-v5 alike (the gradient step dominates); a roll-out of the
-stochastic policy for data collection at about 2,000 steps per second. So an agent costs about
-(SAC steps) / 260 seconds of one core: measured, 14 minutes for HalfCheetah's 200k steps and 26
-for Walker2d's medium-expert (300k steps and two 100k-step sets), more wall time on a loaded
-machine. The agents' scores and the
-measured build times are in docs/benchmarks.md ("MuJoCo data sets built on this machine"). At
-these budgets the "expert" stays well short of D4RL's expert (normalised 100, an agent trained
-for millions of steps); the score it reached is stored with the data set (``agent_score``).
+Cost: training the SAC agents dominates a build (one gradient step per environment step), so a
+build's time grows with the agents' SAC steps. SAC's speed on this project's machine, the agents'
+scores and the measured build times are in docs/benchmarks.md ("MuJoCo data sets built on this
+machine"). At these budgets the "expert" stays well short of D4RL's expert (normalised 100, an
+agent trained for millions of steps); the score it reached is stored with the data set
+(``agent_score``).
 """
 
 from __future__ import annotations
@@ -124,8 +119,8 @@ class AgentConfig:
     expert_steps: int = 300_000  # SAC steps in all; the best-evaluated agent is the expert
     eval_every: int = 10_000  # SAC steps between evaluations
     eval_episodes: int = 5  # episodes of the stochastic policy per evaluation
-    # Hidden layers of actor and critics. SB3's default (256, 256) runs at ~80 steps/s on this
-    # CPU, (64, 64) at ~260, and learned faster per CPU second in a HalfCheetah pilot.
+    # Hidden layers of actor and critics: smaller than SB3's default (256, 256), for CPU time
+    # (their speeds: docs/benchmarks.md, "MuJoCo data sets built on this machine")
     net_arch: tuple[int, ...] = (64, 64)
     learning_starts: int = 100  # uniform random steps before learning (SB3's default)
     train_freq: int = 1  # environment steps between updates (SB3's default)
