@@ -64,7 +64,7 @@ except ModuleNotFoundError as missing:  # exercised in a subprocess (tests/fault
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -78,7 +78,7 @@ from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 from . import cli
 from .behaviour import NoiseMLP, diffusion_loss, sampling_scheduler, training_scheduler
-from .comparisons import train_cql, train_qgpo
+from .comparisons import frozen, new_critic, train_cql, train_qgpo
 from .config import (
     AEPOConfig,
     critic_settings,
@@ -95,7 +95,7 @@ from .plots import learning_curves
 from .policies import Policies, label
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 from .seeds import Seeds, batch_generator, generator
-from .trainers import CRITICS, TrainableCritic
+from .trainers import TrainableCritic
 from .transitions import Transitions
 
 Phase = Callable[..., History]  # phase(name, update, steps, **state): train() in the run folder
@@ -183,10 +183,10 @@ def _run(
     scores, eval_seconds = evaluate_policies(config, seeds, folder, inputs, policies, settings["evaluation"])
     # The report: results.json and learning_curves.png.
     phases = {name: folder.phase_seconds(name) for name in ("critic", "behaviour")}
-    phases["variance"] = folder.finished("variance")["seconds"]
+    phases["variance"] = folder.step_seconds("variance")
     phases["energy"] = folder.phase_seconds("energy")
     if qgpo_network is not None:
-        phases["qgpo_support"] = folder.finished("qgpo_support")["seconds"]
+        phases["qgpo_support"] = folder.step_seconds("qgpo_support")
         phases["qgpo"] = folder.phase_seconds("qgpo")
     if cql_critic is not None:
         phases["critic_cql"] = folder.phase_seconds("critic_cql")
@@ -246,7 +246,7 @@ def train_critic(
     device = data.observations.device
     batch = distributed.local_batch_size(config.batch_size)  # per process; the whole batch on one
     torch.manual_seed(seeds.critic)
-    critic = CRITICS[config.critic](data.obs_dim, data.act_dim, critic_settings(config)).to(device)
+    critic = new_critic(config.critic, data.obs_dim, data.act_dim, critic_settings(config), device)
     g = batch_generator(seeds.critic_batches)
     history = phase(
         "critic",
@@ -256,7 +256,7 @@ def train_critic(
         optimizers=critic.optimizers,
         generator=g,
     )
-    return critic.eval().requires_grad_(False), history
+    return frozen(critic), history
 
 
 def train_behaviour(

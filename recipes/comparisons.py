@@ -27,10 +27,11 @@ recipe's own ablations; SMC selection is ``--smc`` (all of them: :mod:`.policies
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from energy_guidance import IntermediateEnergyNet, distributed
 from energy_guidance.baselines import draw_support, train_contrastive_energy
@@ -133,7 +134,7 @@ def train_cql(
     ``critic_cql``)."""
     device = data.observations.device
     torch.manual_seed(seeds.cql)
-    critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
+    critic = new_critic("cql", data.obs_dim, data.act_dim, config.cql, device)
     g = batch_generator(seeds.cql_batches)
     batch = distributed.local_batch_size(config.batch_size)
     phase(
@@ -144,4 +145,21 @@ def train_cql(
         optimizers=critic.optimizers,
         generator=g,
     )
-    return critic.eval().requires_grad_(False)
+    return frozen(critic)
+
+
+def new_critic(
+    name: str, obs_dim: int, act_dim: int, settings: object, device: torch.device
+) -> TrainableCritic:
+    """``CRITICS[name](obs_dim, act_dim, settings)`` on ``device``.
+
+    A trainable critic is an ``nn.Module`` constructed so (recipes/trainers.py), which its protocol
+    does not declare yet; the casts here and in :func:`frozen` say it to the type checker."""
+    make = typing.cast(Callable[[int, int, object], nn.Module], CRITICS[name])
+    return typing.cast(TrainableCritic, make(obs_dim, act_dim, settings).to(device))
+
+
+def frozen(critic: TrainableCritic) -> TrainableCritic:
+    """``critic`` in evaluation mode without gradients (a trained critic, for the energy)."""
+    typing.cast(nn.Module, critic).eval().requires_grad_(False)
+    return critic

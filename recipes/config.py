@@ -30,8 +30,12 @@ from .iql import IQLConfig
 from .runfolder import Settings
 from .trainers import CRITICS
 
-CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names
-Variance = Literal[tuple(VARIANCES)]  # type: ignore[valid-type]
+if typing.TYPE_CHECKING:  # the registries' names are known only when the program runs
+    CriticName = str
+    Variance = str
+else:  # choices for tyro (listed by --help) and for validate
+    CriticName = Literal[tuple(CRITICS)]
+    Variance = Literal[tuple(VARIANCES)]
 Device = Literal["auto", "cpu", "cuda"]
 Rescale = Literal["auto", "on", "off"]
 Preset = Literal["auto", "default", "locomotion-cpu", "locomotion-gpu"]
@@ -179,13 +183,13 @@ def parse_args(argv: list[str] | None = None) -> AEPOConfig:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     first = argparse.ArgumentParser(add_help=False)
-    for flag, default in (("--preset", "auto"), ("--dataset", DEFAULT_DATASET), ("--device", "auto")):
-        first.add_argument(flag, default=default)
+    for flag, value in (("--preset", "auto"), ("--dataset", DEFAULT_DATASET), ("--device", "auto")):
+        first.add_argument(flag, default=value)
     known, _ = first.parse_known_args(argv)
     preset = resolve_preset(known.preset, known.dataset, known.device)
     if preset not in PRESETS:
         cli.fail(f"preset must be one of {('auto', *PRESETS)}, got {preset!r} (--preset)")
-    default = dataclasses.replace(AEPOConfig(), **PRESETS[preset], preset=preset)
+    default = dataclasses.replace(AEPOConfig(), **PRESETS[preset], preset=typing.cast(Preset, preset))
     return tyro.cli(
         AEPOConfig,
         args=argv,
@@ -247,7 +251,7 @@ def _check_fields(config: typing.Any, cls: type, prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         dotted, hint, value = f"{prefix}{f.name}", hints[f.name], getattr(config, f.name)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, hint):
                 raise _bad(dotted, f"a {hint.__name__}", value)
             _check_fields(value, hint, f"{dotted}.")

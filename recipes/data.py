@@ -115,7 +115,9 @@ def build_pendulum_mixed(
     _, random_returns = collect(
         env, lambda o, rng, i: rng.uniform(-2.0, 2.0, size=1), reference_episodes, 10**6
     )
-    _, expert_returns = collect(env, lambda o, rng, i: [pendulum_expert(o)], reference_episodes, 2 * 10**6)
+    _, expert_returns = collect(
+        env, lambda o, rng, i: np.array([pendulum_expert(o)]), reference_episodes, 2 * 10**6
+    )
     return stage_dataset(  # built aside and moved into place: never half-written
         dataset_id,
         lambda: minari.create_dataset_from_buffers(
@@ -234,7 +236,9 @@ def load_transitions(dataset: minari.MinariDataset, env: gym.Env) -> Transitions
     """
     check_compatible(dataset, env)
     scaler = ActionScaler.from_space(env.action_space)
-    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    obs_shape, act_shape = env.observation_space.shape, scaler.low.shape
+    if obs_shape is None:
+        raise TypeError(f"observations of a fixed shape were expected, got {env.observation_space}")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next", "term")}
     for episode in dataset.iterate_episodes():
         obs, act = np.asarray(episode.observations), np.asarray(episode.actions)

@@ -8,7 +8,9 @@ unguided best of N), SMC selection and the compared methods (:mod:`.comparisons`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from energy_guidance import (
 from energy_guidance.adapters import reduce_critic
 from energy_guidance.baselines import dps_guidance
 from energy_guidance.callables import Energy
-from energy_guidance.schedulers import SchedulerLike
+from energy_guidance.schedulers import Scheduler
 from energy_guidance.variance import VarianceTable
 
 from .behaviour import NoiseMLP, smc_scheduler
@@ -34,6 +36,14 @@ from .inputs import Normalizer
 from .trainers import CRITICS, TrainableCritic
 
 Policy = Callable[[np.ndarray], np.ndarray]  # raw observations (B, k) -> environment actions (B, d)
+
+
+class GuidanceOptions(TypedDict):
+    """What every evaluated guidance shares (``AnalyticEnergyGuidance``'s keywords)."""
+
+    rescale: bool | str
+    scale: float
+    allow_clipping: bool
 
 
 TEMPERED_SMC = "smc_draw_temper"  # + the power: the name of SMC with a tempered twist (a draw)
@@ -71,7 +81,7 @@ class Policies:
         config: AEPOConfig,
         critic: TrainableCritic,
         model: NoiseMLP,
-        scheduler: SchedulerLike,
+        scheduler: Scheduler,
         network: IntermediateEnergyNet,
         energy: Energy,
         normalizer: Normalizer,
@@ -86,11 +96,11 @@ class Policies:
         self.energy, self.normalizer, self.scaler = energy, normalizer, scaler
         self.act_dim, self.generator, self.cql_critic = act_dim, generator, cql_critic
         self.rescale = resolve_rescale(config.rescale, act_dim)
-        common = {
-            "rescale": self.rescale,
-            "scale": config.guidance_scale,
-            "allow_clipping": config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
-        }
+        common = GuidanceOptions(
+            rescale=self.rescale,
+            scale=config.guidance_scale,
+            allow_clipping=config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
+        )
         self.guidance = AnalyticEnergyGuidance(scheduler, model, estimator=network, **common)
         self.smc_scheduler = smc_scheduler(config.behaviour, scheduler)
         self.compared: dict[str, AnalyticEnergyGuidance] = {}  # --compare: name -> guidance
@@ -168,7 +178,7 @@ class Policies:
         behaviour policy, the critic's own policy, and the ablations."""
         n, guidance = self.config.num_candidates, self.guidance
         flipped = guidance.replace(rescale=False if self.rescale else "paper")  # AEPO's rescale, or none
-        policies = {
+        policies: dict[str, Policy] = {
             "aepo": lambda o: self.diffusion(o, guidance, n),
             "guided_single": lambda o: self.diffusion(o, guidance, 1),
             "behaviour": lambda o: self.diffusion(o, None, 1),
@@ -182,7 +192,7 @@ class Policies:
                 "unguided_best_of_n": lambda o: self.diffusion(o, None, n),
             }
         for name, compared in self.compared.items():
-            policies[name] = lambda o, g=compared: self.diffusion(o, g, n)
+            policies[name] = functools.partial(self.diffusion, guidance=compared, candidates=n)
         if self.cql_critic is not None:
             policies[self.cql_critic.policy_name] = lambda o: self.critic_policy(o, self.cql_critic)
         if self.config.smc:
