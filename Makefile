@@ -1,6 +1,6 @@
 # Two entry points (see README.md): `make demo` runs the main job, `make test` the linters (ruff
-# check and format, mypy on energy_guidance/) and then the test suite; CI runs `make test`, so a
-# lint or type error fails it.
+# check and format, mypy on energy_guidance/, recipes/ and adapters/) and then the test suite; CI
+# runs `make test`, so a lint or type error fails it.
 # Both create .venv on first use; torch==2.13.0 (the local CPU build) is installed first when absent.
 PY := .venv/bin/python
 

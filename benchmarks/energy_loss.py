@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from energy_guidance.checkpoints import atomic_write, copy_checkpoint
-from energy_guidance.recipes.aepo import label, parse_args, run
+from energy_guidance.recipes.aepo import run
+from energy_guidance.recipes.config import parse_args
+from energy_guidance.recipes.policies import label
 
 POLICIES = ("aepo", "guided_single")
 REFERENCES = ("unguided_best_of_n", "iql_awr", "behaviour")  # read from the source runs

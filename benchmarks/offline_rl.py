@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from energy_guidance.checkpoints import atomic_write, write_json
-from energy_guidance.recipes.aepo import label, parse_args, run
+from energy_guidance.recipes.aepo import run
+from energy_guidance.recipes.config import parse_args
 from energy_guidance.recipes.plots import scores_figure
+from energy_guidance.recipes.policies import label
 
 MUJOCO = (
     "energy-guidance/halfcheetah/medium-replay-v0",

@@ -39,9 +39,10 @@ import torch
 from minari import EpisodeData
 
 from energy_guidance.checkpoints import atomic_write, read_json, write_json
-from energy_guidance.recipes.aepo import AEPOConfig, load_inputs
+from energy_guidance.recipes.config import AEPOConfig
 from energy_guidance.recipes.data import load_dataset
 from energy_guidance.recipes.evaluation import evaluate, normalized_score
+from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.iql import IQL
 from energy_guidance.recipes.plots import pyplot
 

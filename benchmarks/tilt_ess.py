@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import energy_guidance.recipes.aepo as aepo
 from energy_guidance.adapters import critic_energy
 from energy_guidance.checkpoints import checkpoint_steps, load_modules
 from energy_guidance.classifier import tilt_log_weights
+from energy_guidance.recipes.aepo import measure_q_scale
+from energy_guidance.recipes.config import critic_settings, parse_args
+from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.trainers import CRITICS
 from energy_guidance.training import fit
 
@@ -63,14 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     for run_dir in map(Path, args.runs):
         saved = json.loads((run_dir / "results.json").read_text())["config"]
-        config = aepo.parse_args(["--dataset", saved["dataset"], "--seed", str(saved["seed"])])
-        data = aepo.load_inputs(config, "cpu").data
+        config = parse_args(["--dataset", saved["dataset"], "--seed", str(saved["seed"])])
+        data = load_inputs(config, "cpu").data
         obs_dim, act_dim = data.observations.shape[1], data.actions.shape[1]
-        critic = CRITICS[config.critic](obs_dim, act_dim, aepo.critic_settings(config))
+        critic = CRITICS[config.critic](obs_dim, act_dim, critic_settings(config))
         step = checkpoint_steps(run_dir / "checkpoints", "critic")[0]
         load_modules(run_dir / "checkpoints" / f"critic-{step}.safetensors", {"critic": critic})
         critic.eval()
-        q_scale = aepo.measure_q_scale(critic, data.observations, act_dim, config.reduce)
+        q_scale = measure_q_scale(critic, data.observations, act_dim, config.reduce)
         energy = critic_energy(critic.q_values, config.reduce, q_scale, critic.baseline)
         log_w = tilt_log_weights(energy, data.actions, config.beta, data.observations)
         u = per_state_log_partition(log_w, data.observations, args.steps, config.seed)

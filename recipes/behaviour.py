@@ -14,18 +14,22 @@ guided sampler stays in the box too.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UniPCMultistepScheduler,
-)
 from diffusers.models.embeddings import Timesteps
+
+# the classes from their modules: diffusers' top-level names are placeholders to type checkers
+# (energy_guidance.schedulers.SchedulerLike); these are the real classes
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from torch import Tensor, nn
+
+from energy_guidance.schedulers import Scheduler
 
 Sampler = Literal["dpmsolver++", "unipc", "ddim", "ddpm"]
 SAMPLERS = dict(
@@ -85,7 +89,7 @@ def training_scheduler(config: BehaviourConfig) -> DDPMScheduler:
     )
 
 
-def sampling_scheduler(config: BehaviourConfig, train: DDPMScheduler):
+def sampling_scheduler(config: BehaviourConfig, train: DDPMScheduler) -> Scheduler:
     """A fresh ``config.sampler`` scheduler sharing the training noise schedule, clipping x̂0 to
     [-1, 1] at every step when ``config.clip_sample`` (module docstring)."""
     if config.sampler not in SAMPLERS:
@@ -97,9 +101,10 @@ def sampling_scheduler(config: BehaviourConfig, train: DDPMScheduler):
     return SAMPLERS[config.sampler].from_config(train.config, **clipping)
 
 
-def smc_scheduler(config: BehaviourConfig, train: DDPMScheduler) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ SDE on the training noise schedule, for SMC selection (SMC needs a stochastic
-    step); clips x̂0 like the sampling scheduler when ``config.clip_sample``."""
+def smc_scheduler(config: BehaviourConfig, train: Scheduler) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ SDE on the noise schedule of ``train`` (the training scheduler, or one made from
+    it), for SMC selection (SMC needs a stochastic step); clips x̂0 like the sampling scheduler
+    when ``config.clip_sample``."""
     return DPMSolverMultistepScheduler.from_config(
         train.config,
         algorithm_type="sde-dpmsolver++",
@@ -117,8 +122,8 @@ def diffusion_loss(
 ) -> Tensor:
     """mean ‖ε_θ(α_t·a + σ_t·ε, t, s) − ε‖² with t uniform on the training grid."""
     # Drawn on the generator's device (the CPU here), then moved: the same numbers on any device.
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(actions),), generator=generator)
+    t = torch.randint(0, scheduler.config["num_train_timesteps"], (len(actions),), generator=generator)
     noise = torch.randn(actions.shape, generator=generator)
     t, noise = t.to(actions.device), noise.to(actions)
-    noisy = scheduler.add_noise(actions, noise, t)
+    noisy = scheduler.add_noise(actions, noise, typing.cast(torch.IntTensor, t))  # any integer tensor
     return (model(noisy, t, states) - noise).pow(2).mean()

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from energy_guidance.checkpoints import CorruptFileError, WriteError
 from energy_guidance.training import Interrupted
@@ -106,7 +106,7 @@ def configure_logging(level: str = "info", quiet: bool = False) -> None:
 class _StandardError(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is when a record is emitted (not when the handler was made)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 
@@ -122,7 +122,7 @@ def _terminate(signum: int, frame: Any) -> None:
 _terminate.energy_guidance = True  # type: ignore[attr-defined]  # training may defer it
 
 
-def fail(message: str, status: int = 2) -> None:
+def fail(message: str, status: int = 2) -> NoReturn:
     """Print ``error: message`` as one line on standard error and exit with ``status``."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     raise SystemExit(status)

@@ -16,32 +16,36 @@ quadrature  training-free guidance by the Gaussian quadrature (7)
       :func:`quadrature_rule`.
 cql   CQL's actor: a CQL critic (``--cql.*``) trained for ``cql_steps`` (default: ``critic_steps``)
       with the same batch size (when the run's critic is already CQL, its policy is evaluated
-      anyway). The locomotion CPU preset gives it fewer steps: here a CQL step costs about ten
-      IQL steps.
+      anyway). The locomotion CPU preset gives it fewer steps: a CQL step evaluates Q on sampled
+      actions for every state, so it costs several IQL steps (measured: docs/rl.md).
 
 IDQL-style selection (unguided best of N by Q) and diffusion BC (the behaviour policy) are the
-recipe's own ablations; SMC selection is ``--smc``.
+recipe's own ablations; SMC selection is ``--smc`` (all of them: :mod:`.policies`). The names
+``--compare`` takes are :data:`.config.COMPARISONS`.
 """
 
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable
-from typing import Literal, get_args
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from energy_guidance import IntermediateEnergyNet, distributed
 from energy_guidance.baselines import draw_support, train_contrastive_energy
+from energy_guidance.callables import Energy
 from energy_guidance.checkpoints import load_tensors, save_tensors
+from energy_guidance.schedulers import SchedulerLike
+from energy_guidance.training import History
 
+from .behaviour import NoiseMLP
+from .config import AEPOConfig
 from .runfolder import RunFolder
+from .seeds import Seeds, batch_generator, generator
 from .trainers import CRITICS, TrainableCritic
 from .transitions import Transitions
-
-Comparison = Literal["qgpo", "dps", "cql", "quadrature"]
-COMPARISONS: tuple[str, ...] = get_args(Comparison)
 
 
 def quadrature_rule(act_dim: int) -> str:
@@ -53,8 +57,8 @@ def quadrature_rule(act_dim: int) -> str:
 
 def qgpo_support(
     folder: RunFolder,
-    sampler,
-    model,
+    sampler: SchedulerLike,
+    model: NoiseMLP,
     states: Tensor,
     act_dim: int,
     support: int,
@@ -81,25 +85,26 @@ def qgpo_support(
 
 
 def train_qgpo(
-    config,
+    config: AEPOConfig,
+    seeds: Seeds,
     folder: RunFolder,
     data: Transitions,
-    model,
-    train_scheduler,
-    sampler,
-    energy: Callable,
+    model: NoiseMLP,
+    train_scheduler: SchedulerLike,
+    sampler: SchedulerLike,
+    energy: Energy,
 ) -> IntermediateEnergyNet:
-    """QGPO's CEP energy network for ``config`` (an :class:`energy_guidance.recipes.aepo.AEPOConfig`)."""
+    """QGPO's CEP energy network for ``config``."""
     device = data.observations.device
-    g = torch.Generator().manual_seed(config.seed + 5)  # the same states and support on every process
+    g = generator(seeds.qgpo_support)  # the same states and support on every process
     idx = torch.randperm(len(data), generator=g)[: config.qgpo_states].to(device)
     states = data.observations[idx]
     with distributed.main_first():  # rank 0 draws and stores the support, the others load it
         support = qgpo_support(
             folder, sampler, model, states, data.act_dim, config.qgpo_support, config.inference_steps, g
         )
-    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 5))  # the training batches
-    torch.manual_seed(config.seed + 5)
+    g = batch_generator(seeds.qgpo_batches)
+    torch.manual_seed(seeds.qgpo)
     network = IntermediateEnergyNet(
         data.act_dim, data.obs_dim, hidden=config.energy_hidden, beta=config.beta
     ).to(device)
@@ -122,13 +127,15 @@ def train_qgpo(
     return network.eval().requires_grad_(False)
 
 
-def train_cql(config, phase: Callable, data: Transitions) -> TrainableCritic:
+def train_cql(
+    config: AEPOConfig, seeds: Seeds, phase: Callable[..., History], data: Transitions
+) -> TrainableCritic:
     """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
     ``critic_cql``)."""
     device = data.observations.device
-    torch.manual_seed(config.seed + 6)
-    critic = CRITICS["cql"](data.obs_dim, data.act_dim, config.cql).to(device)
-    g = torch.Generator().manual_seed(distributed.rank_seed(config.seed + 6))
+    torch.manual_seed(seeds.cql)
+    critic = new_critic("cql", data.obs_dim, data.act_dim, config.cql, device)
+    g = batch_generator(seeds.cql_batches)
     batch = distributed.local_batch_size(config.batch_size)
     phase(
         "critic_cql",
@@ -138,4 +145,21 @@ def train_cql(config, phase: Callable, data: Transitions) -> TrainableCritic:
         optimizers=critic.optimizers,
         generator=g,
     )
-    return critic.eval().requires_grad_(False)
+    return frozen(critic)
+
+
+def new_critic(
+    name: str, obs_dim: int, act_dim: int, settings: object, device: torch.device
+) -> TrainableCritic:
+    """``CRITICS[name](obs_dim, act_dim, settings)`` on ``device``.
+
+    A trainable critic is an ``nn.Module`` constructed so (recipes/trainers.py), which its protocol
+    does not declare yet; the casts here and in :func:`frozen` say it to the type checker."""
+    make = typing.cast(Callable[[int, int, object], nn.Module], CRITICS[name])
+    return typing.cast(TrainableCritic, make(obs_dim, act_dim, settings).to(device))
+
+
+def frozen(critic: TrainableCritic) -> TrainableCritic:
+    """``critic`` in evaluation mode without gradients (a trained critic, for the energy)."""
+    typing.cast(nn.Module, critic).eval().requires_grad_(False)
+    return critic

@@ -42,7 +42,8 @@ def pendulum_expert(obs: np.ndarray) -> float:
 
     Far from the top it pumps the energy H = ½θ̇² + 15·cos θ towards its upright value 15
     (dH/dt = 3u·θ̇, so u ∝ (15 − H)·sign θ̇); near the top (cos θ > 0.85) a PD law
-    u = −10·θ − 2·θ̇ balances. Mean return about −140 (random actions: about −1230).
+    u = −10·θ − 2·θ̇ balances. Its measured return, and a random policy's, are the data set's
+    reference scores (docs/rl.md, "Embedded default").
     """
     c, s, w = (float(v) for v in obs)
     theta = np.arctan2(s, c)
@@ -114,7 +115,9 @@ def build_pendulum_mixed(
     _, random_returns = collect(
         env, lambda o, rng, i: rng.uniform(-2.0, 2.0, size=1), reference_episodes, 10**6
     )
-    _, expert_returns = collect(env, lambda o, rng, i: [pendulum_expert(o)], reference_episodes, 2 * 10**6)
+    _, expert_returns = collect(
+        env, lambda o, rng, i: np.array([pendulum_expert(o)]), reference_episodes, 2 * 10**6
+    )
     return stage_dataset(  # built aside and moved into place: never half-written
         dataset_id,
         lambda: minari.create_dataset_from_buffers(
@@ -233,7 +236,9 @@ def load_transitions(dataset: minari.MinariDataset, env: gym.Env) -> Transitions
     """
     check_compatible(dataset, env)
     scaler = ActionScaler.from_space(env.action_space)
-    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    obs_shape, act_shape = env.observation_space.shape, scaler.low.shape
+    if obs_shape is None:
+        raise TypeError(f"observations of a fixed shape were expected, got {env.observation_space}")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next", "term")}
     for episode in dataset.iterate_episodes():
         obs, act = np.asarray(episode.observations), np.asarray(episode.actions)

@@ -42,22 +42,18 @@ Data sets already present under ``MINARI_DATASETS_PATH`` are loaded, not rebuilt
 rebuilds); a data set is written into a staging folder beside the storage root and moved into
 place in one rename, so a half-written data set is never loadable.
 
-Times on this project's 2-core CPU machine (one torch thread, other jobs running), 2026-11-27:
-SB3 SAC (one gradient step of batch 256 per environment step) runs at about 260 environment
-steps per second with the default (64, 64) networks and about 80 with SB3's own (256, 256), on
-HalfCheetah-v5, Hopper-v5 and Walker2d-v5 alike (the gradient step dominates); a roll-out of the
-stochastic policy for data collection at about 2,000 steps per second. So an agent costs about
-(SAC steps) / 260 seconds of one core: measured, 14 minutes for HalfCheetah's 200k steps and 26
-for Walker2d's medium-expert (300k steps and two 100k-step sets), more wall time on a loaded
-machine. The agents' scores and the
-measured build times are in docs/benchmarks.md ("MuJoCo data sets built on this machine"). At
-these budgets the "expert" stays well short of D4RL's expert (normalised 100, an agent trained
-for millions of steps); the score it reached is stored with the data set (``agent_score``).
+Cost: training the SAC agents dominates a build (one gradient step per environment step), so a
+build's time grows with the agents' SAC steps. SAC's speed on this project's machine, the agents'
+scores and the measured build times are in docs/benchmarks.md ("MuJoCo data sets built on this
+machine"). At these budgets the "expert" stays well short of D4RL's expert (normalised 100, an
+agent trained for millions of steps); the score it reached is stored with the data set
+(``agent_score``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -67,6 +63,7 @@ import re
 import shutil
 import tempfile
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -109,7 +106,10 @@ ENVS: dict[str, Locomotion] = {
 }
 LEVELS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 DATASET_IDS = tuple(f"{NAMESPACE}/{env}/{level}-v0" for env in ENVS for level in LEVELS)
-DatasetId = Literal[DATASET_IDS]  # type: ignore[valid-type]  # the choices listed by --help
+if typing.TYPE_CHECKING:  # the ids are built when the program runs
+    DatasetId = str
+else:  # the choices listed by --help
+    DatasetId = Literal[DATASET_IDS]
 
 # Environment seeds of the collected episodes: one disjoint block per level (and data seed).
 _SEED_BLOCK = {"random": 1, "medium": 2, "expert": 3}
@@ -124,8 +124,8 @@ class AgentConfig:
     expert_steps: int = 300_000  # SAC steps in all; the best-evaluated agent is the expert
     eval_every: int = 10_000  # SAC steps between evaluations
     eval_episodes: int = 5  # episodes of the stochastic policy per evaluation
-    # Hidden layers of actor and critics. SB3's default (256, 256) runs at ~80 steps/s on this
-    # CPU, (64, 64) at ~260, and learned faster per CPU second in a HalfCheetah pilot.
+    # Hidden layers of actor and critics: smaller than SB3's default (256, 256), for CPU time
+    # (their speeds: docs/benchmarks.md, "MuJoCo data sets built on this machine")
     net_arch: tuple[int, ...] = (64, 64)
     learning_starts: int = 100  # uniform random steps before learning (SB3's default)
     train_freq: int = 1  # environment steps between updates (SB3's default)
@@ -187,7 +187,7 @@ def _save_model(model, path: Path) -> None:
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)  # numeric arrays only
     atomic_write(path, buffer.getvalue())
 
 
@@ -360,7 +360,9 @@ def rollout(
     also the returns of the episodes that ended on their own (terminated or the time limit)."""
     gym_env = gym.make(ENVS[env].env_id)
     gym_env.action_space.seed(seed)
-    buffers, returns, total = [], [], 0
+    buffers: list[EpisodeBuffer] = []
+    returns: list[float] = []
+    total = 0
     with progress_bar(total=steps, desc=desc, unit="step", progress=progress, mininterval=1.0) as bar:
         while total < steps:
             obs, _ = gym_env.reset(seed=seed + len(buffers))
@@ -404,7 +406,7 @@ def replay_episodes(arrays: dict[str, np.ndarray], unscale: Callable[[np.ndarray
     """
     dones = arrays["dones"].astype(bool)
     timeouts = arrays["timeouts"].astype(bool)
-    ends = list(np.flatnonzero(dones))
+    ends: list[int] = np.flatnonzero(dones).tolist()
     n = len(dones)
     if not ends or ends[-1] != n - 1:
         ends.append(n - 1)
@@ -553,6 +555,8 @@ def build_dataset(
 
     if level == "random":
         space = gym.make(info.env_id).action_space
+        if not isinstance(space, gym.spaces.Box):
+            raise TypeError(f"{info.env_id}: a continuous (Box) action space was expected, got {space}")
         rng = np.random.default_rng(base_seed)
         buffers, _ = rollout(
             env,
@@ -572,8 +576,16 @@ def build_dataset(
         return _write(dataset_id, env, make, {})
 
     if level == "medium-expert":
-        kwargs = dict(env=env, steps=steps, agent=agent, agents_dir=agents_dir, seed=seed, progress=progress)
-        parts = [build_dataset(_sibling(dataset_id, lvl), **kwargs) for lvl in ("medium", "expert")]
+        build = functools.partial(
+            build_dataset,
+            env=env,
+            steps=steps,
+            agent=agent,
+            agents_dir=agents_dir,
+            seed=seed,
+            progress=progress,
+        )
+        parts = [build(_sibling(dataset_id, lvl)) for lvl in ("medium", "expert")]
         meta = [p.storage.metadata for p in parts]
 
         def combine():
@@ -595,7 +607,7 @@ def build_dataset(
             {key: [m[key] for m in meta] for key in ("agent_steps", "agent_score")},
         )
 
-    stage = "expert" if level == "expert" else "medium"
+    stage: Literal["medium", "expert"] = "expert" if level == "expert" else "medium"
     folder = train_agent(env, agent, agents_dir, until=stage, progress=progress)
     name = "medium" if stage == "medium" else f"expert-{agent.expert_steps}"
     record = json.loads((folder / f"{name}.json").read_text())

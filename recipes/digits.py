@@ -30,15 +30,20 @@ import json
 import math
 import os
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 import tyro
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.models.unets.unet_2d import UNet2DModel
+
+# the classes from their modules: diffusers' top-level names are placeholders to type checkers
+from diffusers.pipelines.ddpm.pipeline_ddpm import DDPMPipeline
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import Tensor, nn
 
 from energy_guidance import GaussianQuadrature, guide_pipeline
@@ -115,9 +120,9 @@ def train_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, cfg:
 
     def loss() -> Tensor:
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        t = torch.randint(0, scheduler.config["num_train_timesteps"], (cfg.batch_size,), generator=gen)
         noise = torch.randn(cfg.batch_size, 1, 8, 8, generator=gen)
-        x_t = scheduler.add_noise(images[idx], noise, t)
+        x_t = scheduler.add_noise(images[idx], noise, typing.cast(torch.IntTensor, t))  # any integers
         return (unet(x_t, t).sample - noise).pow(2).mean()
 
     return fit(unet, loss, steps=cfg.train_steps, lr=cfg.lr, name="DDPM")
@@ -162,7 +167,13 @@ def train_classifier(images: Tensor, labels: Tensor, steps: int, seed: int) -> D
     return clf.eval()
 
 
-def train_judge(images: Tensor, labels: Tensor):
+class Judge(Protocol):
+    """Classifier B as the demo uses it: flattened images (N, 64) -> predicted digits (N,)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def train_judge(images: Tensor, labels: Tensor) -> Judge:
     """Classifier B: an RBF support vector machine on the pixels (scikit-learn)."""
     from sklearn.svm import SVC
 
@@ -202,7 +213,7 @@ def to_model_space(images: Tensor) -> Tensor:
     return images * 2 - 1
 
 
-def judge_rate(judge, x: Tensor, digit: int) -> float:
+def judge_rate(judge: Judge, x: Tensor, digit: int) -> float:
     pred = judge.predict(x.reshape(len(x), -1).detach().numpy())
     return float(np.mean(pred == digit))
 
@@ -242,7 +253,7 @@ class Demo:
     scheduler: DDPMScheduler
     unet: UNet2DModel
     classifier: DigitClassifier
-    judge: object
+    judge: Judge
     images: Tensor
     pipe: DDPMPipeline
     info: dict
@@ -266,19 +277,21 @@ def prepare(cfg: DigitsConfig) -> Demo:
         train_ddpm(unet, scheduler, images, cfg)
         return unet
 
-    unet, _, unet_s = cached_module(
+    cached_unet, _, unet_s = cached_module(
         folder / f"unet-{_key(unet_settings)}.safetensors",
         build_unet,
         lambda: make_unet(cfg.channels),
         unet_settings,
     )
     clf_settings = {"steps": cfg.classifier_steps, "seed": cfg.seed}
-    clf, _, clf_s = cached_module(
+    cached_clf, _, clf_s = cached_module(
         folder / f"classifier-{_key(clf_settings)}.safetensors",
         lambda: train_classifier(images[part_a], labels[part_a], cfg.classifier_steps, cfg.seed),
         DigitClassifier,
         clf_settings,
     )
+    # cached_module returns the module that build() or make() made, as an nn.Module
+    unet, clf = typing.cast(UNet2DModel, cached_unet), typing.cast(DigitClassifier, cached_clf)
     for p in (*unet.parameters(), *clf.parameters()):
         p.requires_grad_(False)
     judge = train_judge(images[part_b], labels[part_b])
@@ -304,10 +317,14 @@ def draw(demo: Demo, guidance: dict | None = None) -> tuple[Tensor, float]:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = time.perf_counter()
     with guide_pipeline(demo.pipe, **guidance) if guidance is not None else nullcontext():
-        out = demo.pipe(
-            cfg.num_samples, generator=gen, num_inference_steps=cfg.num_inference_steps, output_type="pt"
+        (images,) = demo.pipe(
+            cfg.num_samples,
+            generator=gen,
+            num_inference_steps=cfg.num_inference_steps,
+            output_type="pt",  # a tensor (N, 1, 8, 8)
+            return_dict=False,
         )
-    return to_model_space(out.images), time.perf_counter() - start
+    return to_model_space(images), time.perf_counter() - start
 
 
 def guidance_arguments(

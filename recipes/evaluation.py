@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+import numpy.typing as npt
 
 from energy_guidance.progress import progress_bar
 
 
-def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
+def normalized_score(returns: npt.ArrayLike, ref_min: float, ref_max: float) -> np.ndarray:
     """100·(R − R_random)/(R_expert − R_random)."""
     if ref_max == ref_min:
         raise ValueError("the reference scores are equal; the normalised score is undefined")
@@ -39,7 +40,10 @@ def evaluate(
         obs, _ = envs.reset(seed=[seed + i for i in range(episodes)])
         returns = np.zeros(episodes)
         active = np.ones(episodes, dtype=bool)
-        actions = np.zeros(envs.action_space.shape, dtype=envs.action_space.dtype)
+        space = envs.action_space
+        if space.shape is None:
+            raise TypeError(f"the actions must be arrays of a fixed shape, got the action space {space}")
+        actions = np.zeros(space.shape, dtype=space.dtype)
         with progress_bar(desc=desc, progress=progress, unit="step", mininterval=1.0) as bar:
             while active.any():
                 actions[active] = policy(obs[active])  # finished episodes' entries are ignored

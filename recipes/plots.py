@@ -10,6 +10,7 @@ scores_figure    normalised score of every method on every data set (mean ± std
 from __future__ import annotations
 
 import io
+from typing import TypedDict
 
 import numpy as np
 
@@ -90,7 +91,14 @@ def learning_curves(
     return _figure_bytes(fig)
 
 
-def scores_figure(table: dict[str, dict[str, dict]], labels: dict[str, str] | None = None) -> bytes:
+class Panel(TypedDict):
+    """One data set's entry of :func:`scores_figure`'s table."""
+
+    policies: dict[str, dict[str, float]]  # name -> {"mean", "std"}
+    dataset_score: float | None  # the data set's own normalised score (a reference line)
+
+
+def scores_figure(table: dict[str, Panel], labels: dict[str, str] | None = None) -> bytes:
     """``table[dataset] = {"policies": {name: {"mean", "std"}}, "dataset_score": float | None}``:
     one panel per data set, a bar per method with its value, reference lines."""
     plt = pyplot()

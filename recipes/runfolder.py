@@ -168,6 +168,11 @@ class RunFolder:
         """The record of a finished untrained step (e.g. ``"variance"``), or None."""
         return self.state["steps"].get(step)
 
+    def step_seconds(self, step: str) -> float | None:
+        """Seconds of a finished untrained step (None: not finished)."""
+        record = self.finished(step)
+        return None if record is None else record["seconds"]
+
     def finish(self, step: str, **record: Any) -> None:
         self._update_state(lambda state: state["steps"].__setitem__(step, record))
 

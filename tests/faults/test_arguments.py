@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import energy_guidance.recipes.aepo as aepo
-from energy_guidance.recipes.aepo import LIMITS, AEPOConfig, ConfigError, validate
+from energy_guidance.recipes import cli
+from energy_guidance.recipes.config import LIMITS, AEPOConfig, ConfigError, validate
 
 from .helpers import ROOT
 
@@ -54,7 +55,7 @@ def test_a_bad_value_of_any_field_is_a_config_error_naming_it(field, value):
         validate(config)
     except ConfigError as error:  # the one error type, naming the field or its flag
         message = str(error)
-        assert field in message or aepo.cli.flag(field) in message, (field, message)
+        assert field in message or cli.flag(field) in message, (field, message)
         assert "\n" not in message
         return
     # accepted: then it is in range

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from energy_guidance.checkpoints import checkpoint_steps, load_tensors
-from energy_guidance.recipes.aepo import AEPOConfig, parse_args
+from energy_guidance.recipes.config import AEPOConfig, parse_args
 
 TINY = "test/pendulum/tiny-v0"
 PHASES = ("critic", "behaviour", "energy")  # the training phases

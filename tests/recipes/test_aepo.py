@@ -17,7 +17,8 @@ import torch
 
 import energy_guidance.recipes.aepo as aepo
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
-from energy_guidance.recipes.aepo import AEPOConfig, format_scores, parse_args, run
+from energy_guidance.recipes.aepo import format_scores, run
+from energy_guidance.recipes.config import resolve_device
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
@@ -248,40 +249,6 @@ def test_invalid_choices_fail_before_any_work(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_cli_parses_nested_fields_and_flags():
-    config = parse_args(
-        ["--critic", "cql", "--iql.expectile", "0.9", "--rescale", "off", "--behaviour.sampler", "ddim"]
-    )
-    assert config.critic == "cql" and config.iql.expectile == 0.9
-    assert config.rescale == "off" and config.behaviour.sampler == "ddim"
-    assert parse_args([]) == AEPOConfig(preset="default")
-
-
-def test_help_lists_the_choices_of_every_option(capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["--help"])
-    text = capsys.readouterr().out
-    for choices in (
-        "{iql,cql}",
-        "{min,mean}",
-        "{eps_norm,data_var,diagonal,jacobian}",
-        "{data,posterior_mean}",
-        "{dpmsolver++,unipc,ddim,ddpm}",
-        "{gaussian,deterministic}",
-    ):
-        assert choices in text
-    with pytest.raises(SystemExit):
-        parse_args(["--critic", "sac"])
-    assert "invalid choice 'sac'" in capsys.readouterr().err
-
-
-def test_every_registered_critic_has_its_settings_field():
-    from energy_guidance.recipes.trainers import CRITICS
-
-    for name, cls in CRITICS.items():
-        assert isinstance(getattr(AEPOConfig(), name), cls.Config)
-
-
 def test_cql_runs_through_the_recipe(finished_run, tmp_path):
     results = run(tiny_config(tmp_path / "cql", "--critic", "cql", "--critic-steps", "50"))
     assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "cql_actor"}
@@ -368,44 +335,9 @@ def test_compare_rejects_unknown_methods(tmp_path):
         run(tiny_config(tmp_path / "r", compare=("sfbc",)))
 
 
-def test_presets_follow_the_data_set_and_flags_override_them():
-    """A locomotion id gets the locomotion preset of the device (IQL's reward normalisation,
-    larger budgets); a flag given on the command line wins over the preset."""
-    config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu"])
-    assert config.preset == "locomotion-cpu" and config.reward_normalization == "returns"
-    assert config.critic_steps == aepo.PRESETS["locomotion-cpu"]["critic_steps"]
-    config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu", "--critic-steps", "7"])
-    assert config.critic_steps == 7 and config.preset == "locomotion-cpu"
-    config = parse_args(["--preset", "locomotion-gpu", "--device", "cpu"])
-    assert config.critic_steps == 1_000_000 and config.device == "cpu"
-    assert parse_args([]).preset == "default" and parse_args([]).reward_normalization == "none"
-    with pytest.raises(SystemExit):
-        parse_args(["--preset", "atari"])
-
-
-def test_reward_scale_is_iqls_locomotion_normalisation():
-    assert aepo.reward_scale(torch.tensor([100.0, 300.0, 2100.0]).numpy()) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="different returns"):
-        aepo.reward_scale(torch.tensor([5.0, 5.0]).numpy())
-
-
-def test_reward_normalisation_scales_the_training_rewards(tiny_dataset):
-    plain = aepo.load_inputs(tiny_config("unused"))
-    scaled = aepo.load_inputs(tiny_config("unused", "--reward-normalization", "returns"))
-    assert scaled.reward_scale != 1.0 and plain.reward_scale == 1.0
-    torch.testing.assert_close(scaled.data.rewards, plain.data.rewards * scaled.reward_scale)
-    assert plain.dataset_score is not None
-
-
-def test_rescale_is_on_for_actions_of_dimension_two_and_more():
-    """On is AEPO's rescale, ``rescale="paper"`` (``True`` would cap the guidance term instead)."""
-    assert aepo.resolve_rescale("auto", 1) is False and aepo.resolve_rescale("auto", 2) == "paper"
-    assert aepo.resolve_rescale("off", 6) is False and aepo.resolve_rescale("on", 1) == "paper"
-
-
 def test_device_cuda_without_cuda_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert aepo.resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="no CUDA device"):
         run(tiny_config(tmp_path / "r", device="cuda"))
     assert not (tmp_path / "r").exists()
