@@ -9,7 +9,7 @@ policy of its own. It is an :class:`energy_guidance.adapters.Critic` (Q values a
 ``critic_energy(critic.q_values, baseline=critic.baseline)`` is its energy.
 
 Adding a critic: one module with a class implementing :class:`TrainableCritic`, its line in
-:data:`CRITICS`, and a field named like that line in ``AEPOConfig`` (recipes/aepo.py) holding its
+:data:`CRITICS`, and a field named like that line in ``AEPOConfig`` (recipes/config.py) holding its
 ``Config``, for its command-line options. Critics trained elsewhere need no trainer: an adapter in
 :mod:`energy_guidance.adapters` (d3rlpy's IQL and CQL) makes them energies.
 """
