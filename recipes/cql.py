@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,9 +60,9 @@ def cql_penalty(q_data: Tensor, q_sampled: Tensor, log_density: Tensor, temperat
 class CQL(nn.Module):
     """Twin Q with its Polyak target, a tanh-Gaussian actor and the entropy weight log α."""
 
-    Config = CQLConfig
-    policy_name = "cql_actor"
-    policy_label = "CQL policy (SAC actor)"
+    Config: ClassVar[type] = CQLConfig
+    policy_name: ClassVar[str] = "cql_actor"
+    policy_label: ClassVar[str] = "CQL policy (SAC actor)"
 
     def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig | None = None) -> None:
         super().__init__()
@@ -71,7 +72,7 @@ class CQL(nn.Module):
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianPolicy(obs_dim, act_dim, config.hidden, config.depth)
         self.log_alpha = nn.Parameter(torch.zeros(()))
-        self.optimizers = {
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
             "q": torch.optim.Adam(self.q.parameters(), lr=config.critic_lr),
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr),
             "alpha": torch.optim.Adam([self.log_alpha], lr=config.actor_lr),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -61,9 +61,9 @@ def awr_loss(bc_losses: Tensor, advantages: Tensor, temperature: float, max_weig
 class IQL(nn.Module):
     """Twin Q, its Polyak target, V and an AWR actor; ``update(batch)`` takes one step of each."""
 
-    Config = IQLConfig
-    policy_name = "iql_awr"
-    policy_label = "IQL policy (AWR)"
+    Config: ClassVar[type] = IQLConfig
+    policy_name: ClassVar[str] = "iql_awr"
+    policy_label: ClassVar[str] = "IQL policy (AWR)"
 
     def __init__(self, obs_dim: int, act_dim: int, config: IQLConfig | None = None) -> None:
         super().__init__()
@@ -77,7 +77,7 @@ class IQL(nn.Module):
         self.v = ValueFunction(obs_dim, config.hidden, config.depth)
         policy = GaussianPolicy if config.actor == "gaussian" else DeterministicPolicy
         self.actor = policy(obs_dim, act_dim, config.hidden, config.depth)
-        self.optimizers = {
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
             "q": torch.optim.Adam(self.q.parameters(), lr=config.lr),
             "v": torch.optim.Adam(self.v.parameters(), lr=config.lr),
             "actor": torch.optim.Adam(self.actor.parameters(), lr=config.lr),
