@@ -434,11 +434,35 @@ def replay_episodes(arrays: dict[str, np.ndarray], unscale: Callable[[np.ndarray
 # Writing data sets
 
 
+def _remove_stale_staging(root: Path) -> None:
+    """Remove the staging folders beside ``root`` left by builds that were killed (kill -9, a
+    crash): each folder's name carries its process id, and a folder whose process is gone is
+    stale. Folders of running builds (this machine's live processes) are kept."""
+    for folder in root.parent.glob(f".{root.name}-staging-*-*"):
+        pid = folder.name.removeprefix(f".{root.name}-staging-").split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        logger.info("removing %s, the staging folder of a build that did not finish", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _staging(root: Path) -> Iterator[Path]:
-    """Point Minari at a fresh folder beside the storage ``root`` for the duration of the block."""
+    """Point Minari at a fresh folder beside the storage ``root`` for the duration of the block
+    (named with this process's id, so that a later build can tell it stale if this one is killed)."""
     root.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}-staging-", dir=root.parent))
+    _remove_stale_staging(root)
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}-staging-{os.getpid()}-", dir=root.parent))
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(stage)
     try:
@@ -468,9 +492,9 @@ def stage_dataset(
 ) -> minari.MinariDataset:
     """``make()`` a data set in a staging folder (with ``metadata`` added), then move it into the
     storage root in one rename, replacing one of the same id: an interrupted or killed build never
-    leaves a half-written set that loads (kill -9: at most a hidden staging folder beside the
-    root). SIGINT and SIGTERM wait for the set to be in place (it is written in seconds), then
-    stop the program (:class:`~energy_guidance.training.Interrupted`)."""
+    leaves a half-written set that loads (kill -9: a hidden staging folder beside the root, which
+    the next build removes). SIGINT and SIGTERM wait for the set to be in place (it is written in
+    seconds), then stop the program (:class:`~energy_guidance.training.Interrupted`)."""
     root = datasets_root()
     with deferred_signals() as received:
         dataset = _stage(root, dataset_id, make, metadata)

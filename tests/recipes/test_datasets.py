@@ -272,3 +272,21 @@ def test_reference_scores_are_d4rls():
         "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
     }
     assert gym.spec("Walker2d-v5").max_episode_steps == 1000
+
+
+def test_a_build_removes_the_staging_folders_of_killed_builds_only(minari_root):
+    """A staging folder names its process: one whose process is gone (a killed build) is removed
+    by the next build; one of a live process (a build running beside it) is kept."""
+    import subprocess
+    import sys
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(finished.stdout)  # a process that has exited
+    stale = minari_root.parent / f".{minari_root.name}-staging-{dead_pid}-abc"
+    live = minari_root.parent / f".{minari_root.name}-staging-{os.getppid()}-def"
+    for folder in (stale, live):
+        (folder / "part").mkdir(parents=True)
+    with datasets._staging(minari_root) as stage:
+        assert stage.name.startswith(f".{minari_root.name}-staging-{os.getpid()}-")
+        assert not stale.exists() and live.exists()
+    assert not stage.exists() and live.exists()
