@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -40,11 +39,11 @@ from minari import EpisodeData
 
 from energy_guidance.checkpoints import atomic_write, read_json, write_json
 from energy_guidance.recipes.config import AEPOConfig
-from energy_guidance.recipes.data import load_dataset
+from energy_guidance.recipes.data import load_dataset, reference_scores
 from energy_guidance.recipes.evaluation import evaluate, normalized_score
 from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.iql import IQL
-from energy_guidance.recipes.plots import pyplot
+from energy_guidance.recipes.plots import figure_bytes, pyplot
 
 ALGORITHMS = ("iql", "d3rlpy-iql", "d3rlpy-td3bc")
 BATCH = 256
@@ -156,11 +155,19 @@ def _d3rlpy(args, run: Run, checkpoint: Callable[[int, Policy], None]) -> None:
         checkpoint(epoch * args.eval_every, lambda obs: algo.predict(np.asarray(obs, np.float32)))
 
 
+def scores_of(dataset) -> tuple[float, float]:
+    """The data set's reference scores (random, expert), which normalised scores need."""
+    refs = reference_scores(dataset)
+    if refs is None:
+        raise SystemExit(f"error: {dataset.spec.dataset_id!r} has no reference scores to normalise by")
+    return refs
+
+
 def train_and_evaluate(args, algorithm: str, seed: int, path: Path) -> Run:
     """Train ``algorithm`` with ``seed``, evaluating every ``args.eval_every`` steps; its curve."""
     dataset = load_dataset(args.dataset)
     make_env = dataset.recover_environment
-    refs = (dataset.storage.metadata["ref_min_score"], dataset.storage.metadata["ref_max_score"])
+    refs = scores_of(dataset)
     run = Run(algorithm, seed)
     started = time.perf_counter()
 
@@ -212,10 +219,7 @@ def figure(runs: list[Run], data_score: float) -> bytes:
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
     ax.set(xlabel="gradient step", ylabel="normalised score")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_bytes(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,8 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(train_and_evaluate(args, algorithm, seed, path))
     dataset = load_dataset(args.dataset)
     returns = np.array([float(np.sum(e.rewards)) for e in dataset.iterate_episodes()])
-    meta = dataset.storage.metadata
-    data_score = float(normalized_score(returns, meta["ref_min_score"], meta["ref_max_score"]).mean())
+    data_score = float(normalized_score(returns, *scores_of(dataset)).mean())
     table = summary(runs, data_score)
     atomic_write(root / "summary.md", (table + "\n").encode())
     atomic_write(root / "learning_curves.png", figure(runs, data_score))

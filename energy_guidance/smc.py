@@ -307,9 +307,9 @@ def smc_sample(
         An :class:`SMCResult`.
     """
     shape = check_shape(shape)
-    b, k = shape[0], int(num_particles)
-    if b < 1 or k < 1:
-        raise ValueError(f"need at least one population and one particle, got B={b}, K={k}")
+    b, k = shape[0], int(num_particles)  # check_shape: B >= 1
+    if k < 1:
+        raise ValueError(f"need at least one particle, got K={k}")
     num_inference_steps = check_num_inference_steps(scheduler, num_inference_steps)
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")

@@ -17,7 +17,8 @@ import numpy as np
 REFERENCES = (("random", 0.0, "tab:red"), ("expert", 100.0, "tab:green"))
 
 
-def _figure_bytes(fig) -> bytes:
+def figure_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes (tight layout), the figure closed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -88,7 +89,7 @@ def learning_curves(
     ax.set(title="normalised score" if normalised else "return")
     if normalised:
         ax.legend(fontsize=7, loc="lower right")
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 class Panel(TypedDict):
@@ -117,4 +118,4 @@ def scores_figure(table: dict[str, Panel], labels: dict[str, str] | None = None)
         _reference_lines(ax, entry.get("dataset_score"), True, horizontal=False)
         ax.set(title=dataset, xlabel="normalised score")
         ax.legend(fontsize=7, loc="lower right")
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
