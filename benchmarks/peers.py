@@ -153,6 +153,13 @@ def _d3rlpy(args, run: Run, checkpoint: Callable[[int, Policy], None]) -> None:
     )
     for epoch, _ in fitter:
         checkpoint(epoch * args.eval_every, lambda obs: algo.predict(np.asarray(obs, np.float32)))
+    # the trained algorithm, for energy_guidance.adapters.load_d3rlpy (benchmarks/peer_critic.py)
+    algo.save(str(run_path(args, run.algorithm, run.seed).with_suffix(".d3")))
+
+
+def run_path(args, algorithm: str, seed: int) -> Path:
+    """Where a run's curve is written (``.json``); d3rlpy's trained algorithm beside it (``.d3``)."""
+    return Path(args.root) / algorithm / f"seed{seed}.json"
 
 
 def scores_of(dataset) -> tuple[float, float]:
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for algorithm in args.algorithms:
         for seed in args.seeds:
-            path = root / algorithm / f"seed{seed}.json"
+            path = run_path(args, algorithm, seed)
             done = path.exists() and read_json(path)
             if done and (args.summarise or (done["finished"] and done["steps"][-1] == args.steps)):
                 runs.append(Run(**done))

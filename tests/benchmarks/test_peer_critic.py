@@ -1,0 +1,64 @@
+"""A d3rlpy critic inside AEPO: its Q on the recipe's units is d3rlpy's own, and the benchmark runs
+end to end on a finished run without touching that run's folder."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("d3rlpy", reason="d3rlpy is not installed (scripts/d3rlpy-requirements.txt)")
+
+from benchmarks import peer_critic, peers
+from energy_guidance.adapters import load_d3rlpy
+from energy_guidance.recipes.config import parse_args
+from energy_guidance.recipes.inputs import load_inputs
+from tests.recipes.conftest import TINY, tiny_args
+
+
+@pytest.fixture
+def d3rlpy_file(finished_run, tmp_path):
+    """A d3rlpy IQL trained for 20 steps on the finished run's data set (through benchmarks.peers)."""
+    root = tmp_path / "peers"
+    argv = ["--dataset", TINY, "--algorithms", "d3rlpy-iql", "--steps", "20", "--eval-every", "20"]
+    peers.main([*argv, "--seeds", "0", "--episodes", "1", "--root", str(root)])
+    return root / "d3rlpy-iql" / "seed0.d3"
+
+
+def test_in_recipe_units_is_d3rlpys_own_q_and_policy(finished_run, d3rlpy_file):
+    folder, _ = finished_run
+    inputs = load_inputs(parse_args(tiny_args(folder)))
+    critic = load_d3rlpy(d3rlpy_file)
+    units = peer_critic.InRecipeUnits(critic, inputs.normalizer, inputs.scaler)
+    rng = np.random.default_rng(0)
+    obs = inputs.data.observations[:32] * inputs.normalizer.std + inputs.normalizer.mean  # raw units
+    env_actions = rng.uniform(inputs.scaler.low, inputs.scaler.high, (32, inputs.data.act_dim))
+    states = inputs.normalizer(obs.numpy())
+    unit_actions = torch.as_tensor(inputs.scaler.to_unit(env_actions), dtype=torch.float32)
+    expected = critic.algo.predict_value(obs.numpy(), env_actions.astype(np.float32))  # mean over heads
+    got = units.q_values(states, unit_actions).mean(0).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    greedy = inputs.scaler.to_unit(critic.algo.predict(obs.numpy()))
+    np.testing.assert_allclose(units.act(states).numpy(), greedy, rtol=1e-5, atol=1e-5)
+    actions = unit_actions.clone().requires_grad_(True)  # the energy's gradient reaches the actions
+    units.q_values(states, actions).sum().backward()
+    assert actions.grad is not None and actions.grad.abs().sum() > 0
+
+
+def test_peer_critic_runs_aepo_on_a_finished_run_and_leaves_it_alone(finished_run, d3rlpy_file, tmp_path):
+    folder, own = finished_run
+    before = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    root = tmp_path / "peer"
+    peer_critic.main(["--critic-file", str(d3rlpy_file), "--root", str(root), "--", *tiny_args(folder)])
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == before
+    results = peer_critic.run_with_critic(d3rlpy_file, tiny_args(folder), root)  # cached: no retraining
+    assert set(results["scores"]) == set(own["scores"]) - {"iql_awr"} | {"d3rlpy_policy"}
+    assert all(np.isfinite(entry["return_mean"]) for entry in results["scores"].values())
+    assert results["own"] == own["scores"] and results["q_scale"] > 0
+    table = (root / "summary.md").read_text()
+    assert "with the peer's critic (seeds: 1)" in table and "the critic's own policy" in table
+
+
+def test_peer_critic_refuses_other_training_settings_than_the_runs(finished_run, d3rlpy_file, tmp_path):
+    folder, _ = finished_run
+    argv = ["--critic-file", str(d3rlpy_file), "--root", str(tmp_path / "peer")]
+    with pytest.raises(SystemExit, match="other training settings"):
+        peer_critic.main([*argv, "--", *tiny_args(folder, "--behaviour-steps", "300")])
