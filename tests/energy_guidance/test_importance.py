@@ -309,3 +309,21 @@ def test_tilted_weights_from_one_exponential_equal_the_direct_normalisation(seed
     # keep fewer significant digits, as k_i does)
     torch.testing.assert_close(tilted, expected, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(log_norm_tilted, expected_norm, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize(("beta", "mild"), [(0.1, True), (30.0, False)])
+def test_a_mild_tilt_points_to_importance_resampling_once(beta, mild, caplog):
+    """The ESS fraction of exp(-β·E) over the table's samples decides the INFO line: a linear
+    energy on 200 standard normal samples keeps exp(-β²) of them, 99 % at β = 0.1, ~0 at β = 30."""
+    samples = torch.randn(200, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with_samples = table(0.5)
+    with_samples.samples = samples
+    estimator = ImportanceTilt(lambda x: x[:, 0], beta, with_samples)
+    x0 = torch.zeros(4, D, dtype=torch.float64)
+    with caplog.at_level("INFO", logger="energy_guidance.importance"):
+        call(estimator, x0, 10.0)
+        call(estimator, x0, 10.0)  # the energies are computed once: one line at most
+    lines = [r.getMessage() for r in caplog.records if "the tilt is mild" in r.getMessage()]
+    assert len(lines) == (1 if mild else 0)
+    if mild:
+        assert "importance_resampling" in lines[0] and "of the 200 samples" in lines[0]
