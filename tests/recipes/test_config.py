@@ -44,10 +44,12 @@ def test_presets_follow_the_data_set_and_flags_override_them():
     """A locomotion id gets the locomotion preset of the device (IQL's reward normalisation,
     larger budgets); a flag given on the command line wins over the preset."""
     config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu"])
-    assert config.preset == "locomotion-cpu" and config.reward_normalization == "returns"
-    assert config.critic_steps == PRESETS["locomotion-cpu"]["critic_steps"]
+    assert config.preset == "locomotion-cpu-long" and config.reward_normalization == "returns"
+    assert config.critic_steps == PRESETS["locomotion-cpu-long"]["critic_steps"] == 100_000
     config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu", "--critic-steps", "7"])
-    assert config.critic_steps == 7 and config.preset == "locomotion-cpu"
+    assert config.critic_steps == 7 and config.preset == "locomotion-cpu-long"
+    config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--preset", "locomotion-cpu"])
+    assert config.critic_steps == 20_000 and config.preset == "locomotion-cpu"
     config = parse_args(["--preset", "locomotion-gpu", "--device", "cpu"])
     assert config.critic_steps == 1_000_000 and config.device == "cpu"
     assert parse_args([]).preset == "default" and parse_args([]).reward_normalization == "none"
