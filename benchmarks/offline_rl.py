@@ -8,9 +8,10 @@ Every (data set, seed) is a resumable run folder ``<root>/<data set>/seed<k>`` o
 ``python -m energy_guidance.recipes.aepo`` with ``--compare qgpo dps cql quadrature --smc --ablations``
 and the data set's preset (locomotion-cpu-long for MuJoCo ids on a CPU; the tables of
 2026-11-27 in docs/benchmarks.md ran when it was locomotion-cpu, now ``-- --preset
-locomotion-cpu``); arguments after ``--`` go to the recipe unchanged. Rerunning resumes unfinished runs and reuses finished ones. Writes
-``<root>/summary.{json,md}`` (normalised score, mean ± std over seeds of each seed's mean over
-episodes, per method and data set; wall time per phase) and ``<root>/scores.png``.
+locomotion-cpu``); arguments after ``--`` go to the recipe unchanged. Rerunning resumes
+unfinished runs and reuses finished ones. Writes ``<root>/summary.{json,md}`` (normalised score,
+mean ± std over seeds of each seed's mean over episodes, per method and data set; wall time per
+phase) and ``<root>/scores.png``.
 """
 
 from __future__ import annotations
