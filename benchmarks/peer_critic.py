@@ -13,7 +13,7 @@ intermediate-energy network on that critic's energy and evaluate every policy of
 (AEPO, the single guided sample, best of N by Q, SMC, the critic's own policy) with the same
 seeds and protocol, in a run folder of its own (``<root>/<data set>/seed<k>``, resumable and
 cached like the recipe's). Only the critic differs from the run beside it, whose scores the
-summary quotes.
+summary (``<root>/summary.md``, over every seed finished under ``<root>``) quotes.
 
 The recipe's critics work on standardised observations and actions in [-1, 1]^d; d3rlpy's on the
 data set's raw units (with its own scalers). :class:`InRecipeUnits` maps one to the other with
@@ -133,8 +133,10 @@ def run_with_critic(critic_file: Path, recipe_args: list[str], root: Path) -> di
             variance_table=table,
         )
         scores, _ = evaluate_policies(config, seeds, folder, inputs, policies, settings["evaluation"])
-    own = read_json(source.path / "results.json")
-    return {"q_scale": q_scale, "own_q_scale": own["q_scale"], "scores": scores, "own": own["scores"]}
+        own = read_json(source.path / "results.json")
+        result = {"q_scale": q_scale, "own_q_scale": own["q_scale"], "scores": scores, "own": own["scores"]}
+        folder.write_json("results.json", result)
+    return result
 
 
 def summary(results: list[dict]) -> str:
@@ -172,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     recipe_args = [a for a in args.recipe_args if a != "--"]
-    result = run_with_critic(args.critic_file, recipe_args, args.root)
-    table = summary([result])
+    run_with_critic(args.critic_file, recipe_args, args.root)
+    # every seed finished under the root so far, this data set's
+    dataset = parse_args(recipe_args).dataset
+    results = [read_json(p) for p in sorted((args.root / dataset).glob("seed*/results.json"))]
+    table = summary(results)
     atomic_write(args.root / "summary.md", (table + "\n").encode())
     print(table)
 

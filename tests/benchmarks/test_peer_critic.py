@@ -53,6 +53,7 @@ def test_peer_critic_runs_aepo_on_a_finished_run_and_leaves_it_alone(finished_ru
     assert set(results["scores"]) == set(own["scores"]) - {"iql_awr"} | {"d3rlpy_policy"}
     assert all(np.isfinite(entry["return_mean"]) for entry in results["scores"].values())
     assert results["own"] == own["scores"] and results["q_scale"] > 0
+    assert peers.read_json(root / TINY / "seed0" / "results.json") == results
     table = (root / "summary.md").read_text()
     assert "with the peer's critic (seeds: 1)" in table and "the critic's own policy" in table
 
