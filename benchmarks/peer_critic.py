@@ -43,11 +43,11 @@ from energy_guidance.recipes.aepo import (
     variance_table,
 )
 from energy_guidance.recipes.behaviour import sampling_scheduler, training_scheduler
-from energy_guidance.recipes.config import parse_args, split_settings
+from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings, training_defaults
 from energy_guidance.recipes.data import ActionScaler
 from energy_guidance.recipes.inputs import Normalizer, load_inputs
 from energy_guidance.recipes.policies import Policies, label
-from energy_guidance.recipes.runfolder import RunFolder, flatten
+from energy_guidance.recipes.runfolder import RunFolder
 from energy_guidance.recipes.seeds import Seeds
 
 
@@ -83,15 +83,14 @@ class InRecipeUnits:
         return (2 * (actions - self.low) / (self.high - self.low) - 1).to(states.dtype)
 
 
-def run_with_critic(critic_file: Path, recipe_args: list[str], root: Path) -> dict:
-    """The recipe's phases 2-5 with the run's behaviour model and ``critic_file``'s critic."""
-    config = parse_args(recipe_args)
+def run_with_critic(critic_file: Path, config: AEPOConfig, root: Path) -> dict:
+    """The recipe's phases 2-5 with the run's (``config.run_dir``) behaviour model and
+    ``critic_file``'s critic; what ``<root>/<data set>/seed<k>/results.json`` holds."""
     source = RunFolder(config.run_dir)
     if not (source.path / "results.json").exists():
         raise SystemExit(f"error: {source.path} holds no finished AEPO run (results.json)")
     settings = split_settings(config)
-    saved, given = flatten(read_json(source.path / "config.json")["training"]), flatten(settings["training"])
-    differ = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k))
+    differ = source.differing_training(settings["training"], training_defaults(config))
     if differ:  # the run's phases would be trained again, in its folder
         raise SystemExit(
             f"error: {source.path} was made with other training settings ({differ}): "
@@ -173,11 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         "recipe_args", nargs=argparse.REMAINDER, help="-- then the finished run's recipe options"
     )
     args = parser.parse_args(argv)
-    recipe_args = [a for a in args.recipe_args if a != "--"]
-    run_with_critic(args.critic_file, recipe_args, args.root)
+    config = parse_args([a for a in args.recipe_args if a != "--"])
+    run_with_critic(args.critic_file, config, args.root)
     # every seed finished under the root so far, this data set's
-    dataset = parse_args(recipe_args).dataset
-    results = [read_json(p) for p in sorted((args.root / dataset).glob("seed*/results.json"))]
+    results = [read_json(p) for p in sorted((args.root / config.dataset).glob("seed*/results.json"))]
     table = summary(results)
     atomic_write(args.root / "summary.md", (table + "\n").encode())
     print(table)

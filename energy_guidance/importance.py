@@ -334,17 +334,17 @@ class ImportanceTilt:
             energies = energies.to(torch.float64)
             energies = torch.where(torch.isfinite(energies), energies, torch.full_like(energies, math.inf))
             self._samples = (source, samples, energies)
-            log_w = -self.beta * energies
-            fraction = float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))) / len(
-                log_w
-            )
+            # imported here: energy_guidance.baselines imports the guidance, which imports this module
+            from .baselines.resampling import effective_sample_size
+
+            fraction = float(effective_sample_size(-self.beta * energies)) / len(energies)
             if fraction >= MILD_TILT_ESS:
                 logger.info(
                     "the tilt is mild: exp(-β·E) keeps an ESS of %.0f%% of the %d samples of the "
                     "variance table; energy_guidance.baselines.importance_resampling is usually "
                     "closer to the target at the same cost (README, 'Which sampler to call')",
                     100 * fraction,
-                    len(log_w),
+                    len(energies),
                 )
             return samples, energies
         return self._samples[1], self._samples[2]

@@ -40,7 +40,6 @@ from the regression targets.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import sys
 import time
@@ -86,6 +85,7 @@ from .config import (
     parse_args,
     resolve_device,
     split_settings,
+    training_defaults,
     validate,
 )
 from .data import check_dataset
@@ -124,8 +124,7 @@ def run(config: AEPOConfig) -> dict | None:
                 inputs = load_inputs(config, device)
             settings = split_settings(config)
             if distributed.is_main():
-                defaults = split_settings(dataclasses.replace(AEPOConfig(), critic=config.critic))
-                folder.adopt(**settings, defaults=defaults["training"])
+                folder.adopt(**settings, defaults=training_defaults(config))
             distributed.barrier()
             return _run(config, folder, inputs, settings, started)
 

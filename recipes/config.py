@@ -358,6 +358,12 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
     return {"training": training, **groups}
 
 
+def training_defaults(config: AEPOConfig) -> Settings:
+    """The recipe's default training settings for ``config``'s critic: what a run folder made
+    before a field existed is taken to have used (:meth:`.runfolder.RunFolder.adopt`)."""
+    return split_settings(dataclasses.replace(AEPOConfig(), critic=config.critic))["training"]
+
+
 def evaluation_key(evaluation: Settings) -> Settings:
     """What an evaluation's returns depend on, beyond the training: its settings but `ablations`
     `smc`, `smc_temper` and `compare`, which only select which policies are evaluated (a tempered

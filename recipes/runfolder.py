@@ -128,15 +128,7 @@ class RunFolder:
         if path.exists() and not self.holds_results():  # e.g. a run that failed before any work
             logger.info("%s holds a configuration but no results; it takes this run's", self.path)
         elif path.exists():
-            saved = read_json(path)
-            if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
-                raise ConfigMismatch(
-                    f"{path} was written by an older version of the recipe; choose another --run-dir "
-                    "or delete the folder"
-                )
-            old, new, known = flatten(saved["training"]), flatten(training), flatten(defaults or {})
-            old |= {k: known[k] for k in new.keys() - old.keys() if k in known}
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            differ = self.differing_training(training, defaults)
             if differ:
                 raise ConfigMismatch(
                     f"{self.path} holds a run with different training settings (fields {differ}); "
@@ -144,6 +136,20 @@ class RunFolder:
                     "settings may change freely)"
                 )
         write_json(path, {"training": training, "evaluation": evaluation, "runtime": runtime})
+
+    def differing_training(self, training: Settings, defaults: Settings | None = None) -> list[str]:
+        """The (dotted) training fields in which ``training`` differs from the folder's
+        ``config.json``; a field missing there counts as its value in ``defaults`` (:meth:`adopt`)."""
+        path = self.path / "config.json"
+        saved = read_json(path)
+        if not isinstance(saved, dict) or not isinstance(saved.get("training"), dict):
+            raise ConfigMismatch(
+                f"{path} was written by an older version of the recipe; choose another --run-dir "
+                "or delete the folder"
+            )
+        old, new, known = flatten(saved["training"]), flatten(training), flatten(defaults or {})
+        old |= {k: known[k] for k in new.keys() - old.keys() if k in known}
+        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
     def holds_results(self) -> bool:
         """Whether anything was computed here: a checkpoint (intact or quarantined), a finished step

@@ -49,7 +49,7 @@ def test_peer_critic_runs_aepo_on_a_finished_run_and_leaves_it_alone(finished_ru
     root = tmp_path / "peer"
     peer_critic.main(["--critic-file", str(d3rlpy_file), "--root", str(root), "--", *tiny_args(folder)])
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == before
-    results = peer_critic.run_with_critic(d3rlpy_file, tiny_args(folder), root)  # cached: no retraining
+    results = peer_critic.run_with_critic(d3rlpy_file, parse_args(tiny_args(folder)), root)  # cached
     assert set(results["scores"]) == set(own["scores"]) - {"iql_awr"} | {"d3rlpy_policy"}
     assert all(np.isfinite(entry["return_mean"]) for entry in results["scores"].values())
     assert results["own"] == own["scores"] and results["q_scale"] > 0
