@@ -333,11 +333,14 @@ def _scheduled_sigma(scheduler: Scheduler, t: Tensor, family: str) -> Tensor:
     While the scheduler samples, its ``step_index`` and state decide (a schedule may repeat a
     timestep, and a second evaluation may sit at an interpolated sigma). Otherwise timesteps of
     the current schedule read ``scheduler.sigmas`` (exact, also for Karras or exponential sigmas)
-    and any other timestep the training noise schedule.
+    and any other timestep, or any timestep before a schedule is set, the training noise schedule.
     """
     sigmas = getattr(scheduler, "sigmas", None)
     timesteps = getattr(scheduler, "timesteps", None)
-    if sigmas is None or timesteps is None or len(timesteps) == 0:
+    # Before set_timesteps, DPM-Solver, UniPC and DEIS hold the training sigmas in ascending order
+    # beside descending timesteps: no schedule is set, so the training one decides.
+    unset = getattr(scheduler, "num_inference_steps", None) is None
+    if unset or sigmas is None or timesteps is None or len(timesteps) == 0:
         return _training_sigma(scheduler, t, family)
     ts = _float64(timesteps)
     sigmas = _float64(sigmas)

@@ -184,6 +184,24 @@ def test_off_schedule_timesteps_use_the_training_noise_schedule(name):
     torch.testing.assert_close(alpha**2, scheduler.alphas_cumprod[t].double(), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize(
+    "name", [n for n in sorted(SCHEDULER_CONFIGS) if SCHEDULER_CONFIGS[n][1].get("use_flow_sigmas") is None]
+)
+def test_a_scheduler_without_a_schedule_reads_the_training_noise_schedule(name):
+    """Before set_timesteps, DPM-Solver, UniPC and DEIS hold ascending training sigmas beside
+    descending timesteps; the level of a timestep must still be the training one (a model or a
+    variance table built with a fresh scheduler, or a copy of it, reads it)."""
+    scheduler = make_scheduler(name)
+    if isinstance(scheduler, FLOW_MATCHING) or prediction_type(scheduler).startswith("edm_"):
+        pytest.skip("continuous training noise: covered by the off-schedule test")
+    if scheduler.num_inference_steps is not None:
+        pytest.skip("sets a schedule in its constructor (Heun, KDPM2, LMS, DPM-Solver SDE)")
+    t = torch.tensor([1, 251, 778, 999])
+    alpha, sigma = noise_level(scheduler, t)
+    torch.testing.assert_close(alpha**2, scheduler.alphas_cumprod[t].double(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones(4, dtype=torch.float64))
+
+
 def test_noise_level_keeps_the_timestep_shape():
     scheduler = diffusers.DDPMScheduler()
     alpha, sigma = noise_level(scheduler, torch.tensor([[3, 4], [5, 999]]))
