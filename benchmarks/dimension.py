@@ -38,6 +38,8 @@ Methods (every model call goes through a counter):
 
     unguided      energy_guidance.sample, DPM-Solver++ (2M), 25 steps
     default       AnalyticEnergyGuidance(scheduler, model, energy, beta): the library's default
+    auto          energy_guidance.tilted_sample: the default guidance or resampling, chosen by the
+                  ESS of exp(-β·E) over its 256 pilot samples (the row records which, ``chose``)
     paper         AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     dps           energy_guidance.baselines.dps_guidance (E_t = β·E(x̂0))
     quadrature    AnalyticEnergyGuidance(..., estimator=GaussianQuadrature(energy, beta)); skipped
@@ -101,6 +103,7 @@ from energy_guidance import (
     NonFiniteError,
     sample,
     smc_sample,
+    tilted_sample,
 )
 from energy_guidance.baselines import (
     Cost,
@@ -122,7 +125,7 @@ BETAS = {
     "plateau": (2.0, 5.0, 10.0),
 }
 MODELS = ("exact", "trained")
-SINGLE_PASS = ("default", "paper", "dps", "quadrature")
+SINGLE_PASS = ("default", "auto", "paper", "dps", "quadrature")  # auto: tilted_sample
 WEIGHTS = (0.4, 0.3, 0.2, 0.1)
 QUADRATIC_K = 1.0
 PLATEAU_WIDTH = 0.1  # the sigmoid's scale: steep against the components' spread (s.d. 0.3-0.7)
@@ -623,6 +626,21 @@ def run_method(method: str, ctx: dict, energy, beta: float, cfg: Config) -> dict
                     logz_hat_sd=float(log_z.std()) if len(log_z) > 1 else 0.0,
                     smc_min_ess_frac=float(result.ess.double().min(0).values.mean() / record["K"]),
                 )
+            elif method == "auto":
+                chosen, cost = measure(
+                    lambda: tilted_sample(
+                        scheduler,
+                        counter,
+                        energy,
+                        beta,
+                        (outputs, d),
+                        num_inference_steps=cfg.steps,
+                        generator=gen,
+                    ),
+                    counter,
+                )
+                x = chosen.samples.detach()
+                record.update(chose=chosen.method, pilot_ess_frac=chosen.ess_fraction)
             else:
                 guidance = make_guidance(method, scheduler, counter, energy, beta)
                 (x, _), cost = measure(

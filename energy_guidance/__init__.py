@@ -4,7 +4,8 @@ intermediate energy (Hu et al. 2025, arXiv 2505.01822).
 Conventions (stated once here and in docs/math.md): energies are lower-is-better, β ≥ 0, and
 x_t = α_t·x0 + σ_t·ε is always the model input. docs/architecture.md walks through one guided step.
 
-The top level is what a user of guidance needs: the guided model
+The top level is what a user of guidance needs: the recommended sampler (:func:`tilted_sample`:
+guidance or resampling, whichever the tilt calls for), the guided model
 (:class:`AnalyticEnergyGuidance`, callable like the model it wraps), the samplers
 (:func:`sample`, :func:`smc_sample`, :func:`guide_pipeline`), the estimators one passes as
 ``estimator=`` and the protocol they implement, and what callbacks receive. The rest lives in
@@ -39,6 +40,7 @@ from .protocols import IntermediateEnergyEstimator, StepInfo, StepRecord
 from .quadrature import GaussianQuadrature
 from .sampling import sample
 from .smc import SMCResult, smc_sample
+from .tilted import tilted_sample
 
 __all__ = [
     "AnalyticEnergyGuidance",
@@ -54,6 +56,7 @@ __all__ = [
     "guide_pipeline",
     "sample",
     "smc_sample",
+    "tilted_sample",
     "train_intermediate_energy",
 ]
 

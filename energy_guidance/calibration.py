@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -50,6 +51,57 @@ def calibrate(
     ``cond``: None, or a tensor whose rows are the conditions (cycled over the pilot samples).
     The pilot and the table use their own generator seeded by ``seed``.
     """
+    pilot = draw_pilot(
+        scheduler,
+        model,
+        sample_shape,
+        cond,
+        num_samples=num_samples,
+        num_inference_steps=num_inference_steps,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+    )
+    return pilot.table(model, num_levels=num_levels)
+
+
+@dataclass
+class Pilot:
+    """Unguided samples drawn by :func:`draw_pilot`, and what :meth:`table` needs to go on.
+
+    samples:    (N, *sample_shape) the model's unguided samples.
+    rows:       (N, ...) the condition of each sample, or None.
+    scheduler:  the copy of the caller's scheduler that drew them.
+    generator:  the pilot's generator, after the draws (the table's noise continues its stream).
+    """
+
+    samples: Tensor
+    rows: Tensor | None
+    scheduler: SchedulerLike
+    generator: torch.Generator
+
+    def table(self, model: NoiseModel, *, num_levels: int = NUM_LEVELS) -> VarianceTable:
+        """The variance table of these samples at ``num_levels`` noise levels (num_levels · N
+        model passes): what :func:`calibrate` returns for the same arguments."""
+        return estimate_variance_table(
+            self.scheduler, model, self.samples, self.rows, num_levels=num_levels, generator=self.generator
+        )
+
+
+def draw_pilot(
+    scheduler: SchedulerLike,
+    model: NoiseModel,
+    sample_shape: tuple[int, ...],
+    cond: Cond = None,
+    *,
+    num_samples: int = NUM_SAMPLES,
+    num_inference_steps: int = NUM_INFERENCE_STEPS,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Pilot:
+    """``num_samples`` unguided samples of ``model`` (arguments as :func:`calibrate`), drawn with a
+    copy of ``scheduler`` (the caller's state is untouched) and a generator seeded by ``seed``."""
     if cond is not None and not isinstance(cond, Tensor):
         raise TypeError(
             f"calibrating the default guidance from the model's samples needs cond as a tensor or None, "
@@ -75,4 +127,4 @@ def calibrate(
         device=device,
         dtype=dtype,
     )
-    return estimate_variance_table(pilot, model, x, rows, num_levels=num_levels, generator=generator)
+    return Pilot(samples=x, rows=rows, scheduler=pilot, generator=generator)

@@ -198,6 +198,19 @@ def call_energy(energy: Energy, x0: Tensor, cond: Cond = None) -> Tensor:
     return value
 
 
+def energies_or_inf(energy: Energy, x0: Tensor, cond: Cond = None) -> Tensor:
+    """E(x0) (B,) in float64 without autograd, checked for type and shape as by
+    :func:`call_energy`, except that a value that is not finite becomes +inf: a sample outside
+    the energy's domain, which weights exp(-β·E) give weight 0."""
+    with torch.no_grad():
+        try:
+            value = call_energy(energy, x0, cond)
+        except NonFiniteError:  # checked for type and shape; only some values are not finite
+            value = energy(x0) if cond is None else energy(x0, cond)
+    value = value.detach().to(torch.float64)
+    return torch.where(torch.isfinite(value), value, torch.full_like(value, math.inf))
+
+
 def energy_and_grad(
     energy: Energy, x0: Tensor, cond: Cond = None, create_graph: bool = False
 ) -> tuple[Tensor, Tensor]:

@@ -81,7 +81,7 @@ import math
 import torch
 from torch import Tensor
 
-from .callables import Cond, Energy, NonFiniteError, call_energy, check_beta, energy_and_grad
+from .callables import Cond, Energy, NonFiniteError, call_energy, check_beta, energies_or_inf, energy_and_grad
 from .posterior import VarianceTable
 from .schedulers import Prediction
 
@@ -325,14 +325,7 @@ class ImportanceTilt:
         once per table and device; a sample where the energy is not finite gets energy +inf (weight 0)."""
         if self._samples is None or self._samples[0] is not source or self._samples[1].device != x0.device:
             samples = source.to(device=x0.device, dtype=torch.float64)
-            batch = samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:])
-            with torch.no_grad():
-                try:
-                    energies = call_energy(self.energy, batch)
-                except NonFiniteError:  # checked for type and shape; only some values are not finite
-                    energies = self.energy(batch)
-            energies = energies.to(torch.float64)
-            energies = torch.where(torch.isfinite(energies), energies, torch.full_like(energies, math.inf))
+            energies = energies_or_inf(self.energy, samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:]))
             self._samples = (source, samples, energies)
             # imported here: energy_guidance.baselines imports the guidance, which imports this module
             from .baselines.resampling import effective_sample_size
@@ -341,8 +334,9 @@ class ImportanceTilt:
             if fraction >= MILD_TILT_ESS:
                 logger.info(
                     "the tilt is mild: exp(-β·E) keeps an ESS of %.0f%% of the %d samples of the "
-                    "variance table; energy_guidance.baselines.importance_resampling is usually "
-                    "closer to the target at the same cost (README, 'Which sampler to call')",
+                    "variance table; importance resampling of unguided samples is usually closer to "
+                    "the target at the same cost, and energy_guidance.tilted_sample picks it by this "
+                    "rule (README, 'Which sampler to call')",
                     100 * fraction,
                     len(energies),
                 )

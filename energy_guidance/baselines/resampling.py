@@ -134,18 +134,37 @@ def importance_resampling(
             chunks.append(x)
             energies.append(call_energy(energy, x, rows).detach().to(torch.float64))
     candidates = torch.cat(chunks)
-    log_weights = -beta * torch.cat(energies)
-    if cond is not None:
-        log_weights = log_weights.reshape(batch, pool)
+    if cond is None:
+        return resample(candidates, torch.cat(energies), beta, batch, generator=generator)
+    log_weights = torch.log_softmax((-beta * torch.cat(energies)).reshape(batch, pool), dim=-1)
+    probabilities = log_weights.exp()
+    if generator is not None:
+        probabilities = probabilities.to(generator.device)
+    picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    index = torch.arange(batch, device=picked.device) * pool + picked
+    samples = candidates[index.to(candidates.device)]
+    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+
+
+def resample(
+    candidates: Tensor, energies: Tensor, beta: float, n: int, *, generator: torch.Generator | None = None
+) -> Resampled:
+    """``n`` draws with replacement from ``candidates`` (N, ...) with probabilities softmax(-β·E),
+    ``energies`` (N,) their E; a candidate whose energy is not finite gets weight 0 (all of them:
+    ValueError). The indices are drawn from ``generator``."""
+    energies = energies.detach().to(torch.float64)
+    if energies.shape != candidates.shape[:1]:
+        got = tuple(energies.shape)
+        raise ValueError(f"energies must be ({len(candidates)},), one per candidate, got {got}")
+    finite = torch.isfinite(energies)
+    if not bool(finite.any()):
+        raise ValueError("no candidate has a finite energy: there is nothing to resample")
+    log_weights = torch.where(finite, -float(beta) * energies, torch.full_like(energies, -math.inf))
     log_weights = torch.log_softmax(log_weights, dim=-1)
     probabilities = log_weights.exp()
     if generator is not None:
         probabilities = probabilities.to(generator.device)
-    if cond is None:
-        index = torch.multinomial(probabilities, batch, replacement=True, generator=generator)
-    else:
-        picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-        index = torch.arange(batch, device=picked.device) * pool + picked
+    index = torch.multinomial(probabilities, n, replacement=True, generator=generator)
     samples = candidates[index.to(candidates.device)]
     return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
 

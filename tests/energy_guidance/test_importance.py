@@ -326,4 +326,4 @@ def test_a_mild_tilt_points_to_importance_resampling_once(beta, mild, caplog):
     lines = [r.getMessage() for r in caplog.records if "the tilt is mild" in r.getMessage()]
     assert len(lines) == (1 if mild else 0)
     if mild:
-        assert "importance_resampling" in lines[0] and "of the 200 samples" in lines[0]
+        assert "tilted_sample" in lines[0] and "of the 200 samples" in lines[0]

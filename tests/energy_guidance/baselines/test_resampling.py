@@ -14,6 +14,7 @@ from energy_guidance.baselines import (
     effective_sample_size,
     equal_cost_pool,
     importance_resampling,
+    resample,
 )
 from energy_guidance.baselines import resampling as resampling_module
 from energy_guidance.testing import GaussianMixture
@@ -240,3 +241,25 @@ def test_equal_cost_pool_takes_the_more_generous_measure():
 def test_equal_cost_pool_rejects_bad_inputs(args, name):
     with pytest.raises(ValueError, match=name):
         equal_cost_pool(*args)
+
+
+def test_resample_draws_with_the_softmax_of_minus_beta_energy():
+    """Energies (0, log 3, +inf) at β = 1: probabilities (3/4, 1/4, 0), Kish's ESS
+    1/(9/16 + 1/16) = 1.6. The frequency of the first candidate in n draws lies within Z binomial
+    standard errors of 3/4; the third (outside the domain) is never drawn."""
+    candidates = torch.tensor([[0.0], [1.0], [2.0]])
+    energies = torch.tensor([0.0, math.log(3.0), math.inf], dtype=torch.float64)
+    n = 4000
+    result = resample(candidates, energies, 1.0, n, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.log_weights.exp(), torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
+    assert float(result.ess) == pytest.approx(1.6, rel=1e-12)
+    frequency = float((result.samples[:, 0] == 0).double().mean())
+    assert abs(frequency - 0.75) <= Z * math.sqrt(0.75 * 0.25 / n)
+    assert not (result.samples[:, 0] == 2).any()
+
+
+def test_resample_refuses_what_it_cannot_weigh():
+    with pytest.raises(ValueError, match="no candidate has a finite energy"):
+        resample(torch.zeros(2, 1), torch.full((2,), math.inf), 1.0, 3)
+    with pytest.raises(ValueError, match="one per candidate"):
+        resample(torch.zeros(2, 1), torch.zeros(3), 1.0, 3)
