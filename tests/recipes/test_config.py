@@ -46,6 +46,7 @@ def test_presets_follow_the_data_set_and_flags_override_them():
     config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu"])
     assert config.preset == "locomotion-cpu-long" and config.reward_normalization == "returns"
     assert config.critic_steps == PRESETS["locomotion-cpu-long"]["critic_steps"] == 100_000
+    assert config.num_candidates == 64 and AEPOConfig().num_candidates == 16
     config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--device", "cpu", "--critic-steps", "7"])
     assert config.critic_steps == 7 and config.preset == "locomotion-cpu-long"
     config = parse_args(["--dataset", "mujoco/hopper/medium-v0", "--preset", "locomotion-cpu"])
