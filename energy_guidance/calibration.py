@@ -32,39 +32,6 @@ NUM_INFERENCE_STEPS = 25  # of the pilot's sampler
 NUM_LEVELS = 32  # noise levels of the table
 
 
-def calibrate(
-    scheduler: SchedulerLike,
-    model: NoiseModel,
-    sample_shape: tuple[int, ...],
-    cond: Cond = None,
-    *,
-    num_samples: int = NUM_SAMPLES,
-    num_inference_steps: int = NUM_INFERENCE_STEPS,
-    num_levels: int = NUM_LEVELS,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-) -> VarianceTable:
-    """A :class:`~energy_guidance.posterior.VarianceTable` (with the data's range) from
-    ``num_samples`` unguided samples of ``model``, each of shape ``sample_shape``.
-
-    ``cond``: None, or a tensor whose rows are the conditions (cycled over the pilot samples).
-    The pilot and the table use their own generator seeded by ``seed``.
-    """
-    pilot = draw_pilot(
-        scheduler,
-        model,
-        sample_shape,
-        cond,
-        num_samples=num_samples,
-        num_inference_steps=num_inference_steps,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    return pilot.table(model, num_levels=num_levels)
-
-
 @dataclass
 class Pilot:
     """Unguided samples drawn by :func:`draw_pilot`, and what :meth:`table` needs to go on.
@@ -82,7 +49,7 @@ class Pilot:
 
     def table(self, model: NoiseModel, *, num_levels: int = NUM_LEVELS) -> VarianceTable:
         """The variance table of these samples at ``num_levels`` noise levels (num_levels · N
-        model passes): what :func:`calibrate` returns for the same arguments."""
+        model passes), with their range and covariance, and the samples as its prior."""
         return estimate_variance_table(
             self.scheduler, model, self.samples, self.rows, num_levels=num_levels, generator=self.generator
         )
@@ -100,8 +67,12 @@ def draw_pilot(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> Pilot:
-    """``num_samples`` unguided samples of ``model`` (arguments as :func:`calibrate`), drawn with a
-    copy of ``scheduler`` (the caller's state is untouched) and a generator seeded by ``seed``."""
+    """``num_samples`` unguided samples of ``model``, each of shape ``sample_shape``, drawn with a
+    copy of ``scheduler`` (the caller's state is untouched) and a generator seeded by ``seed``;
+    ``draw_pilot(...).table(model)`` is the default guidance's table.
+
+    ``cond``: None, or a tensor whose rows are the conditions (cycled over the pilot samples).
+    """
     if cond is not None and not isinstance(cond, Tensor):
         raise TypeError(
             f"calibrating the default guidance from the model's samples needs cond as a tensor or None, "
@@ -111,7 +82,7 @@ def draw_pilot(
     if cond is not None:  # one row per pilot sample, the caller's rows in turn (a scalar is shared)
         rows = cond.expand(num_samples) if cond.dim() == 0 else cond[torch.arange(num_samples) % len(cond)]
     logger.info(
-        "calibrating the default guidance from %d of the model's own samples (%d steps, once)",
+        "drawing %d of the model's own samples (%d steps, once) to calibrate the default guidance",
         num_samples,
         num_inference_steps,
     )

@@ -42,7 +42,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-from .calibration import calibrate
+from .calibration import draw_pilot
 from .callables import (
     GUIDED_OUTPUT,
     Cond,
@@ -226,9 +226,10 @@ class AnalyticEnergyGuidance:
         if isinstance(inner, ImportanceTilt) and inner.table is None:
             # the caller's own batch first, so that a bad model is reported at its shapes
             call_model(self.model, x_t, timestep, cond)
-            inner.table = calibrate(
+            pilot = draw_pilot(
                 self.scheduler, self.model, tuple(x_t.shape[1:]), cond, device=x_t.device, dtype=x_t.dtype
             )
+            inner.table = pilot.table(self.model)
 
     def _predict(
         self, x_t: Tensor, timestep: Timestep, alpha: Tensor, sigma: Tensor, cond: Cond

@@ -70,7 +70,7 @@ posterior variance (the paper's second estimator, per dimension). The table also
 every posterior mean, tilted or not, lies in the convex hull of the data, so m̃ is clamped to
 the table's data range (its box, widened by :data:`RANGE_MARGIN` of its width on each side).
 Without a table from the user's data the guidance builds one from the model's own samples
-(:func:`~energy_guidance.calibration.calibrate`).
+(:func:`~energy_guidance.calibration.draw_pilot`).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .baselines.resampling import MAX_CHUNK, effective_sample_size, resample
+from .baselines.resampling import draw_candidates, effective_sample_size, resample
 from .calibration import NUM_LEVELS, NUM_SAMPLES, draw_pilot
 from .callables import Energy, NoiseModel, check_beta, energies_or_inf
 from .guidance import AnalyticEnergyGuidance
@@ -133,21 +133,20 @@ def tilted_sample(
         return TiltedSamples(samples=x, method=method, ess_fraction=fraction, pool=0, ess=0.0)
 
     size = len(energies) + math.ceil(NUM_LEVELS * len(energies) / num_inference_steps) + batch
-    chunks, pool_energies = [pilot.samples], [energies]
-    for start in range(len(energies), size, MAX_CHUNK):
-        x = sample(
-            scheduler,
-            model,
-            (min(MAX_CHUNK, size - start), *shape[1:]),
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            device=device,
-            dtype=dtype,
-            progress=progress,
-        )
-        chunks.append(x)
-        pool_energies.append(energies_or_inf(energy, x))
-    result = resample(torch.cat(chunks), torch.cat(pool_energies), beta, batch, generator=generator)
+    extra, extra_energies = draw_candidates(
+        scheduler,
+        model,
+        energy,
+        size - len(energies),
+        shape[1:],
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
+    candidates, pool_energies = torch.cat([pilot.samples, extra]), torch.cat([energies, extra_energies])
+    result = resample(candidates, pool_energies, beta, batch, generator=generator)
     return TiltedSamples(
         samples=result.samples, method=method, ess_fraction=fraction, pool=size, ess=float(result.ess)
     )

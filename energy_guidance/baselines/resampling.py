@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..callables import Cond, Energy, NoiseModel, call_energy
+from ..callables import Cond, Energy, NoiseModel, energies_or_inf
 from ..sampling import condition_rows, sample
 from ..schedulers import SchedulerLike
 from .cost import Cost
@@ -87,7 +87,9 @@ def importance_resampling(
     its own candidates with probabilities softmax(-β·E(x, cond)) over them. As β grows each row
     takes its lowest-energy candidate: best of ``pool`` (IDQL-style selection).
 
-    The sampler and the energy run without autograd. The pool is drawn in calls of at most
+    A candidate whose energy is not finite (outside the energy's domain) gets weight 0; an
+    output with no finite candidate is a ValueError. The sampler and the energy run without
+    autograd (:func:`draw_candidates`). The pool is drawn in calls of at most
     :data:`MAX_CHUNK` samples, in order; with ``cond`` candidate j of row b is pool sample
     b·pool + j (the rows' conditions repeated ``pool`` times each), so a seeded ``generator``
     gives the same pool as one call of :func:`~energy_guidance.sample` of that size where the
@@ -109,21 +111,73 @@ def importance_resampling(
     if device is None and isinstance(cond, Tensor):
         device = cond.device
 
-    total = pool if cond is None else batch * pool
+    candidates, energies = draw_candidates(
+        scheduler,
+        model,
+        energy,
+        pool if cond is None else batch * pool,
+        tuple(shape[1:]),
+        cond=cond,
+        per_row=pool,
+        num_inference_steps=num_inference_steps,
+        generator=generator,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
+    if cond is None:
+        return resample(candidates, energies, beta, batch, generator=generator)
+    energies = energies.reshape(batch, pool)
+    empty = ~torch.isfinite(energies).any(1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"no candidate of output rows {rows[:10]} has a finite energy: nothing to resample")
+    log_weights = torch.where(
+        torch.isfinite(energies), -beta * energies, torch.full_like(energies, -math.inf)
+    )
+    log_weights = torch.log_softmax(log_weights, dim=-1)
+    probabilities = log_weights.exp()
+    if generator is not None:
+        probabilities = probabilities.to(generator.device)
+    picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    index = torch.arange(batch, device=picked.device) * pool + picked
+    samples = candidates[index.to(candidates.device)]
+    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+
+
+def draw_candidates(
+    scheduler: SchedulerLike,
+    model: NoiseModel,
+    energy: Energy,
+    count: int,
+    sample_shape: tuple[int, ...],
+    *,
+    cond: Cond = None,
+    per_row: int = 1,
+    num_inference_steps: int = 25,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``count`` unguided samples of shape ``sample_shape`` and their energies (float64, +inf
+    where not finite: weight 0), without autograd, drawn in order in calls of at most
+    :data:`MAX_CHUNK` samples. With ``cond`` (one row per output), sample j takes the condition
+    of output row j // ``per_row``."""
     chunks, energies = [], []
     with torch.no_grad():
-        for start in range(0, total, MAX_CHUNK):
-            stop = min(start + MAX_CHUNK, total)
+        for start in range(0, count, MAX_CHUNK):
+            stop = min(start + MAX_CHUNK, count)
             rows = None
             if cond is not None:
-                index = torch.arange(start, stop) // pool
+                index = torch.arange(start, stop) // per_row
                 if isinstance(cond, Tensor):
                     index = index.to(cond.device)
-                rows = condition_rows(cond, index, batch)
+                rows = condition_rows(cond, index, (count + per_row - 1) // per_row)
             x = sample(
                 scheduler,
                 model,
-                (stop - start, *shape[1:]),
+                (stop - start, *sample_shape),
                 cond=rows,
                 num_inference_steps=num_inference_steps,
                 generator=generator,
@@ -132,18 +186,8 @@ def importance_resampling(
                 progress=progress,
             )
             chunks.append(x)
-            energies.append(call_energy(energy, x, rows).detach().to(torch.float64))
-    candidates = torch.cat(chunks)
-    if cond is None:
-        return resample(candidates, torch.cat(energies), beta, batch, generator=generator)
-    log_weights = torch.log_softmax((-beta * torch.cat(energies)).reshape(batch, pool), dim=-1)
-    probabilities = log_weights.exp()
-    if generator is not None:
-        probabilities = probabilities.to(generator.device)
-    picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-    index = torch.arange(batch, device=picked.device) * pool + picked
-    samples = candidates[index.to(candidates.device)]
-    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+            energies.append(energies_or_inf(energy, x, rows))
+    return torch.cat(chunks), torch.cat(energies)
 
 
 def resample(

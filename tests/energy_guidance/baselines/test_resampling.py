@@ -263,3 +263,34 @@ def test_resample_refuses_what_it_cannot_weigh():
         resample(torch.zeros(2, 1), torch.full((2,), math.inf), 1.0, 3)
     with pytest.raises(ValueError, match="one per candidate"):
         resample(torch.zeros(2, 1), torch.zeros(3), 1.0, 3)
+
+
+def test_candidates_outside_the_energys_domain_get_no_weight_and_an_empty_row_is_named():
+    """E = +inf above x_0 = 3, the middle of cond -1's data (near +3), and for every cond +1
+    candidate: row 0 (cond +1) has no finite candidate, a one-line error naming it; cond -1's
+    rows keep weight only below x_0 = 3, so no resampled candidate lies above it."""
+    scheduler = DPMSolverMultistepScheduler()
+    model = flipped_models(scheduler)
+
+    def domain(x, cond):
+        outside = (x[:, 0] > 3) | (cond[:, 0] > 0)
+        return torch.where(outside, torch.full_like(x[:, 0], math.inf), signed_energy(x, cond))
+
+    with pytest.raises(ValueError, match=r"output rows \[0\]"):
+        importance_resampling(
+            scheduler,
+            model,
+            (2, 2),
+            domain,
+            1.0,
+            pool=8,
+            cond=torch.tensor([[1.0], [-1.0]]),
+            num_inference_steps=5,
+        )
+    cond = torch.tensor([[-1.0], [-1.0]])
+    seeded = torch.Generator().manual_seed(0)  # no row whose 8 candidates all lie above 3 (odds 2^-8 each)
+    result = importance_resampling(
+        scheduler, model, (2, 2), domain, 1.0, pool=8, cond=cond, num_inference_steps=5, generator=seeded
+    )
+    assert torch.isinf(result.log_weights).any()  # some candidates were outside the domain
+    assert (result.samples[:, 0] <= 3).all()
