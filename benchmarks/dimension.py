@@ -8,8 +8,11 @@ Data: a diagonal Gaussian mixture in d dimensions, 4 components with weights 0.4
 2·N(0, I) and per-dimension variances U(0.1, 0.5), drawn from ``--seed``. Two noise models per d:
 the EXACT one (:meth:`~energy_guidance.testing.GaussianMixture.noise_model`) and a TRAINED
 ε-prediction MLP (3 hidden layers of max(256, 2d) SiLU units over [x_t, a sinusoidal embedding of
-t], ``energy_guidance.training.fit``: 3,000 Adam steps, batches of 512 fresh mixture samples; its
-weights are cached in ``<out>/models`` so that reruns skip the training).
+t]; from d = :data:`SKIP_FROM_DIM` on, added to the exact ε of N(0, σ_d²·I) with σ_d the data's
+RMS s.d. per coordinate: a skip without which the MLP's high-noise ε error, amplified by σ_t/α_t
+in x̂0, wrecks d = 128 (docs/benchmarks.md; below 64 the plain MLP is sound, and its results
+stay reproducible); ``energy_guidance.training.fit``: 3,000 Adam steps, batches of 512 fresh
+mixture samples; its weights are cached in ``<out>/models`` so that reruns skip the training).
 
 Energies (lower is better), with their β from mild to sharp:
 
@@ -161,6 +164,7 @@ class Config:
     out: str = "outputs/dimension"
 
 
+SKIP_FROM_DIM = 64  # the trained ε-MLP is a residual on a Gaussian's exact ε from here on
 QUICK = dict(dims=(2, 32), beta_index=(1,), smc_k=(8,), ref_size=10000, max_pool=32768)
 
 
@@ -240,21 +244,29 @@ def make_energies(mix: GaussianMixture, seed: int) -> dict[str, Callable]:
 
 
 def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]:
-    """The ε-MLP for ``mix``, trained with ``fit`` (cached in ``<out>/models``)."""
+    """The ε-MLP for ``mix``, trained with ``fit`` (cached in ``<out>/models``); from d =
+    :data:`SKIP_FROM_DIM` on a residual on the ε of N(0, σ_d²·I), σ_d the data's RMS
+    per-coordinate s.d. (:class:`EpsMLP`'s ``sigma_data``)."""
     d = mix.dim
     hidden = max(256, 2 * d)
-    name = f"eps_mlp_d{d}_h{hidden}_b{cfg.model_batch}_steps{cfg.model_steps}_seed{cfg.seed}.safetensors"
-    path = Path(cfg.out) / "models" / name
+    ddpm = DDPMScheduler()
     torch.manual_seed(cfg.seed)
-    net = EpsMLP(d, hidden)
+    stem = f"eps_mlp_d{d}_h{hidden}_b{cfg.model_batch}_steps{cfg.model_steps}_seed{cfg.seed}"
     settings = {"d": d, "hidden": hidden, "batch": cfg.model_batch, "steps": cfg.model_steps}
     settings |= {"lr": cfg.model_lr, "seed": cfg.seed}
+    sigma_data = None
+    if d >= SKIP_FROM_DIM:
+        sigma_data = float(mix.covariance().diagonal().mean().sqrt())
+        stem, settings["skip_sigma_data"] = stem.replace("eps_mlp", "eps_mlp_skip"), sigma_data
+        net = EpsMLP(d, hidden, sigma_data=sigma_data, alphas_cumprod=ddpm.alphas_cumprod)
+    else:
+        net = EpsMLP(d, hidden)
+    path = Path(cfg.out) / "models" / f"{stem}.safetensors"
     last = None
 
     def build() -> EpsMLP:
         nonlocal last
         g = _generator(cfg.seed, "training", d)
-        ddpm = DDPMScheduler()
         batch = cfg.model_batch
 
         def loss() -> Tensor:
@@ -273,6 +285,7 @@ def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]
     else:
         log(f"  trained model: {cfg.model_steps} Adam steps in {train_s:.1f} s, saved {path}")
     info = {"hidden": hidden, "steps": cfg.model_steps, "path": str(path), "cached": loaded}
+    info["sigma_data"] = sigma_data
     return net.requires_grad_(False).eval(), {**info, "train_s": train_s, "last_losses": last}
 
 

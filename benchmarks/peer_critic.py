@@ -62,12 +62,9 @@ class InRecipeUnits:
     policy_label: ClassVar[str] = "d3rlpy's own policy"
 
     def __init__(self, critic: D3rlpyCritic, normalizer: Normalizer, scaler: ActionScaler) -> None:
-        self.critic, self.mean, self.std = critic, normalizer.mean, normalizer.std
-        self.low = torch.as_tensor(scaler.low, dtype=torch.float32, device=self.mean.device)
-        self.high = torch.as_tensor(scaler.high, dtype=torch.float32, device=self.mean.device)
-
-    def _raw(self, states: Tensor) -> Tensor:
-        return states * self.std + self.mean
+        self.critic, self._raw = critic, normalizer.inverse
+        self.low = torch.as_tensor(scaler.low, dtype=torch.float32, device=normalizer.mean.device)
+        self.high = torch.as_tensor(scaler.high, dtype=torch.float32, device=normalizer.mean.device)
 
     def q_values(self, states: Tensor, actions: Tensor) -> Tensor:
         env_actions = self.low + (actions + 1) * (self.high - self.low) / 2

@@ -8,9 +8,11 @@ Each (algorithm, seed) trains on the same Minari data set for ``--steps`` gradie
 (:func:`energy_guidance.recipes.evaluation.evaluate`: ``--episodes`` episodes reset with seeds
 ``eval_seed + i``, the deterministic policy, D4RL's normalised score). The algorithms:
 
-- ``iql``: the recipe's IQL (:class:`energy_guidance.recipes.iql.IQL`, CORL's settings) on the
-  data as the recipe prepares it (observations standardised, rewards × 1000 / (max − min episode
-  return)); its policy is the AWR actor's mean, as ``iql_awr`` in the recipe's tables.
+- ``iql``: the recipe's IQL (:class:`energy_guidance.recipes.iql.IQL`, CORL's settings) as the
+  recipe trains it (rewards × 1000 / (max − min episode return), the networks reading raw
+  observations through :class:`~energy_guidance.recipes.trainers.OnObservations`; before
+  2026-12-07 they read standardised ones); its policy is the AWR actor's mean, as ``iql_awr`` in
+  the recipe's tables.
 - ``d3rlpy-iql``: d3rlpy's IQL with the settings of d3rlpy's reproduction script (learning rates
   3e-4, expectile 0.7, AWR temperature 3, weights clipped at 100, ``ReturnBasedRewardScaler``
   with multiplier 1000: the same reward normalisation), without the actor's cosine schedule.
@@ -44,6 +46,7 @@ from energy_guidance.recipes.evaluation import evaluate, normalized_score
 from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.iql import IQL
 from energy_guidance.recipes.plots import figure_bytes, pyplot
+from energy_guidance.recipes.trainers import OnObservations
 
 ALGORITHMS = ("iql", "d3rlpy-iql", "d3rlpy-td3bc")
 BATCH = 256
@@ -107,7 +110,7 @@ def _ours(args, run: Run, checkpoint: Callable[[int, Policy], None]) -> None:
     inputs = load_inputs(AEPOConfig(dataset=args.dataset, reward_normalization="returns"))
     data = inputs.data
     torch.manual_seed(run.seed)
-    critic = IQL(data.obs_dim, data.act_dim)
+    critic = OnObservations(IQL(data.obs_dim, data.act_dim), inputs.normalizer.inverse)
     generator = torch.Generator().manual_seed(run.seed)
 
     def policy(obs: np.ndarray) -> np.ndarray:

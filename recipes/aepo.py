@@ -90,12 +90,12 @@ from .config import (
 )
 from .data import check_dataset
 from .evaluation import evaluate, normalized_score
-from .inputs import Inputs, load_inputs
+from .inputs import Inputs, Normalizer, load_inputs
 from .plots import learning_curves
 from .policies import Policies, label
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 from .seeds import Seeds, batch_generator, generator
-from .trainers import TrainableCritic
+from .trainers import OnObservations, RecipeCritic
 from .transitions import Transitions
 
 Phase = Callable[..., History]  # phase(name, update, steps, **state): train() in the run folder
@@ -145,7 +145,7 @@ def _run(
     seeds = Seeds.of(config.seed)  # every random stream of the run (recipes/seeds.py)
     train_sched = training_scheduler(config.behaviour)  # the behaviour model's noise schedule
     # 1-2. The critic and the behaviour policy.
-    critic, critic_history = train_critic(config, seeds, phase, data)
+    critic, critic_history = train_critic(config, seeds, phase, data, inputs.normalizer)
     model, behaviour_history = train_behaviour(config, seeds, phase, data, train_sched)
     # 3. The posterior-variance table of the behaviour model.
     table = variance_table(config, seeds, folder, data, model, train_sched)
@@ -159,7 +159,7 @@ def _run(
     if "qgpo" in config.compare:
         qgpo_network = train_qgpo(config, seeds, folder, data, model, train_sched, scheduler, energy)
     if "cql" in config.compare and config.critic != "cql":
-        cql_critic = train_cql(config, seeds, phase, data)
+        cql_critic = train_cql(config, seeds, phase, data, inputs.normalizer)
     if not distributed.is_main():
         return None
     # 5. Evaluation (rank 0), cached per evaluation settings.
@@ -239,19 +239,26 @@ def _phase(
 
 
 def train_critic(
-    config: AEPOConfig, seeds: Seeds, phase: Phase, data: Transitions
-) -> tuple[TrainableCritic, History]:
-    """Phase 1: the critic ``CRITICS[config.critic]`` on the data's transitions (frozen after)."""
+    config: AEPOConfig, seeds: Seeds, phase: Phase, data: Transitions, normalizer: Normalizer
+) -> tuple[RecipeCritic, History]:
+    """Phase 1: the critic ``CRITICS[config.critic]`` on the data's transitions (frozen after),
+    reading raw observations (``normalizer.inverse`` of the data's states) unless
+    ``config.critic_observations`` is "standardised"."""
     device = data.observations.device
     batch = distributed.local_batch_size(config.batch_size)  # per process; the whole batch on one
     torch.manual_seed(seeds.critic)
-    critic = new_critic(config.critic, data.obs_dim, data.act_dim, critic_settings(config), device)
+    settings = critic_settings(config)
+    module = new_critic(config.critic, data.obs_dim, data.act_dim, settings, device)
+    # checkpointed as the critic itself: its weights do not depend on what its states are
+    critic: RecipeCritic = (
+        OnObservations(module, normalizer.inverse) if config.critic_observations == "raw" else module
+    )
     g = batch_generator(seeds.critic_batches)
     history = phase(
         "critic",
         lambda step: critic.update(data.sample(batch, g), g),
         config.critic_steps,
-        modules={"critic": critic},
+        modules={"critic": module},
         optimizers=critic.optimizers,
         generator=g,
     )

@@ -42,9 +42,10 @@ from energy_guidance.training import History
 
 from .behaviour import NoiseMLP
 from .config import AEPOConfig
+from .inputs import Normalizer
 from .runfolder import RunFolder
 from .seeds import Seeds, batch_generator, generator
-from .trainers import CRITICS, TrainableCritic
+from .trainers import CRITICS, OnObservations, RecipeCritic, TrainableCritic
 from .transitions import Transitions
 
 
@@ -128,20 +129,28 @@ def train_qgpo(
 
 
 def train_cql(
-    config: AEPOConfig, seeds: Seeds, phase: Callable[..., History], data: Transitions
-) -> TrainableCritic:
+    config: AEPOConfig,
+    seeds: Seeds,
+    phase: Callable[..., History],
+    data: Transitions,
+    normalizer: Normalizer,
+) -> RecipeCritic:
     """A CQL critic with ``config.cql`` for ``config.cql_steps`` (0: ``critic_steps``; phase
-    ``critic_cql``)."""
+    ``critic_cql``), reading the observations ``config.critic_observations`` says, as the
+    recipe's critic does (:func:`.aepo.train_critic`)."""
     device = data.observations.device
     torch.manual_seed(seeds.cql)
-    critic = new_critic("cql", data.obs_dim, data.act_dim, config.cql, device)
+    module = new_critic("cql", data.obs_dim, data.act_dim, config.cql, device)
+    critic: RecipeCritic = (
+        OnObservations(module, normalizer.inverse) if config.critic_observations == "raw" else module
+    )
     g = batch_generator(seeds.cql_batches)
     batch = distributed.local_batch_size(config.batch_size)
     phase(
         "critic_cql",
         lambda step: critic.update(data.sample(batch, g), g),
         config.cql_steps or config.critic_steps,
-        modules={"critic": critic},
+        modules={"critic": module},
         optimizers=critic.optimizers,
         generator=g,
     )
@@ -159,7 +168,7 @@ def new_critic(
     return typing.cast(TrainableCritic, make(obs_dim, act_dim, settings).to(device))
 
 
-def frozen(critic: TrainableCritic) -> TrainableCritic:
+def frozen(critic: RecipeCritic) -> RecipeCritic:
     """``critic`` in evaluation mode without gradients (a trained critic, for the energy)."""
     typing.cast(nn.Module, critic).eval().requires_grad_(False)
     return critic

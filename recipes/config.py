@@ -68,6 +68,10 @@ class AEPOConfig:
     # 1. critic: CRITICS[critic], configured by the field of the same name (critic_settings)
     critic: CriticName = "iql"  # the offline-RL critic (and its own policy)
     critic_steps: int = 10_000  # gradient steps of the critic (and its own policy)
+    # what the critic's networks read: the data set's "raw" observations (d3rlpy's IQL does the
+    # same), or the "standardised" ones the behaviour model reads (the recipe before 2026-12-07);
+    # on hopper/medium raw ranks the behaviour model's candidate actions far better (docs/rl.md)
+    critic_observations: Literal["raw", "standardised"] = "raw"
     iql: IQLConfig = field(default_factory=IQLConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)
     reduce: Reduction = "min"  # over the critic's Q heads, in the energy and the candidate selection
@@ -363,8 +367,11 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
 
 def training_defaults(config: AEPOConfig) -> Settings:
     """The recipe's default training settings for ``config``'s critic: what a run folder made
-    before a field existed is taken to have used (:meth:`.runfolder.RunFolder.adopt`)."""
-    return split_settings(dataclasses.replace(AEPOConfig(), critic=config.critic))["training"]
+    before a field existed is taken to have used (:meth:`.runfolder.RunFolder.adopt`). Where a
+    default changed with the field, the old behaviour is named: before ``critic_observations``
+    the critic read standardised observations."""
+    before = dataclasses.replace(AEPOConfig(), critic=config.critic, critic_observations="standardised")
+    return split_settings(before)["training"]
 
 
 def evaluation_key(evaluation: Settings) -> Settings:

@@ -31,6 +31,10 @@ class Normalizer:
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.mean.device)
         return (obs - self.mean) / self.std
 
+    def inverse(self, states: Tensor) -> Tensor:
+        """The observations σ·s + μ of standardised states ``states`` (B, k), differentiably."""
+        return states * self.std + self.mean
+
 
 def reward_scale(returns: np.ndarray) -> float:
     """IQL's reward normalisation for locomotion: 1000 / (max − min episode return of the data).

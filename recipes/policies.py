@@ -33,7 +33,7 @@ from .comparisons import quadrature_rule
 from .config import AEPOConfig
 from .data import ActionScaler
 from .inputs import Normalizer
-from .trainers import CRITICS, TrainableCritic
+from .trainers import CRITICS, RecipeCritic
 
 Policy = Callable[[np.ndarray], np.ndarray]  # raw observations (B, k) -> environment actions (B, d)
 
@@ -79,7 +79,7 @@ class Policies:
     def __init__(
         self,
         config: AEPOConfig,
-        critic: TrainableCritic,
+        critic: RecipeCritic,
         model: NoiseMLP,
         scheduler: Scheduler,
         network: IntermediateEnergyNet,
@@ -89,7 +89,7 @@ class Policies:
         act_dim: int,
         generator: torch.Generator,
         qgpo_network: IntermediateEnergyNet | None = None,
-        cql_critic: TrainableCritic | None = None,
+        cql_critic: RecipeCritic | None = None,
         variance_table: VarianceTable | None = None,
     ):
         self.config, self.critic, self.model, self.scheduler = config, critic, model, scheduler
@@ -168,7 +168,7 @@ class Policies:
                 actions = actions.reshape(len(obs), candidates, -1)[rows, best]
         return self.scaler.from_unit(actions.double().cpu().numpy())
 
-    def critic_policy(self, obs: np.ndarray, critic: TrainableCritic | None = None) -> np.ndarray:
+    def critic_policy(self, obs: np.ndarray, critic: RecipeCritic | None = None) -> np.ndarray:
         with torch.no_grad():
             actions = (critic or self.critic).act(self.normalizer(obs))
         return self.scaler.from_unit(actions.double().cpu().numpy())

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from benchmarks import dimension
 from benchmarks.dimension import (
@@ -21,6 +22,7 @@ from benchmarks.dimension import (
     snis,
     trained_model,
 )
+from energy_guidance.testing import GaussianMixture
 
 Z = 5.0  # tolerance in standard errors
 
@@ -138,6 +140,32 @@ def test_trained_model_is_cached(tmp_path):
     assert not info["cached"] and again["cached"]
     for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_skip_of_a_high_dimensional_trained_model_is_a_gaussians_exact_noise(tmp_path):
+    """From SKIP_FROM_DIM on the trained ε-MLP is a residual on the exact ε of N(0, σ_d²·I): with
+    its MLP's output zeroed it IS that Gaussian's noise model (σ_d the mixture's RMS s.d.)."""
+    d = dimension.SKIP_FROM_DIM
+    mix = make_mixture(d, seed=0)
+    net, info = trained_model(mix, Config(model_steps=1, out=str(tmp_path)), lambda s: None)
+    sigma_d = info["sigma_data"]
+    assert sigma_d == pytest.approx(float(mix.covariance().diagonal().mean().sqrt()))
+    torch.nn.init.zeros_(net.net[-1].weight)
+    torch.nn.init.zeros_(net.net[-1].bias)
+    gaussian = GaussianMixture(
+        torch.ones(1, dtype=torch.float64),
+        torch.zeros(1, d, dtype=torch.float64),
+        torch.full((1, d), sigma_d**2),
+    )
+    exact = gaussian.noise_model(DDPMScheduler())
+    x = 3 * torch.randn(16, d, generator=torch.Generator().manual_seed(0))
+    for t in (0, 500, 999):
+        timestep = torch.tensor(t)
+        assert torch.allclose(net(x, timestep), exact(x, timestep).float(), rtol=1e-4, atol=1e-5)
+    below, below_info = trained_model(
+        make_mixture(2, 0), Config(model_steps=1, out=str(tmp_path)), lambda s: None
+    )
+    assert below.sigma_data is None and below_info["sigma_data"] is None
 
 
 TINY = [

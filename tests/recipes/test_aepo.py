@@ -19,6 +19,7 @@ import energy_guidance.recipes.aepo as aepo
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
 from energy_guidance.recipes.aepo import format_scores, run
 from energy_guidance.recipes.config import resolve_device
+from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
 
@@ -420,3 +421,41 @@ def test_q_scale_averages_over_a_random_subset_of_states_not_the_first():
     assert abs(first - 1) < 5 * per_state_se  # the first 200 states alone: s₀ = 1 only
     mixed = aepo.measure_q_scale(critic, states, 1, "min", max_states=200) * math.sqrt(3)
     assert abs((mixed - 1) / 2 - 0.5) < 5 * math.hypot(math.sqrt(0.25 / 200), per_state_se)
+
+
+@pytest.mark.parametrize("setting", ["raw", "standardised"])
+def test_the_critic_learns_from_the_observations_it_is_set_to_read(
+    tiny_dataset, tmp_path, monkeypatch, setting
+):
+    """By default the critic's networks see the data set's raw observations; with
+    --critic-observations standardised, the standardised states the behaviour model sees."""
+    seen = []
+
+    def first_batch(self, batch, generator=None):
+        seen.append(batch.observations.clone())
+        raise KeyboardInterrupt  # one batch is all this test needs
+
+    monkeypatch.setattr(IQL, "update", first_batch)
+    config = tiny_config(tmp_path / setting, "--critic-observations", setting)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    inputs = load_inputs(config)
+    states = inputs.data.observations
+    rows = inputs.normalizer.inverse(states) if setting == "raw" else states
+    # every row of the batch is a row of the expected observations
+    distance = torch.cdist(seen[0], rows, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+    assert distance.max() < 1e-4 * rows.abs().max()
+
+
+def test_a_run_made_before_critic_observations_existed_read_standardised_ones(finished_run, monkeypatch):
+    """Its critic read standardised observations: the default (raw) would be another critic."""
+    folder, reference = finished_run
+    path = folder / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["training"]["critic_observations"] == "raw"
+    del saved["training"]["critic_observations"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ConfigMismatch, match=r"critic_observations"):
+        run(tiny_config(folder))
+    _forbid(monkeypatch, "critic", "behaviour", "variance", "energy", "evaluation")
+    assert run(tiny_config(folder, "--critic-observations", "standardised"))["scores"] == reference["scores"]

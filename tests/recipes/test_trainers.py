@@ -8,7 +8,8 @@ import torch
 
 from energy_guidance.adapters import Critic, critic_energy
 from energy_guidance.callables import energy_and_grad
-from energy_guidance.recipes.trainers import CRITICS, TrainableCritic
+from energy_guidance.recipes.trainers import CRITICS, OnObservations, RecipeCritic, TrainableCritic
+from energy_guidance.recipes.transitions import Transitions
 
 from .random_transitions import random_transitions
 
@@ -67,3 +68,42 @@ def test_baselines_are_v_for_iql_and_q_at_the_actor_for_cql():
     assert torch.equal(iql.baseline(states), iql.v(states))
     expected = cql.q_target(states, cql.actor.act(states)).min(0).values
     assert torch.equal(cql.baseline(states), expected)
+
+
+@pytest.mark.parametrize("name", list(CRITICS))
+def test_a_critic_on_observations_reads_and_learns_the_mapped_states(name):
+    """OnObservations(critic, observe) is the critic at observe(s): its Q, baseline and policy at
+    the recipe's states s are the critic's at the observations, its update is the critic's update
+    on the batch with s and s' mapped, and the energy stays differentiable in the actions."""
+    mean, std = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.1, 3.0, 2.0])
+    observe = lambda s: s * std + mean  # noqa: E731
+    torch.manual_seed(0)
+    inner = _small(CRITICS[name])
+    critic = OnObservations(inner, observe)
+    assert isinstance(critic, RecipeCritic) and critic.policy_name == inner.policy_name
+    assert critic.optimizers is inner.optimizers
+    assert set(critic.state_dict()) == {f"critic.{k}" for k in inner.state_dict()}
+    data = random_transitions()
+    s, a = data.observations, data.actions
+    assert torch.equal(critic.q_values(s, a), inner.q_values(observe(s), a))
+    assert torch.equal(critic.baseline(s), inner.baseline(observe(s)))
+    assert torch.equal(critic.act(s), inner.act(observe(s)))
+    value, grad = energy_and_grad(critic_energy(critic.q_values, baseline=critic.baseline), a, s)
+    assert value.shape == (64,) and torch.isfinite(grad).all()
+
+    torch.manual_seed(0)
+    twin = _small(CRITICS[name])
+    mapped = Transitions(observe(s), a, data.rewards, observe(data.next_observations), data.terminals)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert critic.update(data, g1) == twin.update(mapped, g2)
+    for x, y in zip(inner.state_dict().values(), twin.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_on_observations_needs_a_module():
+    class Plain:
+        def __init__(self):
+            self.optimizers = {}
+
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        OnObservations(Plain(), lambda s: s)  # type: ignore[arg-type]
