@@ -9,9 +9,9 @@ Each (algorithm, seed) trains on the same Minari data set for ``--steps`` gradie
 ``eval_seed + i``, the deterministic policy, D4RL's normalised score). The algorithms:
 
 - ``iql``: the recipe's IQL (:class:`energy_guidance.recipes.iql.IQL`, CORL's settings) as the
-  recipe trains it (rewards × 1000 / (max − min episode return), the networks reading raw
-  observations through :class:`~energy_guidance.recipes.trainers.OnObservations`; before
-  2026-12-07 they read standardised ones); its policy is the AWR actor's mean, as ``iql_awr`` in
+  recipe's locomotion presets train it (rewards × 1000 / (max − min episode return), the networks
+  reading raw observations through :class:`~energy_guidance.recipes.trainers.OnObservations`;
+  before 2026-12-07 they read standardised ones); its policy is the AWR actor's mean, as ``iql_awr`` in
   the recipe's tables.
 - ``d3rlpy-iql``: d3rlpy's IQL with the settings of d3rlpy's reproduction script (learning rates
   3e-4, expectile 0.7, AWR temperature 3, weights clipped at 100, ``ReturnBasedRewardScaler``

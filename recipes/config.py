@@ -68,10 +68,11 @@ class AEPOConfig:
     # 1. critic: CRITICS[critic], configured by the field of the same name (critic_settings)
     critic: CriticName = "iql"  # the offline-RL critic (and its own policy)
     critic_steps: int = 10_000  # gradient steps of the critic (and its own policy)
-    # what the critic's networks read: the data set's "raw" observations (d3rlpy's IQL does the
-    # same), or the "standardised" ones the behaviour model reads (the recipe before 2026-12-07);
-    # on hopper/medium raw ranks the behaviour model's candidate actions far better (docs/rl.md)
-    critic_observations: Literal["raw", "standardised"] = "raw"
+    # what the critic's networks read: the "standardised" observations the behaviour model reads,
+    # or the data set's "raw" ones (as d3rlpy's IQL does; the locomotion presets). Either can make
+    # Q a far worse ranker of the behaviour model's candidates: raw on the embedded Pendulum set,
+    # standardised on hopper/medium (docs/rl.md)
+    critic_observations: Literal["raw", "standardised"] = "standardised"
     iql: IQLConfig = field(default_factory=IQLConfig)
     cql: CQLConfig = field(default_factory=CQLConfig)
     reduce: Reduction = "min"  # over the critic's Q heads, in the energy and the candidate selection
@@ -133,7 +134,8 @@ RUNTIME_FIELDS = ("run_dir", "threads", "progress", "checkpoint_every", "device"
 
 # Settings per task family, applied by the command line before its own flags (which override
 # them). "default" is AEPOConfig as written: sized for the embedded Pendulum set on this CPU.
-# Locomotion (MuJoCo HalfCheetah, Hopper, Walker2d, Ant): IQL's reward normalisation;
+# Locomotion (MuJoCo HalfCheetah, Hopper, Walker2d, Ant): IQL's reward normalisation, the critic
+# on raw observations (its candidates' ranking on hopper/medium: docs/benchmarks.md);
 # "-cpu-long" (the CPU's default) trains to where IQL's policy passes the data on hopper/medium
 # (100k steps, about an hour per data set on a 2-core CPU), "-cpu" is a quick look sized to
 # finish one data set within 15 minutes, below the data there (both: docs/benchmarks.md); "-gpu"
@@ -143,6 +145,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     "default": {},
     "locomotion-cpu": {
         "reward_normalization": "returns",
+        "critic_observations": "raw",
         "critic_steps": 20_000,
         "behaviour_steps": 20_000,
         "energy_steps": 10_000,
@@ -151,6 +154,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     },
     "locomotion-cpu-long": {
         "reward_normalization": "returns",
+        "critic_observations": "raw",
         "critic_steps": 100_000,
         "behaviour_steps": 100_000,
         "energy_steps": 10_000,
@@ -161,6 +165,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     },
     "locomotion-gpu": {
         "reward_normalization": "returns",
+        "critic_observations": "raw",
         "critic_steps": 1_000_000,
         "behaviour_steps": 500_000,
         "energy_steps": 200_000,
@@ -367,11 +372,8 @@ def split_settings(config: AEPOConfig) -> dict[str, Settings]:
 
 def training_defaults(config: AEPOConfig) -> Settings:
     """The recipe's default training settings for ``config``'s critic: what a run folder made
-    before a field existed is taken to have used (:meth:`.runfolder.RunFolder.adopt`). Where a
-    default changed with the field, the old behaviour is named: before ``critic_observations``
-    the critic read standardised observations."""
-    before = dataclasses.replace(AEPOConfig(), critic=config.critic, critic_observations="standardised")
-    return split_settings(before)["training"]
+    before a field existed is taken to have used (:meth:`.runfolder.RunFolder.adopt`)."""
+    return split_settings(dataclasses.replace(AEPOConfig(), critic=config.critic))["training"]
 
 
 def evaluation_key(evaluation: Settings) -> Settings:

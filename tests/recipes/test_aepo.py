@@ -18,7 +18,7 @@ import torch
 import energy_guidance.recipes.aepo as aepo
 from energy_guidance.checkpoints import CorruptFileError, checkpoint_steps, load_tensors, read_json
 from energy_guidance.recipes.aepo import format_scores, run
-from energy_guidance.recipes.config import resolve_device
+from energy_guidance.recipes.config import parse_args, resolve_device
 from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.iql import IQL, IQLConfig
 from energy_guidance.recipes.runfolder import ConfigMismatch, RunFolder, RunFolderBusy
@@ -427,8 +427,8 @@ def test_q_scale_averages_over_a_random_subset_of_states_not_the_first():
 def test_the_critic_learns_from_the_observations_it_is_set_to_read(
     tiny_dataset, tmp_path, monkeypatch, setting
 ):
-    """By default the critic's networks see the data set's raw observations; with
-    --critic-observations standardised, the standardised states the behaviour model sees."""
+    """With --critic-observations raw the critic's networks see the data set's raw observations;
+    with standardised (the default), the standardised states the behaviour model sees."""
     seen = []
 
     def first_batch(self, batch, generator=None):
@@ -448,14 +448,17 @@ def test_the_critic_learns_from_the_observations_it_is_set_to_read(
 
 
 def test_a_run_made_before_critic_observations_existed_read_standardised_ones(finished_run, monkeypatch):
-    """Its critic read standardised observations: the default (raw) would be another critic."""
+    """Its critic read standardised observations, the default: it resumes without retraining, and
+    a critic on raw observations would be another critic. The locomotion presets read raw ones."""
     folder, reference = finished_run
     path = folder / "config.json"
     saved = json.loads(path.read_text())
-    assert saved["training"]["critic_observations"] == "raw"
+    assert saved["training"]["critic_observations"] == "standardised"
     del saved["training"]["critic_observations"]
     path.write_text(json.dumps(saved))
     with pytest.raises(ConfigMismatch, match=r"critic_observations"):
-        run(tiny_config(folder))
+        run(tiny_config(folder, "--critic-observations", "raw"))
     _forbid(monkeypatch, "critic", "behaviour", "variance", "energy", "evaluation")
-    assert run(tiny_config(folder, "--critic-observations", "standardised"))["scores"] == reference["scores"]
+    assert run(tiny_config(folder))["scores"] == reference["scores"]
+    for preset in ("locomotion-cpu", "locomotion-cpu-long", "locomotion-gpu"):
+        assert parse_args(["--preset", preset]).critic_observations == "raw"
