@@ -251,16 +251,14 @@ def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]
     hidden = max(256, 2 * d)
     ddpm = DDPMScheduler()
     torch.manual_seed(cfg.seed)
-    stem = f"eps_mlp_d{d}_h{hidden}_b{cfg.model_batch}_steps{cfg.model_steps}_seed{cfg.seed}"
     settings = {"d": d, "hidden": hidden, "batch": cfg.model_batch, "steps": cfg.model_steps}
     settings |= {"lr": cfg.model_lr, "seed": cfg.seed}
-    sigma_data = None
+    sigma_data, kind = None, "eps_mlp"
     if d >= SKIP_FROM_DIM:
-        sigma_data = float(mix.covariance().diagonal().mean().sqrt())
-        stem, settings["skip_sigma_data"] = stem.replace("eps_mlp", "eps_mlp_skip"), sigma_data
-        net = EpsMLP(d, hidden, sigma_data=sigma_data, alphas_cumprod=ddpm.alphas_cumprod)
-    else:
-        net = EpsMLP(d, hidden)
+        sigma_data, kind = float(mix.covariance().diagonal().mean().sqrt()), "eps_mlp_skip"
+        settings["skip_sigma_data"] = sigma_data
+    net = EpsMLP(d, hidden, sigma_data, None if sigma_data is None else ddpm.alphas_cumprod)
+    stem = f"{kind}_d{d}_h{hidden}_b{cfg.model_batch}_steps{cfg.model_steps}_seed{cfg.seed}"
     path = Path(cfg.out) / "models" / f"{stem}.safetensors"
     last = None
 
@@ -284,8 +282,13 @@ def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]
         log(f"  trained model: loaded {path}")
     else:
         log(f"  trained model: {cfg.model_steps} Adam steps in {train_s:.1f} s, saved {path}")
-    info = {"hidden": hidden, "steps": cfg.model_steps, "path": str(path), "cached": loaded}
-    info["sigma_data"] = sigma_data
+    info = {
+        "hidden": hidden,
+        "steps": cfg.model_steps,
+        "path": str(path),
+        "cached": loaded,
+        "sigma_data": sigma_data,
+    }
     return net.requires_grad_(False).eval(), {**info, "train_s": train_s, "last_losses": last}
 
 

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .baselines.resampling import draw_candidates, effective_sample_size, resample
+from .baselines.resampling import draw_candidates, effective_sample_size, resample, tilt_log_weights
 from .calibration import NUM_LEVELS, NUM_SAMPLES, draw_pilot
 from .callables import Energy, NoiseModel, check_beta, energies_or_inf
 from .guidance import AnalyticEnergyGuidance
@@ -109,7 +109,7 @@ def tilted_sample(
         seed=seed,
     )
     energies = energies_or_inf(energy, pilot.samples)
-    fraction = float(effective_sample_size(-beta * energies)) / len(energies)
+    fraction = float(effective_sample_size(tilt_log_weights(energies, beta))) / len(energies)
     if method == "auto":
         method = "resampling" if fraction >= RESAMPLE_ESS else "guided"
     logger.info(

@@ -77,7 +77,7 @@ from energy_guidance.variance import VarianceTable, estimate_variance_table
 
 from . import cli
 from .behaviour import NoiseMLP, diffusion_loss, sampling_scheduler, training_scheduler
-from .comparisons import frozen, new_critic, train_cql, train_qgpo
+from .comparisons import frozen, new_critic, reading_observations, train_cql, train_qgpo
 from .config import (
     AEPOConfig,
     critic_settings,
@@ -95,7 +95,7 @@ from .plots import learning_curves
 from .policies import Policies, label
 from .runfolder import ConfigMismatch, RunFolder, RunFolderBusy, Settings
 from .seeds import Seeds, batch_generator, generator
-from .trainers import OnObservations, RecipeCritic
+from .trainers import RecipeCritic
 from .transitions import Transitions
 
 Phase = Callable[..., History]  # phase(name, update, steps, **state): train() in the run folder
@@ -249,10 +249,7 @@ def train_critic(
     torch.manual_seed(seeds.critic)
     settings = critic_settings(config)
     module = new_critic(config.critic, data.obs_dim, data.act_dim, settings, device)
-    # checkpointed as the critic itself: its weights do not depend on what its states are
-    critic: RecipeCritic = (
-        OnObservations(module, normalizer.inverse) if config.critic_observations == "raw" else module
-    )
+    critic = reading_observations(module, config, normalizer)
     g = batch_generator(seeds.critic_batches)
     history = phase(
         "critic",

@@ -141,9 +141,7 @@ def train_cql(
     device = data.observations.device
     torch.manual_seed(seeds.cql)
     module = new_critic("cql", data.obs_dim, data.act_dim, config.cql, device)
-    critic: RecipeCritic = (
-        OnObservations(module, normalizer.inverse) if config.critic_observations == "raw" else module
-    )
+    critic = reading_observations(module, config, normalizer)
     g = batch_generator(seeds.cql_batches)
     batch = distributed.local_batch_size(config.batch_size)
     phase(
@@ -166,6 +164,15 @@ def new_critic(
     does not declare yet; the casts here and in :func:`frozen` say it to the type checker."""
     make = typing.cast(Callable[[int, int, object], nn.Module], CRITICS[name])
     return typing.cast(TrainableCritic, make(obs_dim, act_dim, settings).to(device))
+
+
+def reading_observations(critic: TrainableCritic, config: AEPOConfig, normalizer: Normalizer) -> RecipeCritic:
+    """``critic`` reading the observations ``config.critic_observations`` names: the recipe's
+    standardised states as they are, or "raw" ones through :class:`.trainers.OnObservations`
+    (``normalizer.inverse``). Checkpoint ``critic`` itself: its weights are the same either way."""
+    if config.critic_observations == "raw":
+        return OnObservations(critic, normalizer.inverse)
+    return critic
 
 
 def frozen(critic: RecipeCritic) -> RecipeCritic:

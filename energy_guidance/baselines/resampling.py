@@ -127,19 +127,8 @@ def importance_resampling(
     )
     if cond is None:
         return resample(candidates, energies, beta, batch, generator=generator)
-    energies = energies.reshape(batch, pool)
-    empty = ~torch.isfinite(energies).any(1)
-    if bool(empty.any()):
-        rows = empty.nonzero().flatten().tolist()
-        raise ValueError(f"no candidate of output rows {rows[:10]} has a finite energy: nothing to resample")
-    log_weights = torch.where(
-        torch.isfinite(energies), -beta * energies, torch.full_like(energies, -math.inf)
-    )
-    log_weights = torch.log_softmax(log_weights, dim=-1)
-    probabilities = log_weights.exp()
-    if generator is not None:
-        probabilities = probabilities.to(generator.device)
-    picked = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    log_weights = tilt_log_weights(energies.reshape(batch, pool), beta)
+    picked = _draw(log_weights, 1, generator).squeeze(1)
     index = torch.arange(batch, device=picked.device) * pool + picked
     samples = candidates[index.to(candidates.device)]
     return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
@@ -196,21 +185,37 @@ def resample(
     """``n`` draws with replacement from ``candidates`` (N, ...) with probabilities softmax(-β·E),
     ``energies`` (N,) their E; a candidate whose energy is not finite gets weight 0 (all of them:
     ValueError). The indices are drawn from ``generator``."""
-    energies = energies.detach().to(torch.float64)
     if energies.shape != candidates.shape[:1]:
         got = tuple(energies.shape)
         raise ValueError(f"energies must be ({len(candidates)},), one per candidate, got {got}")
+    log_weights = tilt_log_weights(energies, beta)
+    index = _draw(log_weights, n, generator)
+    samples = candidates[index.to(candidates.device)]
+    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+
+
+def tilt_log_weights(energies: Tensor, beta: float) -> Tensor:
+    """The normalised log weights log softmax(-β·E) along the last dim of ``energies`` (float64);
+    an energy that is not finite (outside the energy's domain) gets weight 0, also at β = 0. A
+    row with no finite energy is a ValueError naming it."""
+    energies = energies.detach().to(torch.float64)
     finite = torch.isfinite(energies)
-    if not bool(finite.any()):
-        raise ValueError("no candidate has a finite energy: there is nothing to resample")
+    empty = ~finite.any(-1)
+    if bool(empty.any()):
+        if energies.dim() == 1:
+            raise ValueError("no candidate has a finite energy: there is nothing to resample")
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"no candidate of output rows {rows[:10]} has a finite energy: nothing to resample")
     log_weights = torch.where(finite, -float(beta) * energies, torch.full_like(energies, -math.inf))
-    log_weights = torch.log_softmax(log_weights, dim=-1)
+    return torch.log_softmax(log_weights, dim=-1)
+
+
+def _draw(log_weights: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    """``n`` indices with replacement per row of ``log_weights`` (normalised), from ``generator``."""
     probabilities = log_weights.exp()
     if generator is not None:
         probabilities = probabilities.to(generator.device)
-    index = torch.multinomial(probabilities, n, replacement=True, generator=generator)
-    samples = candidates[index.to(candidates.device)]
-    return Resampled(samples=samples, log_weights=log_weights, ess=effective_sample_size(log_weights))
+    return torch.multinomial(probabilities, n, replacement=True, generator=generator)
 
 
 def equal_cost_pool(cost: Cost, unguided_per_sample: Cost, batch: int, *, per_condition: bool = False) -> int:
