@@ -243,10 +243,10 @@ def make_energies(mix: GaussianMixture, seed: int) -> dict[str, Callable]:
     }
 
 
-def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]:
+def trained_model(mix: GaussianMixture, cfg: Config, log, skip: bool | None = None) -> tuple[EpsMLP, dict]:
     """The ε-MLP for ``mix``, trained with ``fit`` (cached in ``<out>/models``); from d =
-    :data:`SKIP_FROM_DIM` on a residual on the ε of N(0, σ_d²·I), σ_d the data's RMS
-    per-coordinate s.d. (:class:`EpsMLP`'s ``sigma_data``)."""
+    :data:`SKIP_FROM_DIM` on (or as ``skip`` says, when given) a residual on the ε of
+    N(0, σ_d²·I), σ_d the data's RMS per-coordinate s.d. (:class:`EpsMLP`'s ``sigma_data``)."""
     d = mix.dim
     hidden = max(256, 2 * d)
     ddpm = DDPMScheduler()
@@ -254,7 +254,7 @@ def trained_model(mix: GaussianMixture, cfg: Config, log) -> tuple[EpsMLP, dict]
     settings = {"d": d, "hidden": hidden, "batch": cfg.model_batch, "steps": cfg.model_steps}
     settings |= {"lr": cfg.model_lr, "seed": cfg.seed}
     sigma_data, kind = None, "eps_mlp"
-    if d >= SKIP_FROM_DIM:
+    if (d >= SKIP_FROM_DIM) if skip is None else skip:
         sigma_data, kind = float(mix.covariance().diagonal().mean().sqrt()), "eps_mlp_skip"
         settings["skip_sigma_data"] = sigma_data
     net = EpsMLP(d, hidden, sigma_data, None if sigma_data is None else ddpm.alphas_cumprod)
