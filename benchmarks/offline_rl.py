@@ -29,7 +29,7 @@ from energy_guidance.checkpoints import atomic_write, write_json
 from energy_guidance.recipes.aepo import run
 from energy_guidance.recipes.config import parse_args
 from energy_guidance.recipes.plots import scores_figure
-from energy_guidance.recipes.policies import label
+from energy_guidance.recipes.policies import TRAINING_FREE, label
 
 MUJOCO = (
     "energy-guidance/halfcheetah/medium-replay-v0",
@@ -114,7 +114,9 @@ def to_markdown(table: dict[str, dict], command: str, seeds: list[int]) -> str:
     for phase in phases:
         cells = [table[d]["phase_seconds"].get(phase) for d in datasets]
         lines.append(f"| {phase} | " + " | ".join("—" if c is None else f"{c:.0f}" for c in cells) + " |")
-    verdicts = [(d, verdict(t, p)) for d, t in table.items() for p in ("aepo", "guided_single")]
+    verdicts = [
+        (d, verdict(t, p)) for d, t in table.items() for p in ("aepo", "guided_single", TRAINING_FREE)
+    ]
     lines += ["", *[f"- {d}: {v}" for d, v in verdicts if v is not None]]
     return "\n".join(lines)
 

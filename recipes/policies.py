@@ -2,8 +2,9 @@
 
 Every policy maps raw observations (B, k) to environment actions (B, d). AEPO draws
 ``num_candidates`` guided actions per state and keeps the best by Q; beside it: the paper's single
-guided sample, the behaviour policy, the critic's own policy, the ablations (rescale flipped,
-unguided best of N), SMC selection and the compared methods (:mod:`.comparisons`).
+guided sample, one sample guided by the library's default (training-free) estimator, the
+behaviour policy, the critic's own policy, the ablations (rescale flipped, unguided best of N),
+SMC selection and the compared methods (:mod:`.comparisons`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class GuidanceOptions(TypedDict):
     allow_clipping: bool
 
 
+TRAINING_FREE = "training_free_single"  # one sample of the library's default guidance
 TEMPERED_SMC = "smc_draw_temper"  # + the power: the name of SMC with a tempered twist (a draw)
 QUADRATURE_SMC = "smc_quadrature_draw_temper"  # + the power: --smc --compare quadrature, its SMC
 
@@ -102,6 +104,17 @@ class Policies:
             allow_clipping=config.behaviour.clip_sample,  # actions live in [-1, 1]: clipping is meant
         )
         self.guidance = AnalyticEnergyGuidance(scheduler, model, estimator=network, **common)
+        # The library's default guidance, training-free: ImportanceTilt on the run's variance
+        # table (the model's own calibration when None), no rescale (the library's default)
+        self.training_free = AnalyticEnergyGuidance(
+            scheduler,
+            model,
+            energy,
+            config.beta,
+            variance_table=variance_table,
+            scale=config.guidance_scale,
+            allow_clipping=config.behaviour.clip_sample,
+        )
         self.smc_scheduler = smc_scheduler(config.behaviour, scheduler)
         self.compared: dict[str, AnalyticEnergyGuidance] = {}  # --compare: name -> guidance
         if qgpo_network is not None:
@@ -174,13 +187,15 @@ class Policies:
         return self.scaler.from_unit(actions.double().cpu().numpy())
 
     def evaluated(self) -> dict[str, Policy]:
-        """name -> policy: AEPO (best of N by Q, and the paper's single guided sample), the
-        behaviour policy, the critic's own policy, and the ablations."""
+        """name -> policy: AEPO (best of N by Q, and the paper's single guided sample), one sample
+        of the training-free default guidance, the behaviour policy, the critic's own policy, and
+        the ablations."""
         n, guidance = self.config.num_candidates, self.guidance
         flipped = guidance.replace(rescale=False if self.rescale else "paper")  # AEPO's rescale, or none
         policies: dict[str, Policy] = {
             "aepo": lambda o: self.diffusion(o, guidance, n),
             "guided_single": lambda o: self.diffusion(o, guidance, 1),
+            TRAINING_FREE: lambda o: self.diffusion(o, self.training_free, 1),
             "behaviour": lambda o: self.diffusion(o, None, 1),
             self.critic.policy_name: self.critic_policy,
         }
@@ -215,6 +230,7 @@ LABELS = {
     "aepo": "AEPO (guided, best of N by Q)",
     "behaviour": "diffusion BC (behaviour policy, unguided)",
     "guided_single": "AEPO, 1 guided sample (the paper's policy)",
+    TRAINING_FREE: "training-free guidance (the library's default), 1 sample",
     "guided_single_rescale_on": "ablation: guided, 1 sample, rescale on",
     "guided_single_rescale_off": "ablation: guided, 1 sample, rescale off",
     "unguided_best_of_n": "IDQL-style: unguided, best of N by Q",

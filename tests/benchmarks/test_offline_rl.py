@@ -29,7 +29,7 @@ def test_offline_rl_benchmark_end_to_end(tmp_path, monkeypatch):
     offline_rl.main(["--datasets", TINY, "--seeds", "0", "1", "--root", str(root), "--", *TINY_RECIPE])
     summary = json.loads((root / "summary.json").read_text())
     policies = summary["datasets"][TINY]["policies"]
-    expected = {"aepo", "guided_single", "behaviour", "iql_awr", "unguided_best_of_n"}
+    expected = {"aepo", "guided_single", "training_free_single", "behaviour", "iql_awr", "unguided_best_of_n"}
     assert expected | {"qgpo", "dps", "cql_actor", "smc_draw", "smc_best_weight"} <= set(policies)
     for name, entry in policies.items():
         per_seed = entry["per_seed"]

@@ -63,7 +63,7 @@ def _fail_after(monkeypatch, owner, name: str, calls: int) -> list:
 
 def test_end_to_end_tiny(finished_run):
     folder, results = finished_run
-    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "iql_awr"}
+    assert set(results["scores"]) == {"aepo", "guided_single", "training_free_single", "behaviour", "iql_awr"}
     refs = results["reference_scores"]
     for entry in results["scores"].values():
         (ret,) = entry["returns"]
@@ -140,6 +140,7 @@ def test_finished_run_is_reevaluated_with_new_settings_without_retraining(finish
         "behaviour",
         "iql_awr",
         "guided_single",
+        "training_free_single",
         "guided_single_rescale_on",
         "unguided_best_of_n",
     }
@@ -150,7 +151,7 @@ def test_finished_run_is_reevaluated_with_new_settings_without_retraining(finish
     assert run(tiny_config(folder))["scores"] == reference["scores"]
     # Ablations only add policies: the main policies' cached results are reused.
     again = run(tiny_config(folder, *extra[:6], "--no-ablations"))
-    main = ("aepo", "guided_single", "behaviour", "iql_awr")
+    main = ("aepo", "guided_single", "training_free_single", "behaviour", "iql_awr")
     assert again["scores"] == {k: results["scores"][k] for k in main}
 
 
@@ -252,7 +253,13 @@ def test_invalid_choices_fail_before_any_work(tmp_path):
 
 def test_cql_runs_through_the_recipe(finished_run, tmp_path):
     results = run(tiny_config(tmp_path / "cql", "--critic", "cql", "--critic-steps", "50"))
-    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "cql_actor"}
+    assert set(results["scores"]) == {
+        "aepo",
+        "guided_single",
+        "training_free_single",
+        "behaviour",
+        "cql_actor",
+    }
     assert "CQL policy (SAC actor)" in format_scores(results)
 
 
@@ -271,7 +278,13 @@ def test_a_new_critic_is_its_class_and_its_registry_line(finished_run, tmp_path,
 
     monkeypatch.setitem(CRITICS, "small", SmallIQL)
     results = run(tiny_config(tmp_path / "new", critic="small"))
-    assert set(results["scores"]) == {"aepo", "guided_single", "behaviour", "small_iql_awr"}
+    assert set(results["scores"]) == {
+        "aepo",
+        "guided_single",
+        "training_free_single",
+        "behaviour",
+        "small_iql_awr",
+    }
     assert "small IQL policy (AWR)" in format_scores(results)
     saved = json.loads((tmp_path / "new" / "config.json").read_text())["training"]
     assert saved["small"]["hidden"] == 32 and "iql" not in saved  # its Config() defaults, recorded
