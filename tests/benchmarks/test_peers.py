@@ -45,14 +45,25 @@ def test_to_d3rlpy_keeps_every_transition_of_terminated_and_truncated_episodes()
 def test_peers_benchmark_end_to_end(tiny_dataset, tmp_path):
     root = tmp_path / "peers"
     argv = ["--dataset", TINY, "--steps", "20", "--eval-every", "10", "--seeds", "0", "--episodes", "1"]
-    peers.main([*argv, "--root", str(root)])
+    peers.main([*argv, "--algorithms", *peers.ALGORITHMS, "--root", str(root)])
     for algorithm in peers.ALGORITHMS:
         run = peers.read_json(root / algorithm / "seed0.json")
         assert run["finished"] and run["steps"] == [10, 20]
         assert all(np.isfinite(run["scores"]))
     table = (root / "summary.md").read_text()
     assert all(f"| {a} |" in table for a in peers.ALGORITHMS)
+    import d3rlpy  # after the skip above
+
+    for algorithm, scaled in (("d3rlpy-iql", False), ("d3rlpy-iql-standardised", True)):
+        algo = d3rlpy.load_learnable(str(root / algorithm / "seed0.d3"))
+        scaler = algo.config.observation_scaler
+        assert isinstance(scaler, d3rlpy.preprocessing.StandardObservationScaler) == scaled
     assert (root / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_standardised_iql_is_a_check_not_a_default():
+    assert "d3rlpy-iql-standardised" in peers.ALGORITHMS
+    assert "d3rlpy-iql-standardised" not in peers.DEFAULT_ALGORITHMS
 
 
 def test_peers_rejects_steps_that_are_not_a_multiple_of_the_evaluation_interval():
