@@ -3,18 +3,22 @@
     python -m benchmarks.guided_advantage --out outputs/guided_advantage/seed0.json -- \\
         --dataset energy-guidance/hopper/medium-v0 --seed 0 --preset locomotion-cpu \\
         --run-dir runs/hopper_100k_raw/energy-guidance/hopper/medium-v0/seed0 \\
-        --critic-steps 100000 --behaviour-steps 100000 --critic-observations raw
+        --critic-steps 100000 --behaviour-steps 100000 --critic-observations raw \\
+        --num-candidates 64 --no-smc
 
 The run (``--run-dir`` and the options it was made with, after ``--``) gives the critic, the
 behaviour model μ(a | s), the variance table and the intermediate-energy network; nothing is
-trained. On ``--states`` S data states (a fixed random subset), in the energy's units, the
-advantage A(s, a) = −E(a | s) = (reduce_i Q_i(s, a) − b(s)) / q_scale, and β the run's:
+trained (a folder made with other training settings is refused; the evaluation settings, e.g.
+``--num-candidates``, are the ones given here). On ``--states`` S data states (a fixed random
+subset), in the energy's units, the advantage A(s, a) = −E(a | s) = (reduce_i Q_i(s, a) − b(s))
+/ q_scale, and β the run's:
 
 - unguided:   the mean of A over K = ``--candidates`` samples of μ per state;
 - target:     the tilt's mean E_{μ·exp(β·A)}[A], estimated per state by self-normalised
               importance weights w_k ∝ exp(β·A_k) over those K samples (its Kish ESS 1/Σw_k²
               reported beside: the estimate needs it well above 1);
-- best of n:  the mean over states of A at the sample of highest Q among the first n of the K;
+- best of n:  the mean over states of A at the sample of highest Q among the first n of the K
+              (n = 16, the run's N and K, each at most K), and its gap closed;
 - each guided policy (M = ``--per-state`` samples per state, the recipe's sampler): its mean A,
   the fraction of the gap closed, (guided − unguided) / (target − unguided), and the fraction
   of action coordinates at the box's bound (|a| ≥ 0.999; unguided beside it);
@@ -27,7 +31,7 @@ the rescale, and the library's default training-free guidance (``training_free_s
 
 Cost: the wall time of one call of each evaluated policy of the recipe (``--num-candidates`` N
 of the run's options) on a batch of 10 states, the evaluation's vector of episodes (median of
-``--repeats`` calls, one thread), so that a policy can be set beside best of N by Q at equal
+``--repeats`` calls, the run's ``--threads``), so that a policy can be set beside best of N by Q at equal
 time. Writes a JSON (``--out``) and prints markdown tables.
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -48,6 +53,7 @@ from energy_guidance.adapters import critic_energy, reduce_critic
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.recipes.aepo import (
     _phase,
+    finished_run,
     measure_q_scale,
     train_behaviour,
     train_critic,
@@ -55,10 +61,9 @@ from energy_guidance.recipes.aepo import (
     variance_table,
 )
 from energy_guidance.recipes.behaviour import sampling_scheduler, training_scheduler
-from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings, training_defaults
+from energy_guidance.recipes.config import AEPOConfig, parse_args
 from energy_guidance.recipes.inputs import load_inputs
 from energy_guidance.recipes.policies import Policies, label
-from energy_guidance.recipes.runfolder import RunFolder
 from energy_guidance.recipes.seeds import Seeds
 from energy_guidance.schedulers import noise_level
 
@@ -72,16 +77,7 @@ def measure(
     config: AEPOConfig, states: int, candidates: int, per_state: int, seed: int, repeats: int
 ) -> dict:
     """The measurements of the module docstring for the finished run of ``config``."""
-    folder = RunFolder(config.run_dir)
-    if not (folder.path / "results.json").exists():
-        raise SystemExit(f"error: {folder.path} holds no finished AEPO run (results.json)")
-    settings = split_settings(config)
-    differ = folder.differing_training(settings["training"], training_defaults(config))
-    if differ:  # the phases would be trained again
-        raise SystemExit(
-            f"error: {folder.path} was made with other training settings ({differ}): "
-            "pass the run's own options after --"
-        )
+    folder = finished_run(config)
     torch.set_num_threads(config.threads)
     inputs = load_inputs(config, torch.device("cpu"))
     data, seeds = inputs.data, Seeds.of(config.seed)
@@ -139,9 +135,10 @@ def measure(
         "guided": {},
         "network_correlation": {},
     }
-    for n in sorted({16, candidates}):
+    for n in sorted({min(16, candidates), min(config.num_candidates, candidates), candidates}):
         best = q[:, :n].argmax(dim=1)
-        result["best_of"][n] = float(advantage[torch.arange(len(s)), best].mean())
+        value = float(advantage[torch.arange(len(s)), best].mean())
+        result["best_of"][n] = {"mean": value, "gap_closed": _gap_closed(value, unguided, target)}
     guided = {
         "aepo_network": policies.guidance,
         "aepo_network_no_rescale": policies.guidance.replace(rescale=False),
@@ -151,7 +148,7 @@ def measure(
         drawn, a = draw(guidance, per_state)
         result["guided"][name] = {
             "mean": float(a.mean()),
-            "gap_closed": (float(a.mean()) - unguided) / (target - unguided),
+            "gap_closed": _gap_closed(float(a.mean()), unguided, target),
             "at_bound": float((drawn.abs() >= 0.999).float().mean()),
         }
     cond = s.repeat_interleave(candidates, dim=0)
@@ -167,7 +164,7 @@ def measure(
             values = network(x_t, alpha, sigma, cond).reshape(len(s), candidates)
         centred = values - values.mean(dim=1, keepdim=True)
         correlation = (centred * centred_target).sum(1) / (centred.norm(dim=1) * centred_target.norm(dim=1))
-        result["network_correlation"][t] = float(correlation.nan_to_num().mean())
+        result["network_correlation"][t] = float(correlation.nanmean())  # a constant row: no correlation
     raw = inputs.normalizer.inverse(s[:COST_BATCH]).numpy()
     result["seconds_per_call"] = {}
     for name, policy in policies.evaluated().items():
@@ -180,6 +177,11 @@ def measure(
     return result
 
 
+def _gap_closed(value: float, unguided: float, target: float) -> float:
+    """(value − unguided) / (target − unguided); NaN where the tilt moves nothing (β = 0)."""
+    return (value - unguided) / (target - unguided) if target != unguided else math.nan
+
+
 def to_markdown(result: dict) -> str:
     lines = [
         f"β = {result['beta']:g}, q_scale = {result['q_scale']:.3f}; mean advantage (Q − V)/q_scale",
@@ -189,9 +191,8 @@ def to_markdown(result: dict) -> str:
         f"| unguided (μ) | {result['unguided']:.3f} | 0 | {result['unguided_at_bound']:.3f} |",
         f"| the tilt's target (ESS {result['target_ess']:.1f} of K) | {result['target']:.3f} | 1 | |",
     ]
-    for n, value in result["best_of"].items():
-        closed = (value - result["unguided"]) / (result["target"] - result["unguided"])
-        lines.append(f"| best of {n} by Q | {value:.3f} | {closed:.2f} | |")
+    for n, entry in result["best_of"].items():
+        lines.append(f"| best of {n} by Q | {entry['mean']:.3f} | {entry['gap_closed']:.2f} | |")
     for name, entry in result["guided"].items():
         lines.append(
             f"| {name} | {entry['mean']:.3f} | {entry['gap_closed']:.2f} | {entry['at_bound']:.3f} |"

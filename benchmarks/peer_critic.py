@@ -37,13 +37,14 @@ from energy_guidance.checkpoints import atomic_write, read_json
 from energy_guidance.recipes.aepo import (
     _phase,
     evaluate_policies,
+    finished_run,
     measure_q_scale,
     train_behaviour,
     train_energy,
     variance_table,
 )
 from energy_guidance.recipes.behaviour import sampling_scheduler, training_scheduler
-from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings, training_defaults
+from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings
 from energy_guidance.recipes.data import ActionScaler
 from energy_guidance.recipes.inputs import Normalizer, load_inputs
 from energy_guidance.recipes.policies import Policies, label
@@ -83,16 +84,8 @@ class InRecipeUnits:
 def run_with_critic(critic_file: Path, config: AEPOConfig, root: Path) -> dict:
     """The recipe's phases 2-5 with the run's (``config.run_dir``) behaviour model and
     ``critic_file``'s critic; what ``<root>/<data set>/seed<k>/results.json`` holds."""
-    source = RunFolder(config.run_dir)
-    if not (source.path / "results.json").exists():
-        raise SystemExit(f"error: {source.path} holds no finished AEPO run (results.json)")
+    source = finished_run(config)
     settings = split_settings(config)
-    differ = source.differing_training(settings["training"], training_defaults(config))
-    if differ:  # the run's phases would be trained again, in its folder
-        raise SystemExit(
-            f"error: {source.path} was made with other training settings ({differ}): "
-            "pass the run's own options after --"
-        )
     inputs = load_inputs(config)
     data, seeds = inputs.data, Seeds.of(config.seed)
     critic = InRecipeUnits(load_d3rlpy(critic_file), inputs.normalizer, inputs.scaler)

@@ -52,7 +52,7 @@ from energy_guidance.recipes.iql import IQL
 from energy_guidance.recipes.plots import figure_bytes, pyplot
 from energy_guidance.recipes.trainers import OnObservations
 
-ALGORITHMS = ("iql", "d3rlpy-iql", "d3rlpy-iql-standardised", "d3rlpy-td3bc")
+ALGORITHMS = ("iql", "d3rlpy-iql", "d3rlpy-td3bc", "d3rlpy-iql-standardised")  # colours C0..C3
 DEFAULT_ALGORITHMS = ("iql", "d3rlpy-iql", "d3rlpy-td3bc")  # the standardised IQL is a check
 BATCH = 256
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -136,7 +136,7 @@ def _d3rlpy(args, run: Run, checkpoint: Callable[[int, Policy], None]) -> None:
     d3rlpy.seed(run.seed)
     common = {"actor_learning_rate": 3e-4, "critic_learning_rate": 3e-4, "batch_size": BATCH}
     config: d3rlpy.base.LearnableConfig
-    if run.algorithm.startswith("d3rlpy-iql"):  # d3rlpy's reproduction settings for IQL
+    if run.algorithm in ("d3rlpy-iql", "d3rlpy-iql-standardised"):  # d3rlpy's reproduction settings
         scaler = d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)
         standardise = run.algorithm == "d3rlpy-iql-standardised"
         config = d3rlpy.algos.IQLConfig(

@@ -216,6 +216,22 @@ def _run(
     return results
 
 
+def finished_run(config: AEPOConfig) -> RunFolder:
+    """The folder of ``config``'s finished run (``config.run_dir``), for a benchmark that reads its
+    phases without training them: SystemExit with a one-line error where it holds no
+    ``results.json`` or was made with other training settings (its phases would be trained again)."""
+    folder = RunFolder(config.run_dir)
+    if not (folder.path / "results.json").exists():
+        raise SystemExit(f"error: {folder.path} holds no finished AEPO run (results.json)")
+    differ = folder.differing_training(split_settings(config)["training"], training_defaults(config))
+    if differ:
+        raise SystemExit(
+            f"error: {folder.path} was made with other training settings ({differ}): "
+            "pass the run's own options after --"
+        )
+    return folder
+
+
 def _phase(
     name: str,
     update: Callable[[int], dict[str, float]],

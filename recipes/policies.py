@@ -105,7 +105,8 @@ class Policies:
         )
         self.guidance = AnalyticEnergyGuidance(scheduler, model, estimator=network, **common)
         # The library's default guidance, training-free: ImportanceTilt on the run's variance
-        # table (the model's own calibration when None), no rescale (the library's default)
+        # table (the model's own calibration when None), no rescale (the library's default); the
+        # evaluation's guidance scale applies (so it is exactly the default at --guidance-scale 1)
         self.training_free = AnalyticEnergyGuidance(
             scheduler,
             model,

@@ -52,11 +52,12 @@ def _policies(config: AEPOConfig) -> tuple[Policies, VarianceTable]:
 def test_training_free_policy_is_the_library_default_guidance():
     """One sample of ``AnalyticEnergyGuidance(scheduler, model, energy, beta)`` on the run's table:
     the default estimator, no rescale whatever AEPO's, the evaluation's guidance scale."""
-    policies, table = _policies(AEPOConfig(rescale="on", guidance_scale=2.0))
+    config = AEPOConfig(rescale="on", guidance_scale=2.0)
+    policies, table = _policies(config)
     guidance = policies.training_free
     assert isinstance(guidance.estimator, ImportanceTilt) and guidance.estimator.table is table
     assert guidance.rescale is False and policies.guidance.rescale == "paper"
-    assert guidance.beta == 3.0 and guidance.scale == 2.0
+    assert guidance.beta == config.beta and guidance.scale == 2.0
     assert TRAINING_FREE in policies.evaluated()
 
 
