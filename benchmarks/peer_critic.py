@@ -44,7 +44,7 @@ from energy_guidance.recipes.aepo import (
     variance_table,
 )
 from energy_guidance.recipes.behaviour import sampling_scheduler, training_scheduler
-from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings
+from energy_guidance.recipes.config import AEPOConfig, parse_args, split_settings, training_defaults
 from energy_guidance.recipes.data import ActionScaler
 from energy_guidance.recipes.inputs import Normalizer, load_inputs
 from energy_guidance.recipes.policies import Policies, label
@@ -92,7 +92,7 @@ def run_with_critic(critic_file: Path, config: AEPOConfig, root: Path) -> dict:
     folder = RunFolder(root / config.dataset / f"seed{config.seed}")
     settings["training"] = {**settings["training"], "critic_file": str(critic_file)}
     with source.lock(), folder.lock():
-        folder.adopt(**settings)
+        folder.adopt(**settings, defaults=training_defaults(config))  # a field newer than the folder
         train_sched = training_scheduler(config.behaviour)
         phase_in = functools.partial(
             _phase, checkpoint_every=config.checkpoint_every, progress=config.progress

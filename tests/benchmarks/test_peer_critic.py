@@ -1,6 +1,8 @@
 """A d3rlpy critic inside AEPO: its Q on the recipe's units is d3rlpy's own, and the benchmark runs
 end to end on a finished run without touching that run's folder."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +65,19 @@ def test_peer_critic_refuses_other_training_settings_than_the_runs(finished_run,
     argv = ["--critic-file", str(d3rlpy_file), "--root", str(tmp_path / "peer")]
     with pytest.raises(SystemExit, match="other training settings"):
         peer_critic.main([*argv, "--", *tiny_args(folder, "--behaviour-steps", "300")])
+
+
+def test_a_peer_folder_older_than_a_training_field_is_reevaluated(finished_run, d3rlpy_file, tmp_path):
+    """Its config.json lacks a field that keeps its default (here critic_observations): it is
+    adopted and its cached results are reused, as the recipe's own run folders are."""
+    folder, _ = finished_run
+    root = tmp_path / "peer"
+    argv = ["--critic-file", str(d3rlpy_file), "--root", str(root), "--", *tiny_args(folder)]
+    peer_critic.main(argv)
+    config = root / TINY / "seed0" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["training"]["critic_observations"]
+    config.write_text(json.dumps(saved))
+    first = peers.read_json(root / TINY / "seed0" / "results.json")
+    peer_critic.main(argv)
+    assert peers.read_json(root / TINY / "seed0" / "results.json")["scores"] == first["scores"]
