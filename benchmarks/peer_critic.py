@@ -139,14 +139,16 @@ def summary(results: list[dict]) -> str:
         f"| policy | with the peer's critic (seeds: {len(results)}) | with the recipe's own critic |",
         "|---|---|---|",
     ]
-    for name in results[0]["scores"]:
-        peer = [r["scores"][name][key] for r in results]
+    names = dict.fromkeys(name for r in results for name in r["scores"])  # a newer policy: some seeds
+    for name in names:
+        peer = [r["scores"][name][key] for r in results if name in r["scores"]]
         own_name = "iql_awr" if name == InRecipeUnits.policy_name else name  # the critics' own policies
         own = [r["own"][own_name][key] for r in results if own_name in r["own"]]
         text = (
             "the critic's own policy (d3rlpy's IQL; the recipe's: AWR)" if own_name != name else label(name)
         )
-        lines.append(f"| {text} | {cell(peer)} | {cell(own)} |")
+        seeds = "" if len(peer) == len(results) else f" ({len(peer)} of {len(results)} seeds)"
+        lines.append(f"| {text} | {cell(peer)}{seeds} | {cell(own)} |")
     scales = ", ".join(f"{r['q_scale']:.3f} against {r['own_q_scale']:.3f}" for r in results)
     lines += ["", f"q_scale (β's unit) per seed, the peer's against the recipe's: {scales}"]
     return "\n".join(lines)

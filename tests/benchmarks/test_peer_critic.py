@@ -81,3 +81,14 @@ def test_a_peer_folder_older_than_a_training_field_is_reevaluated(finished_run, 
     first = peers.read_json(root / TINY / "seed0" / "results.json")
     peer_critic.main(argv)
     assert peers.read_json(root / TINY / "seed0" / "results.json")["scores"] == first["scores"]
+
+
+def test_the_summary_takes_a_policy_that_only_some_seeds_have():
+    """A policy added to the recipe after some seeds were evaluated: its seeds are counted."""
+    entry = {"score_mean": 1.0}
+    old = {"scores": {"aepo": entry}, "own": {"aepo": entry}, "q_scale": 1.0, "own_q_scale": 1.0}
+    new = {**old, "scores": {"aepo": entry, "training_free_single": {"score_mean": 3.0}}}
+    table = peer_critic.summary([old, new])
+    assert "| AEPO (guided, best of N by Q) | 1.0 ± 0.0 | 1.0 ± 0.0 |" in table
+    newer = "| training-free guidance (the library's default), 1 sample | 3.0 ± 0.0 (1 of 2 seeds) | — |"
+    assert newer in table
