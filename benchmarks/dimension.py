@@ -92,7 +92,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
@@ -135,6 +135,8 @@ PLATEAU_WIDTH = 0.1  # the sigmoid's scale: steep against the components' spread
 PLATEAU_QUANTILE = 0.2  # the share of the data on the low-energy side of the step
 DISTANCE_EPS2 = 1e-6
 PROJECTIONS = 256
+C = TypeVar("C")  # a benchmark's configuration dataclass (config_from_args)
+DIRECTIONS_SEED = 1234  # seeds SW2's PROJECTIONS random directions, the same in every measurement
 RANGE_FACTOR = 1.5  # the bar: max |x| within 1.5× the reference's
 
 
@@ -586,9 +588,8 @@ def make_guidance(method: str, scheduler, model, energy, beta: float) -> Analyti
 def sw2(x: Tensor, ref: Reference) -> float:
     if len(x) < 2:
         return float("nan")
-    return sliced_wasserstein(
-        x.double(), ref.points, PROJECTIONS, torch.Generator().manual_seed(1234), y_weights=ref.weights
-    )
+    directions = torch.Generator().manual_seed(DIRECTIONS_SEED)
+    return sliced_wasserstein(x.double(), ref.points, PROJECTIONS, directions, y_weights=ref.weights)
 
 
 def _short(error: BaseException) -> str:
@@ -942,14 +943,20 @@ def configure(argv=None) -> Config:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int)
     p.add_argument("--min-ref-ess", type=float)
-    args = vars(p.parse_args(argv))
-    values = asdict(Config())
+    return config_from_args(Config, QUICK, vars(p.parse_args(argv)))
+
+
+def config_from_args(config_type: type[C], quick: dict, args: dict) -> C:
+    """A benchmark's ``config_type`` (a dataclass with a ``quick`` field) from its parsed command
+    line ``args``: the defaults, then ``quick``'s values where ``--quick`` was given, then every
+    flag given (lists as tuples)."""
+    values = asdict(config_type())
     if args.pop("quick"):
-        values.update(QUICK, quick=True)
+        values.update(quick, quick=True)
     for key, value in args.items():
         if value is not None:
             values[key] = tuple(value) if isinstance(value, list) else value
-    return Config(**values)
+    return config_type(**values)
 
 
 def main(argv=None) -> dict:

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from energy_guidance import sample
-from energy_guidance.adapters import critic_energy, reduce_critic
+from energy_guidance.adapters import critic_energy
 from energy_guidance.checkpoints import atomic_write
 from energy_guidance.recipes.aepo import (
     _phase,
@@ -119,11 +119,6 @@ def measure(
     weights = torch.softmax(beta * advantage, dim=1)
     unguided = float(advantage.mean())
     target = float((weights * advantage).sum(dim=1).mean())
-    q = reduce_critic(
-        critic.q_values(s.repeat_interleave(candidates, 0), actions.reshape(-1, data.act_dim)),
-        len(s) * candidates,
-        config.reduce,
-    ).reshape(len(s), candidates)
     result: dict = {
         "q_scale": q_scale,
         "beta": beta,
@@ -136,7 +131,7 @@ def measure(
         "network_correlation": {},
     }
     for n in sorted({min(16, candidates), min(config.num_candidates, candidates), candidates}):
-        best = q[:, :n].argmax(dim=1)
+        best = advantage[:, :n].argmax(dim=1)  # A is Q − b(s) over q_scale: at a state, Q's order
         value = float(advantage[torch.arange(len(s)), best].mean())
         result["best_of"][n] = {"mean": value, "gap_closed": _gap_closed(value, unguided, target)}
     guided = {

@@ -44,14 +44,23 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import fmean
 
 import torch
 from diffusers import DDPMScheduler
 
 from benchmarks import dimension
-from benchmarks.dimension import _generator, dpm_scheduler, git_state, make_mixture, trained_model
+from benchmarks.dimension import (
+    _generator,
+    config_from_args,
+    dpm_scheduler,
+    git_state,
+    make_mixture,
+    trained_model,
+)
 from energy_guidance import sample
 from energy_guidance.checkpoints import atomic_write
+from energy_guidance.schedulers import noise_level
 from energy_guidance.testing import WeightedTarget
 
 FORMS = {"plain": False, "skip": True}  # trained_model's skip switch
@@ -78,10 +87,9 @@ QUICK = dict(dims=(2, 32), seeds=(0,), samples=1024, sampler_seeds=1)
 
 def eps_error(model, mix, timesteps, n: int, generator: torch.Generator) -> dict[int, float]:
     """RMS per coordinate of ε̂ − ε* at each DDPM timestep; the model takes float64 x_t."""
-    acp = DDPMScheduler().alphas_cumprod.to(torch.float64)
-    errors = {}
+    scheduler, errors = DDPMScheduler(), {}
     for t in timesteps:
-        alpha, sigma = acp[t].sqrt(), (1 - acp[t]).sqrt()
+        alpha, sigma = noise_level(scheduler, t)
         x0 = mix.sample(n, generator=generator).double()
         x_t = alpha * x0 + sigma * torch.randn(n, mix.dim, generator=generator, dtype=torch.float64)
         exact = mix.noise_prediction(x_t, alpha, sigma)
@@ -94,7 +102,7 @@ def measure_seed(d: int, seed: int, cfg: Config, log) -> list[dict]:
     """The rows of one (d, seed): data, exact, plain, skip."""
     mix = make_mixture(d, seed)
     ref = mix.sample(cfg.ref_size, generator=_generator(seed, "model error reference", d)).double()
-    directions = torch.Generator().manual_seed(1234)  # dimension.sw2's
+    directions = torch.Generator().manual_seed(dimension.DIRECTIONS_SEED)  # dimension.sw2's
     target = WeightedTarget(ref, num_projections=dimension.PROJECTIONS, generator=directions)
     # ε* on the DDPM schedule that trained the nets (the sweep's, on the DPM-Solver scheduler,
     # reads the same ᾱ_t through its σ's: equal to rounding)
@@ -110,7 +118,7 @@ def measure_seed(d: int, seed: int, cfg: Config, log) -> list[dict]:
     ]
     sw2s = [target.sliced_wasserstein(x) for x in data]
     top = max(float(x.abs().max()) for x in data)
-    rows = [{**base, "model": "data", "sw2": _mean(sw2s), "sw2_per_sampler_seed": sw2s, "max_abs": top}]
+    rows = [{**base, "model": "data", "sw2": fmean(sw2s), "sw2_per_sampler_seed": sw2s, "max_abs": top}]
     for name, (model, info) in models.items():
         sw2s, top = [], 0.0
         for s in range(cfg.sampler_seeds):
@@ -121,7 +129,7 @@ def measure_seed(d: int, seed: int, cfg: Config, log) -> list[dict]:
             sw2s.append(target.sliced_wasserstein(x))
             top = max(top, float(x.abs().max()))
         eps = eps_error(model, mix, cfg.timesteps, cfg.eps_samples, _generator(seed, "model error eps", d))
-        row = {**base, "model": name, "sw2": _mean(sw2s), "sw2_per_sampler_seed": sw2s, "max_abs": top}
+        row = {**base, "model": name, "sw2": fmean(sw2s), "sw2_per_sampler_seed": sw2s, "max_abs": top}
         row |= {"eps_rms": eps, "train_s": info.get("train_s"), "cached": info.get("cached")}
         rows.append(row)
         errs = " ".join(f"{e:.2e}" for e in eps.values())
@@ -129,13 +137,8 @@ def measure_seed(d: int, seed: int, cfg: Config, log) -> list[dict]:
     return rows
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def _spread(values: list[float], fmt: str) -> str:
-    text = format(_mean(values), fmt)
+    text = format(fmean(values), fmt)
     return text if len(values) == 1 else f"{text} ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
@@ -162,7 +165,7 @@ def render(rows: list[dict], cfg: Config, meta: dict) -> str:
             cells.append(format(max(r["max_abs"] for r in group), ".1f"))
             for t in cfg.timesteps:
                 errors = [r["eps_rms"][t] for r in group if "eps_rms" in r]
-                cells.append(("0" if _mean(errors) == 0 else f"{_mean(errors):.2e}") if errors else "–")
+                cells.append(("0" if fmean(errors) == 0 else f"{fmean(errors):.2e}") if errors else "–")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,14 +181,7 @@ def configure(argv=None) -> Config:
     for name in ("samples", "sampler_seeds", "ref_size", "eps_samples", "model_steps", "steps"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
     p.add_argument("--threads", type=int, help="torch threads (default 1)")
-    args = vars(p.parse_args(argv))
-    values = asdict(Config())
-    if args.pop("quick"):
-        values.update(QUICK, quick=True)
-    for key, value in args.items():
-        if value is not None:
-            values[key] = tuple(value) if isinstance(value, list) else value
-    return Config(**values)
+    return config_from_args(Config, QUICK, vars(p.parse_args(argv)))
 
 
 def main(argv=None) -> dict:
