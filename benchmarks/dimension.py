@@ -43,6 +43,8 @@ Methods (every model call goes through a counter):
     default       AnalyticEnergyGuidance(scheduler, model, energy, beta): the library's default
     auto          energy_guidance.tilted_sample: the default guidance or resampling, chosen by the
                   ESS of exp(-β·E) over its 256 pilot samples (the row records which, ``chose``)
+    single        the default with one Gaussian between modes (ImportanceTilt(energy, beta,
+                  max_components=1)): the default before its mixture prior (docs/math.md (9))
     paper         AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     dps           energy_guidance.baselines.dps_guidance (E_t = β·E(x̂0))
     quadrature    AnalyticEnergyGuidance(..., estimator=GaussianQuadrature(energy, beta)); skipped
@@ -103,6 +105,7 @@ from energy_guidance import (
     AnalyticEnergyGuidance,
     ClosedForm,
     GaussianQuadrature,
+    ImportanceTilt,
     NonFiniteError,
     sample,
     smc_sample,
@@ -128,7 +131,7 @@ BETAS = {
     "plateau": (2.0, 5.0, 10.0),
 }
 MODELS = ("exact", "trained")
-SINGLE_PASS = ("default", "auto", "paper", "dps", "quadrature")  # auto: tilted_sample
+SINGLE_PASS = ("default", "auto", "single", "paper", "dps", "quadrature")  # auto: tilted_sample
 WEIGHTS = (0.4, 0.3, 0.2, 0.1)
 QUADRATIC_K = 1.0
 PLATEAU_WIDTH = 0.1  # the sigmoid's scale: steep against the components' spread (s.d. 0.3-0.7)
@@ -576,6 +579,9 @@ def make_guidance(method: str, scheduler, model, energy, beta: float) -> Analyti
     """The guidance of a single-pass method (also SMC's twist)."""
     if method == "default":
         return AnalyticEnergyGuidance(scheduler, model, energy, beta)
+    if method == "single":
+        single = ImportanceTilt(energy, beta, max_components=1)  # the default before (9)
+        return AnalyticEnergyGuidance(scheduler, model, estimator=single)
     if method == "paper":
         return AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     if method == "dps":

@@ -61,6 +61,18 @@ noise and sharp tilts. The energies of the samples are computed once; a step cos
 kernel matrix. With a condition (``cond``) the samples are not the condition's own, and only the
 Gaussian is used.
 
+Where the tilt is too sharp for the samples, the Gaussian's covariance at high noise still holds
+the distance between the modes, and its shift -β·Σ̂·∇E grows with β without bound. So the
+Gaussian is taken per component of a mixture Σ_k π_k·N(μ_k, W) fitted to the same samples
+(:mod:`energy_guidance.mixture`, one covariance W shared): with r_k ∝ π_k·N(x_t; α·μ_k, α²W + σ²I),
+the components' posterior means m_k and covariance S = W(I + (α²/σ²)·W)⁻¹, (5) in each component
+centred at c_k = m_k + x̂0 - Σ_j r_j·m_j gives E_t^(k) and m̃^(k), and
+
+    E_t = -log Σ_k r_k·exp(-E_t^(k)),   m̃ = Σ_k r̃_k·m̃^(k),   r̃_k ∝ r_k·exp(-E_t^(k)),         (9)
+
+exact for a linear E under the mixture; (8) blends this with (7). With one component (the BIC's
+choice for unimodal samples) (9) is (5) with the data covariance C.
+
 Σ̂ comes from a :class:`~energy_guidance.posterior.VarianceTable`. Where the table holds the
 data covariance C (samples of up to 512 values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior
 covariance of Gaussian data with covariance C, so that the tilt follows the data's directions
@@ -77,15 +89,18 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 
 import torch
 from torch import Tensor
 
 from .callables import Cond, Energy, NonFiniteError, call_energy, check_beta, energies_or_inf, energy_and_grad
+from .mixture import MAX_COMPONENTS, TiedMixture, fit_tied_mixture
 from .posterior import VarianceTable
 from .schedulers import Prediction
 
 logger = logging.getLogger(__name__)
+T = typing.TypeVar("T")
 
 RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on each side
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
@@ -93,6 +108,7 @@ _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achi
 _DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
 _BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
 _TILT_FLOOR = 1e-200  # below this sum of k_i·c_i a row's tilted weights are computed directly
+_COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 # Above this ESS fraction of exp(-β·E) over the table's samples, importance resampling of unguided
 # samples was closer to the target at equal cost in most settings of the dimension sweep
@@ -108,7 +124,9 @@ class ImportanceTilt:
     data's range (``estimate_variance_table`` records it), or None until the guidance that uses
     it calibrates it from the model (:attr:`table` is then set once and shared by every
     :meth:`~energy_guidance.AnalyticEnergyGuidance.replace` copy); ``num_pairs`` M antithetic
-    pairs of draws per sample and step; ``seed`` seeds the draws.
+    pairs of draws per sample and step; ``seed`` seeds the draws; ``max_components`` the most
+    components of the mixture (9) fitted to the table's samples (1: the single Gaussian (5) of
+    the data covariance, as before (9)).
     """
 
     model_derivatives = 0  # the model is never differentiated (IntermediateEnergyEstimator)
@@ -121,15 +139,20 @@ class ImportanceTilt:
         *,
         num_pairs: int = 8,
         seed: int = 0,
+        max_components: int = MAX_COMPONENTS,
     ) -> None:
         if not (isinstance(num_pairs, int) and num_pairs >= 1):
             raise ValueError(f"num_pairs must be an integer >= 1, got {num_pairs!r}")
+        if not (isinstance(max_components, int) and max_components >= 1):
+            raise ValueError(f"max_components must be an integer >= 1, got {max_components!r}")
         self.energy = energy
         self.beta = check_beta(beta)
         self.table = table
         self.num_pairs = num_pairs
         self.seed = int(seed)
+        self.max_components = max_components
         self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
+        self._fit: tuple[Tensor, TiedMixture | None] | None = None  # (table.samples, its mixture (9))
 
     def __call__(
         self,
@@ -166,17 +189,34 @@ class ImportanceTilt:
         x0 = prediction.x0.detach()
         b, d = x0.shape[0], x0[0].numel()
         xf = x0.reshape(b, d)
-        frame, var = self._posterior(table, alpha.to(xf), sigma.to(xf), b, d)
+        mixture = self._mixture(table, x0) if cond is None else None
+        frame, var = self._posterior(table, alpha.to(xf), sigma.to(xf), b, d, mixture)
         live = (var > 0).any(1) & (self.beta > 0)
         if not bool(live.any()):
             return torch.zeros(b, dtype=xf.dtype, device=xf.device), torch.zeros_like(x0)
         # a dimension with Σ̂ = 0 (a constant pixel, the last step) does not move; a row with none
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
-        shift = self._newton_shift(x0, xf, var, frame, cond)
-        value, mean = self._tilt(x0, xf, var, frame, shift, cond, _draw_keys(x_t, sigma))
+        keys = _draw_keys(x_t, sigma)
         if table.samples is not None and cond is None:
-            value, mean = self._blend_with_samples(table.samples, x_t, alpha, sigma, x0, value, mean)
+            # (7) and (9) evaluate the energy elsewhere than at the model's x̂0, and (8) may leave
+            # (5) out: the energy is checked at x̂0 first, so a bad energy is named at the batch's
+            # own samples, at the step where it fails, whatever the blend makes of them
+            energy_and_grad(self.energy, x0)
+            value_s, mean_s, weight = self._samples_tilt(table.samples, x_t, alpha, sigma, x0)
+        else:
+            value_s, mean_s, weight = torch.zeros_like(xf[:, 0]), xf, torch.zeros_like(xf[:, 0])
+        # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
+        value, mean = torch.zeros_like(value_s), xf.clone()
+        rows = (live & (weight < 1)).nonzero().squeeze(1)
+        if len(rows) == b:
+            value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
+        elif len(rows) > 0:  # only without cond: the samples are not used with one
+            value[rows], mean[rows] = self._gaussian_rows(
+                rows, x_t, alpha, sigma, x0, var, frame, keys, mixture
+            )
+        value = weight * value_s + (1 - weight) * value
+        mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
         target = self._within_range(table, mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
@@ -184,7 +224,7 @@ class ImportanceTilt:
         return value, (-scale * delta).reshape(x0.shape)
 
     def _posterior(
-        self, table: VarianceTable, alpha: Tensor, sigma: Tensor, b: int, d: int
+        self, table: VarianceTable, alpha: Tensor, sigma: Tensor, b: int, d: int, mixture: TiedMixture | None
     ) -> tuple[Tensor | None, Tensor]:
         """(V, the eigenvalues of Σ̂ (B, d)) with Σ̂ = V·diag(·)·Vᵀ, or (None, the diagonal of Σ̂).
 
@@ -192,8 +232,11 @@ class ImportanceTilt:
         ``MAX_COVARIANCE_DIM`` values), Σ̂ = C(I + (α²/σ²)·C)⁻¹, the posterior covariance of Gaussian
         data with covariance C: it points the tilt along the data's own directions (toward the
         modes the energy prefers), where a diagonal Σ̂ points it along ∇E only (docs/math.md).
-        Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`)."""
+        Otherwise Σ̂ is the table's per-dimension marginal variance (:meth:`_variance`). With a
+        ``mixture`` prior (9), W, its components' shared covariance, takes C's place."""
         axes, lam = table.principal_axes, table.principal_variance
+        if mixture is not None:
+            axes, lam = mixture.axes, mixture.variance
         if axes is None or lam is None:
             return None, self._variance(table, alpha, sigma, b, d)
         if axes.shape != (d, d):
@@ -215,8 +258,12 @@ class ImportanceTilt:
         gaussian = 1 / (1 / data.to(var).reshape(1, -1) + (alpha**2 / sigma**2)[:, None])
         return torch.where(var > 0, var, gaussian)
 
-    def _newton_shift(self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond: Cond) -> Tensor:
-        """Δ (B, d): the safeguarded Newton step along Σ̂·g (module docstring)."""
+    def _newton_shift(
+        self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond: Cond
+    ) -> tuple[Tensor, Tensor]:
+        """(Δ (B, d), the safeguarded Newton step along Σ̂·g (module docstring); its proximal
+        objective β·E(x̂0 + Δ) + ½·ΔᵀΣ̂⁻¹Δ (B,), the Laplace estimate of E_t without its
+        curvature term, exact for a linear E)."""
         b, d = xf.shape
         with torch.enable_grad():
             x = x0.detach().requires_grad_(True)
@@ -235,6 +282,7 @@ class ImportanceTilt:
         tau = beta * q / (q + beta * curvature.clamp(min=0)).clamp_min(torch.finfo(q.dtype).tiny)
         tau = torch.where(q > 0, tau, torch.zeros_like(tau))
         shift = torch.zeros_like(xf)
+        proximal = beta * e0
         pending = q > 0
         for _ in range(_BACKTRACKS + 1):
             if not bool(pending.any()):
@@ -245,9 +293,10 @@ class ImportanceTilt:
             objective = 0.5 * tau**2 * (u_frame * u_frame / var).sum(1) + beta * (e1 - e0)
             ok = pending & (objective <= -_ARMIJO * tau * beta * q)
             shift = torch.where(ok[:, None], step, shift)
+            proximal = torch.where(ok, beta * e0 + objective, proximal)
             pending = pending & ~ok
             tau = tau * 0.5
-        return shift
+        return shift, proximal
 
     def _tilt(
         self,
@@ -258,10 +307,12 @@ class ImportanceTilt:
         shift: Tensor,
         cond: Cond,
         keys: tuple[Tensor, Tensor],
+        pairs: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂)."""
+        """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂) with ``pairs``
+        antithetic pairs (default ``num_pairs``)."""
         b, d = xf.shape
-        m = self.num_pairs
+        m = self.num_pairs if pairs is None else pairs
         std = var.sqrt()
         z = _normal_draws(keys, m, d, self.seed).to(xf)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
@@ -286,17 +337,130 @@ class ImportanceTilt:
         weights = torch.softmax(log_w, 0)
         return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
 
-    def _blend_with_samples(
+    def _gaussian_rows(
         self,
-        source: Tensor,
+        rows: Tensor,
         x_t: Tensor,
         alpha: Tensor,
         sigma: Tensor,
         x0: Tensor,
-        value: Tensor,
-        mean: Tensor,
+        var: Tensor,
+        frame: Tensor | None,
+        keys: tuple[Tensor, Tensor],
+        mixture: TiedMixture | None,
     ) -> tuple[Tensor, Tensor]:
-        """(E_t, m̃) blended with those of the table's samples ``source`` (N, d) as the prior, (7)–(8)."""
+        """:meth:`_gaussian` on the batch's ``rows`` (no cond); its NonFiniteError names the batch's
+        samples."""
+        subset = (x_t[rows], alpha[rows], sigma[rows], x0[rows], var[rows])
+        try:
+            return self._gaussian(*subset, frame, None, (keys[0][rows], keys[1]), mixture)
+        except NonFiniteError as error:
+            error.bad = _widen_mask(error.bad, rows, len(x0))
+            raise
+
+    def _gaussian(
+        self,
+        x_t: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        x0: Tensor,
+        var: Tensor,
+        frame: Tensor | None,
+        cond: Cond,
+        keys: tuple[Tensor, Tensor],
+        mixture: TiedMixture | None,
+    ) -> tuple[Tensor, Tensor]:
+        """(E_t (B,), m̃ (B, d)) of the Gaussian posterior (5), or under the mixture prior (9): (5)
+        in each component's posterior N(c_k, S), its centre c_k = m_k + x̂0 - Σ_j r_j·m_j anchored
+        on the model's x̂0, and the components reweighted by their tilts. Components with r_k below
+        :data:`_COMPONENT_FLOOR` times the largest are left out, and then those whose tilted weight
+        by the Newton step's estimate falls below it; a row's M pairs of draws are shared by the n
+        components it keeps (M // n each, at least one). A component whose centre or draws fall
+        outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7); a
+        row left with none takes (5) with S around x̂0, whose failures are the sample's own."""
+        b = len(x0)
+        xf = x0.reshape(b, -1)
+        if mixture is None:
+            shift, _ = self._newton_shift(x0, xf, var, frame, cond)
+            return self._tilt(x0, xf, var, frame, shift, cond, keys)
+        xt = x_t.detach().reshape(b, -1).to(mixture.means)
+        log_r, means = mixture.posterior(xt, alpha.to(xt), sigma.to(xt))  # (B, K), (B, K, d)
+        anchor = xf.to(xt) - (log_r.exp()[:, :, None] * means).sum(1)
+        active = log_r >= log_r.amax(1, keepdim=True) + math.log(_COMPONENT_FLOOR)
+        rows, comps = active.nonzero(as_tuple=True)
+        centres = (means[rows, comps] + anchor[rows]).to(xf.dtype)  # (P, d)
+        shaped = centres.reshape(len(centres), *x0.shape[1:])
+        found, newton = _without_nonfinite(
+            lambda i: self._newton_shift(shaped[i], centres[i], var[rows[i]], frame, None),
+            len(rows),
+            rows.device,
+        )
+        if newton is None:  # every component's centre outside the energy's domain
+            return self._gaussian(x_t, alpha, sigma, x0, var, frame, None, keys, None)
+        rows, comps, centres, shaped = rows[found], comps[found], centres[found], shaped[found]
+        shift, proximal = newton
+        # the draws only where the Newton step's estimate leaves the component a weight of at
+        # least _COMPONENT_FLOOR times the row's largest (exact for a linear E)
+        score = log_r[rows, comps].to(proximal) - proximal
+        best = torch.full((b,), -math.inf, dtype=score.dtype, device=score.device)
+        best = best.scatter_reduce(0, rows, score, reduce="amax")
+        kept = score >= best[rows] + math.log(_COMPONENT_FLOOR)
+        rows, comps, centres, shift = rows[kept], comps[kept], centres[kept], shift[kept]
+        shaped = centres.reshape(len(centres), *x0.shape[1:])
+        count = torch.bincount(rows, minlength=b)[rows]  # the components each pair's row keeps
+        values = torch.full_like(proximal[kept], math.inf)  # +inf: no weight (outside the domain)
+        tilted = torch.zeros_like(centres)
+        for n in torch.unique(count).tolist():
+            group = (count == n).nonzero().squeeze(1)
+
+            def tilt(i: Tensor, group: Tensor = group, n: int = n) -> tuple[Tensor, Tensor]:
+                pairs = group[i]
+                return self._tilt(
+                    shaped[pairs],
+                    centres[pairs],
+                    var[rows[pairs]],
+                    frame,
+                    shift[pairs],
+                    None,
+                    (keys[0][rows[pairs]], keys[1]),
+                    pairs=max(1, self.num_pairs // n),
+                )
+
+            found, result = _without_nonfinite(tilt, len(group), group.device)
+            if result is not None:
+                values[group[found]], tilted[group[found]] = result
+        log_tilt = torch.full_like(log_r, -math.inf)
+        log_tilt[rows, comps] = log_r[rows, comps] - values.to(xt)
+        value = -torch.logsumexp(log_tilt, 1)
+        weights = torch.nan_to_num(torch.softmax(log_tilt, 1), nan=0.0)[rows, comps]
+        mean = torch.zeros_like(xt).index_add_(0, rows, weights[:, None] * tilted.to(xt))
+        value, mean = value.to(xf.dtype), mean.to(xf.dtype)
+        lost = (~torch.isfinite(value)).nonzero().squeeze(1)  # rows with no component left
+        if len(lost) > 0:
+            value[lost], mean[lost] = self._gaussian_rows(lost, x_t, alpha, sigma, x0, var, frame, keys, None)
+        return value, mean
+
+    def _mixture(self, table: VarianceTable, x0: Tensor) -> TiedMixture | None:
+        """The tied mixture (9) fitted to the table's samples, on x0's device, once per table; None
+        where the table has no samples or no covariance (d above ``MAX_COVARIANCE_DIM``), or where
+        one component fits best (the single Gaussian of C is then used, as before)."""
+        source = table.samples
+        if source is None or table.principal_axes is None or self.max_components == 1:
+            return None
+        if self._fit is None or self._fit[0] is not source:
+            fitted = fit_tied_mixture(source, self.max_components)
+            self._fit = (source, None if fitted.num_components == 1 else fitted)
+        mixture = self._fit[1]
+        if mixture is not None and mixture.means.device != x0.device:
+            mixture = mixture.to(x0.device)
+            self._fit = (source, mixture)
+        return mixture
+
+    def _samples_tilt(
+        self, source: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(E_t^s (B,), m̃^s (B, d), ρ (B,)): (7) with the table's samples ``source`` (N, d) as the
+        prior, and its weight ρ in the blend (8)."""
         samples, energies = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
@@ -315,10 +479,8 @@ class ImportanceTilt:
         shift_s = _blocked_matmul(tilted - k, samples)  # Σ_i (k̃_i − k_i)·x0_i, (B, d)
         ess = torch.where(found, 1 / (tilted**2).sum(1), torch.zeros_like(log_norm))
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
-        xf = x0.reshape(len(x0), -1).to(xt)
-        value = weight * value_s + (1 - weight) * value.to(xt)
-        mean = weight[:, None] * (xf + shift_s) + (1 - weight[:, None]) * mean.to(xt)
-        return value.to(x0.dtype), mean.to(x0.dtype)
+        mean_s = x0.reshape(len(x0), -1).to(xt) + shift_s
+        return value_s.to(x0.dtype), mean_s.to(x0.dtype), weight.to(x0.dtype)
 
     def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
         """The table's samples (N, d) and their energies (N,), in float64 on x0's device, computed
@@ -353,6 +515,27 @@ class ImportanceTilt:
         width = high - low
         low, high = low - RANGE_MARGIN * width, high + RANGE_MARGIN * width
         return torch.minimum(torch.maximum(mean, torch.minimum(low, xf)), torch.maximum(high, xf))
+
+
+def _without_nonfinite(
+    fn: typing.Callable[[Tensor], T], n: int, device: torch.device
+) -> tuple[Tensor, T | None]:
+    """(the indices of 0..n-1 kept, ``fn(kept)``): ``fn`` is called again on fewer indices each time
+    it raises a NonFiniteError, without those its ``bad`` mask names; (empty, None) if none is left."""
+    kept = torch.arange(n, device=device)
+    while len(kept) > 0:
+        try:
+            return kept, fn(kept)
+        except NonFiniteError as error:
+            kept = kept[~error.bad.to(device)]
+    return kept, None
+
+
+def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
+    """A (batch,) mask, True at ``rows`` where the subset's ``bad`` is."""
+    mask = torch.zeros(batch, dtype=torch.bool, device=rows.device)
+    mask[rows[bad.to(rows.device)]] = True
+    return mask
 
 
 def _normalise(log_w: Tensor) -> tuple[Tensor, Tensor]:

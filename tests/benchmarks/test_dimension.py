@@ -188,7 +188,17 @@ def test_dimension_sweep_smoke(tmp_path):
     result = dimension.main([*TINY, "--out", str(tmp_path)])
 
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"target", "unguided", "default", "auto", "paper", "dps", "quadrature", "smc_K4"}
+    assert set(rows) == {
+        "target",
+        "unguided",
+        "default",
+        "auto",
+        "single",
+        "paper",
+        "dps",
+        "quadrature",
+        "smc_K4",
+    }
     for method, row in rows.items():
         assert (row["d"], row["model"], row["energy"], row["beta"]) == (2, "exact", "quadratic", 2.0)
         assert row["status"] in ("ok", "nonfinite", "error", "skipped")
@@ -207,7 +217,7 @@ def test_dimension_sweep_smoke(tmp_path):
             ):
                 assert key in row, (method, key)
             assert row["rs_pool"] >= row["outputs"] and row["passes"] > 0
-    for method in ("target", "unguided", "auto", "dps", "quadrature", "smc_K4"):  # stable here
+    for method in ("target", "unguided", "auto", "single", "dps", "quadrature", "smc_K4"):  # stable here
         row = rows[method]
         assert row["status"] == "ok" and row["finite_frac"] == 1.0 and math.isfinite(row["sw2"]), method
     assert rows["unguided"]["pass_ratio"] == pytest.approx(1.0)

@@ -254,3 +254,33 @@ def test_default_weights_the_modes_of_an_exact_32d_mixture_as_the_tilt_does():
     fractions = torch.bincount(log_lik.argmax(1), minlength=4).double() / n
     se = (target * (1 - target) * (1 / n + 1 / 256)).sqrt()
     assert bool(((fractions - target).abs() <= Z * se).all()), (fractions.tolist(), target.tolist())
+
+
+def test_a_sharp_linear_tilt_across_two_separated_modes_lands_on_the_tilted_mode():
+    """Two modes N(μ_k, W), W = diag(0.25, 0.5) shared, μ = (-2, 0) and (2, 0.5); E = wᵀx with
+    w = (-1, 0.5), β = 5 (exact model). The target is the second mode moved to μ_2 - β·W·w =
+    (3.25, -0.75); the first keeps a weight of exp(-18.75). A Gaussian posterior with the data's
+    covariance (which holds the distance between the modes) pushed x_1 to 4.47 here, against the
+    clamp of the data's box. The default's fit of the mixture (9) to its 256 calibration samples
+    errs by (μ̂_2 - μ_2) - β·(Ŵ - W)·w, whose standard error per coordinate i is
+    √(W_ii/128 + β²·Σ_j w_j²·(W_ii·W_jj + W_ij²)/256); with the guided mean's own √(W_ii/n),
+    the guided mean must lie within Z of those of the target."""
+    n, beta = GUIDED, 5.0
+    variance = torch.tensor([0.25, 0.5], dtype=torch.float64)
+    mixture = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0, 0.0], [2.0, 0.5]]), variance)
+    w = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    target = mixture.tilted(w, beta)
+    assert float(target.weights[0]) < 1e-8
+
+    def energy(x):
+        return x @ w.to(x)
+
+    scheduler = diffusers.DPMSolverMultistepScheduler()
+    guidance = AnalyticEnergyGuidance(scheduler, mixture.noise_model(scheduler), energy, beta)
+    x = guidance.sample((n, 2), num_inference_steps=25, generator=torch.Generator().manual_seed(2)).double()
+    assert bool((x[:, 0] > 0).all())  # every sample in the second mode
+    covariance_error = variance[:, None] * variance[None] + torch.diag(variance**2)  # 256·Var(Ŵ_ij)
+    fit_var = variance / 128 + beta**2 * covariance_error @ w**2 / 256
+    se = (fit_var + variance / n).sqrt()
+    error = x.mean(0) - target.means[1]
+    assert bool((error.abs() <= Z * se).all()), (x.mean(0).tolist(), target.means[1].tolist(), se.tolist())

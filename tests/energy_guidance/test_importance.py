@@ -59,12 +59,16 @@ def test_linear_energy_is_exact(beta, s, seed):
 @given(beta=st.floats(0.01, 30.0), k=st.floats(0.1, 20.0), s=st.floats(0.01, 4.0))
 def test_newton_step_is_the_tilted_mean_of_an_isotropic_quadratic(beta, k, s):
     """E = ½k‖x - c‖² over N(x̂0, sI): the tilted posterior is Gaussian with mean
-    (x̂0 + β·s·k·c)/(1 + β·s·k), which is the proposal's centre x̂0 + Δ."""
+    (x̂0 + β·s·k·c)/(1 + β·s·k), which is the proposal's centre x̂0 + Δ; the step's proximal
+    objective β·E(x̂0 + Δ) + ‖Δ‖²/2s is E_t = β·k·‖x̂0 - c‖²/2(1 + β·s·k) + (d/2)·log(1 + β·s·k)
+    without its curvature term, the logarithm."""
     c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     est = ImportanceTilt(lambda x: 0.5 * k * (x - c).pow(2).sum(1), beta, table(1.0))
     x0 = torch.randn(8, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    shift = est._newton_shift(x0, x0, torch.full_like(x0, s), None, None)
+    shift, proximal = est._newton_shift(x0, x0, torch.full_like(x0, s), None, None)
     torch.testing.assert_close(x0 + shift, (x0 + beta * s * k * c) / (1 + beta * s * k), rtol=1e-9, atol=1e-9)
+    laplace = beta * k * (x0 - c).pow(2).sum(1) / (2 * (1 + beta * s * k))
+    torch.testing.assert_close(proximal, laplace, rtol=1e-9, atol=1e-9)
 
 
 def test_tilted_mean_of_an_isotropic_quadratic_is_exact():
@@ -111,7 +115,7 @@ def test_accepted_newton_step_never_overshoots_a_bounded_energy(beta, scale, s):
     est = ImportanceTilt(lambda x: torch.sigmoid(scale * (1 - x[:, 0])), beta, table(1.0))
     x0 = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None].expand(61, D).contiguous()
     var = torch.full_like(x0, s)
-    shift = est._newton_shift(x0, x0, var, None, None)
+    shift, _ = est._newton_shift(x0, x0, var, None, None)
     assert (0.5 * (shift**2 / var).sum(1) <= beta * (1 + 1e-9)).all()
 
 
@@ -128,6 +132,8 @@ def test_bad_arguments_name_themselves():
         ImportanceTilt(lambda x: x.sum(1), -1.0)
     with pytest.raises(ValueError, match="num_pairs"):
         ImportanceTilt(lambda x: x.sum(1), 1.0, num_pairs=0)
+    with pytest.raises(ValueError, match="max_components"):
+        ImportanceTilt(lambda x: x.sum(1), 1.0, max_components=0)
     est = ImportanceTilt(lambda x: x.sum(1), 1.0)
     with pytest.raises(RuntimeError, match="VarianceTable"):
         call(est, torch.zeros(2, D), 1.0)
@@ -327,3 +333,106 @@ def test_a_mild_tilt_points_to_importance_resampling_once(beta, mild, caplog):
     assert len(lines) == (1 if mild else 0)
     if mild:
         assert "tilted_sample" in lines[0] and "of the 200 samples" in lines[0]
+
+
+def mixture_table(samples: torch.Tensor) -> VarianceTable:
+    """A table with ``samples`` (N, D) and their covariance (so that the mixture (9) applies)."""
+    t = covariance_table(torch.cov(samples.T))
+    t.samples = samples
+    return t
+
+
+@settings(deadline=None, max_examples=30)
+@given(beta=st.floats(0.01, 10.0), s=st.floats(0.01, 100.0), seed=st.integers(0, 2**16))
+def test_with_a_mixture_fit_a_linear_tilt_is_the_exact_tilt_of_the_mixture(beta, s, seed):
+    """(9): samples of two separated modes fit a two-component tied mixture; with the samples'
+    own tilt (7) switched off, a linear E = wᵀx gives, with S = W(I + W/s)⁻¹ (α = 1, σ² = s) and
+    the components' posterior means m_k anchored on x̂0 (c_k = m_k + x̂0 - Σ_j r_j·m_j),
+
+        E_t = -log Σ_k r_k·exp(-β·wᵀc_k + ½β²·wᵀSw),   m̃ = Σ_k r̃_k·c_k - β·S·w,
+
+    r̃_k ∝ r_k·exp(-β·wᵀc_k): the components reweighted by the tilt, each shifted by its own
+    posterior covariance (not the data's, which holds the distance between the modes)."""
+    from unittest import mock
+
+    import energy_guidance.importance as importance
+    from energy_guidance.mixture import fit_tied_mixture
+
+    g = torch.Generator().manual_seed(seed)
+    modes = torch.tensor([[-3.0, 0.0, 0.0], [3.0, 1.0, 0.0]], dtype=torch.float64)
+    samples = modes[torch.arange(256) % 2] + 0.5 * torch.randn(256, D, generator=g, dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    fit = fit_tied_mixture(samples)
+    assert fit.num_components == 2
+    x_t = samples[:8] + math.sqrt(s) * torch.randn(8, D, generator=g, dtype=torch.float64)
+    x0 = samples[8:16]  # any x̂0: the estimator anchors on it
+    one, sig = torch.ones(8, dtype=torch.float64), torch.full((8,), math.sqrt(s), dtype=torch.float64)
+    log_r, m = fit.posterior(x_t, one, sig)
+    c = m + (x0 - (log_r.exp()[:, :, None] * m).sum(1))[:, None]
+    cov = fit.axes @ torch.diag(fit.variance) @ fit.axes.T
+    post = cov @ torch.linalg.inv(torch.eye(D, dtype=torch.float64) + cov / s)
+    log_tilt = log_r - beta * c @ w
+    value = -torch.logsumexp(log_tilt + 0.5 * beta**2 * w @ post @ w, 1)
+    mean = (torch.softmax(log_tilt, 1)[:, :, None] * c).sum(1) - beta * post @ w
+    with mock.patch.object(importance, "SAMPLE_ESS", math.inf):
+        estimator = ImportanceTilt(lambda x: x @ w, beta, mixture_table(samples))
+        got_value, _, got_mean = call(estimator, x0, s, x_t)
+    torch.testing.assert_close(got_mean, mean, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(got_value, value, rtol=1e-8, atol=1e-8)
+
+
+def test_gaussian_samples_keep_the_single_gaussian_of_the_tables_covariance():
+    """Where one component fits the samples best, the estimator is the single-Gaussian one of the
+    table's covariance, as without the mixture (a table without samples, (7) switched off)."""
+    from unittest import mock
+
+    import energy_guidance.importance as importance
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(256, D, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5])
+    x0 = torch.randn(8, D, generator=g, dtype=torch.float64)
+
+    def energy(x):
+        return (x - 1).pow(2).sum(1)
+
+    with mock.patch.object(importance, "SAMPLE_ESS", math.inf):
+        got = call(ImportanceTilt(energy, 2.0, mixture_table(samples)), x0, 3.0)
+    want = call(ImportanceTilt(energy, 2.0, covariance_table(torch.cov(samples.T))), x0, 3.0)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_mixture_component_outside_the_energys_domain_gets_no_weight():
+    """(9), as a sample in (7): where the energy is NaN on one mode (E = -x_1 for x_1 > -1 only)
+    and x̂0 lies in the other, the first component drops out instead of failing the sample: E_t
+    and m̃ are those of the second component alone, E_t = -log r_2 + β·wᵀc_2 - ½β²·wᵀSw and
+    m̃ = c_2 - β·S·w, the components' r_k and c_k as in the test above ((7) switched off)."""
+    from unittest import mock
+
+    import energy_guidance.importance as importance
+    from energy_guidance.mixture import fit_tied_mixture
+
+    g = torch.Generator().manual_seed(0)
+    modes = torch.tensor([[-3.0, 0.0, 0.0], [3.0, 1.0, 0.0]], dtype=torch.float64)
+    samples = modes[torch.arange(256) % 2] + 0.5 * torch.randn(256, D, generator=g, dtype=torch.float64)
+    w = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64)
+
+    def energy(x):
+        return torch.where(x[:, 0] > -1, x @ w.to(x), torch.nan)
+
+    beta, s = 1.0, 4.0
+    fit = fit_tied_mixture(samples)
+    x_t = torch.zeros(4, D, dtype=torch.float64) + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    x0 = torch.tensor([[2.5, 1.0, 0.0]], dtype=torch.float64).expand(4, D).contiguous()
+    one, sig = torch.ones(4, dtype=torch.float64), torch.full((4,), math.sqrt(s), dtype=torch.float64)
+    log_r, m = fit.posterior(x_t, one, sig)
+    assert bool((log_r.exp() > 0.01).all())  # both components hold the posterior here
+    second = int(fit.means[:, 0].argmax())
+    c = m[:, second] + x0 - (log_r.exp()[:, :, None] * m).sum(1)
+    cov = fit.axes @ torch.diag(fit.variance) @ fit.axes.T
+    post = cov @ torch.linalg.inv(torch.eye(D, dtype=torch.float64) + cov / s)
+    with mock.patch.object(importance, "SAMPLE_ESS", math.inf):
+        value, _, mean = call(ImportanceTilt(energy, beta, mixture_table(samples)), x0, s, x_t)
+    torch.testing.assert_close(mean, c - beta * post @ w, rtol=1e-8, atol=1e-8)
+    expected = -log_r[:, second] + beta * c @ w - 0.5 * beta**2 * w @ post @ w
+    torch.testing.assert_close(value, expected, rtol=1e-8, atol=1e-8)
