@@ -212,8 +212,8 @@ class ImportanceTilt:
         if len(rows) == b:
             value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
         elif len(rows) > 0:  # only without cond: the samples are not used with one
-            value[rows], mean[rows] = self._gaussian_rows(
-                rows, x_t, alpha, sigma, x0, var, frame, keys, mixture
+            value[rows], mean[rows] = self._gaussian(
+                x_t, alpha, sigma, x0, var, frame, None, keys, mixture, rows
             )
         value = weight * value_s + (1 - weight) * value
         mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
@@ -337,27 +337,6 @@ class ImportanceTilt:
         weights = torch.softmax(log_w, 0)
         return value, centre + torch.einsum("mb,mbd->bd", weights[:m] - weights[m:], spread)
 
-    def _gaussian_rows(
-        self,
-        rows: Tensor,
-        x_t: Tensor,
-        alpha: Tensor,
-        sigma: Tensor,
-        x0: Tensor,
-        var: Tensor,
-        frame: Tensor | None,
-        keys: tuple[Tensor, Tensor],
-        mixture: TiedMixture | None,
-    ) -> tuple[Tensor, Tensor]:
-        """:meth:`_gaussian` on the batch's ``rows`` (no cond); its NonFiniteError names the batch's
-        samples."""
-        subset = (x_t[rows], alpha[rows], sigma[rows], x0[rows], var[rows])
-        try:
-            return self._gaussian(*subset, frame, None, (keys[0][rows], keys[1]), mixture)
-        except NonFiniteError as error:
-            error.bad = _widen_mask(error.bad, rows, len(x0))
-            raise
-
     def _gaussian(
         self,
         x_t: Tensor,
@@ -369,8 +348,12 @@ class ImportanceTilt:
         cond: Cond,
         keys: tuple[Tensor, Tensor],
         mixture: TiedMixture | None,
+        only: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(E_t (B,), m̃ (B, d)) of the Gaussian posterior (5), or under the mixture prior (9): (5)
+        """(E_t, m̃) of the Gaussian posterior (5), or under the mixture prior (9), for the batch's
+        rows ``only`` (no cond; its NonFiniteError then names the batch's samples) or all: (B,), (B, d).
+
+        (9): (5)
         in each component's posterior N(c_k, S), its centre c_k = m_k + x̂0 - Σ_j r_j·m_j anchored
         on the model's x̂0, and the components reweighted by their tilts. Components with r_k below
         :data:`_COMPONENT_FLOOR` times the largest are left out, and then those whose tilted weight
@@ -378,6 +361,13 @@ class ImportanceTilt:
         components it keeps (M // n each, at least one). A component whose centre or draws fall
         outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7); a
         row left with none takes (5) with S around x̂0, whose failures are the sample's own."""
+        if only is not None:
+            subset = (x_t[only], alpha[only], sigma[only], x0[only], var[only])
+            try:
+                return self._gaussian(*subset, frame, None, (keys[0][only], keys[1]), mixture)
+            except NonFiniteError as error:
+                error.bad = _widen_mask(error.bad, only, len(x0))
+                raise
         b = len(x0)
         xf = x0.reshape(b, -1)
         if mixture is None:
@@ -437,7 +427,9 @@ class ImportanceTilt:
         value, mean = value.to(xf.dtype), mean.to(xf.dtype)
         lost = (~torch.isfinite(value)).nonzero().squeeze(1)  # rows with no component left
         if len(lost) > 0:
-            value[lost], mean[lost] = self._gaussian_rows(lost, x_t, alpha, sigma, x0, var, frame, keys, None)
+            value[lost], mean[lost] = self._gaussian(
+                x_t, alpha, sigma, x0, var, frame, None, keys, None, lost
+            )
         return value, mean
 
     def _mixture(self, table: VarianceTable, x0: Tensor) -> TiedMixture | None:
