@@ -44,7 +44,8 @@ Methods (every model call goes through a counter):
     auto          energy_guidance.tilted_sample: the default guidance or resampling, chosen by the
                   ESS of exp(-β·E) over its 256 pilot samples (the row records which, ``chose``)
     single        the default with one Gaussian between modes (ImportanceTilt(energy, beta,
-                  max_components=1)): the default before its mixture prior (docs/math.md (9))
+                  max_components=1)): the default before its mixture prior (docs/math.md (9)),
+                  with the default's own sampler draws (a paired comparison)
     paper         AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     dps           energy_guidance.baselines.dps_guidance (E_t = β·E(x̂0))
     quadrature    AnalyticEnergyGuidance(..., estimator=GaussianQuadrature(energy, beta)); skipped
@@ -606,7 +607,10 @@ def _short(error: BaseException) -> str:
 def run_method(method: str, ctx: dict, energy, beta: float, cfg: Config) -> dict:
     """One method's samples, cost and status (never raises for the method's own failures)."""
     d, kind = ctx["d"], ctx["model"]
-    gen = _generator(cfg.seed, "sample", d, kind, energy.kind, beta, method)
+    # `single` takes the default's sampler draws, so that the two differ by the estimator alone
+    gen = _generator(
+        cfg.seed, "sample", d, kind, energy.kind, beta, "default" if method == "single" else method
+    )
     record: dict[str, Any] = {"status": "ok", "error": None, "warnings": [], "x": None, "cost": None}
     x = None
     if method.startswith("smc_K"):
