@@ -261,8 +261,8 @@ class ImportanceTilt:
     def _newton_shift(
         self, x0: Tensor, xf: Tensor, var: Tensor, frame: Tensor | None, cond: Cond
     ) -> tuple[Tensor, Tensor]:
-        """(Δ (B, d), the safeguarded Newton step along Σ̂·g (module docstring); its proximal
-        objective β·E(x̂0 + Δ) + ½·ΔᵀΣ̂⁻¹Δ (B,), the Laplace estimate of E_t without its
+        """(Δ (B, d), the safeguarded Newton step along Σ̂·g (module docstring); the proximal
+        objective at it (B,), β·E(x̂0 + Δ) + ½·ΔᵀΣ̂⁻¹Δ: the Laplace estimate of E_t without its
         curvature term, exact for a linear E)."""
         b, d = xf.shape
         with torch.enable_grad():
@@ -353,9 +353,9 @@ class ImportanceTilt:
         """(E_t, m̃) of the Gaussian posterior (5), or under the mixture prior (9), for the batch's
         rows ``only`` (no cond; its NonFiniteError then names the batch's samples) or all: (B,), (B, d).
 
-        (9): (5)
-        in each component's posterior N(c_k, S), its centre c_k = m_k + x̂0 - Σ_j r_j·m_j anchored
-        on the model's x̂0, and the components reweighted by their tilts. Components with r_k below
+        Under (9): (5) in each component's posterior N(c_k, S), centred at c_k = m_k + x̂0 -
+        Σ_j r_j·m_j (anchored on the model's x̂0), and the components reweighted by their tilts.
+        Components with r_k below
         :data:`_COMPONENT_FLOOR` times the largest are left out, and then those whose tilted weight
         by the Newton step's estimate falls below it; a row's M pairs of draws are shared by the n
         components it keeps (M // n each, at least one). A component whose centre or draws fall
