@@ -209,9 +209,9 @@ class ImportanceTilt:
         # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
         value, mean = torch.zeros_like(value_s), xf.clone()
         rows = (live & (weight < 1)).nonzero().squeeze(1)
-        if len(rows) == b:
+        if len(rows) == b or cond is not None:  # with cond, every row (unguided ones masked below)
             value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
-        elif len(rows) > 0:  # only without cond: the samples are not used with one
+        elif len(rows) > 0:
             value[rows], mean[rows] = self._gaussian(
                 x_t, alpha, sigma, x0, var, frame, None, keys, mixture, rows
             )

@@ -63,20 +63,24 @@ class TiedMixture:
 
 def fit_tied_mixture(samples: Tensor, max_components: int = MAX_COMPONENTS, *, seed: int = 0) -> TiedMixture:
     """The tied Gaussian mixture with the lowest BIC over K = 1..``max_components`` fitted to
-    ``samples`` (N, d) (module docstring). K stops growing once the BIC has risen twice in a row;
+    ``samples`` (N, d) (module docstring), on the CPU. K stops growing once the BIC has risen twice in a row;
     K never exceeds N // 2 nor N - d - 1 (so that W, estimated from N - K degrees of freedom,
     has full rank)."""
-    x = samples.reshape(len(samples), -1).to(torch.float64)
+    x = samples.reshape(len(samples), -1).to(device="cpu", dtype=torch.float64)
     n, d = x.shape
     if n < 2:
         raise ValueError(f"a mixture needs at least 2 samples, got {n}")
+    # centred: the covariance Σ x xᵀ - Σ n_k μ_k μ_kᵀ loses the spread to rounding under a large offset
+    offset = x.mean(0)
+    x = x - offset
     generator = torch.Generator(device="cpu").manual_seed(seed)
     ridge = _RIDGE * float(x.var(0).mean()) + torch.finfo(torch.float64).tiny
     best: tuple[float, TiedMixture] | None = None
     rises = 0
     for k in range(1, max(1, min(max_components, n // 2, n - d - 1)) + 1):
         mixture, log_likelihood = _em(x, _kmeans_plus_plus(x, k, generator), ridge)
-        parameters = (k - 1) + k * d + d * (d + 1) / 2
+        kept = mixture.num_components  # EM drops components that lose all their samples
+        parameters = (kept - 1) + kept * d + d * (d + 1) / 2
         bic = -2 * log_likelihood + parameters * math.log(n)
         if best is None or bic < best[0]:
             best, rises = (bic, mixture), 0
@@ -85,7 +89,8 @@ def fit_tied_mixture(samples: Tensor, max_components: int = MAX_COMPONENTS, *, s
             if rises == 2:
                 break
     assert best is not None
-    return best[1]
+    fit = best[1]
+    return TiedMixture(fit.weights, fit.means + offset, fit.axes, fit.variance)
 
 
 def _kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:

@@ -436,3 +436,33 @@ def test_a_mixture_component_outside_the_energys_domain_gets_no_weight():
     torch.testing.assert_close(mean, c - beta * post @ w, rtol=1e-8, atol=1e-8)
     expected = -log_r[:, second] + beta * c @ w - 0.5 * beta**2 * w @ post @ w
     torch.testing.assert_close(value, expected, rtol=1e-8, atol=1e-8)
+
+
+def test_with_a_condition_rows_at_different_noise_levels_keep_their_condition():
+    """A batch whose rows are at different noise levels, one of them with Σ̂ = 0 (unguided): the
+    energy still gets its cond for the guided rows, whose result is that of the row alone."""
+    t = VarianceTable(
+        log_snr=torch.tensor([-20.0, 20.0]),
+        eps_norm=torch.full((2,), 0.5),
+        data_var=torch.full((2,), 0.5),
+        diagonal=torch.tensor([[0.5] * D, [0.0] * D]),
+        data_low=torch.full((D,), -50.0),
+        data_high=torch.full((D,), 50.0),
+    )
+
+    def energy(x, cond):
+        return ((x - cond) ** 2).sum(1)
+
+    est = ImportanceTilt(energy, 1.0, t)
+    x0 = torch.randn(2, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = torch.ones(2, D, dtype=torch.float64)
+    alpha = torch.ones(2, dtype=torch.float64)
+    sigma = torch.tensor([1.0, math.exp(-10.0)], dtype=torch.float64)  # log-SNR 0 and 20
+    prediction = Prediction(eps=torch.zeros_like(x0), x0=x0)
+    value, grad = est.value_and_x_t_gradient(x0, alpha, sigma, cond, prediction=prediction)
+    assert float(value[1]) == 0.0 and bool((grad[1] == 0).all())  # Σ̂ = 0: unguided
+    alone = est.value_and_x_t_gradient(
+        x0[:1], alpha[:1], sigma[:1], cond[:1], prediction=Prediction(eps=torch.zeros_like(x0[:1]), x0=x0[:1])
+    )
+    torch.testing.assert_close(value[:1], alone[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad[:1], alone[1], rtol=0, atol=1e-12)
