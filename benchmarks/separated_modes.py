@@ -77,11 +77,8 @@ def energy(x: torch.Tensor) -> torch.Tensor:
     return x @ W.to(x)
 
 
-def run_method(
-    method: str, beta: float, seed: int, cfg: Config, unguided: Cost, default: Cost | None
-) -> dict:
-    """One method's samples and measured cost (``unguided``: per unguided sample; ``default``: the
-    default's cost for ``cfg.samples`` outputs, which buys the resampling pool)."""
+def run_method(method: str, beta: float, seed: int, cfg: Config, pool: int = 0) -> dict:
+    """One method's samples and measured cost (``pool``: the unguided samples resampling draws)."""
     mix = mixture()
     scheduler = DPMSolverMultistepScheduler()
     counter = CountingModel(mix.noise_model(scheduler))
@@ -89,8 +86,6 @@ def run_method(
     shape = (cfg.samples, 2)
     row: dict = {"method": method}
     if method == "resampling":
-        assert default is not None
-        pool = equal_cost_pool(default, unguided, cfg.samples)
         result, cost = measure(
             lambda: importance_resampling(
                 scheduler,
@@ -132,17 +127,12 @@ def run(cfg: Config, log=print) -> dict:
         reference = target.sample(REFERENCE, torch.Generator().manual_seed(12345)).double()
         e_target = float(energy(reference).mean())
         for seed in cfg.seeds:
-            unguided_row = run_method("unguided", beta, seed, cfg, Cost(0.0, 0), None)
-            per_sample = Cost(
-                unguided_row["cost"].seconds / cfg.samples, unguided_row["cost"].passes // cfg.samples
-            )
-            found = {"unguided": unguided_row}
-            for method in METHODS[1:]:
-                found[method] = run_method(
-                    method, beta, seed, cfg, per_sample, found.get("default", {}).get("cost")
-                )
-            e_unguided = float(energy(found["unguided"]["x"].double()).mean())
+            found = {m: run_method(m, beta, seed, cfg) for m in METHODS if m != "resampling"}
             base = found["unguided"]["cost"]
+            per_sample = Cost(base.seconds / cfg.samples, base.passes // cfg.samples)
+            pool = equal_cost_pool(found["default"]["cost"], per_sample, cfg.samples)
+            found["resampling"] = run_method("resampling", beta, seed, cfg, pool)
+            e_unguided = float(energy(found["unguided"]["x"].double()).mean())
             for method, found_row in found.items():
                 x = found_row.pop("x").double()
                 cost = found_row.pop("cost")

@@ -198,25 +198,25 @@ class ImportanceTilt:
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
         keys = _draw_keys(x_t, sigma)
-        if table.samples is not None and cond is None:
+        if table.samples is None or cond is not None:  # (5) alone (mixture is None here)
+            value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
+        else:
             # (7) and (9) evaluate the energy elsewhere than at the model's x̂0, and (8) may leave
             # (5) out: the energy is checked at x̂0 first, so a bad energy is named at the batch's
             # own samples, at the step where it fails, whatever the blend makes of them
             energy_and_grad(self.energy, x0)
             value_s, mean_s, weight = self._samples_tilt(table.samples, x_t, alpha, sigma, x0)
-        else:
-            value_s, mean_s, weight = torch.zeros_like(xf[:, 0]), xf, torch.zeros_like(xf[:, 0])
-        # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
-        value, mean = torch.zeros_like(value_s), xf.clone()
-        rows = (live & (weight < 1)).nonzero().squeeze(1)
-        if len(rows) == b or cond is not None:  # with cond, every row (unguided ones masked below)
-            value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
-        elif len(rows) > 0:
-            value[rows], mean[rows] = self._gaussian(
-                x_t, alpha, sigma, x0, var, frame, None, keys, mixture, rows
-            )
-        value = weight * value_s + (1 - weight) * value
-        mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
+            # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
+            value, mean = torch.zeros_like(value_s), xf.clone()
+            rows = (live & (weight < 1)).nonzero().squeeze(1)
+            if len(rows) == b:
+                value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, None, keys, mixture)
+            elif len(rows) > 0:
+                value[rows], mean[rows] = self._gaussian(
+                    x_t, alpha, sigma, x0, var, frame, None, keys, mixture, rows
+                )
+            value = weight * value_s + (1 - weight) * value
+            mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
         target = self._within_range(table, mean, xf)
         delta = torch.where(live[:, None], target - xf, torch.zeros_like(xf))
         value = torch.where(live, value, torch.zeros_like(value))
