@@ -107,8 +107,8 @@ _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
 _DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
 _BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
-_TILT_FLOOR = 1e-200  # below this sum of k_i·c_i a row's tilted weights are computed directly
 _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
+_EXP_FLOOR = -700.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 # Above this ESS fraction of exp(-β·E) over the table's samples, importance resampling of unguided
 # samples was closer to the target at equal cost in most settings of the dimension sweep
@@ -151,7 +151,7 @@ class ImportanceTilt:
         self.num_pairs = num_pairs
         self.seed = int(seed)
         self.max_components = max_components
-        self._samples: tuple[Tensor, Tensor, Tensor] | None = None  # (table.samples, float64, energies)
+        self._samples: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (source, float64, E, ‖·‖²)
         self._fit: tuple[Tensor, TiedMixture | None] | None = None  # (table.samples, its mixture (9))
 
     def __call__(
@@ -314,7 +314,7 @@ class ImportanceTilt:
         b, d = xf.shape
         m = self.num_pairs if pairs is None else pairs
         std = var.sqrt()
-        z = _normal_draws(keys, m, d, self.seed).to(xf)
+        z = _normal_draws(keys, m, d, self.seed, xf.dtype)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
         if frame is not None:
             spread = spread @ frame.T
@@ -453,34 +453,42 @@ class ImportanceTilt:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(E_t^s (B,), m̃^s (B, d), ρ (B,)): (7) with the table's samples ``source`` (N, d) as the
         prior, and its weight ρ in the blend (8)."""
-        samples, energies = self._samples_and_energies(source, x0)
+        samples, energies, squares = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
-        # ‖x_t − α·x0_i‖² through a product in fixed blocks of rows (_blocked_matmul)
-        cross = _blocked_matmul(xt, samples.T)
-        distance = (
-            (xt**2).sum(1, keepdim=True) - 2 * a[:, None] * cross + a[:, None] ** 2 * (samples**2).sum(1)
-        )
-        log_k = -distance.clamp_min(0) / (2 * s2[:, None])  # log N(x_t; α·x0_i, σ²I) + const, (B, N)
-        k, log_norm = _normalise(log_k)
-        tilted, log_norm_tilted = _tilt_normalised(k, log_norm, log_k, self.beta * energies)
+        # log k_i = -‖x_t − α·x0_i‖²/(2σ²) up to a row constant (which (7) does not see), as one
+        # product in fixed blocks of rows (_blocked_matmul): [α·x_t/σ², −α²/(2σ²)]·[x0_i, ‖x0_i‖²]ᵀ.
+        # The two (B, N) matrices are exponentiated in place: a fresh allocation of that size costs
+        # as much as the arithmetic on it.
+        scaled = torch.cat([xt * (a / s2)[:, None], (-0.5 * a**2 / s2)[:, None]], 1)
+        log_k = _blocked_matmul(scaled, torch.cat([samples, squares[:, None]], 1).T)  # (B, N)
+        log_tilted = log_k - self.beta * energies[None]  # -inf outside the energy's domain
+        k, log_norm = _exp_rows(log_k)
+        tilted, log_norm_tilted = _exp_rows(log_tilted)
+        outside = ~torch.isfinite(energies)
+        if bool(outside.any()):
+            tilted[:, outside] = 0
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
-        tilted = torch.where(found[:, None], tilted, torch.zeros_like(tilted))
         value_s = torch.where(found, log_norm - log_norm_tilted, torch.zeros_like(log_norm))
-        shift_s = _blocked_matmul(tilted - k, samples)  # Σ_i (k̃_i − k_i)·x0_i, (B, d)
-        ess = torch.where(found, 1 / (tilted**2).sum(1), torch.zeros_like(log_norm))
+        # Σ_i (k̃_i − k_i)·x0_i (B, d), and the tilted weights' Kish ESS (Σ k̃_i)²/Σ k̃_i²
+        k_total, tilted_total = k.sum(1, keepdim=True), tilted.sum(1, keepdim=True)
+        shift_s = _blocked_matmul(tilted, samples) / tilted_total - _blocked_matmul(k, samples) / k_total
+        shift_s = torch.where(found[:, None], shift_s, torch.zeros_like(shift_s))
+        ess = tilted_total.squeeze(1) ** 2 / torch.linalg.vector_norm(tilted, dim=1) ** 2
+        ess = torch.where(found, ess, torch.zeros_like(ess))
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
         mean_s = x0.reshape(len(x0), -1).to(xt) + shift_s
         return value_s.to(x0.dtype), mean_s.to(x0.dtype), weight.to(x0.dtype)
 
-    def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
-        """The table's samples (N, d) and their energies (N,), in float64 on x0's device, computed
-        once per table and device; a sample where the energy is not finite gets energy +inf (weight 0)."""
+    def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The table's samples (N, d), their energies (N,) and squared norms (N,), in float64 on x0's
+        device, computed once per table and device; a sample where the energy is not finite gets
+        energy +inf (weight 0)."""
         if self._samples is None or self._samples[0] is not source or self._samples[1].device != x0.device:
             samples = source.to(device=x0.device, dtype=torch.float64)
             energies = energies_or_inf(self.energy, samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:]))
-            self._samples = (source, samples, energies)
+            self._samples = (source, samples, energies, samples.square().sum(1))
             # imported here: energy_guidance.baselines imports the guidance, which imports this module
             from .baselines.resampling import effective_sample_size
 
@@ -494,8 +502,7 @@ class ImportanceTilt:
                     100 * fraction,
                     len(energies),
                 )
-            return samples, energies
-        return self._samples[1], self._samples[2]
+        return self._samples[1], self._samples[2], self._samples[3]
 
     def _within_range(self, table: VarianceTable, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0
@@ -530,33 +537,19 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
     return mask
 
 
-def _normalise(log_w: Tensor) -> tuple[Tensor, Tensor]:
-    """(softmax of ``log_w`` over its rows, logsumexp of each row) from one exponential."""
-    top = log_w.amax(1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    w = (log_w - top).exp()
-    total = w.sum(1, keepdim=True)
-    return w / total, (top + total.log()).squeeze(1)
-
-
-def _tilt_normalised(k: Tensor, log_norm: Tensor, log_k: Tensor, scaled: Tensor) -> tuple[Tensor, Tensor]:
-    """``_normalise(log_k - scaled)`` from k = ``_normalise(log_k)`` without a second (B, N)
-    exponential: k̃_i ∝ k_i·c_i with c_i = exp(-(scaled_i - min scaled)), one exponential of N.
-    Rows whose products fall below :data:`_TILT_FLOOR` (the tilt's mass far in k's tail, where
-    they would lose precision) are computed from ``log_k`` directly."""
-    finite = torch.isfinite(scaled)
-    low = torch.where(finite, scaled, torch.full_like(scaled, math.inf)).min()
-    if not bool(torch.isfinite(low)):  # every sample outside the energy's domain: no tilted weights
-        return torch.zeros_like(k), torch.full_like(log_norm, -math.inf)
-    raw = k * torch.exp(low - scaled)[None]  # exp(-inf) = 0 for the samples outside the domain
-    total = raw.sum(1)
-    tilted, log_norm_tilted = raw / total[:, None], log_norm + total.log() - low
-    tail = total < _TILT_FLOOR
-    if bool(tail.any()):
-        exact, exact_norm = _normalise(log_k[tail] - scaled[None])
-        tilted, log_norm_tilted = tilted.clone(), log_norm_tilted.clone()
-        tilted[tail], log_norm_tilted[tail] = exact, exact_norm
-    return tilted, log_norm_tilted
+def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,)), top each row's largest;
+    ``log_w`` is overwritten by w. An entry more than 700 below its row's largest gets exp(-700)
+    (about 1e-304: no sum or mean of a row sees it) in place of its denormal or zero: exp's slow
+    path for those costs 15 times its arithmetic. A row with no finite entry has log-sum -inf and
+    weights 0."""
+    top = log_w.amax(1)
+    live = torch.isfinite(top)
+    w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
+    log_sum = torch.where(live, top + w.sum(1).log(), torch.full_like(top, -math.inf))
+    if not bool(live.all()):
+        w[~live] = 0
+    return w, log_sum
 
 
 def _blocked_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -564,8 +557,14 @@ def _blocked_matmul(a: Tensor, b: Tensor) -> Tensor:
     with zeros): every product has the same shape, so a row's result does not depend on how many
     rows its batch has (a matrix product of another shape may sum in another order)."""
     rows = len(a)
-    padded = torch.cat([a, a.new_zeros((-rows) % _BLOCK_ROWS, a.shape[1])])
-    return torch.cat([block @ b for block in padded.split(_BLOCK_ROWS)])[:rows]
+    out = a.new_empty(rows, b.shape[1])
+    full = rows - rows % _BLOCK_ROWS
+    for start in range(0, full, _BLOCK_ROWS):
+        torch.mm(a[start : start + _BLOCK_ROWS], b, out=out[start : start + _BLOCK_ROWS])
+    if full < rows:
+        last = torch.cat([a[full:], a.new_zeros(_BLOCK_ROWS - (rows - full), a.shape[1])])
+        out[full:] = (last @ b)[: rows - full]
+    return out
 
 
 def _repeat(cond: Cond, times: int, batch: int) -> Tensor | None:
@@ -623,8 +622,10 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return _splitmix(_splitmix(bits + position).sum(1) + level), level
 
 
-def _normal_draws(keys: tuple[Tensor, Tensor], m: int, d: int, seed: int = 0) -> Tensor:
-    """Standard normal draws (m, B, d) as a function of the keys only: sample b takes set
+def _normal_draws(
+    keys: tuple[Tensor, Tensor], m: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    """Standard normal draws (m, B, d) of ``dtype`` as a function of the keys only: sample b takes set
     ``key_b mod P`` of the level's pool of P = :data:`_DRAW_SETS` sets of m·d draws, made by
     Box–Muller on the two 32-bit halves of one hash (its cosine and its sine)."""
     sample_keys, level = keys
@@ -635,6 +636,6 @@ def _normal_draws(keys: tuple[Tensor, Tensor], m: int, d: int, seed: int = 0) ->
     u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
     u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
     radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
-    pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
+    pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d].to(dtype)
     choice = torch.remainder(_splitmix(sample_keys + salt), _DRAW_SETS)
     return pool[choice].reshape(-1, m, d).transpose(0, 1)

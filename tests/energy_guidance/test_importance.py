@@ -294,27 +294,26 @@ def test_with_every_sample_outside_the_energys_domain_the_gaussian_tilt_is_kept(
 @settings(max_examples=40)
 @given(
     seed=st.integers(0, 10_000),
-    width=st.floats(0.1, 2_000.0),  # spreads of log k and of β·E: up to far beyond float64's exp range
+    width=st.floats(0.1, 2_000.0),  # spreads of log w: up to far beyond float64's exp range
     outside=st.booleans(),
 )
-def test_tilted_weights_from_one_exponential_equal_the_direct_normalisation(seed, width, outside):
-    """k̃ computed as k_i·exp(-(βE_i - min βE)) renormalised (one exponential of the (B, N) matrix)
-    equals softmax(log k - βE) and its log-normaliser, including rows whose tilt lies far in k's
-    tail (taken directly) and samples with infinite energy."""
-    from energy_guidance.importance import _normalise, _tilt_normalised
+def test_exponentials_of_the_kernel_rows_equal_softmax_and_logsumexp(seed, width, outside):
+    """(7)'s weights in place: exp(log w - row max) normalised is softmax(log w), and the row's
+    log-normaliser is logsumexp(log w), with samples of weight 0 (log w = -inf, outside the energy's
+    domain) and a row with none left (log-sum -inf, weights 0)."""
+    from energy_guidance.importance import _exp_rows
 
     g = torch.Generator().manual_seed(seed)
-    log_k = width * torch.randn(16, 40, generator=g, dtype=torch.float64)
-    scaled = width * torch.rand(40, generator=g, dtype=torch.float64)
+    log_w = width * torch.randn(16, 40, generator=g, dtype=torch.float64)
     if outside:
-        scaled[::3] = math.inf
-    k, log_norm = _normalise(log_k)
-    tilted, log_norm_tilted = _tilt_normalised(k, log_norm, log_k, scaled)
-    expected, expected_norm = _normalise(log_k - scaled[None])
-    # weights summing to 1: their error is absolute, at float64 rounding (a weight of 1e-289 may
-    # keep fewer significant digits, as k_i does)
-    torch.testing.assert_close(tilted, expected, rtol=1e-9, atol=1e-15)
-    torch.testing.assert_close(log_norm_tilted, expected_norm, rtol=1e-12, atol=1e-9)
+        log_w[:, ::3] = -math.inf
+        log_w[5] = -math.inf
+    expected, expected_norm = torch.softmax(log_w, 1), torch.logsumexp(log_w, 1)
+    w, log_norm = _exp_rows(log_w.clone())
+    torch.testing.assert_close(log_norm, expected_norm, rtol=1e-12, atol=1e-9)
+    live = torch.isfinite(expected_norm)
+    torch.testing.assert_close(w[live] / w[live].sum(1, keepdim=True), expected[live], rtol=1e-12, atol=1e-15)
+    assert bool((w[~live] == 0).all()) and int(live.sum()) == 16 - int(outside)
 
 
 @pytest.mark.parametrize(("beta", "mild"), [(0.1, True), (30.0, False)])
