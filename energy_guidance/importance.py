@@ -108,7 +108,7 @@ _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achi
 _DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
 _BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
 _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
-_EXP_FLOOR = -700.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
+_EXP_FLOOR = -300.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 # Above this ESS fraction of exp(-β·E) over the table's samples, importance resampling of unguided
 # samples was closer to the target at equal cost in most settings of the dimension sweep
@@ -539,10 +539,10 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
 
 def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor]:
     """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,)), top each row's largest;
-    ``log_w`` is overwritten by w. An entry more than 700 below its row's largest gets exp(-700)
-    (about 1e-304: no sum or mean of a row sees it) in place of its denormal or zero: exp's slow
-    path for those costs 15 times its arithmetic. A row with no finite entry has log-sum -inf and
-    weights 0."""
+    ``log_w`` is overwritten by w. An entry more than 300 below its row's largest gets exp(-300)
+    (about 5e-131: no sum or mean of a row sees it, and its square is still a normal number) in
+    place of a denormal or zero: float64 exp and products take a slow path for those that costs
+    up to 15 times their arithmetic. A row with no finite entry has log-sum -inf and weights 0."""
     top = log_w.amax(1)
     live = torch.isfinite(top)
     w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
