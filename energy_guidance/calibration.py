@@ -1,7 +1,9 @@
 """What the default guidance learns about a model from the model's own samples.
 
-The default estimator (:mod:`energy_guidance.importance`) needs the posterior variance at each
-noise level, the range and covariance of the data, and a sample of it (its prior between modes).
+The default estimator (:mod:`energy_guidance.importance`) needs the range and covariance of the
+data and a sample of it (its prior between modes), and, for samples of more than
+:data:`~energy_guidance.posterior.MAX_COVARIANCE_DIM` values, whose covariance is not kept, the
+posterior variance per dimension at each noise level (:func:`table_levels`).
 A user with data passes a table built from it
 (:func:`~energy_guidance.posterior.estimate_variance_table`); without one the guidance draws
 ``num_samples`` unguided samples from the model once, with a copy of its scheduler (the
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .callables import Cond, NoiseModel
-from .posterior import VarianceTable, estimate_variance_table
+from .posterior import MAX_COVARIANCE_DIM, VarianceTable, estimate_variance_table
 from .sampling import sample
 from .schedulers import SchedulerLike
 
@@ -47,12 +50,22 @@ class Pilot:
     scheduler: SchedulerLike
     generator: torch.Generator
 
-    def table(self, model: NoiseModel, *, num_levels: int = NUM_LEVELS) -> VarianceTable:
+    def table(self, model: NoiseModel, *, num_levels: int | None = None) -> VarianceTable:
         """The variance table of these samples at ``num_levels`` noise levels (num_levels · N
-        model passes), with their range and covariance, and the samples as its prior."""
+        model passes; by default :func:`table_levels`, what the default estimator reads), with their
+        range and covariance, and the samples as its prior."""
+        if num_levels is None:
+            num_levels = table_levels(tuple(self.samples.shape[1:]))
         return estimate_variance_table(
             self.scheduler, model, self.samples, self.rows, num_levels=num_levels, generator=self.generator
         )
+
+
+def table_levels(sample_shape: tuple[int, ...]) -> int:
+    """The noise levels the default estimator reads from its table: none where the table keeps
+    the samples' covariance (up to :data:`~energy_guidance.posterior.MAX_COVARIANCE_DIM` values a
+    sample; Σ̂ then follows from it in closed form), else :data:`NUM_LEVELS` (Σ̂ per dimension)."""
+    return 0 if math.prod(sample_shape) <= MAX_COVARIANCE_DIM else NUM_LEVELS
 
 
 def draw_pilot(

@@ -72,6 +72,12 @@ class VarianceTable:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
         if method not in ("eps_norm", "data_var", "diagonal"):
             raise ValueError(f"table method must be eps_norm, data_var or diagonal, got {method!r}")
+        if len(self.log_snr) == 0:
+            raise ValueError(
+                "this VarianceTable holds no noise levels (built with num_levels=0: the default estimator "
+                "reads only its covariance, range and samples); estimate_variance_table(scheduler, model, "
+                "data) with num_levels >= 2 builds one for a closed-form variance"
+            )
         values = getattr(self, method)
         grid = self.log_snr.to(lam)
         lam = lam.clamp(grid[0], grid[-1])
@@ -135,9 +141,15 @@ def estimate_variance_table(
 
     At each level, every data point is noised once (x_t = α·x0 + σ·ε) and passed through the
     model. ``cond`` (N, ...) is sliced along with ``data`` for conditional models.
+    ``num_levels=0`` passes nothing through the model: the table then holds only what the data
+    give (variance, range, covariance, samples), which is all the default estimator reads where
+    the covariance is kept (samples of up to :data:`MAX_COVARIANCE_DIM` values); a closed-form
+    variance that reads the levels refuses such a table (:meth:`VarianceTable.ratio`).
     """
     if data.shape[0] < 2:
         raise ValueError("estimating the variance table needs at least 2 data points")
+    if not (isinstance(num_levels, int) and (num_levels == 0 or num_levels >= 2)):
+        raise ValueError(f"num_levels must be 0 (no noise levels) or an integer >= 2, got {num_levels!r}")
     ptype = prediction_type(scheduler)
     valid = training_timesteps(scheduler)
     timesteps = valid[torch.linspace(0, len(valid) - 1, num_levels).round().long().unique()]
@@ -148,6 +160,8 @@ def estimate_variance_table(
     if d <= MAX_COVARIANCE_DIM:
         principal_variance, axes = torch.linalg.eigh(torch.cov(flat.T.cpu()).reshape(d, d))
         principal_variance = principal_variance.clamp(min=0)
+    # the prior's samples first, so that a table with levels holds the same ones as one without
+    samples = flat[_subset(len(flat), MAX_SAMPLES, generator)].float().cpu()
     rows = []
     for t in timesteps:
         alpha, sigma = noise_level(scheduler, t)
@@ -177,13 +191,13 @@ def estimate_variance_table(
         log_snr=torch.tensor([r[0] for r in rows], dtype=torch.float32),
         eps_norm=torch.tensor([r[1] for r in rows], dtype=torch.float32),
         data_var=torch.tensor([r[2] for r in rows], dtype=torch.float32),
-        diagonal=torch.stack([r[3] for r in rows]).float(),
+        diagonal=torch.stack([r[3] for r in rows]).float() if rows else torch.zeros(0, d),
         data_variance=var.float(),
         data_low=flat.min(0).values.float().cpu(),
         data_high=flat.max(0).values.float().cpu(),
         principal_axes=None if axes is None else axes.float(),
         principal_variance=None if principal_variance is None else principal_variance.float(),  # with axes
-        samples=flat[_subset(len(flat), MAX_SAMPLES, generator)].float().cpu(),
+        samples=samples,
     )
 
 

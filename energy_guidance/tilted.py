@@ -8,7 +8,7 @@ the tilt keeps few (sharp tilts in high dimension), where resampling would need 
 many candidates. :func:`tilted_sample` finds out which case holds from a pilot of P unguided
 samples, which the default guidance draws in any case to calibrate itself, and spends the same
 model passes whichever it picks (S sampler steps, L noise levels of the variance table, B
-outputs):
+outputs; L = :func:`~energy_guidance.calibration.table_levels`, 0 for samples of up to 512 values):
 
 - the pilot's ESS fraction f = ESS/P of the weights exp(-β·E(x_i)) (Kish's ESS) is at least
   :data:`RESAMPLE_ESS`: B draws by importance resampling from a pool of
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .baselines.resampling import draw_candidates, effective_sample_size, resample, tilt_log_weights
-from .calibration import NUM_LEVELS, NUM_SAMPLES, draw_pilot
+from .calibration import NUM_SAMPLES, draw_pilot, table_levels
 from .callables import Energy, NoiseModel, check_beta, energies_or_inf
 from .guidance import AnalyticEnergyGuidance
 from .importance import MILD_TILT_ESS
@@ -132,7 +132,8 @@ def tilted_sample(
         )
         return TiltedSamples(samples=x, method=method, ess_fraction=fraction, pool=0, ess=0.0)
 
-    size = len(energies) + math.ceil(NUM_LEVELS * len(energies) / num_inference_steps) + batch
+    levels = table_levels(shape[1:])
+    size = len(energies) + math.ceil(levels * len(energies) / num_inference_steps) + batch
     extra, extra_energies = draw_candidates(
         scheduler,
         model,

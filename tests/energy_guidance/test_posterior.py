@@ -13,6 +13,7 @@ import diffusers
 import pytest
 import torch
 
+from energy_guidance.baselines import CountingModel
 from energy_guidance.posterior import variance_estimator
 from energy_guidance.schedulers import log_snr, noise_level, prediction_type, to_eps_x0
 from energy_guidance.testing import GaussianMixture
@@ -338,6 +339,37 @@ def test_variance_table_save_load_round_trip(tmp_path):
     for key in ("log_snr", "eps_norm", "data_var", "diagonal", "data_variance"):
         torch.testing.assert_close(getattr(loaded, key), getattr(table, key), rtol=0, atol=0)
     assert (table.log_snr[1:] > table.log_snr[:-1]).all()
+
+
+def test_a_table_without_noise_levels_holds_what_the_data_give_and_refuses_a_closed_form(tmp_path):
+    """num_levels=0: no model pass; the data's variance, range, covariance and samples (drawn before
+    the levels' noise) equal those of a table with levels and the same generator; the levels are
+    empty, a closed-form variance that reads them gets a one-line error, and the table saves and
+    loads."""
+    gm = GaussianMixture.gaussian(MEAN, VAR)
+    scheduler = diffusers.DDPMScheduler()
+    data = gm.sample(100, generator=torch.Generator().manual_seed(0))
+    model = CountingModel(gm.noise_model(scheduler))
+    bare = estimate_variance_table(
+        scheduler, model, data, num_levels=0, generator=torch.Generator().manual_seed(1)
+    )
+    assert model.passes == 0
+    full = estimate_variance_table(
+        scheduler, gm.noise_model(scheduler), data, num_levels=5, generator=torch.Generator().manual_seed(1)
+    )
+    for key in ("data_variance", "data_low", "data_high", "principal_axes", "principal_variance", "samples"):
+        torch.testing.assert_close(getattr(bare, key), getattr(full, key), rtol=0, atol=0)
+    assert bare.samples is not None and bare.samples.shape == data.shape
+    assert len(bare.log_snr) == 0 and bare.diagonal.shape == (0, data.shape[1])
+    alpha = sigma = torch.full((2,), 0.7)
+    with pytest.raises(ValueError, match="no noise levels"):
+        bare.variance("diagonal", alpha, sigma)
+    bare.save(str(tmp_path / "bare.safetensors"))
+    loaded = VarianceTable.load(str(tmp_path / "bare.safetensors"))
+    assert len(loaded.log_snr) == 0
+    torch.testing.assert_close(loaded.samples, bare.samples, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_levels must be 0"):
+        estimate_variance_table(scheduler, gm.noise_model(scheduler), data, num_levels=1)
 
 
 def test_variance_estimator_errors_say_what_is_missing():

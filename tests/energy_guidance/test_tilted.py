@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from energy_guidance import AnalyticEnergyGuidance, sample, tilted_sample
 from energy_guidance.baselines import CountingModel, effective_sample_size
-from energy_guidance.calibration import NUM_LEVELS, NUM_SAMPLES, draw_pilot
+from energy_guidance.calibration import NUM_SAMPLES, draw_pilot, table_levels
 from energy_guidance.testing import GaussianMixture
 from energy_guidance.tilted import RESAMPLE_ESS, TiltedSamples
 
@@ -61,7 +61,8 @@ def test_a_mild_tilt_is_resampled_from_the_guided_branchs_budget_and_hits_the_ta
     result = _run(beta, batch)
     assert result.method == "resampling"
     assert result.ess_fraction == pytest.approx(fraction, rel=1e-6)
-    assert result.pool == NUM_SAMPLES + math.ceil(NUM_LEVELS * NUM_SAMPLES / STEPS) + batch
+    assert table_levels((2,)) == 0  # the covariance is kept: the table reads no levels
+    assert result.pool == NUM_SAMPLES + batch
     assert 1 <= result.ess <= result.pool and result.samples.shape == (batch, 2)
     target = DATA.tilted(W, beta)
     se = target.covariance().diagonal().sqrt() * math.sqrt(1 / batch + 1 / result.ess)
@@ -86,8 +87,8 @@ def test_a_sharp_tilt_takes_the_default_guidance_with_the_pilots_table():
 
 
 def test_both_branches_spend_the_same_model_passes():
-    """Guided: P·S (pilot) + L·P (table) + B·S; resampling: (P + ⌈L·P/S⌉ + B)·S. They differ by
-    less than S passes, and
+    """Guided: P·S (pilot) + L·P (table; L = 0 here) + B·S; resampling: (P + ⌈L·P/S⌉ + B)·S. They
+    differ by less than S passes, and
     ``method=`` forces a branch without changing the pilot's ESS."""
     batch, counts, fractions = 64, {}, set()
     for method in ("guided", "resampling"):
@@ -99,7 +100,7 @@ def test_both_branches_spend_the_same_model_passes():
         assert result.method == method
         counts[method] = model.passes
         fractions.add(result.ess_fraction)
-    p, s, levels = NUM_SAMPLES, STEPS, NUM_LEVELS
+    p, s, levels = NUM_SAMPLES, STEPS, table_levels((2,))
     assert counts["guided"] == p * s + levels * p + batch * s
     assert counts["resampling"] == (p + math.ceil(levels * p / s) + batch) * s
     assert 0 <= counts["resampling"] - counts["guided"] < s
