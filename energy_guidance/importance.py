@@ -359,7 +359,8 @@ class ImportanceTilt:
         :data:`_COMPONENT_FLOOR` times the largest are left out, and then those whose tilted weight
         by the Newton step's estimate falls below it; a row's M pairs of draws are shared by the n
         components it keeps (M // n each, at least one). A component whose centre or draws fall
-        outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7); a
+        outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7) (there
+        up to exp(-300) of its row's largest); a
         row left with none takes (5) with S around x̂0, whose failures are the sample's own."""
         if only is not None:
             subset = (x_t[only], alpha[only], sigma[only], x0[only], var[only])
@@ -462,12 +463,13 @@ class ImportanceTilt:
         # as much as the arithmetic on it.
         scaled = torch.cat([xt * (a / s2)[:, None], (-0.5 * a**2 / s2)[:, None]], 1)
         log_k = _blocked_matmul(scaled, torch.cat([samples, squares[:, None]], 1).T)  # (B, N)
+        # relative to each row's largest before β·E enters: log k is of the order of ‖x_t‖²/σ²,
+        # and E_t^s below is a difference of the two log-sums
+        top = log_k.amax(1)
+        log_k.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top))[:, None])
         log_tilted = log_k - self.beta * energies[None]  # -inf outside the energy's domain
         k, log_norm = _exp_rows(log_k)
         tilted, log_norm_tilted = _exp_rows(log_tilted)
-        outside = ~torch.isfinite(energies)
-        if bool(outside.any()):
-            tilted[:, outside] = 0
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
         value_s = torch.where(found, log_norm - log_norm_tilted, torch.zeros_like(log_norm))
@@ -484,7 +486,7 @@ class ImportanceTilt:
     def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The table's samples (N, d), their energies (N,) and squared norms (N,), in float64 on x0's
         device, computed once per table and device; a sample where the energy is not finite gets
-        energy +inf (weight 0)."""
+        energy +inf (weight 0 up to the floor of :func:`_exp_rows`: exp(-300) of its row's largest)."""
         if self._samples is None or self._samples[0] is not source or self._samples[1].device != x0.device:
             samples = source.to(device=x0.device, dtype=torch.float64)
             energies = energies_or_inf(self.energy, samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:]))
@@ -539,10 +541,11 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
 
 def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor]:
     """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,)), top each row's largest;
-    ``log_w`` is overwritten by w. An entry more than 300 below its row's largest gets exp(-300)
-    (about 5e-131: no sum or mean of a row sees it, and its square is still a normal number) in
-    place of a denormal or zero: float64 exp and products take a slow path for those that costs
-    up to 15 times their arithmetic. A row with no finite entry has log-sum -inf and weights 0."""
+    ``log_w`` is overwritten by w. An entry more than 300 below its row's largest (-inf included:
+    a sample outside the energy's domain) gets exp(-300) (about 5e-131: no sum or mean of a row
+    sees it, and its square is still a normal number) in place of a denormal or zero: float64 exp
+    and products take a slow path for those that costs up to 15 times their arithmetic. A row
+    with no finite entry has log-sum -inf and weights 0."""
     top = log_w.amax(1)
     live = torch.isfinite(top)
     w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()

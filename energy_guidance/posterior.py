@@ -31,6 +31,7 @@ where σ²/α² is large and a small error in E‖ε̂‖² becomes a large vari
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeGuard, runtime_checkable
 
@@ -72,12 +73,7 @@ class VarianceTable:
         """Clamped Σ̂ / (σ²/α²) at log-SNR ``lam`` (B,): shape (B,), or (B, d) for ``diagonal``."""
         if method not in ("eps_norm", "data_var", "diagonal"):
             raise ValueError(f"table method must be eps_norm, data_var or diagonal, got {method!r}")
-        if len(self.log_snr) == 0:
-            raise ValueError(
-                "this VarianceTable holds no noise levels (built with num_levels=0: the default estimator "
-                "reads only its covariance, range and samples); estimate_variance_table(scheduler, model, "
-                "data) with num_levels >= 2 builds one for a closed-form variance"
-            )
+        self.require_levels()
         values = getattr(self, method)
         grid = self.log_snr.to(lam)
         lam = lam.clamp(grid[0], grid[-1])
@@ -88,6 +84,15 @@ class VarianceTable:
         if values.dim() == 2:
             w = w[:, None]
         return ((1 - w) * values[lo] + w * values[hi]).clamp(0, 1)
+
+    def require_levels(self) -> None:
+        """Raise a one-line ValueError if the table holds no noise levels (``num_levels=0``)."""
+        if len(self.log_snr) == 0:
+            raise ValueError(
+                "this VarianceTable holds no noise levels (built with num_levels=0, which only the default "
+                "estimator can use, through its covariance); estimate_variance_table(scheduler, model, "
+                "data) with num_levels >= 2 builds one that this variance can read"
+            )
 
     def variance(self, method: str, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Σ̂ at per-sample (α, σ) (B,): shape (B,), or (B, d) for ``diagonal``; clamped as documented."""
@@ -148,11 +153,21 @@ def estimate_variance_table(
     """
     if data.shape[0] < 2:
         raise ValueError("estimating the variance table needs at least 2 data points")
-    if not (isinstance(num_levels, int) and (num_levels == 0 or num_levels >= 2)):
+    try:
+        levels = operator.index(num_levels)
+    except TypeError:
+        levels = -1
+    if not (levels == 0 or levels >= 2):
         raise ValueError(f"num_levels must be 0 (no noise levels) or an integer >= 2, got {num_levels!r}")
+    if levels == 0 and data[0].numel() > MAX_COVARIANCE_DIM:
+        raise ValueError(
+            f"num_levels=0 keeps no noise levels, and samples of {data[0].numel()} values (more than "
+            f"{MAX_COVARIANCE_DIM}) keep no covariance either: every estimator reads the levels then; "
+            "give num_levels >= 2"
+        )
     ptype = prediction_type(scheduler)
     valid = training_timesteps(scheduler)
-    timesteps = valid[torch.linspace(0, len(valid) - 1, num_levels).round().long().unique()]
+    timesteps = valid[torch.linspace(0, len(valid) - 1, levels).round().long().unique()]
     flat = data.reshape(data.shape[0], -1).to(torch.float64)
     mean, var = flat.mean(0).cpu(), flat.var(0).cpu()  # the sums below accumulate on the CPU
     d = flat.shape[1]
@@ -453,6 +468,7 @@ def variance_estimator(
                     f"variance {variance!r} needs a VarianceTable; build one with "
                     "estimate_variance_table(scheduler, model, data)"
                 )
+            table.require_levels()
             return VARIANCES[variance](table)
         return VARIANCES[variance]()
     if not isinstance(variance, VarianceEstimator):

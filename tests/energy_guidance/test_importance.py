@@ -298,9 +298,11 @@ def test_with_every_sample_outside_the_energys_domain_the_gaussian_tilt_is_kept(
     outside=st.booleans(),
 )
 def test_exponentials_of_the_kernel_rows_equal_softmax_and_logsumexp(seed, width, outside):
-    """(7)'s weights in place: exp(log w - row max) normalised is softmax(log w), and the row's
-    log-normaliser is logsumexp(log w), with samples of weight 0 (log w = -inf, outside the energy's
-    domain) and a row with none left (log-sum -inf, weights 0)."""
+    """(7)'s weights in place: exp(log w - row max) normalised is softmax(log w) up to entries
+    more than 300 below the row's largest, which get exp(-300) (the -inf ones, samples outside the
+    energy's domain, included: at most 40·5e-131 of a row's weight, so the absolute tolerance), and
+    the row's log-normaliser is logsumexp(log w); a row with no finite entry has log-sum -inf and
+    weights exactly 0."""
     from energy_guidance.importance import _exp_rows
 
     g = torch.Generator().manual_seed(seed)
@@ -313,6 +315,7 @@ def test_exponentials_of_the_kernel_rows_equal_softmax_and_logsumexp(seed, width
     torch.testing.assert_close(log_norm, expected_norm, rtol=1e-12, atol=1e-9)
     live = torch.isfinite(expected_norm)
     torch.testing.assert_close(w[live] / w[live].sum(1, keepdim=True), expected[live], rtol=1e-12, atol=1e-15)
+    assert bool((w[live] >= math.exp(-300) * (1 - 1e-12)).all())  # no denormal, no zero
     assert bool((w[~live] == 0).all()) and int(live.sum()) == 16 - int(outside)
 
 

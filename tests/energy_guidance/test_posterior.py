@@ -10,11 +10,12 @@ Jacobian estimator is locally exact, and the table estimators estimate E_{x_t ~ 
 import math
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 
 from energy_guidance.baselines import CountingModel
-from energy_guidance.posterior import variance_estimator
+from energy_guidance.posterior import MAX_COVARIANCE_DIM, variance_estimator
 from energy_guidance.schedulers import log_snr, noise_level, prediction_type, to_eps_x0
 from energy_guidance.testing import GaussianMixture
 from energy_guidance.variance import (
@@ -364,12 +365,18 @@ def test_a_table_without_noise_levels_holds_what_the_data_give_and_refuses_a_clo
     alpha = sigma = torch.full((2,), 0.7)
     with pytest.raises(ValueError, match="no noise levels"):
         bare.variance("diagonal", alpha, sigma)
+    with pytest.raises(ValueError, match="no noise levels"):  # when the closed form is built
+        variance_estimator("diagonal", bare)
     bare.save(str(tmp_path / "bare.safetensors"))
     loaded = VarianceTable.load(str(tmp_path / "bare.safetensors"))
     assert len(loaded.log_snr) == 0
     torch.testing.assert_close(loaded.samples, bare.samples, rtol=0, atol=0)
     with pytest.raises(ValueError, match="num_levels must be 0"):
         estimate_variance_table(scheduler, gm.noise_model(scheduler), data, num_levels=1)
+    assert len(estimate_variance_table(scheduler, model, data, num_levels=np.int64(4)).log_snr) == 4
+    wide = torch.zeros(2, MAX_COVARIANCE_DIM + 1)  # no covariance kept: every estimator reads levels
+    with pytest.raises(ValueError, match="keep no covariance either"):
+        estimate_variance_table(scheduler, model, wide, num_levels=0)
 
 
 def test_variance_estimator_errors_say_what_is_missing():
