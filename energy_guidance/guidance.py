@@ -192,13 +192,14 @@ class AnalyticEnergyGuidance:
         self.adapter = SchedulerAdapter(scheduler)
         self.prediction_type = self.adapter.prediction_type  # also rejects unsupported schedulers
         self.allow_clipping = bool(allow_clipping)
-        self._warned_explosion = False
+        self._warned = {"explosion": False}  # shared with every replace() copy: one warning for all
         if not self.allow_clipping:
             warn_if_clipping(scheduler)
 
     def replace(self, **changes: Any) -> AnalyticEnergyGuidance:
         """A new guidance with some of ``scheduler``, ``model``, ``estimator``, ``rescale``,
-        ``scale`` changed (e.g. the scheduler a pipeline actually steps with)."""
+        ``scale`` changed (e.g. the scheduler a pipeline actually steps with); it shares this one's
+        warnings (a :class:`GuidanceExplosionWarning` is given once for both)."""
         fields = {
             "scheduler": self.scheduler,
             "model": self.model,
@@ -210,7 +211,9 @@ class AnalyticEnergyGuidance:
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown arguments {sorted(unknown)}; expected some of {sorted(fields)}")
-        return AnalyticEnergyGuidance(**{**fields, **changes}, beta=self.beta)
+        copy = AnalyticEnergyGuidance(**{**fields, **changes}, beta=self.beta)
+        copy._warned = self._warned  # a pipeline or SMC call makes a copy each time: warn once in all
+        return copy
 
     @property
     def amortized(self) -> bool:
@@ -394,17 +397,18 @@ class AnalyticEnergyGuidance:
         return guided, StepInfo(x0_hat=x0, guidance_norm=delta.flatten(1).norm(dim=1))
 
     def _check_explosion(self, size: Tensor, own: Tensor, dim: int, timestep: Timestep) -> None:
-        """Warn (once per guidance) when the guidance term ‖σ·∇E_t‖ is over :data:`EXPLOSION_RATIO`
-        times the model's own ‖ε̂‖, or √d where ‖ε̂‖ is smaller (ε̂ estimates unit-variance noise, so
-        a sample whose ε̂ happens to be near 0 is not flagged for a modest step)."""
-        if self._warned_explosion:
+        """Warn (once per guidance and its :meth:`replace` copies) when the guidance term ‖σ·∇E_t‖
+        is over :data:`EXPLOSION_RATIO` times the model's own ‖ε̂‖, or √d where ‖ε̂‖ is smaller (ε̂
+        estimates unit-variance noise, so a sample whose ε̂ happens to be near 0 is not flagged for
+        a modest step)."""
+        if self._warned["explosion"]:
             return
         ratio = size / own.clamp_min(math.sqrt(dim))
         worst = float(ratio.max()) if ratio.numel() else 0.0
         if not worst > EXPLOSION_RATIO:
             return
         count = int((ratio > EXPLOSION_RATIO).sum())
-        self._warned_explosion = True
+        self._warned["explosion"] = True
         if isinstance(self.estimator, ClosedForm) and self.estimator.gradient == "autograd":
             fix = (
                 "the paper's closed form is differentiated through the model, whose Jacobian a trained model "

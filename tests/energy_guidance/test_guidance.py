@@ -613,3 +613,33 @@ def test_an_estimator_given_by_name_is_named():
     scheduler = diffusers.DDPMScheduler()
     with pytest.raises(TypeError, match=r"estimator must be an IntermediateEnergyEstimator.*got str"):
         AnalyticEnergyGuidance(scheduler, lambda x, t: torch.zeros_like(x), estimator="quadrature")
+
+
+def test_the_explosion_warning_is_given_once_for_a_guidance_and_its_copies():
+    """A closed form on a steep linear energy (E = 1e4·x_1) makes the guidance term thousands of
+    times ‖ε̂‖: the first sampling warns, its replace() copies (a pipeline or SMC makes one per
+    call) do not warn again, and a new guidance does."""
+    from energy_guidance.guidance import GuidanceExplosionWarning
+
+    data = GaussianMixture.gaussian(torch.zeros(2), torch.ones(2))
+    scheduler = diffusers.DDPMScheduler(clip_sample=False)
+    model = data.noise_model(scheduler)
+
+    def steep(x: torch.Tensor) -> torch.Tensor:
+        return 1e4 * x[:, 0]
+
+    def count(guidance: AnalyticEnergyGuidance) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            guidance.sample((8, 2), num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+        return sum(issubclass(w.category, GuidanceExplosionWarning) for w in caught)
+
+    def closed_form() -> AnalyticEnergyGuidance:
+        estimator = ClosedForm(steep, 1.0, Constant(1.0), gradient="tweedie")
+        return AnalyticEnergyGuidance(scheduler, model, estimator=estimator)
+
+    first = closed_form()
+    assert count(first) == 1
+    assert count(first.replace(scale=1.0)) == 0
+    assert count(first.replace(scheduler=diffusers.DDPMScheduler(clip_sample=False))) == 0
+    assert count(closed_form()) == 1
