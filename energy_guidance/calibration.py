@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .callables import Cond, NoiseModel
-from .posterior import MAX_COVARIANCE_DIM, VarianceTable, estimate_variance_table
+from .posterior import VarianceTable, estimate_variance_table, keeps_covariance
 from .sampling import sample
 from .schedulers import SchedulerLike
 
@@ -65,7 +65,7 @@ def table_levels(sample_shape: tuple[int, ...]) -> int:
     """The noise levels the default estimator reads from its table: none where the table keeps
     the samples' covariance (up to :data:`~energy_guidance.posterior.MAX_COVARIANCE_DIM` values a
     sample; Σ̂ then follows from it in closed form), else :data:`NUM_LEVELS` (Σ̂ per dimension)."""
-    return 0 if math.prod(sample_shape) <= MAX_COVARIANCE_DIM else NUM_LEVELS
+    return 0 if keeps_covariance(math.prod(sample_shape)) else NUM_LEVELS
 
 
 def draw_pilot(

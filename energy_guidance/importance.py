@@ -468,16 +468,16 @@ class ImportanceTilt:
         top = log_k.amax(1)
         log_k.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top))[:, None])
         log_tilted = log_k - self.beta * energies[None]  # -inf outside the energy's domain
-        k, log_norm = _exp_rows(log_k)
-        tilted, log_norm_tilted = _exp_rows(log_tilted)
+        k, log_norm, k_total = _exp_rows(log_k)
+        tilted, log_norm_tilted, tilted_total = _exp_rows(log_tilted)
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
         value_s = torch.where(found, log_norm - log_norm_tilted, torch.zeros_like(log_norm))
         # Σ_i (k̃_i − k_i)·x0_i (B, d), and the tilted weights' Kish ESS (Σ k̃_i)²/Σ k̃_i²
-        k_total, tilted_total = k.sum(1, keepdim=True), tilted.sum(1, keepdim=True)
-        shift_s = _blocked_matmul(tilted, samples) / tilted_total - _blocked_matmul(k, samples) / k_total
+        shift_s = _blocked_matmul(tilted, samples) / tilted_total[:, None]
+        shift_s = shift_s - _blocked_matmul(k, samples) / k_total[:, None]
         shift_s = torch.where(found[:, None], shift_s, torch.zeros_like(shift_s))
-        ess = tilted_total.squeeze(1) ** 2 / torch.linalg.vector_norm(tilted, dim=1) ** 2
+        ess = tilted_total**2 / torch.linalg.vector_norm(tilted, dim=1) ** 2
         ess = torch.where(found, ess, torch.zeros_like(ess))
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
         mean_s = x0.reshape(len(x0), -1).to(xt) + shift_s
@@ -539,9 +539,9 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
     return mask
 
 
-def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor]:
-    """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,)), top each row's largest;
-    ``log_w`` is overwritten by w. An entry more than 300 below its row's largest (-inf included:
+def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,), Σ_i w_i (B,)), top each row's
+    largest; ``log_w`` is overwritten by w. An entry more than 300 below its row's largest (-inf included:
     a sample outside the energy's domain) gets exp(-300) (about 5e-131: no sum or mean of a row
     sees it, and its square is still a normal number) in place of a denormal or zero: float64 exp
     and products take a slow path for those that costs up to 15 times their arithmetic. A row
@@ -549,10 +549,12 @@ def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor]:
     top = log_w.amax(1)
     live = torch.isfinite(top)
     w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
-    log_sum = torch.where(live, top + w.sum(1).log(), torch.full_like(top, -math.inf))
+    total = w.sum(1)
+    log_sum = torch.where(live, top + total.log(), torch.full_like(top, -math.inf))
     if not bool(live.all()):
         w[~live] = 0
-    return w, log_sum
+        total = torch.where(live, total, torch.zeros_like(total))
+    return w, log_sum, total
 
 
 def _blocked_matmul(a: Tensor, b: Tensor) -> Tensor:

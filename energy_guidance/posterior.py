@@ -128,6 +128,14 @@ class VarianceTable:
 
 
 MAX_COVARIANCE_DIM = 512  # the table keeps the full data covariance up to this sample size
+
+
+def keeps_covariance(values: int) -> bool:
+    """Whether a table of samples of ``values`` values keeps their covariance (the default
+    estimator's Σ̂ then follows from it, and it reads no noise levels)."""
+    return values <= MAX_COVARIANCE_DIM
+
+
 MAX_SAMPLES = 1024  # the table keeps a random subset of at most this many of the data's samples
 
 
@@ -159,7 +167,7 @@ def estimate_variance_table(
         levels = -1
     if not (levels == 0 or levels >= 2):
         raise ValueError(f"num_levels must be 0 (no noise levels) or an integer >= 2, got {num_levels!r}")
-    if levels == 0 and data[0].numel() > MAX_COVARIANCE_DIM:
+    if levels == 0 and not keeps_covariance(data[0].numel()):
         raise ValueError(
             f"num_levels=0 keeps no noise levels, and samples of {data[0].numel()} values (more than "
             f"{MAX_COVARIANCE_DIM}) keep no covariance either: every estimator reads the levels then; "
@@ -172,7 +180,7 @@ def estimate_variance_table(
     mean, var = flat.mean(0).cpu(), flat.var(0).cpu()  # the sums below accumulate on the CPU
     d = flat.shape[1]
     axes = principal_variance = None
-    if d <= MAX_COVARIANCE_DIM:
+    if keeps_covariance(d):
         principal_variance, axes = torch.linalg.eigh(torch.cov(flat.T.cpu()).reshape(d, d))
         principal_variance = principal_variance.clamp(min=0)
     # the prior's samples first, so that a table with levels holds the same ones as one without

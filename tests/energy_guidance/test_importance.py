@@ -311,7 +311,8 @@ def test_exponentials_of_the_kernel_rows_equal_softmax_and_logsumexp(seed, width
         log_w[:, ::3] = -math.inf
         log_w[5] = -math.inf
     expected, expected_norm = torch.softmax(log_w, 1), torch.logsumexp(log_w, 1)
-    w, log_norm = _exp_rows(log_w.clone())
+    w, log_norm, total = _exp_rows(log_w.clone())
+    torch.testing.assert_close(total, w.sum(1), rtol=0, atol=0)  # the row sums it returns
     torch.testing.assert_close(log_norm, expected_norm, rtol=1e-12, atol=1e-9)
     live = torch.isfinite(expected_norm)
     torch.testing.assert_close(w[live] / w[live].sum(1, keepdim=True), expected[live], rtol=1e-12, atol=1e-15)
