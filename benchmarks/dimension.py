@@ -46,6 +46,9 @@ Methods (every model call goes through a counter):
     single        the default with one Gaussian between modes (ImportanceTilt(energy, beta,
                   max_components=1)): the default before its mixture prior (docs/math.md (9)),
                   with the default's own sampler draws (a paired comparison)
+    pairs8        the default with 8 antithetic pairs of draws per sample and step
+                  (ImportanceTilt(energy, beta, num_pairs=8)), as before 2026-12-07, with the
+                  default's own sampler draws (a paired comparison)
     paper         AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     dps           energy_guidance.baselines.dps_guidance (E_t = β·E(x̂0))
     quadrature    AnalyticEnergyGuidance(..., estimator=GaussianQuadrature(energy, beta)); skipped
@@ -132,7 +135,8 @@ BETAS = {
     "plateau": (2.0, 5.0, 10.0),
 }
 MODELS = ("exact", "trained")
-SINGLE_PASS = ("default", "auto", "single", "paper", "dps", "quadrature")  # auto: tilted_sample
+SINGLE_PASS = ("default", "auto", "single", "pairs8", "paper", "dps", "quadrature")  # auto: tilted_sample
+PAIRED = ("single", "pairs8")  # the default's variants, run with the default's sampler draws
 WEIGHTS = (0.4, 0.3, 0.2, 0.1)
 QUADRATIC_K = 1.0
 PLATEAU_WIDTH = 0.1  # the sigmoid's scale: steep against the components' spread (s.d. 0.3-0.7)
@@ -583,6 +587,8 @@ def make_guidance(method: str, scheduler, model, energy, beta: float) -> Analyti
     if method == "single":
         single = ImportanceTilt(energy, beta, max_components=1)  # the default before (9)
         return AnalyticEnergyGuidance(scheduler, model, estimator=single)
+    if method == "pairs8":
+        return AnalyticEnergyGuidance(scheduler, model, estimator=ImportanceTilt(energy, beta, num_pairs=8))
     if method == "paper":
         return AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     if method == "dps":
@@ -607,9 +613,9 @@ def _short(error: BaseException) -> str:
 def run_method(method: str, ctx: dict, energy, beta: float, cfg: Config) -> dict:
     """One method's samples, cost and status (never raises for the method's own failures)."""
     d, kind = ctx["d"], ctx["model"]
-    # `single` takes the default's sampler draws, so that the two differ by the estimator alone
+    # the default's variants take its sampler draws, so that they differ by the estimator alone
     gen = _generator(
-        cfg.seed, "sample", d, kind, energy.kind, beta, "default" if method == "single" else method
+        cfg.seed, "sample", d, kind, energy.kind, beta, "default" if method in PAIRED else method
     )
     record: dict[str, Any] = {"status": "ok", "error": None, "warnings": [], "x": None, "cost": None}
     x = None

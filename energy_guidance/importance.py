@@ -106,9 +106,13 @@ RANGE_MARGIN = 0.25  # the data box is widened by this fraction of its width on 
 _BACKTRACKS = 6  # halvings of the Newton step before it is dropped
 _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achieve
 _DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
-_BLOCK_ROWS = 64  # rows of every matrix product of (7), whatever the batch
+_BLOCK_ROWS = 128  # rows of every matrix product of (7), whatever the batch
 _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
 _EXP_FLOOR = -300.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
+# M of (5): antithetic pairs of draws per sample and step. Centred on the Newton step, the draws
+# only correct its proposal, and 8 pairs gave the same samples as 4 on the quick dimension sweep
+# at more cost (docs/benchmarks.md, "the default's cost, reconsidered")
+NUM_PAIRS = 4
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 # Above this ESS fraction of exp(-β·E) over the table's samples, importance resampling of unguided
 # samples was closer to the target at equal cost in most settings of the dimension sweep
@@ -119,7 +123,7 @@ MILD_TILT_ESS = 0.1
 class ImportanceTilt:
     """E_t and the tilted posterior mean (5) by importance sampling (module docstring).
 
-    ``ImportanceTilt(energy, beta, table=None, num_pairs=8)``: ``energy(x0[, cond])`` -> (B,),
+    ``ImportanceTilt(energy, beta, table=None, num_pairs=NUM_PAIRS)``: ``energy(x0[, cond])`` -> (B,),
     differentiable; β ≥ 0; ``table`` a :class:`~energy_guidance.posterior.VarianceTable` with the
     data's range (``estimate_variance_table`` records it), or None until the guidance that uses
     it calibrates it from the model (:attr:`table` is then set once and shared by every
@@ -137,7 +141,7 @@ class ImportanceTilt:
         beta: float,
         table: VarianceTable | None = None,
         *,
-        num_pairs: int = 8,
+        num_pairs: int = NUM_PAIRS,
         seed: int = 0,
         max_components: int = MAX_COMPONENTS,
     ) -> None:
@@ -375,11 +379,11 @@ class ImportanceTilt:
             shift, _ = self._newton_shift(x0, xf, var, frame, cond)
             return self._tilt(x0, xf, var, frame, shift, cond, keys)
         xt = x_t.detach().reshape(b, -1).to(mixture.means)
-        log_r, means = mixture.posterior(xt, alpha.to(xt), sigma.to(xt))  # (B, K), (B, K, d)
-        anchor = xf.to(xt) - (log_r.exp()[:, :, None] * means).sum(1)
+        a, s = alpha.to(xt), sigma.to(xt)
+        log_r = mixture.log_responsibilities(xt, a, s)  # (B, K)
         active = log_r >= log_r.amax(1, keepdim=True) + math.log(_COMPONENT_FLOOR)
         rows, comps = active.nonzero(as_tuple=True)
-        centres = (means[rows, comps] + anchor[rows]).to(xf.dtype)  # (P, d)
+        centres = (xf[rows].to(xt) + mixture.mean_offsets(log_r, a, s, rows, comps)).to(xf.dtype)  # (P, d)
         shaped = centres.reshape(len(centres), *x0.shape[1:])
         found, newton = _without_nonfinite(
             lambda i: self._newton_shift(shaped[i], centres[i], var[rows[i]], frame, None),
@@ -465,10 +469,9 @@ class ImportanceTilt:
         log_k = _blocked_matmul(scaled, torch.cat([samples, squares[:, None]], 1).T)  # (B, N)
         # relative to each row's largest before β·E enters: log k is of the order of ‖x_t‖²/σ²,
         # and E_t^s below is a difference of the two log-sums
-        top = log_k.amax(1)
-        log_k.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top))[:, None])
+        log_k.sub_(log_k.amax(1, keepdim=True))  # finite: x_t and the samples are
         log_tilted = log_k - self.beta * energies[None]  # -inf outside the energy's domain
-        k, log_norm, k_total = _exp_rows(log_k)
+        k, log_norm, k_total = _exp_rows(log_k, centred=True)
         tilted, log_norm_tilted, tilted_total = _exp_rows(log_tilted)
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
@@ -539,16 +542,22 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
     return mask
 
 
-def _exp_rows(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _exp_rows(log_w: Tensor, *, centred: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,), Σ_i w_i (B,)), top each row's
     largest; ``log_w`` is overwritten by w. An entry more than 300 below its row's largest (-inf included:
     a sample outside the energy's domain) gets exp(-300) (about 5e-131: no sum or mean of a row
     sees it, and its square is still a normal number) in place of a denormal or zero: float64 exp
     and products take a slow path for those that costs up to 15 times their arithmetic. A row
-    with no finite entry has log-sum -inf and weights 0."""
-    top = log_w.amax(1)
-    live = torch.isfinite(top)
-    w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
+    with no finite entry has log-sum -inf and weights 0. ``centred``: every row's largest is
+    already 0 (the caller subtracted it), so it is not looked for again."""
+    if centred:
+        top = log_w.new_zeros(len(log_w))
+        live = torch.ones_like(top, dtype=torch.bool)
+        w = log_w.clamp_(min=_EXP_FLOOR).exp_()
+    else:
+        top = log_w.amax(1)
+        live = torch.isfinite(top)
+        w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
     total = w.sum(1)
     log_sum = torch.where(live, top + total.log(), torch.full_like(top, -math.inf))
     if not bool(live.all()):
@@ -620,11 +629,13 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     level's own key, a 1-element tensor), on x_t's device (no host transfer: this runs at every
     step)."""
     bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).contiguous().view(torch.int64)
-    position = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device) * _GOLDEN
+    # one odd multiplier per position: Σ_j bits_j·c_j (mod 2⁶⁴) tells states apart, and the one
+    # splitmix after it spreads them (a splitmix per value costs three times as much a step)
+    multiplier = _splitmix(torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)) | 1
     level = _splitmix(
         sigma.detach().reshape(-1)[:1].to(device=bits.device, dtype=torch.float64).view(torch.int64)
     )
-    return _splitmix(_splitmix(bits + position).sum(1) + level), level
+    return _splitmix((bits * multiplier).sum(1) + level), level
 
 
 def _normal_draws(

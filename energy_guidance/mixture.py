@@ -26,7 +26,7 @@ from torch import Tensor
 MAX_COMPONENTS = 8  # the largest K tried
 _ITERATIONS = 200  # EM iterations at most per K
 _LLOYD = 10  # k-means iterations before EM
-_TOLERANCE = 1e-8  # EM stops when the mean log-likelihood per sample gains less than this
+_TOLERANCE = 1e-5  # EM stops when the mean log-likelihood per sample gains less than this
 _RIDGE = 1e-6  # W's floor, as a fraction of the samples' mean variance per dimension
 
 
@@ -59,6 +59,29 @@ class TiedMixture:
         spread = a**2 * lam + s2
         log_r = torch.log_softmax(self.weights.log()[None] - 0.5 * (centred**2 / spread).sum(2), 1)
         return log_r, self.means[None] + (a * lam / spread * centred) @ self.axes.T
+
+    def log_responsibilities(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """log r_k (B, K) of :meth:`posterior` without the component means: in W's frame (ξ = Vᵀx_t,
+        ν_k = Vᵀμ_k, s = α²λ + σ²) the exponent -½·Σ_d (ξ - α·ν_k)²/s is, up to a term the same
+        for every k, α·Σ_d ξ·ν_k/s - ½α²·Σ_d ν_k²/s: two (B, d) × (d, K) products."""
+        a, s2 = alpha[:, None], (sigma**2)[:, None]
+        frame_means = self.means @ self.axes  # (K, d)
+        inverse = 1 / (a**2 * self.variance[None] + s2)  # (B, d)
+        exponent = a * ((x_t @ self.axes) * inverse) @ frame_means.T - 0.5 * a**2 * inverse @ frame_means.T**2
+        return torch.log_softmax(self.weights.log()[None] + exponent, 1)
+
+    def mean_offsets(
+        self, log_r: Tensor, alpha: Tensor, sigma: Tensor, rows: Tensor, comps: Tensor
+    ) -> Tensor:
+        """m_k - Σ_j r_j·m_j (P, d) of :meth:`posterior` for the (row, component) pairs
+        (``rows[p]``, ``comps[p]``), with ``log_r`` (B, K) from :meth:`log_responsibilities` and α, σ
+        (B,): by m_k = μ_k + (α/σ²)·S·(x_t - α·μ_k) the x_t terms cancel, leaving
+        (I - (α²/σ²)·S)(μ_k - Σ_j r_j·μ_j) = V·diag(σ²/(σ² + α²λ))·Vᵀ(μ_k - Σ_j r_j·μ_j)."""
+        frame_means = self.means @ self.axes  # (K, d)
+        mean = log_r.exp() @ frame_means  # (B, d): Σ_j r_j·ν_j
+        a, s2 = alpha[rows, None], (sigma[rows] ** 2)[:, None]
+        shrink = s2 / (a**2 * self.variance[None] + s2)
+        return ((frame_means[comps] - mean[rows]) * shrink) @ self.axes.T
 
 
 def fit_tied_mixture(samples: Tensor, max_components: int = MAX_COMPONENTS, *, seed: int = 0) -> TiedMixture:
@@ -111,11 +134,13 @@ def _em(x: Tensor, means: Tensor, ridge: float) -> tuple[TiedMixture, float]:
     """EM for a tied mixture from starting ``means``: (the fit, its total log-likelihood)."""
     n, k = len(x), len(means)
     weights = torch.full((k,), 1 / k, dtype=x.dtype)
+    second = x.T @ x  # Σ_i x_i x_iᵀ, the same at every iteration
+    squares = x.square().sum(1)
     for _ in range(_LLOYD):  # k-means from the start; then the first W is the clusters' pooled spread
-        assign = torch.nn.functional.one_hot(torch.cdist(x, means).argmin(1), k).to(x)
+        assign = torch.nn.functional.one_hot(_squared_distances(x, squares, means).argmin(1), k).to(x)
         count = assign.sum(0)
         means = torch.where(count[:, None] > 0, assign.T @ x / count.clamp_min(1)[:, None], means)
-    covariance = _tied_covariance(x, means, assign, ridge)
+    covariance = _tied_covariance(second, n, means, assign, ridge)
     previous = -math.inf
     log_likelihood = -math.inf
     for _ in range(_ITERATIONS):
@@ -125,10 +150,11 @@ def _em(x: Tensor, means: Tensor, ridge: float) -> tuple[TiedMixture, float]:
         resp = (log_joint - per_sample[:, None]).exp()
         mass = resp.sum(0)
         keep = mass > 1e-8 * n  # a component that lost all its samples is dropped
-        resp, mass = resp[:, keep], mass[keep]
+        if not bool(keep.all()):
+            resp, mass = resp[:, keep], mass[keep]
         weights = mass / n
         means = (resp.T @ x) / mass[:, None]
-        covariance = _tied_covariance(x, means, resp, ridge)
+        covariance = _tied_covariance(second, n, means, resp, ridge)
         if log_likelihood - previous < _TOLERANCE * n:
             break
         previous = log_likelihood
@@ -137,19 +163,27 @@ def _em(x: Tensor, means: Tensor, ridge: float) -> tuple[TiedMixture, float]:
     return mixture, float(torch.logsumexp(_log_joint(x, weights, means, covariance), 1).sum())
 
 
-def _tied_covariance(x: Tensor, means: Tensor, resp: Tensor, ridge: float) -> Tensor:
-    """W = Σ_ik r_ik·(x_i - μ_k)(x_i - μ_k)ᵀ / N + ridge·I."""
-    second = x.T @ x - means.T @ (resp.sum(0)[:, None] * means)  # Σ_i x_i x_iᵀ - Σ_k n_k μ_k μ_kᵀ
-    covariance = second / len(x)
+def _squared_distances(x: Tensor, squares: Tensor, means: Tensor) -> Tensor:
+    """‖x_i - μ_k‖² (N, K) as ‖x_i‖² - 2·x_i·μ_k + ‖μ_k‖², with ``squares`` the ‖x_i‖² (N,): one
+    matrix product (torch.cdist takes several times as long at this size); the samples are
+    centred (fit_tied_mixture), so the expansion loses no precision to a common offset."""
+    return (squares[:, None] - 2 * x @ means.T + means.square().sum(1)[None]).clamp_min(0)
+
+
+def _tied_covariance(second: Tensor, n: int, means: Tensor, resp: Tensor, ridge: float) -> Tensor:
+    """W = Σ_ik r_ik·(x_i - μ_k)(x_i - μ_k)ᵀ / N + ridge·I, with ``second`` = Σ_i x_i x_iᵀ and the μ_k
+    the responsibility-weighted means (so that the sum is Σ_i x_i x_iᵀ - Σ_k n_k μ_k μ_kᵀ)."""
+    covariance = (second - means.T @ (resp.sum(0)[:, None] * means)) / n
     covariance = 0.5 * (covariance + covariance.T)
-    return covariance + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    return covariance + ridge * torch.eye(len(second), dtype=second.dtype)
 
 
 def _log_joint(x: Tensor, weights: Tensor, means: Tensor, covariance: Tensor) -> Tensor:
     """log π_k + log N(x_i; μ_k, W) (N, K)."""
     chol = torch.linalg.cholesky(covariance)
-    white_x = torch.linalg.solve_triangular(chol, x.T, upper=False).T  # (N, d)
-    white_m = torch.linalg.solve_triangular(chol, means.T, upper=False).T  # (K, d)
-    mahalanobis = torch.cdist(white_x, white_m) ** 2
+    # the samples and the means whitened by one triangular solve: (d, N + K)
+    white = torch.linalg.solve_triangular(chol, torch.cat([x, means]).T, upper=False).T
+    white_x, white_m = white[: len(x)], white[len(x) :]
+    mahalanobis = _squared_distances(white_x, white_x.square().sum(1), white_m)
     log_det = 2 * chol.diagonal().log().sum()
     return weights.log()[None] - 0.5 * (mahalanobis + log_det + x.shape[1] * math.log(2 * math.pi))

@@ -194,6 +194,7 @@ def test_dimension_sweep_smoke(tmp_path):
         "default",
         "auto",
         "single",
+        "pairs8",
         "paper",
         "dps",
         "quadrature",
@@ -217,7 +218,16 @@ def test_dimension_sweep_smoke(tmp_path):
             ):
                 assert key in row, (method, key)
             assert row["rs_pool"] >= row["outputs"] and row["passes"] > 0
-    for method in ("target", "unguided", "auto", "single", "dps", "quadrature", "smc_K4"):  # stable here
+    for method in (
+        "target",
+        "unguided",
+        "auto",
+        "single",
+        "pairs8",
+        "dps",
+        "quadrature",
+        "smc_K4",
+    ):  # stable here
         row = rows[method]
         assert row["status"] == "ok" and row["finite_frac"] == 1.0 and math.isfinite(row["sw2"]), method
     assert rows["unguided"]["pass_ratio"] == pytest.approx(1.0)

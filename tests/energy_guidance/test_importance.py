@@ -320,6 +320,19 @@ def test_exponentials_of_the_kernel_rows_equal_softmax_and_logsumexp(seed, width
     assert bool((w[~live] == 0).all()) and int(live.sum()) == 16 - int(outside)
 
 
+@settings(max_examples=20)
+@given(seed=st.integers(0, 10_000), width=st.floats(0.1, 2_000.0))
+def test_rows_already_centred_give_the_same_exponentials(seed, width):
+    """``centred=True`` (the caller subtracted each row's largest, which is then 0) skips looking
+    for it: the same weights, log-sums and totals as the general path, bit for bit."""
+    from energy_guidance.importance import _exp_rows
+
+    log_w = width * torch.randn(16, 40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    log_w -= log_w.amax(1, keepdim=True)
+    for got, want in zip(_exp_rows(log_w.clone(), centred=True), _exp_rows(log_w.clone()), strict=True):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize(("beta", "mild"), [(0.1, True), (30.0, False)])
 def test_a_mild_tilt_points_to_importance_resampling_once(beta, mild, caplog):
     """The ESS fraction of exp(-β·E) over the table's samples decides the INFO line: a linear

@@ -85,6 +85,27 @@ def test_posterior_terms_are_the_exact_posterior_of_the_mixture(alpha, sigma):
     torch.testing.assert_close(component_means, means @ q.T, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("alpha, sigma", [(1.0, 0.1), (0.8, 0.6), (0.05, 1.0), (1.0, 1e-4)])
+def test_responsibilities_and_mean_offsets_are_those_of_the_exact_posterior(alpha, sigma):
+    """What the default estimator reads of the posterior without forming every component mean:
+    log r_k (log_responsibilities) and m_k - Σ_j r_j·m_j for chosen (row, component) pairs
+    (mean_offsets), against the exact posterior of the rotated mixture, as above."""
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    mixture = TiedMixture(WEIGHTS, MEANS @ q.T, q, VARIANCE)
+    x0 = truth().sample(64, torch.Generator().manual_seed(7)).double() @ q.T
+    a, s = torch.full((64,), alpha, dtype=torch.float64), torch.full((64,), sigma, dtype=torch.float64)
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    x_t = alpha * x0 + sigma * noise
+    weights, means, _ = truth().posterior(x_t @ q, a, s)
+    log_r = mixture.log_responsibilities(x_t, a, s)
+    torch.testing.assert_close(log_r.exp(), weights, rtol=1e-9, atol=1e-12)
+    rows = torch.tensor([0, 0, 0, 5, 17, 63, 63])
+    comps = torch.tensor([0, 1, 2, 1, 2, 0, 2])
+    mean = (weights[:, :, None] * means).sum(1)  # Σ_j r_j·m_j (B, d)
+    expected = (means[rows, comps] - mean[rows]) @ q.T
+    torch.testing.assert_close(mixture.mean_offsets(log_r, a, s, rows, comps), expected, rtol=1e-9, atol=1e-9)
+
+
 def test_a_large_offset_does_not_cost_the_spread():
     """Samples far from the origin (a coordinate constant at 3,000, the others spread 0.01): the
     fit still finds the two modes, their means within Z standard errors. (Computed as
