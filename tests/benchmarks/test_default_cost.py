@@ -1,5 +1,6 @@
 """The default-cost benchmark on a tiny setting (d = 2, batch 32, 5 steps, a briefly trained
-model), so that it cannot rot: a row per energy with positive times and their ratio, and the
+model), so that it cannot rot: a row per energy with positive times and their ratios (the
+default's, and once calibrated, also with other numbers of pairs of draws), and the
 calibration's parts."""
 
 import math
@@ -22,6 +23,9 @@ def test_default_cost_smoke(tmp_path):
             "50",
             "--out",
             str(tmp_path),
+            "--num-pairs",
+            "1",
+            "8",
         ]
     )
     rows = {r["energy"]: r for r in result["rows"]}
@@ -29,4 +33,7 @@ def test_default_cost_smoke(tmp_path):
     for row in rows.values():
         assert row["default_s"] > 0 and row["unguided_s"] > 0
         assert math.isclose(row["ratio"], row["default_s"] / row["unguided_s"])
+        ratios = {k for k in row if k.endswith("_ratio")}
+        assert ratios == {"calibrated_ratio", "pairs_1_ratio", "pairs_8_ratio"}
+        assert all(row[k] > 0 for k in ratios)
     assert all(v > 0 for v in result["parts"].values())
