@@ -629,13 +629,18 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     level's own key, a 1-element tensor), on x_t's device (no host transfer: this runs at every
     step)."""
     bits = x_t.detach().reshape(len(x_t), -1).to(torch.float64).contiguous().view(torch.int64)
-    # one odd multiplier per position: Σ_j bits_j·c_j (mod 2⁶⁴) tells states apart, and the one
-    # splitmix after it spreads them (a splitmix per value costs three times as much a step)
+    # each value v_j is mixed as h_j = ((v_j·c_j) ^ ((v_j·c_j) >>> 32))·c_j with an odd multiplier
+    # c_j per position, and the key is one splitmix of Σ_j h_j (mod 2⁶⁴): a splitmix per value
+    # costs three times as much a step. The fold before the second product carries the high bits
+    # (the sign, the exponent) down, so that flipping signs does not cancel in the sum: with
+    # v_j·c_j alone, a sign bit added 2⁶³ whatever c_j, and two flips gave the same key.
     multiplier = _splitmix(torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)) | 1
+    mixed = bits * multiplier
+    mixed = (mixed ^ _shift_right(mixed, 32)) * multiplier
     level = _splitmix(
         sigma.detach().reshape(-1)[:1].to(device=bits.device, dtype=torch.float64).view(torch.int64)
     )
-    return _splitmix((bits * multiplier).sum(1) + level), level
+    return _splitmix(mixed.sum(1) + level), level
 
 
 def _normal_draws(

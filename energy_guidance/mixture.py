@@ -61,13 +61,16 @@ class TiedMixture:
         return log_r, self.means[None] + (a * lam / spread * centred) @ self.axes.T
 
     def log_responsibilities(self, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """log r_k (B, K) of :meth:`posterior` without the component means: in W's frame (ξ = Vᵀx_t,
-        ν_k = Vᵀμ_k, s = α²λ + σ²) the exponent -½·Σ_d (ξ - α·ν_k)²/s is, up to a term the same
-        for every k, α·Σ_d ξ·ν_k/s - ½α²·Σ_d ν_k²/s: two (B, d) × (d, K) products."""
+        """log r_k (B, K) of :meth:`posterior` without the component means. In W's frame, relative
+        to the means' centre c (ξ = Vᵀ(x_t - α·c), ν_k = Vᵀ(μ_k - c), s = α²λ + σ²), the exponent
+        -½·Σ_d (ξ - α·ν_k)²/s is, up to a term the same for every k, α·Σ_d ξ·ν_k/s - ½α²·Σ_d ν_k²/s:
+        two (B, d) × (d, K) products. Taken from c, the terms are of the order of the distances
+        between the means, not of the data's offset, over s (which is σ² at small σ)."""
         a, s2 = alpha[:, None], (sigma**2)[:, None]
-        frame_means = self.means @ self.axes  # (K, d)
+        centre, frame_means = self._frame_means()
         inverse = 1 / (a**2 * self.variance[None] + s2)  # (B, d)
-        exponent = a * ((x_t @ self.axes) * inverse) @ frame_means.T - 0.5 * a**2 * inverse @ frame_means.T**2
+        xi = (x_t - a * centre[None]) @ self.axes
+        exponent = a * (xi * inverse) @ frame_means.T - 0.5 * a**2 * inverse @ frame_means.T**2
         return torch.log_softmax(self.weights.log()[None] + exponent, 1)
 
     def mean_offsets(
@@ -77,11 +80,16 @@ class TiedMixture:
         (``rows[p]``, ``comps[p]``), with ``log_r`` (B, K) from :meth:`log_responsibilities` and α, σ
         (B,): by m_k = μ_k + (α/σ²)·S·(x_t - α·μ_k) the x_t terms cancel, leaving
         (I - (α²/σ²)·S)(μ_k - Σ_j r_j·μ_j) = V·diag(σ²/(σ² + α²λ))·Vᵀ(μ_k - Σ_j r_j·μ_j)."""
-        frame_means = self.means @ self.axes  # (K, d)
+        _, frame_means = self._frame_means()
         mean = log_r.exp() @ frame_means  # (B, d): Σ_j r_j·ν_j
         a, s2 = alpha[rows, None], (sigma[rows] ** 2)[:, None]
         shrink = s2 / (a**2 * self.variance[None] + s2)
         return ((frame_means[comps] - mean[rows]) * shrink) @ self.axes.T
+
+    def _frame_means(self) -> tuple[Tensor, Tensor]:
+        """(c (d,), the means' centre; ν = (μ - c)·V (K, d), the means from it in W's frame)."""
+        centre = self.means.mean(0)
+        return centre, (self.means - centre) @ self.axes
 
 
 def fit_tied_mixture(samples: Tensor, max_components: int = MAX_COMPONENTS, *, seed: int = 0) -> TiedMixture:

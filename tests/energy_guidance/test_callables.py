@@ -40,9 +40,11 @@ def test_every_row_with_a_non_finite_value_is_named(bad_values, dtype):
     assert torch.equal(info.value.bad, expected) and info.value.count == int(expected.sum())
 
 
-def test_an_empty_or_integer_tensor_passes_and_a_scalar_is_one_sample():
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_an_empty_integer_or_complex32_tensor_passes_and_a_scalar_is_one_sample():
     check_finite(torch.empty(0, 3), MODEL_OUTPUT)
     check_finite(torch.arange(6).reshape(2, 3), MODEL_OUTPUT)
+    check_finite(torch.ones(2, 3, dtype=torch.complex32), MODEL_OUTPUT)  # no sum on the CPU: elementwise
     with pytest.raises(NonFiniteError) as info:
         check_finite(torch.tensor(float("nan")), ENERGY_VALUE)
     assert info.value.count == 1

@@ -188,6 +188,24 @@ def test_draws_are_standard_normal_and_belong_to_their_sample():
     assert not torch.equal(other_seed, alone)
 
 
+def test_draw_keys_tell_apart_states_that_differ_in_signs_or_low_bits():
+    """The keys of states that differ only in the signs of some coordinates (two of them, or all:
+    x and -x), or in one coordinate's lowest bits, are distinct; a key summing v_j·c_j alone kept
+    only the parity of the negative coordinates (2⁶³·c_j = 2⁶³ mod 2⁶⁴)."""
+    from energy_guidance.importance import _draw_keys
+
+    sigma = torch.tensor([0.5])
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    flipped = x.clone()
+    flipped[:, [0, 3]] *= -1
+    keys = _draw_keys(x, sigma)[0]
+    assert bool((keys != _draw_keys(flipped, sigma)[0]).all())
+    assert bool((keys != _draw_keys(-x, sigma)[0]).all())
+    low = x[:1].double().view(torch.int64).repeat(4096, 1)
+    low[:, 5] += torch.arange(4096)  # 4,096 states that differ in coordinate 5's lowest 12 bits
+    assert len(torch.unique(_draw_keys(low.view(torch.float64), sigma)[0])) == 4096
+
+
 def empirical_posterior(
     samples: torch.Tensor, x_t: torch.Tensor, s: float, energies: torch.Tensor, beta: float
 ):

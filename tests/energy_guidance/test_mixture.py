@@ -106,6 +106,32 @@ def test_responsibilities_and_mean_offsets_are_those_of_the_exact_posterior(alph
     torch.testing.assert_close(mixture.mean_offsets(log_r, a, s, rows, comps), expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("sigma", [1e-2, 1e-4, 1e-6])
+def test_responsibilities_keep_their_precision_under_a_large_offset(sigma):
+    """Two modes 0.05 apart in a coordinate, the data offset by 3,000 in another, x_t between the
+    modes so that both have weight: log_responsibilities equals posterior's log r_k (which
+    subtracts before squaring). Expanded from the origin, the terms were of the order of the
+    offset squared over σ², and log r_k was off by 0.25 at σ = 1e-4 and by 8 at σ = 1e-6."""
+    g = torch.Generator().manual_seed(0)
+    n, d, b = 400, 4, 256
+    x = 0.01 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[:, 0] = 3000.0
+    x[: n // 2, 1] += 0.05
+    mixture = fit_tied_mixture(x)
+    assert mixture.num_components == 2
+    alpha = (1 - sigma**2) ** 0.5
+    x0 = x[torch.randint(0, n, (b,), generator=g)].clone()
+    x0[:, 1] = 0.025 + 0.03 * torch.randn(b, generator=g, dtype=torch.float64)  # between the modes
+    x_t = alpha * x0 + sigma * torch.randn(b, d, generator=g, dtype=torch.float64)
+    a, s = torch.full((b,), alpha, dtype=torch.float64), torch.full((b,), sigma, dtype=torch.float64)
+    expected, _ = mixture.posterior(x_t, a, s)
+    got = mixture.log_responsibilities(x_t, a, s)
+    assert bool(((expected.exp() > 0.01) & (expected.exp() < 0.99)).any())  # mixed weights occur
+    torch.testing.assert_close(got.exp(), expected.exp(), rtol=0, atol=1e-9)
+    kept = expected > -30
+    torch.testing.assert_close(got[kept], expected[kept], rtol=0, atol=1e-6)
+
+
 def test_a_large_offset_does_not_cost_the_spread():
     """Samples far from the origin (a coordinate constant at 3,000, the others spread 0.01): the
     fit still finds the two modes, their means within Z standard errors. (Computed as
