@@ -47,8 +47,8 @@ Methods (every model call goes through a counter):
                   max_components=1)): the default before its mixture prior (docs/math.md (9)),
                   with the default's own sampler draws (a paired comparison)
     pairs8        the default with 8 antithetic pairs of draws per sample and step
-                  (ImportanceTilt(energy, beta, num_pairs=8)), as before 2026-12-07, with the
-                  default's own sampler draws (a paired comparison)
+                  (ImportanceTilt(energy, beta, num_pairs=8), the default's M before
+                  2026-12-07), with the default's own sampler draws (a paired comparison)
     paper         AnalyticEnergyGuidance(scheduler, model, estimator=ClosedForm(energy, beta))
     dps           energy_guidance.baselines.dps_guidance (E_t = β·E(x̂0))
     quadrature    AnalyticEnergyGuidance(..., estimator=GaussianQuadrature(energy, beta)); skipped

@@ -110,8 +110,8 @@ _BLOCK_ROWS = 128  # rows of every matrix product of (7), whatever the batch
 _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
 _EXP_FLOOR = -300.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
 # M of (5): antithetic pairs of draws per sample and step. Centred on the Newton step, the draws
-# only correct its proposal, and 8 pairs gave the same samples as 4 on the quick dimension sweep
-# at more cost (docs/benchmarks.md, "the default's cost, reconsidered")
+# only correct its proposal: 8 pairs gave samples as close to the target as 4 on the dimension
+# sweep, at more cost (docs/benchmarks.md, "the default's cost, reconsidered")
 NUM_PAIRS = 4
 SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces the Gaussian (chosen)
 # Above this ESS fraction of exp(-β·E) over the table's samples, importance resampling of unguided
