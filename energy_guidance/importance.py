@@ -58,8 +58,10 @@ so the two are blended by the tilted weights' Kish ESS n = 1/Σ k̃_i²:
 
 n* = :data:`SAMPLE_ESS`: the samples decide at high noise and mild tilts, the Gaussian at low
 noise and sharp tilts. The energies of the samples are computed once; a step costs a (B, N)
-kernel matrix. With a condition (``cond``) the samples are not the condition's own, and only the
-Gaussian is used.
+kernel matrix, formed in float64 and, for float32 samples where β·(max E - min E) over the
+samples is at most :data:`_SINGLE_SPREAD`, weighted in float32 (the bound: ``_samples_tilt``).
+With a condition (``cond``) the samples are not the condition's own, and only the Gaussian is
+used.
 
 Where the tilt is too sharp for the samples, the Gaussian's covariance at high noise still holds
 the distance between the modes, and its shift -β·Σ̂·∇E grows with β without bound. So the
@@ -108,7 +110,13 @@ _ARMIJO = 0.25  # the fraction of the linear decrease an accepted step must achi
 _DRAW_SETS = 128  # sets of draws per noise level, shared by the samples that pick the same one
 _BLOCK_ROWS = 128  # rows of every matrix product of (7), whatever the batch
 _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the largest are left out
-_EXP_FLOOR = -300.0  # (7)'s log-weights are clamped to this below their row's largest (_exp_rows)
+# (7)'s log-weights are clamped to this below their row's largest (_exp_rows): exp(2·floor), the
+# square in the ESS, is still a normal number of the dtype (float32's smallest is about e^-87)
+_EXP_FLOOR = {torch.float64: -300.0, torch.float32: -40.0}
+# (7) runs in float32 (for float32 samples) where β·(max E - min E) over the table's samples is at
+# most this: every log-weight that a row's sums see is then within this + 2·40 of 0, so float32
+# keeps it to about 1e-4 (_samples_tilt)
+_SINGLE_SPREAD = 1000.0
 # M of (5): antithetic pairs of draws per sample and step. Centred on the Newton step, the draws
 # only correct its proposal: 8 pairs gave samples as close to the target as 4 on the dimension
 # sweep, at more cost (docs/benchmarks.md, "the default's cost, reconsidered")
@@ -118,6 +126,25 @@ SAMPLE_ESS = 4.0  # n* of (8): the tilted samples' ESS from which (7) replaces t
 # samples was closer to the target at equal cost in most settings of the dimension sweep
 # (docs/benchmarks.md, "which sampler the tilt's ESS points to"); the guidance then says so, once.
 MILD_TILT_ESS = 0.1
+
+
+class _SamplePrior(typing.NamedTuple):
+    """(7)'s prior from a table's samples (N, d), computed once per table and device.
+
+    source:   the table's samples tensor (to tell tables apart).
+    samples:  (N, d) float64, for log k.
+    squares:  (N,) their squared norms, float64.
+    working:  (N, d) the samples in the working dtype of (7)'s weights (float32 or float64).
+    tilt:     (N,) β·(E_i - min E) in the working dtype, ≥ 0, +inf outside the energy's domain.
+    offset:   β·min E (a float): E_t^s = offset + log Σ k_i - log Σ k_i·exp(-tilt_i).
+    """
+
+    source: Tensor
+    samples: Tensor
+    squares: Tensor
+    working: Tensor
+    tilt: Tensor
+    offset: float
 
 
 class ImportanceTilt:
@@ -155,7 +182,7 @@ class ImportanceTilt:
         self.num_pairs = num_pairs
         self.seed = int(seed)
         self.max_components = max_components
-        self._samples: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (source, float64, E, ‖·‖²)
+        self._samples: _SamplePrior | None = None  # (7)'s samples and energies, once per table
         self._fit: tuple[Tensor, TiedMixture | None] | None = None  # (table.samples, its mixture (9))
 
     def __call__(
@@ -364,7 +391,7 @@ class ImportanceTilt:
         by the Newton step's estimate falls below it; a row's M pairs of draws are shared by the n
         components it keeps (M // n each, at least one). A component whose centre or draws fall
         outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7) (there
-        up to exp(-300) of its row's largest); a
+        up to the floor of :func:`_exp_rows`); a
         row left with none takes (5) with S around x̂0, whose failures are the sample's own."""
         if only is not None:
             subset = (x_t[only], alpha[only], sigma[only], x0[only], var[only])
@@ -457,8 +484,16 @@ class ImportanceTilt:
         self, source: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, x0: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(E_t^s (B,), m̃^s (B, d), ρ (B,)): (7) with the table's samples ``source`` (N, d) as the
-        prior, and its weight ρ in the blend (8)."""
-        samples, energies, squares = self._samples_and_energies(source, x0)
+        prior, and its weight ρ in the blend (8).
+
+        log k is formed in float64 and taken relative to each row's largest. The rest runs in the
+        prior's working dtype: float32 where the tilt's spread over the samples, β·(max E - min E),
+        is at most :data:`_SINGLE_SPREAD` (and x0 is not float64). There every log-weight that a
+        row's sums see lies within that spread plus 80 of 0: the tilted row's largest is at least
+        -spread (the kernel's own largest entry, tilted), and entries more than 40 below it are
+        clamped (:func:`_exp_rows`); so float32 holds them to a few units in 1e-4, far below the
+        Monte Carlo error of N samples."""
+        prior = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
         # log k_i = -‖x_t − α·x0_i‖²/(2σ²) up to a row constant (which (7) does not see), as one
@@ -466,34 +501,47 @@ class ImportanceTilt:
         # The two (B, N) matrices are exponentiated in place: a fresh allocation of that size costs
         # as much as the arithmetic on it.
         scaled = torch.cat([xt * (a / s2)[:, None], (-0.5 * a**2 / s2)[:, None]], 1)
-        log_k = _blocked_matmul(scaled, torch.cat([samples, squares[:, None]], 1).T)  # (B, N)
+        log_k = _blocked_matmul(scaled, torch.cat([prior.samples, prior.squares[:, None]], 1).T)  # (B, N)
         # relative to each row's largest before β·E enters: log k is of the order of ‖x_t‖²/σ²,
         # and E_t^s below is a difference of the two log-sums
         log_k.sub_(log_k.amax(1, keepdim=True))  # finite: x_t and the samples are
-        log_tilted = log_k - self.beta * energies[None]  # -inf outside the energy's domain
+        log_k = log_k.to(prior.tilt.dtype)
+        log_tilted = log_k - prior.tilt[None]  # -inf outside the energy's domain
         k, log_norm, k_total = _exp_rows(log_k, centred=True)
         tilted, log_norm_tilted, tilted_total = _exp_rows(log_tilted)
         # a row whose samples all have infinite energy has no tilted weights: it keeps the Gaussian
         found = torch.isfinite(log_norm_tilted)
-        value_s = torch.where(found, log_norm - log_norm_tilted, torch.zeros_like(log_norm))
+        difference = (log_norm - log_norm_tilted).to(torch.float64)
+        value_s = torch.where(found, prior.offset + difference, torch.zeros_like(difference))
         # Σ_i (k̃_i − k_i)·x0_i (B, d), and the tilted weights' Kish ESS (Σ k̃_i)²/Σ k̃_i²
-        shift_s = _blocked_matmul(tilted, samples) / tilted_total[:, None]
-        shift_s = shift_s - _blocked_matmul(k, samples) / k_total[:, None]
+        shift_s = _blocked_matmul(tilted, prior.working) / tilted_total[:, None]
+        shift_s = shift_s - _blocked_matmul(k, prior.working) / k_total[:, None]
         shift_s = torch.where(found[:, None], shift_s, torch.zeros_like(shift_s))
         ess = tilted_total**2 / torch.linalg.vector_norm(tilted, dim=1) ** 2
         ess = torch.where(found, ess, torch.zeros_like(ess))
         weight = ((ess - 1) / (SAMPLE_ESS - 1)).clamp(0, 1)
-        mean_s = x0.reshape(len(x0), -1).to(xt) + shift_s
+        mean_s = x0.reshape(len(x0), -1).to(shift_s) + shift_s
         return value_s.to(x0.dtype), mean_s.to(x0.dtype), weight.to(x0.dtype)
 
-    def _samples_and_energies(self, source: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The table's samples (N, d), their energies (N,) and squared norms (N,), in float64 on x0's
-        device, computed once per table and device; a sample where the energy is not finite gets
-        energy +inf (weight 0 up to the floor of :func:`_exp_rows`: exp(-300) of its row's largest)."""
-        if self._samples is None or self._samples[0] is not source or self._samples[1].device != x0.device:
+    def _samples_and_energies(self, source: Tensor, x0: Tensor) -> _SamplePrior:
+        """The table's samples as (7)'s prior (:class:`_SamplePrior`) on x0's device, computed once
+        per table and device; a sample where the energy is not finite gets energy +inf (weight 0
+        up to the floor of :func:`_exp_rows`: exp(-300), or exp(-40) in float32, of its row's
+        largest)."""
+        cached = self._samples
+        if cached is None or cached.source is not source or cached.samples.device != x0.device:
             samples = source.to(device=x0.device, dtype=torch.float64)
             energies = energies_or_inf(self.energy, samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:]))
-            self._samples = (source, samples, energies, samples.square().sum(1))
+            finite = energies[torch.isfinite(energies)]
+            lowest = float(finite.min()) if len(finite) else 0.0
+            tilt = self.beta * (energies - lowest)  # ≥ 0; +inf outside the energy's domain
+            spread = float(tilt[torch.isfinite(tilt)].max()) if len(finite) else 0.0
+            single = x0.dtype != torch.float64 and spread <= _SINGLE_SPREAD
+            work = torch.float32 if single else torch.float64
+            cached = _SamplePrior(
+                source, samples, samples.square().sum(1), samples.to(work), tilt.to(work), self.beta * lowest
+            )
+            self._samples = cached
             # imported here: energy_guidance.baselines imports the guidance, which imports this module
             from .baselines.resampling import effective_sample_size
 
@@ -507,7 +555,7 @@ class ImportanceTilt:
                     100 * fraction,
                     len(energies),
                 )
-        return self._samples[1], self._samples[2], self._samples[3]
+        return cached
 
     def _within_range(self, table: VarianceTable, mean: Tensor, xf: Tensor) -> Tensor:
         """m̃ clamped to the data's box (widened by :data:`RANGE_MARGIN`); a coordinate of x̂0
@@ -544,20 +592,22 @@ def _widen_mask(bad: Tensor, rows: Tensor, batch: int) -> Tensor:
 
 def _exp_rows(log_w: Tensor, *, centred: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(w_i = exp(log_w_i - top) (B, N), log Σ_i exp(log_w_i) (B,), Σ_i w_i (B,)), top each row's
-    largest; ``log_w`` is overwritten by w. An entry more than 300 below its row's largest (-inf included:
-    a sample outside the energy's domain) gets exp(-300) (about 5e-131: no sum or mean of a row
-    sees it, and its square is still a normal number) in place of a denormal or zero: float64 exp
-    and products take a slow path for those that costs up to 15 times their arithmetic. A row
+    largest; ``log_w`` (float64 or float32) is overwritten by w. An entry more than 300 (float32:
+    40) below its row's largest (-inf included: a sample outside the energy's domain) gets
+    exp(-300), about 5e-131 (float32: exp(-40), about 4e-18): no sum or mean of a row sees it at
+    that precision, and its square is still a normal number. A denormal or zero would take the
+    slow path of exp and products, up to 15 times the cost of their arithmetic. A row
     with no finite entry has log-sum -inf and weights 0. ``centred``: every row's largest is
     already 0 (the caller subtracted it), so it is not looked for again."""
     if centred:
         top = log_w.new_zeros(len(log_w))
         live = torch.ones_like(top, dtype=torch.bool)
-        w = log_w.clamp_(min=_EXP_FLOOR).exp_()
+        w = log_w.clamp_(min=_EXP_FLOOR[log_w.dtype]).exp_()
     else:
         top = log_w.amax(1)
         live = torch.isfinite(top)
-        w = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None]).clamp_(min=_EXP_FLOOR).exp_()
+        shifted = log_w.sub_(torch.where(live, top, torch.zeros_like(top))[:, None])
+        w = shifted.clamp_(min=_EXP_FLOOR[log_w.dtype]).exp_()
     total = w.sum(1)
     log_sum = torch.where(live, top + total.log(), torch.full_like(top, -math.inf))
     if not bool(live.all()):
