@@ -58,8 +58,9 @@ so the two are blended by the tilted weights' Kish ESS n = 1/Σ k̃_i²:
 
 n* = :data:`SAMPLE_ESS`: the samples decide at high noise and mild tilts, the Gaussian at low
 noise and sharp tilts. The energies of the samples are computed once; a step costs a (B, N)
-kernel matrix, formed in float64 and, for float32 samples where β·(max E - min E) over the
-samples is at most :data:`_SINGLE_SPREAD`, weighted in float32 (the bound: ``_samples_tilt``).
+kernel matrix, formed in float64 and, for x0 other than float64 where every sample's energy is
+finite and β·(max E - min E) over them is at most :data:`_SINGLE_SPREAD`, weighted in float32
+(the bound: ``_samples_tilt``).
 With a condition (``cond``) the samples are not the condition's own, and only the Gaussian is
 used.
 
@@ -113,9 +114,9 @@ _COMPONENT_FLOOR = 1e-12  # (9): components with r_k below this times the larges
 # (7)'s log-weights are clamped to this below their row's largest (_exp_rows): exp(2·floor), the
 # square in the ESS, is still a normal number of the dtype (float32's smallest is about e^-87)
 _EXP_FLOOR = {torch.float64: -300.0, torch.float32: -40.0}
-# (7) runs in float32 (for float32 samples) where β·(max E - min E) over the table's samples is at
-# most this: every log-weight that a row's sums see is then within this + 2·40 of 0, so float32
-# keeps it to about 1e-4 (_samples_tilt)
+# (7)'s weights are computed in float32 (for x0 other than float64) where every sample's energy is
+# finite and β·(max E - min E) over them is at most this: every log-weight that a row's sums see
+# is then within this + 40 of 0, so float32 keeps it to about 1e-4 (_samples_tilt)
 _SINGLE_SPREAD = 1000.0
 # M of (5): antithetic pairs of draws per sample and step. Centred on the Newton step, the draws
 # only correct its proposal: 8 pairs gave samples as close to the target as 4 on the dimension
@@ -132,6 +133,7 @@ class _SamplePrior(typing.NamedTuple):
     """(7)'s prior from a table's samples (N, d), computed once per table and device.
 
     source:   the table's samples tensor (to tell tables apart).
+    dtype:    the dtype of the x0 it was built for (the energies were evaluated in it).
     samples:  (N, d) float64, for log k.
     squares:  (N,) their squared norms, float64.
     working:  (N, d) the samples in the working dtype of (7)'s weights (float32 or float64).
@@ -140,6 +142,7 @@ class _SamplePrior(typing.NamedTuple):
     """
 
     source: Tensor
+    dtype: torch.dtype
     samples: Tensor
     squares: Tensor
     working: Tensor
@@ -487,12 +490,15 @@ class ImportanceTilt:
         prior, and its weight ρ in the blend (8).
 
         log k is formed in float64 and taken relative to each row's largest. The rest runs in the
-        prior's working dtype: float32 where the tilt's spread over the samples, β·(max E - min E),
-        is at most :data:`_SINGLE_SPREAD` (and x0 is not float64). There every log-weight that a
-        row's sums see lies within that spread plus 80 of 0: the tilted row's largest is at least
-        -spread (the kernel's own largest entry, tilted), and entries more than 40 below it are
+        prior's working dtype: float32 where x0 is not float64, every sample's energy is finite,
+        and the tilt's spread over the samples, β·(max E - min E), is at most
+        :data:`_SINGLE_SPREAD`. There every log-weight that a row's sums see lies within that
+        spread plus 40 of 0: the tilted row's largest is at least -spread (the kernel's own
+        largest entry, 0, tilted by at most the spread), and entries more than 40 below it are
         clamped (:func:`_exp_rows`); so float32 holds them to a few units in 1e-4, far below the
-        Monte Carlo error of N samples."""
+        Monte Carlo error of N samples. (With a sample outside the energy's domain, the kernel's
+        largest entry may be that sample's, and the others' log-weights of the order of
+        ‖x_t‖²/σ² before the tilted row's largest is taken out: float64 then.)"""
         prior = self._samples_and_energies(source, x0)
         xt = x_t.detach().reshape(len(x_t), -1).to(torch.float64)
         a, s2 = alpha.to(xt), sigma.to(xt) ** 2
@@ -525,21 +531,32 @@ class ImportanceTilt:
 
     def _samples_and_energies(self, source: Tensor, x0: Tensor) -> _SamplePrior:
         """The table's samples as (7)'s prior (:class:`_SamplePrior`) on x0's device, computed once
-        per table and device; a sample where the energy is not finite gets energy +inf (weight 0
-        up to the floor of :func:`_exp_rows`: exp(-300), or exp(-40) in float32, of its row's
-        largest)."""
+        per table, device and dtype of x0 (the energies are evaluated in it); a sample where the
+        energy is not finite gets energy +inf (weight 0 up to the floor of :func:`_exp_rows`:
+        exp(-300) of its row's largest)."""
         cached = self._samples
-        if cached is None or cached.source is not source or cached.samples.device != x0.device:
+        if (
+            cached is None
+            or cached.source is not source
+            or cached.samples.device != x0.device
+            or cached.dtype != x0.dtype
+        ):
             samples = source.to(device=x0.device, dtype=torch.float64)
             energies = energies_or_inf(self.energy, samples.to(x0.dtype).reshape(len(samples), *x0.shape[1:]))
             finite = energies[torch.isfinite(energies)]
             lowest = float(finite.min()) if len(finite) else 0.0
             tilt = self.beta * (energies - lowest)  # ≥ 0; +inf outside the energy's domain
             spread = float(tilt[torch.isfinite(tilt)].max()) if len(finite) else 0.0
-            single = x0.dtype != torch.float64 and spread <= _SINGLE_SPREAD
+            single = x0.dtype != torch.float64 and len(finite) == len(energies) and spread <= _SINGLE_SPREAD
             work = torch.float32 if single else torch.float64
             cached = _SamplePrior(
-                source, samples, samples.square().sum(1), samples.to(work), tilt.to(work), self.beta * lowest
+                source,
+                x0.dtype,
+                samples,
+                samples.square().sum(1),
+                samples.to(work),
+                tilt.to(work),
+                self.beta * lowest,
             )
             self._samples = cached
             # imported here: energy_guidance.baselines imports the guidance, which imports this module

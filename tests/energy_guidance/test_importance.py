@@ -351,58 +351,74 @@ def test_rows_already_centred_give_the_same_exponentials(seed, width):
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("sigma", [1.0, 0.3, 0.05])
+@pytest.mark.parametrize("sigma", [1.0, 0.3, 0.05, 1e-3])
 def test_the_samples_prior_in_float32_agrees_with_float64(sigma, monkeypatch):
     """(7) with float32 samples and a tilt spread β·(max E - min E) near the float32 limit (600 of
     1,000) against the same estimator forced to float64: every log-weight a row's sums see lies
-    within 680 of 0 (_samples_tilt), so float32 holds it to a few times 680·2⁻²⁴ ≈ 4e-5; E_t^s
-    then agrees to 1e-3, ρ to 1e-3 and m̃^s to 1e-3 of the samples' scale. A tenth of the samples
-    are outside the energy's domain (+inf)."""
+    within 640 of 0 (_samples_tilt), so float32 holds it to a few times 640·2⁻²⁴ ≈ 4e-5; E_t^s
+    then agrees to 1e-3, ρ to 1e-3 and m̃^s to 1e-3 of the samples' scale (3)."""
     from energy_guidance import importance
 
     g = torch.Generator().manual_seed(0)
     samples = 3 * torch.randn(400, D, generator=g)
-    outside = torch.zeros(400, dtype=torch.bool)
-    outside[::10] = True
-
-    def linear(x):  # 20·x_1, and +inf at the table's marked samples
-        energy = 20 * x[:, 0]
-        return torch.where(outside, torch.inf, energy) if len(x) == len(outside) else energy
-
     with_samples = table(1.0)
     with_samples.samples = samples
     x0 = 3 * torch.randn(64, D, generator=g)
     x_t = x0 + sigma * torch.randn(64, D, generator=g)
     a, s = torch.ones(64), torch.full((64,), sigma)
+
+    def linear(x):
+        return 20 * x[:, 0]
+
     single = ImportanceTilt(linear, 1.0, with_samples)
     got = single._samples_tilt(samples, x_t, a, s, x0)
-    spread = float(single._samples.tilt[torch.isfinite(single._samples.tilt)].max())
-    assert single._samples.tilt.dtype == torch.float32 and 400 < spread < 1000
+    assert single._samples.tilt.dtype == torch.float32 and 400 < float(single._samples.tilt.max()) < 1000
     monkeypatch.setattr(importance, "_SINGLE_SPREAD", -1.0)
     double = ImportanceTilt(linear, 1.0, with_samples)
     want = double._samples_tilt(samples, x_t, a, s, x0)
     assert double._samples.tilt.dtype == torch.float64
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-3)  # E_t^s
-    torch.testing.assert_close(got[1], want[1], rtol=0, atol=3e-3)  # m̃^s, samples of scale 3
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=3e-3)  # m̃^s
     torch.testing.assert_close(got[2], want[2], rtol=0, atol=1e-3)  # ρ
 
 
-def test_the_samples_prior_stays_float64_for_a_wide_tilt_or_float64_samples():
-    """float32 only where the tilt's spread over the samples is at most _SINGLE_SPREAD and x0 is
-    not float64."""
+def test_the_samples_prior_stays_float64_where_float32_has_no_bound():
+    """float32 weights only where x0 is not float64, every sample's energy is finite and the
+    tilt's spread over the samples is at most _SINGLE_SPREAD; the prior is rebuilt when x0's
+    dtype changes (the energies are evaluated in it)."""
     samples = torch.linspace(-1, 1, 200)[:, None].expand(200, D).contiguous()
     with_samples = table(1.0)
     with_samples.samples = samples
-    x0 = torch.zeros(4, D)
-    narrow = ImportanceTilt(lambda x: 100 * x[:, 0], 1.0, with_samples)  # spread 200
-    narrow._samples_tilt(samples, x0, torch.ones(4), torch.ones(4), x0)
-    assert narrow._samples.tilt.dtype == torch.float32
-    wide = ImportanceTilt(lambda x: 100 * x[:, 0], 6.0, with_samples)  # spread 1,200
-    wide._samples_tilt(samples, x0, torch.ones(4), torch.ones(4), x0)
-    assert wide._samples.tilt.dtype == torch.float64
-    exact = ImportanceTilt(lambda x: 100 * x[:, 0], 1.0, with_samples)
-    exact._samples_tilt(samples, x0.double(), torch.ones(4).double(), torch.ones(4).double(), x0.double())
-    assert exact._samples.tilt.dtype == torch.float64
+    x0, one = torch.zeros(4, D), torch.ones(4)
+
+    def prior_dtype(energy, beta, x0=x0, estimator=None):
+        estimator = estimator or ImportanceTilt(energy, beta, with_samples)
+        estimator._samples_tilt(samples, x0, one.to(x0), one.to(x0), x0)
+        return estimator._samples.tilt.dtype
+
+    assert prior_dtype(lambda x: 100 * x[:, 0], 1.0) == torch.float32  # spread 200
+    assert prior_dtype(lambda x: 100 * x[:, 0], 6.0) == torch.float64  # spread 1,200
+    assert prior_dtype(lambda x: 100 * x[:, 0], 1.0, x0.double()) == torch.float64
+
+    def outside(x):  # one sample outside the energy's domain
+        return torch.where(x[:, 0] > 0.999, torch.inf, x[:, 0])
+
+    assert prior_dtype(outside, 1.0) == torch.float64
+    estimator = ImportanceTilt(lambda x: 100 * x[:, 0], 1.0, with_samples)
+    assert prior_dtype(None, 1.0, x0, estimator) == torch.float32
+    assert prior_dtype(None, 1.0, x0.double(), estimator) == torch.float64
+
+
+def test_the_float32_floor_keeps_weights_and_their_squares_normal():
+    """_exp_rows in float32 clamps at 40 below a row's largest: no weight below exp(-40) and no
+    square below float32's smallest normal number (a denormal takes a slow path), -inf included."""
+    from energy_guidance.importance import _exp_rows
+
+    log_w = 2_000 * torch.randn(16, 40, generator=torch.Generator().manual_seed(0))
+    log_w[:, ::3] = -math.inf
+    w, _, _ = _exp_rows(log_w)
+    assert float(w.min()) >= math.exp(-40) * (1 - 1e-6)
+    assert float((w * w).min()) >= torch.finfo(torch.float32).tiny
 
 
 @pytest.mark.parametrize(("beta", "mild"), [(0.1, True), (30.0, False)])
