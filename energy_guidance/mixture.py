@@ -17,6 +17,7 @@ flattened; ``means`` (K, d), ``weights`` (K,), ``axes`` (d, d) W's eigenvectors 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -67,7 +68,7 @@ class TiedMixture:
         two (B, d) × (d, K) products. Taken from c, the terms are of the order of the distances
         between the means, not of the data's offset, over s (which is σ² at small σ)."""
         a, s2 = alpha[:, None], (sigma**2)[:, None]
-        centre, frame_means = self._frame_means()
+        centre, frame_means = self.frame_means
         inverse = 1 / (a**2 * self.variance[None] + s2)  # (B, d)
         xi = (x_t - a * centre[None]) @ self.axes
         exponent = a * (xi * inverse) @ frame_means.T - 0.5 * a**2 * inverse @ frame_means.T**2
@@ -80,14 +81,16 @@ class TiedMixture:
         (``rows[p]``, ``comps[p]``), with ``log_r`` (B, K) from :meth:`log_responsibilities` and α, σ
         (B,): by m_k = μ_k + (α/σ²)·S·(x_t - α·μ_k) the x_t terms cancel, leaving
         (I - (α²/σ²)·S)(μ_k - Σ_j r_j·μ_j) = V·diag(σ²/(σ² + α²λ))·Vᵀ(μ_k - Σ_j r_j·μ_j)."""
-        _, frame_means = self._frame_means()
+        _, frame_means = self.frame_means
         mean = log_r.exp() @ frame_means  # (B, d): Σ_j r_j·ν_j
         a, s2 = alpha[rows, None], (sigma[rows] ** 2)[:, None]
         shrink = s2 / (a**2 * self.variance[None] + s2)
         return ((frame_means[comps] - mean[rows]) * shrink) @ self.axes.T
 
-    def _frame_means(self) -> tuple[Tensor, Tensor]:
-        """(c (d,), the means' centre; ν = (μ - c)·V (K, d), the means from it in W's frame)."""
+    @functools.cached_property
+    def frame_means(self) -> tuple[Tensor, Tensor]:
+        """(c (d,), the means' centre; ν = (μ - c)·V (K, d), the means from it in W's frame),
+        computed once per mixture (both methods above read it at every guided step)."""
         centre = self.means.mean(0)
         return centre, (self.means - centre) @ self.axes
 

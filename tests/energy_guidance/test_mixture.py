@@ -67,17 +67,25 @@ def test_the_fit_is_deterministic_and_few_samples_fit_one_component():
         fit_tied_mixture(x[:1])
 
 
+def rotated_case(alpha: float, sigma: float, seed: int):
+    """(q, the mixture rotated by q, x_t (64, 3), α (64,), σ (64,)): W = q·diag(VARIANCE)·qᵀ has
+    eigenvectors q's columns, so that its frame is not the identity; x_t = α·x0 + σ·ε with x0 drawn
+    from the rotated mixture (seeds ``seed`` to ``seed + 2``)."""
+    q, _ = torch.linalg.qr(
+        torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    mixture = TiedMixture(WEIGHTS, MEANS @ q.T, q, VARIANCE)
+    x0 = truth().sample(64, torch.Generator().manual_seed(seed + 1)).double() @ q.T
+    a, s = torch.full((64,), alpha, dtype=torch.float64), torch.full((64,), sigma, dtype=torch.float64)
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    return q, mixture, alpha * x0 + sigma * noise, a, s
+
+
 @pytest.mark.parametrize("alpha, sigma", [(1.0, 0.1), (0.8, 0.6), (0.05, 1.0)])
 def test_posterior_terms_are_the_exact_posterior_of_the_mixture(alpha, sigma):
     """TiedMixture.posterior: r_k(x_t) and m_k(x_t) are the exact posterior weights and component means of
     Σ_k π_k·N(μ_k, W) given x_t = α·x0 + σ·ε (W rotated, so that its frame is not the identity)."""
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
-    # the mixture rotated by q: W = q·diag(VARIANCE)·qᵀ has eigenvectors q's columns
-    mixture = TiedMixture(WEIGHTS, MEANS @ q.T, q, VARIANCE)
-    x0 = truth().sample(64, torch.Generator().manual_seed(4)).double() @ q.T
-    a, s = torch.full((64,), alpha, dtype=torch.float64), torch.full((64,), sigma, dtype=torch.float64)
-    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    x_t = alpha * x0 + sigma * noise
+    q, mixture, x_t, a, s = rotated_case(alpha, sigma, seed=3)
     # the exact posterior computed in the unrotated frame, where W is diagonal
     weights, means, _ = truth().posterior(x_t @ q, a, s)
     log_r, component_means = mixture.posterior(x_t, a, s)
@@ -90,12 +98,7 @@ def test_responsibilities_and_mean_offsets_are_those_of_the_exact_posterior(alph
     """What the default estimator reads of the posterior without forming every component mean:
     log r_k (log_responsibilities) and m_k - Σ_j r_j·m_j for chosen (row, component) pairs
     (mean_offsets), against the exact posterior of the rotated mixture, as above."""
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
-    mixture = TiedMixture(WEIGHTS, MEANS @ q.T, q, VARIANCE)
-    x0 = truth().sample(64, torch.Generator().manual_seed(7)).double() @ q.T
-    a, s = torch.full((64,), alpha, dtype=torch.float64), torch.full((64,), sigma, dtype=torch.float64)
-    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    x_t = alpha * x0 + sigma * noise
+    q, mixture, x_t, a, s = rotated_case(alpha, sigma, seed=6)
     weights, means, _ = truth().posterior(x_t @ q, a, s)
     log_r = mixture.log_responsibilities(x_t, a, s)
     torch.testing.assert_close(log_r.exp(), weights, rtol=1e-9, atol=1e-12)
