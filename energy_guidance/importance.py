@@ -90,6 +90,7 @@ Without a table from the user's data the guidance builds one from the model's ow
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import typing
@@ -187,6 +188,7 @@ class ImportanceTilt:
         self.max_components = max_components
         self._samples: _SamplePrior | None = None  # (7)'s samples and energies, once per table
         self._fit: tuple[Tensor, TiedMixture | None] | None = None  # (table.samples, its mixture (9))
+        self._gradient_checked = False  # the energy's gradient checked at a batch's x̂0 (once)
 
     def __call__(
         self,
@@ -231,23 +233,30 @@ class ImportanceTilt:
         # a dimension with Σ̂ = 0 (a constant pixel, the last step) does not move; a row with none
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
-        keys = _draw_keys(x_t, sigma)
+        draws = _Draws.of_step(x_t, sigma, self.num_pairs, d, self.seed, xf.dtype)
         if table.samples is None or cond is not None:  # (5) alone (mixture is None here)
-            value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, keys, mixture)
+            value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, draws, mixture)
         else:
             # (7) and (9) evaluate the energy elsewhere than at the model's x̂0, and (8) may leave
             # (5) out: the energy is checked at x̂0 first, so a bad energy is named at the batch's
-            # own samples, at the step where it fails, whatever the blend makes of them
-            energy_and_grad(self.energy, x0)
+            # own samples, at the step where it fails, whatever the blend makes of them. Its
+            # gradient is checked there once (a non-differentiable energy is named at the first
+            # step); after that where a Newton step of (9) or (5) reads it.
+            if self._gradient_checked:
+                with torch.no_grad():
+                    call_energy(self.energy, x0)
+            else:
+                energy_and_grad(self.energy, x0)
+                self._gradient_checked = True
             value_s, mean_s, weight = self._samples_tilt(table.samples, x_t, alpha, sigma, x0)
             # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
             value, mean = torch.zeros_like(value_s), xf.clone()
             rows = (live & (weight < 1)).nonzero().squeeze(1)
             if len(rows) == b:
-                value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, None, keys, mixture)
+                value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, None, draws, mixture)
             elif len(rows) > 0:
                 value[rows], mean[rows] = self._gaussian(
-                    x_t, alpha, sigma, x0, var, frame, None, keys, mixture, rows
+                    x_t, alpha, sigma, x0, var, frame, None, draws, mixture, rows
                 )
             value = weight * value_s + (1 - weight) * value
             mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
@@ -340,24 +349,24 @@ class ImportanceTilt:
         frame: Tensor | None,
         shift: Tensor,
         cond: Cond,
-        keys: tuple[Tensor, Tensor],
+        draws: _Draws,
         pairs: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(E_t (B,), m̃ (B, d)) by importance sampling from N(x̂0 + Δ, Σ̂) with ``pairs``
-        antithetic pairs (default ``num_pairs``)."""
-        b, d = xf.shape
+        antithetic pairs (default ``num_pairs``), row b's from ``draws``' set ``choice[b]``."""
+        b = len(xf)
         m = self.num_pairs if pairs is None else pairs
         std = var.sqrt()
-        z = _normal_draws(keys, m, d, self.seed, xf.dtype)
+        z = draws.normals(m)
         spread = std[None] * z  # Σ̂^½·z in Σ̂'s eigenbasis; the draws are centre ± spread (antithetic)
         if frame is not None:
             spread = spread @ frame.T
         centre = xf + shift
-        draws = torch.cat([centre[None] + spread, centre[None] - spread])  # (2M, B, d)
+        points = torch.cat([centre[None] + spread, centre[None] - spread])  # (2M, B, d)
         with torch.no_grad():
             try:
                 energies = call_energy(
-                    self.energy, draws.reshape(2 * m * b, *x0.shape[1:]), _repeat(cond, 2 * m, b)
+                    self.energy, points.reshape(2 * m * b, *x0.shape[1:]), _repeat(cond, 2 * m, b)
                 ).reshape(2 * m, b)
             except NonFiniteError as error:  # name the samples whose draws failed, not the draws
                 error.bad = error.bad.reshape(2 * m, b).any(0)
@@ -380,7 +389,7 @@ class ImportanceTilt:
         var: Tensor,
         frame: Tensor | None,
         cond: Cond,
-        keys: tuple[Tensor, Tensor],
+        draws: _Draws,
         mixture: TiedMixture | None,
         only: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
@@ -399,7 +408,7 @@ class ImportanceTilt:
         if only is not None:
             subset = (x_t[only], alpha[only], sigma[only], x0[only], var[only])
             try:
-                return self._gaussian(*subset, frame, None, (keys[0][only], keys[1]), mixture)
+                return self._gaussian(*subset, frame, None, draws.rows(only), mixture)
             except NonFiniteError as error:
                 error.bad = _widen_mask(error.bad, only, len(x0))
                 raise
@@ -407,7 +416,7 @@ class ImportanceTilt:
         xf = x0.reshape(b, -1)
         if mixture is None:
             shift, _ = self._newton_shift(x0, xf, var, frame, cond)
-            return self._tilt(x0, xf, var, frame, shift, cond, keys)
+            return self._tilt(x0, xf, var, frame, shift, cond, draws)
         xt = x_t.detach().reshape(b, -1).to(mixture.means)
         a, s = alpha.to(xt), sigma.to(xt)
         log_r = mixture.log_responsibilities(xt, a, s)  # (B, K)
@@ -421,7 +430,7 @@ class ImportanceTilt:
             rows.device,
         )
         if newton is None:  # every component's centre outside the energy's domain
-            return self._gaussian(x_t, alpha, sigma, x0, var, frame, None, keys, None)
+            return self._gaussian(x_t, alpha, sigma, x0, var, frame, None, draws, None)
         rows, comps, centres, shaped = rows[found], comps[found], centres[found], shaped[found]
         shift, proximal = newton
         # the draws only where the Newton step's estimate leaves the component a weight of at
@@ -447,7 +456,7 @@ class ImportanceTilt:
                     frame,
                     shift[pairs],
                     None,
-                    (keys[0][rows[pairs]], keys[1]),
+                    draws.rows(rows[pairs]),
                     pairs=max(1, self.num_pairs // n),
                 )
 
@@ -463,7 +472,7 @@ class ImportanceTilt:
         lost = (~torch.isfinite(value)).nonzero().squeeze(1)  # rows with no component left
         if len(lost) > 0:
             value[lost], mean[lost] = self._gaussian(
-                x_t, alpha, sigma, x0, var, frame, None, keys, None, lost
+                x_t, alpha, sigma, x0, var, frame, None, draws, None, lost
             )
         return value, mean
 
@@ -691,6 +700,12 @@ def _splitmix(x: Tensor) -> Tensor:
     return z ^ _shift_right(z, 31)
 
 
+@functools.lru_cache(maxsize=16)
+def _position_multipliers(d: int, device: torch.device) -> Tensor:
+    """The odd multipliers c_j (d,) of :func:`_draw_keys`, one per position: splitmix(j) | 1."""
+    return _splitmix(torch.arange(d, dtype=torch.int64, device=device)) | 1
+
+
 def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """(one int64 key (B,) per sample, a hash of its state's bits and of the noise level; the
     level's own key, a 1-element tensor), on x_t's device (no host transfer: this runs at every
@@ -701,7 +716,7 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     # costs three times as much a step. The fold before the second product carries the high bits
     # (the sign, the exponent) down, so that flipping signs does not cancel in the sum: with
     # v_j·c_j alone, a sign bit added 2⁶³ whatever c_j, and two flips gave the same key.
-    multiplier = _splitmix(torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)) | 1
+    multiplier = _position_multipliers(bits.shape[1], bits.device)
     mixed = bits * multiplier
     mixed = (mixed ^ _shift_right(mixed, 32)) * multiplier
     level = _splitmix(
@@ -710,20 +725,39 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return _splitmix(mixed.sum(1) + level), level
 
 
-def _normal_draws(
-    keys: tuple[Tensor, Tensor], m: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64
-) -> Tensor:
-    """Standard normal draws (m, B, d) of ``dtype`` as a function of the keys only: sample b takes set
-    ``key_b mod P`` of the level's pool of P = :data:`_DRAW_SETS` sets of m·d draws, made by
-    Box–Muller on the two 32-bit halves of one hash (its cosine and its sine)."""
-    sample_keys, level = keys
-    salt = _wrap(seed * _GOLDEN)
-    half = (m * d + 1) // 2
-    counter = torch.arange(_DRAW_SETS * half, dtype=torch.int64, device=level.device)
-    bits = _splitmix(level + salt + counter * _GOLDEN).reshape(_DRAW_SETS, half)
-    u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
-    u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
-    radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
-    pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d].to(dtype)
-    choice = torch.remainder(_splitmix(sample_keys + salt), _DRAW_SETS)
-    return pool[choice].reshape(-1, m, d).transpose(0, 1)
+class _Draws(typing.NamedTuple):
+    """A step's standard normal draws, a function of the samples' keys only (:meth:`of_step`):
+    row b takes set ``choice[b]`` of the level's pool of P = :data:`_DRAW_SETS` sets of M pairs.
+
+    choice:  (B,) int64, each row's set.
+    pool:    (P, M, d) the level's sets, in the working dtype; a row with m ≤ M pairs takes the
+             first m of its set.
+    """
+
+    choice: Tensor
+    pool: Tensor
+
+    @classmethod
+    def of_step(cls, x_t: Tensor, sigma: Tensor, m: int, d: int, seed: int, dtype: torch.dtype) -> _Draws:
+        """The draws of the batch x_t (B, ...) at noise level sigma: made once per step, every
+        estimate of the step takes its rows' sets from them. The pool is Box–Muller on the two
+        32-bit halves of one hash per pair of values (its cosine and its sine)."""
+        sample_keys, level = _draw_keys(x_t, sigma)
+        salt = _wrap(seed * _GOLDEN)
+        half = (m * d + 1) // 2
+        counter = torch.arange(_DRAW_SETS * half, dtype=torch.int64, device=level.device)
+        bits = _splitmix(level + salt + counter * _GOLDEN).reshape(_DRAW_SETS, half)
+        u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
+        u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
+        radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
+        pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
+        choice = torch.remainder(_splitmix(sample_keys + salt), _DRAW_SETS)
+        return cls(choice, pool.to(dtype).reshape(_DRAW_SETS, m, d))
+
+    def rows(self, index: Tensor) -> _Draws:
+        """The draws of the rows ``index`` (a subset of the batch, or rows repeated)."""
+        return _Draws(self.choice[index], self.pool)
+
+    def normals(self, m: int) -> Tensor:
+        """(m, B, d): the first m ≤ M pairs of each row's set."""
+        return self.pool[self.choice, :m].transpose(0, 1)

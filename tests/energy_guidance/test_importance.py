@@ -170,22 +170,25 @@ def test_linear_energy_with_a_full_covariance_is_exact(beta, s, seed):
 def test_draws_are_standard_normal_and_belong_to_their_sample():
     """The hashed draws: each level's pool of P sets is standard normal (mean 0 and variance 1
     within 5 standard errors of its P·M·D distinct draws, 1/√n and √(2/n)); every set is used; a
-    sample's draws depend on its own state and level only, not on the rest of its batch."""
-    from energy_guidance.importance import _DRAW_SETS, _draw_keys, _normal_draws
+    sample's draws depend on its own state and level only, not on the rest of its batch; fewer
+    pairs are the first of the same set."""
+    from energy_guidance.importance import _DRAW_SETS, _Draws
+
+    def draws(states, level, seed=0):
+        return _Draws.of_step(states, torch.tensor([level]), 8, D, seed, torch.float64)
 
     states = torch.randn(2000, D, generator=torch.Generator().manual_seed(0))
-    z = _normal_draws(_draw_keys(states, torch.tensor([0.5])), 8, D)
+    z = draws(states, 0.5).normals(8)
     distinct = torch.unique(z.transpose(0, 1).reshape(2000, -1), dim=0)
     assert len(distinct) == _DRAW_SETS  # 2,000 samples pick every one of the P sets
     n = distinct.numel()
     assert abs(float(distinct.mean())) < 5 / math.sqrt(n)
     assert abs(float(distinct.var()) - 1) < 5 * math.sqrt(2 / n)
-    alone = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.5])), 8, D)
+    alone = draws(states[7:8], 0.5).normals(8)
     assert torch.equal(alone[:, 0], z[:, 7])
-    other_level = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.25])), 8, D)
-    assert not torch.equal(other_level, alone)
-    other_seed = _normal_draws(_draw_keys(states[7:8], torch.tensor([0.5])), 8, D, seed=1)
-    assert not torch.equal(other_seed, alone)
+    assert torch.equal(draws(states, 0.5).rows(torch.tensor([7, 7])).normals(3), z[:3, [7, 7]])
+    assert not torch.equal(draws(states[7:8], 0.25).normals(8), alone)
+    assert not torch.equal(draws(states[7:8], 0.5, seed=1).normals(8), alone)
 
 
 def test_draw_keys_tell_apart_states_that_differ_in_signs_or_low_bits():
