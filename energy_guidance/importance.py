@@ -90,7 +90,6 @@ Without a table from the user's data the guidance builds one from the model's ow
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import typing
@@ -131,9 +130,11 @@ MILD_TILT_ESS = 0.1
 
 
 class _SamplePrior(typing.NamedTuple):
-    """(7)'s prior from a table's samples (N, d), computed once per table and device.
+    """(7)'s prior from a table's samples (N, d), computed once per table, energy, β, device and
+    dtype.
 
     source:   the table's samples tensor (to tell tables apart).
+    energy:   the energy, and beta the β, it was computed with.
     dtype:    the dtype of the x0 it was built for (the energies were evaluated in it).
     samples:  (N, d) float64, for log k.
     squares:  (N,) their squared norms, float64.
@@ -143,6 +144,8 @@ class _SamplePrior(typing.NamedTuple):
     """
 
     source: Tensor
+    energy: Energy
+    beta: float
     dtype: torch.dtype
     samples: Tensor
     squares: Tensor
@@ -188,7 +191,7 @@ class ImportanceTilt:
         self.max_components = max_components
         self._samples: _SamplePrior | None = None  # (7)'s samples and energies, once per table
         self._fit: tuple[Tensor, TiedMixture | None] | None = None  # (table.samples, its mixture (9))
-        self._gradient_checked = False  # the energy's gradient checked at a batch's x̂0 (once)
+        self._gradient_checked: Energy | None = None  # the energy whose gradient was checked at x̂0
 
     def __call__(
         self,
@@ -233,31 +236,34 @@ class ImportanceTilt:
         # a dimension with Σ̂ = 0 (a constant pixel, the last step) does not move; a row with none
         # left is unguided
         var = torch.where(live[:, None], var.clamp_min(torch.finfo(var.dtype).tiny), torch.ones_like(var))
-        draws = _Draws.of_step(x_t, sigma, self.num_pairs, d, self.seed, xf.dtype)
         if table.samples is None or cond is not None:  # (5) alone (mixture is None here)
+            draws = _Draws.of_step(x_t, sigma, self.num_pairs, d, self.seed, xf.dtype)
             value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, cond, draws, mixture)
         else:
             # (7) and (9) evaluate the energy elsewhere than at the model's x̂0, and (8) may leave
             # (5) out: the energy is checked at x̂0 first, so a bad energy is named at the batch's
             # own samples, at the step where it fails, whatever the blend makes of them. Its
-            # gradient is checked there once (a non-differentiable energy is named at the first
-            # step); after that where a Newton step of (9) or (5) reads it.
-            if self._gradient_checked:
+            # gradient is checked there at the first call with this energy (a non-differentiable
+            # energy is named at the first step); after that where a Newton step of (9) or (5)
+            # reads it (a row that (7) settles alone does not read it).
+            if self._gradient_checked is self.energy:
                 with torch.no_grad():
                     call_energy(self.energy, x0)
             else:
                 energy_and_grad(self.energy, x0)
-                self._gradient_checked = True
+                self._gradient_checked = self.energy
             value_s, mean_s, weight = self._samples_tilt(table.samples, x_t, alpha, sigma, x0)
             # (5) or (9) where (8) gives it a weight: rows that the samples settle alone skip it
             value, mean = torch.zeros_like(value_s), xf.clone()
             rows = (live & (weight < 1)).nonzero().squeeze(1)
-            if len(rows) == b:
-                value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, None, draws, mixture)
-            elif len(rows) > 0:
-                value[rows], mean[rows] = self._gaussian(
-                    x_t, alpha, sigma, x0, var, frame, None, draws, mixture, rows
-                )
+            if len(rows) > 0:
+                draws = _Draws.of_step(x_t, sigma, self.num_pairs, d, self.seed, xf.dtype)
+                if len(rows) == b:
+                    value, mean = self._gaussian(x_t, alpha, sigma, x0, var, frame, None, draws, mixture)
+                else:
+                    value[rows], mean[rows] = self._gaussian(
+                        x_t, alpha, sigma, x0, var, frame, None, draws, mixture, rows
+                    )
             value = weight * value_s + (1 - weight) * value
             mean = weight[:, None] * mean_s + (1 - weight[:, None]) * mean
         target = self._within_range(table, mean, xf)
@@ -400,8 +406,9 @@ class ImportanceTilt:
         Σ_j r_j·m_j (anchored on the model's x̂0), and the components reweighted by their tilts.
         Components with r_k below
         :data:`_COMPONENT_FLOOR` times the largest are left out, and then those whose tilted weight
-        by the Newton step's estimate falls below it; a row's M pairs of draws are shared by the n
-        components it keeps (M // n each, at least one). A component whose centre or draws fall
+        by the Newton step's estimate falls below it; each of the n components a row keeps takes the
+        first M // n pairs (at least one) of the row's set: the same draws, around each component's
+        own centre (the row's cost stays about M pairs). A component whose centre or draws fall
         outside the energy's domain (non-finite values) gets weight 0, as a sample does in (7) (there
         up to the floor of :func:`_exp_rows`); a
         row left with none takes (5) with S around x̂0, whose failures are the sample's own."""
@@ -547,6 +554,8 @@ class ImportanceTilt:
         if (
             cached is None
             or cached.source is not source
+            or cached.energy is not self.energy
+            or cached.beta != self.beta
             or cached.samples.device != x0.device
             or cached.dtype != x0.dtype
         ):
@@ -560,6 +569,8 @@ class ImportanceTilt:
             work = torch.float32 if single else torch.float64
             cached = _SamplePrior(
                 source,
+                self.energy,
+                self.beta,
                 x0.dtype,
                 samples,
                 samples.square().sum(1),
@@ -700,12 +711,6 @@ def _splitmix(x: Tensor) -> Tensor:
     return z ^ _shift_right(z, 31)
 
 
-@functools.lru_cache(maxsize=16)
-def _position_multipliers(d: int, device: torch.device) -> Tensor:
-    """The odd multipliers c_j (d,) of :func:`_draw_keys`, one per position: splitmix(j) | 1."""
-    return _splitmix(torch.arange(d, dtype=torch.int64, device=device)) | 1
-
-
 def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     """(one int64 key (B,) per sample, a hash of its state's bits and of the noise level; the
     level's own key, a 1-element tensor), on x_t's device (no host transfer: this runs at every
@@ -716,7 +721,7 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     # costs three times as much a step. The fold before the second product carries the high bits
     # (the sign, the exponent) down, so that flipping signs does not cancel in the sum: with
     # v_j·c_j alone, a sign bit added 2⁶³ whatever c_j, and two flips gave the same key.
-    multiplier = _position_multipliers(bits.shape[1], bits.device)
+    multiplier = _splitmix(torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)) | 1
     mixed = bits * multiplier
     mixed = (mixed ^ _shift_right(mixed, 32)) * multiplier
     level = _splitmix(
@@ -725,34 +730,51 @@ def _draw_keys(x_t: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     return _splitmix(mixed.sum(1) + level), level
 
 
+class _DrawPool:
+    """A noise level's pool of P = :data:`_DRAW_SETS` sets of M pairs of standard normal draws
+    (P, M, d) in the working dtype, made on the first call of :meth:`sets` (Box–Muller on the two
+    32-bit halves of one hash per pair of values: its cosine and its sine) and kept for the step.
+    ``key``: the level's key plus the seed's salt (1-element int64 tensor)."""
+
+    def __init__(self, key: Tensor, pairs: int, d: int, dtype: torch.dtype) -> None:
+        self.key, self.pairs, self.d, self.dtype = key, pairs, d, dtype
+        self._sets: Tensor | None = None
+
+    def sets(self) -> Tensor:
+        if self._sets is None:
+            half = (self.pairs * self.d + 1) // 2
+            counter = torch.arange(_DRAW_SETS * half, dtype=torch.int64, device=self.key.device)
+            bits = _splitmix(self.key + counter * _GOLDEN).reshape(_DRAW_SETS, half)
+            u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
+            u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
+            radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
+            pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[
+                :, : self.pairs * self.d
+            ]
+            self._sets = pool.to(self.dtype).reshape(_DRAW_SETS, self.pairs, self.d)
+        return self._sets
+
+
 class _Draws(typing.NamedTuple):
     """A step's standard normal draws, a function of the samples' keys only (:meth:`of_step`):
-    row b takes set ``choice[b]`` of the level's pool of P = :data:`_DRAW_SETS` sets of M pairs.
+    row b takes set ``choice[b]`` of the level's pool.
 
     choice:  (B,) int64, each row's set.
-    pool:    (P, M, d) the level's sets, in the working dtype; a row with m ≤ M pairs takes the
-             first m of its set.
+    pool:    the level's :class:`_DrawPool`, shared by every subset of the rows (:meth:`rows`); a
+             row with m ≤ M pairs takes the first m of its set.
     """
 
     choice: Tensor
-    pool: Tensor
+    pool: _DrawPool
 
     @classmethod
     def of_step(cls, x_t: Tensor, sigma: Tensor, m: int, d: int, seed: int, dtype: torch.dtype) -> _Draws:
-        """The draws of the batch x_t (B, ...) at noise level sigma: made once per step, every
-        estimate of the step takes its rows' sets from them. The pool is Box–Muller on the two
-        32-bit halves of one hash per pair of values (its cosine and its sine)."""
+        """The draws of the batch x_t (B, ...) at noise level sigma, M = ``m`` pairs of ``d``
+        values each: every estimate of the step takes its rows' sets from them."""
         sample_keys, level = _draw_keys(x_t, sigma)
         salt = _wrap(seed * _GOLDEN)
-        half = (m * d + 1) // 2
-        counter = torch.arange(_DRAW_SETS * half, dtype=torch.int64, device=level.device)
-        bits = _splitmix(level + salt + counter * _GOLDEN).reshape(_DRAW_SETS, half)
-        u1 = (_shift_right(bits, 32).double() + 0.5) * 2.0**-32  # in (0, 1): its log is finite
-        u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32
-        radius, angle = (-2 * u1.log()).sqrt(), 2 * math.pi * u2
-        pool = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, : m * d]
         choice = torch.remainder(_splitmix(sample_keys + salt), _DRAW_SETS)
-        return cls(choice, pool.to(dtype).reshape(_DRAW_SETS, m, d))
+        return cls(choice, _DrawPool(level + salt, m, d, dtype))
 
     def rows(self, index: Tensor) -> _Draws:
         """The draws of the rows ``index`` (a subset of the batch, or rows repeated)."""
@@ -760,4 +782,6 @@ class _Draws(typing.NamedTuple):
 
     def normals(self, m: int) -> Tensor:
         """(m, B, d): the first m ≤ M pairs of each row's set."""
-        return self.pool[self.choice, :m].transpose(0, 1)
+        if m > self.pool.pairs:
+            raise ValueError(f"{m} pairs asked of a pool of {self.pool.pairs}")
+        return self.pool.sets()[self.choice, :m].transpose(0, 1)

@@ -6,6 +6,7 @@ import math
 import torch
 
 from benchmarks import dimension, mode_mass
+from energy_guidance.testing import GaussianMixture
 
 
 def test_tilted_masses_with_the_true_covariances_are_the_targets():
@@ -40,3 +41,44 @@ def test_mode_mass_smoke(tmp_path):
             mean, sd = r[f"{name} N=64"]
             assert 0 <= mean <= 1 and sd >= 0
     assert "| 0 |" in mode_mass.render(rows, (64,), {"date": "d", "machine": "m", "torch": "t"})
+
+
+def test_own_covariances_recover_each_components_covariance():
+    """Two well-separated components of different shapes, 20,000 points: each component's own
+    covariance within 5 standard errors of the truth (variance v: v·√(2/n_k); covariance 0:
+    √(v_1·v_2/n_k)); the shrinkage by d + 1 pseudo-samples is negligible at this n_k."""
+    weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    means = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+    variances = torch.tensor([[0.25, 0.5], [0.6, 0.1]], dtype=torch.float64)
+    mix = GaussianMixture(weights, means, variances)
+    x, _ = mode_mass.labelled_sample(mix, 20_000, torch.Generator().manual_seed(0))
+    shared = torch.diag(weights @ variances)
+    own = mode_mass.own_covariances(x, weights, means, shared)
+    n_k = 10_000
+    for k in range(2):
+        v = variances[k]
+        assert bool(((torch.diagonal(own[k]) - v).abs() < 5 * v * math.sqrt(2 / n_k)).all())
+        assert abs(float(own[k, 0, 1])) < 5 * math.sqrt(float(v[0] * v[1]) / n_k)
+
+
+def test_posterior_probabilities_of_the_targets_own_draws_average_to_its_masses():
+    """On 20,000 draws of the target, each component's mean posterior probability is within 5
+    standard errors of its mass (the sd of r_k over the draws / √n)."""
+    mix = dimension.make_mixture(2, 2)
+    w = dimension.make_energies(mix, 2)["linear"].w
+    target = mix.tilted(w, 3.0)
+    x = target.sample(20_000, generator=torch.Generator().manual_seed(0)).double()
+    r = mode_mass.posterior_probabilities(target, x)
+    se = r.std(0) / math.sqrt(len(x))
+    assert bool(((r.mean(0) - target.weights).abs() <= 5 * se).all())
+
+
+def test_sampled_masses_smoke():
+    """The default's outputs and resampling at its cost on a tiny run: a total variation in [0, 1]
+    for each, and a pool of at least the outputs."""
+    mix = dimension.make_mixture(2, 0)
+    energy = dimension.make_energies(mix, 0)["linear"]
+    found = mode_mass.sampled_masses(mix, energy, 1.0, 64, 0)
+    assert set(found) == {"default", "resampling"}
+    assert all(0 <= row["tv"] <= 1 for row in found.values())
+    assert found["resampling"]["pool"] >= 64

@@ -573,3 +573,79 @@ def test_with_a_condition_rows_at_different_noise_levels_keep_their_condition():
     )
     torch.testing.assert_close(value[:1], alone[0], rtol=0, atol=1e-12)
     torch.testing.assert_close(grad[:1], alone[1], rtol=0, atol=1e-12)
+
+
+def high_noise_case(seed: int):
+    """(a table with 64 samples, σ² = 500, those samples, 8 states x_t of the first 8 at that noise
+    level): the samples' prior (7) settles every row there."""
+    g = torch.Generator().manual_seed(seed)
+    samples = 2 * torch.randn(64, D, generator=g, dtype=torch.float64)
+    t = table(0.5)
+    t.samples = samples
+    s = 500.0
+    x_t = samples[:8] + math.sqrt(s) * torch.randn(8, D, generator=g, dtype=torch.float64)
+    return t, s, samples, x_t
+
+
+def test_the_gradient_at_x0_is_checked_at_the_first_call_with_each_energy():
+    """At high noise, where the samples' prior (7) settles every row and no Newton step reads ∇E:
+    a non-differentiable energy is named at the first call; a NaN gradient at x̂0 is named and
+    checked again at the next call; later calls with the same energy read only its value; an
+    energy put in place of the first is checked at its own first call."""
+    from energy_guidance.callables import NonFiniteError
+
+    t, s, samples, x_t = high_noise_case(0)
+    x0 = empirical_posterior(samples, x_t, s, torch.zeros(64, dtype=torch.float64), 0.0)[0]
+
+    def smooth(x):
+        return 0.1 * x[:, 0]
+
+    def detached(x):
+        return smooth(x).detach()
+
+    def nan_gradient(x):  # finite values, NaN gradient (√ at 0 times 0)
+        return smooth(x) + 0 * (x[:, 1] - x[:, 1].detach()).abs().sqrt()
+
+    est = ImportanceTilt(detached, 0.1, t)
+    with pytest.raises(TypeError, match="does not depend differentiably on x0"):
+        call(est, x0, s, x_t=x_t)
+    est = ImportanceTilt(nan_gradient, 0.1, t)
+    for _ in range(2):  # named each time: a failed check is not recorded as done
+        with pytest.raises(NonFiniteError):
+            call(est, x0, s, x_t=x_t)
+    seen = []
+
+    def recording(x):
+        seen.append(x.requires_grad)
+        return smooth(x)
+
+    est = ImportanceTilt(recording, 0.1, t)
+    call(est, x0, s, x_t=x_t)
+    first = list(seen)
+    seen.clear()
+    call(est, x0, s, x_t=x_t)
+    assert any(first) and not any(seen)  # the gradient read once, then values only
+    est.energy = detached
+    with pytest.raises(TypeError, match="does not depend differentiably on x0"):
+        call(est, x0, s, x_t=x_t)
+
+
+def test_the_samples_prior_follows_the_estimators_energy_and_beta():
+    """(7)'s cached energies of the table's samples are those of the current energy and β: an
+    estimator whose energy or β is replaced gives what a new one with them gives."""
+    t, s, samples, x_t = high_noise_case(1)
+    x0 = samples[:8]
+
+    def first(x):
+        return x[:, 0]
+
+    def second(x):
+        return torch.sin(3 * x[:, 1])
+
+    est = ImportanceTilt(first, 0.5, t)
+    call(est, x0, s, x_t=x_t)
+    est.energy, est.beta = second, 0.8
+    got = call(est, x0, s, x_t=x_t)
+    want = call(ImportanceTilt(second, 0.8, t), x0, s, x_t=x_t)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
