@@ -50,13 +50,6 @@ SIZES = (256, 1024, 4096)
 ESTIMATES = ("empirical", "fit (tied)", "fit (own)")
 
 
-def labelled_sample(mix: GaussianMixture, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """n points of the mixture (n, d) and the component that drew each (n,)."""
-    labels = torch.multinomial(mix.weights, n, replacement=True, generator=generator)
-    noise = torch.randn(n, mix.dim, generator=generator, dtype=torch.float64)
-    return mix.means[labels] + mix.variances[labels].sqrt() * noise, labels
-
-
 def tilted_masses(weights: Tensor, means: Tensor, covariances: Tensor, w: Tensor, beta: float) -> Tensor:
     """Component masses of q·exp(-β·wᵀx)/Z for Σ_k π_k·N(μ_k, C_k): (K,)."""
     quadratic = torch.einsum("i,kij,j->k", w, covariances, w)
@@ -106,20 +99,6 @@ def estimates(
     return out
 
 
-def posterior_probabilities(target: GaussianMixture, x: Tensor) -> Tensor:
-    """Each point's posterior probability of each component of ``target`` (n, K). Their mean over
-    points drawn from the target is unbiased for its masses (E_target[r_k(x)] = T_k), where
-    counting each point for its likeliest component is not."""
-    log_joint = target.weights.log()[None] + torch.stack(
-        [
-            torch.distributions.Normal(target.means[j], target.variances[j].sqrt()).log_prob(x).sum(1)
-            for j in range(len(target.weights))
-        ],
-        1,
-    )
-    return torch.softmax(log_joint, 1)
-
-
 def total_variation(m: Tensor, target: Tensor) -> float:
     return 0.5 * float((m - target).abs().sum())
 
@@ -154,7 +133,11 @@ def sampled_masses(mix: GaussianMixture, energy, beta: float, outputs: int, seed
     target = mix.tilted(energy.w, beta)
     out = {}
     for method, x in (("default", found["default"][0]), ("resampling", result.samples)):
-        masses = posterior_probabilities(target, x.double()).mean(0)
+        # each output's posterior probability of each target component (at noise 0), averaged:
+        # unbiased for the masses (E_target[r_k(x)] = T_k), where counting each output for its
+        # likeliest component is not
+        one = torch.ones(len(x), dtype=torch.float64)
+        masses = target.posterior(x.double(), one, 0 * one)[0].mean(0)
         out[method] = {
             "tv": total_variation(masses, target.weights),
             "pool": pool if method == "resampling" else None,
@@ -175,7 +158,7 @@ def run(seeds=(0, 1, 2), sizes=SIZES, repeats: int = 20, sample_outputs: int = 0
         found: dict[tuple[int, float], list] = {(n, beta): [] for n in sizes for beta in betas}
         for n in sizes:  # one fit per sample of N points, scored at every β
             for r in range(repeats):
-                x, labels = labelled_sample(mix, n, dimension._generator(seed, "mode_mass", n, r))
+                x, labels = mix.sample_components(n, dimension._generator(seed, "mode_mass", n, r))
                 for beta, masses in estimates(mix, w, betas, x, labels).items():
                     found[n, beta].append(masses)
         for beta in betas:

@@ -136,8 +136,7 @@ class _SamplePrior(typing.NamedTuple):
     source:   the table's samples tensor (to tell tables apart).
     energy:   the energy, and beta the β, it was computed with.
     dtype:    the dtype of the x0 it was built for (the energies were evaluated in it).
-    samples:  (N, d) float64, for log k.
-    squares:  (N,) their squared norms, float64.
+    kernel:   (d + 1, N) float64, [x0_i, ‖x0_i‖²] as columns: log k is one product with it.
     working:  (N, d) the samples in the working dtype of (7)'s weights (float32 or float64).
     tilt:     (N,) β·(E_i - min E) in the working dtype, ≥ 0, +inf outside the energy's domain.
     offset:   β·min E (a float): E_t^s = offset + log Σ k_i - log Σ k_i·exp(-tilt_i).
@@ -147,8 +146,7 @@ class _SamplePrior(typing.NamedTuple):
     energy: Energy
     beta: float
     dtype: torch.dtype
-    samples: Tensor
-    squares: Tensor
+    kernel: Tensor
     working: Tensor
     tilt: Tensor
     offset: float
@@ -523,7 +521,7 @@ class ImportanceTilt:
         # The two (B, N) matrices are exponentiated in place: a fresh allocation of that size costs
         # as much as the arithmetic on it.
         scaled = torch.cat([xt * (a / s2)[:, None], (-0.5 * a**2 / s2)[:, None]], 1)
-        log_k = _blocked_matmul(scaled, torch.cat([prior.samples, prior.squares[:, None]], 1).T)  # (B, N)
+        log_k = _blocked_matmul(scaled, prior.kernel)  # (B, N)
         # relative to each row's largest before β·E enters: log k is of the order of ‖x_t‖²/σ²,
         # and E_t^s below is a difference of the two log-sums
         log_k.sub_(log_k.amax(1, keepdim=True))  # finite: x_t and the samples are
@@ -547,7 +545,7 @@ class ImportanceTilt:
 
     def _samples_and_energies(self, source: Tensor, x0: Tensor) -> _SamplePrior:
         """The table's samples as (7)'s prior (:class:`_SamplePrior`) on x0's device, computed once
-        per table, device and dtype of x0 (the energies are evaluated in it); a sample where the
+        per table, energy, β, device and dtype of x0 (the energies are evaluated in it); a sample where the
         energy is not finite gets energy +inf (weight 0 up to the floor of :func:`_exp_rows`:
         exp(-300) of its row's largest)."""
         cached = self._samples
@@ -556,7 +554,7 @@ class ImportanceTilt:
             or cached.source is not source
             or cached.energy is not self.energy
             or cached.beta != self.beta
-            or cached.samples.device != x0.device
+            or cached.kernel.device != x0.device
             or cached.dtype != x0.dtype
         ):
             samples = source.to(device=x0.device, dtype=torch.float64)
@@ -572,8 +570,7 @@ class ImportanceTilt:
                 self.energy,
                 self.beta,
                 x0.dtype,
-                samples,
-                samples.square().sum(1),
+                torch.cat([samples, samples.square().sum(1, keepdim=True)], 1).T.contiguous(),
                 samples.to(work),
                 tilt.to(work),
                 self.beta * lowest,

@@ -60,9 +60,15 @@ class GaussianMixture:
         return within + centred.T @ (self.weights[:, None] * centred)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws (n, d), float32."""
+        return self.sample_components(n, generator)[0].float()
+
+    def sample_components(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n draws (n, d) in float64 and the component that drew each (n,): the draws of
+        :meth:`sample` for the same generator state."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        return (self.means[comp] + self.variances[comp].sqrt() * noise).float()
+        return self.means[comp] + self.variances[comp].sqrt() * noise, comp
 
     def _component_terms(self, x_t: Tensor, alpha: Tensor, sigma: Tensor):
         """Per-component log-weights (B, K) and marginal variances (B, K, d)."""

@@ -24,7 +24,7 @@ def test_the_empirical_masses_converge_to_the_target():
     mix = dimension.make_mixture(2, 2)
     w = dimension.make_energies(mix, 2)["linear"].w
     beta = 1.0
-    x, labels = mode_mass.labelled_sample(mix, 200_000, torch.Generator().manual_seed(0))
+    x, labels = mix.sample_components(200_000, torch.Generator().manual_seed(0))
     target = mix.tilted(w, beta).weights
     masses = mode_mass.empirical_masses(x, labels, w, beta, len(target))
     weights = torch.softmax(-beta * (x @ w), 0)
@@ -51,7 +51,7 @@ def test_own_covariances_recover_each_components_covariance():
     means = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
     variances = torch.tensor([[0.25, 0.5], [0.6, 0.1]], dtype=torch.float64)
     mix = GaussianMixture(weights, means, variances)
-    x, _ = mode_mass.labelled_sample(mix, 20_000, torch.Generator().manual_seed(0))
+    x, _ = mix.sample_components(20_000, torch.Generator().manual_seed(0))
     shared = torch.diag(weights @ variances)
     own = mode_mass.own_covariances(x, weights, means, shared)
     n_k = 10_000
@@ -61,14 +61,16 @@ def test_own_covariances_recover_each_components_covariance():
         assert abs(float(own[k, 0, 1])) < 5 * math.sqrt(float(v[0] * v[1]) / n_k)
 
 
-def test_posterior_probabilities_of_the_targets_own_draws_average_to_its_masses():
-    """On 20,000 draws of the target, each component's mean posterior probability is within 5
-    standard errors of its mass (the sd of r_k over the draws / √n)."""
+def test_posterior_probabilities_at_noise_0_of_the_targets_own_draws_average_to_its_masses():
+    """How sampled_masses scores outputs: on 20,000 draws of the target, each component's mean
+    posterior probability (GaussianMixture.posterior at σ = 0) is within 5 standard errors of its
+    mass (the sd of r_k over the draws / √n)."""
     mix = dimension.make_mixture(2, 2)
     w = dimension.make_energies(mix, 2)["linear"].w
     target = mix.tilted(w, 3.0)
     x = target.sample(20_000, generator=torch.Generator().manual_seed(0)).double()
-    r = mode_mass.posterior_probabilities(target, x)
+    one = torch.ones(len(x), dtype=torch.float64)
+    r = target.posterior(x, one, 0 * one)[0]
     se = r.std(0) / math.sqrt(len(x))
     assert bool(((r.mean(0) - target.weights).abs() <= 5 * se).all())
 
